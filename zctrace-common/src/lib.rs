@@ -1,0 +1,254 @@
+//! Types shared by the eBPF programs and the user-space side.
+//!
+//! Every type is `#[repr(C)]` with explicit padding so both sides agree on the layout byte for
+//! byte, and so the kernel never hashes uninitialised padding inside a map key.
+#![no_std]
+
+/// Identifies one process across PID reuse: its tgid plus the boot-time nanosecond at which its
+/// thread-group leader started (`task_struct::start_boottime`, the clock `/proc/PID/stat` uses).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ProcessKey {
+    pub tgid: u32,
+    pub reserved: u32,
+    pub start_boottime_ns: u64,
+}
+
+/// One mechanism of one process: a syscall and the kinds of what it moved bytes between.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SyscallKey {
+    pub process: ProcessKey,
+    /// x86_64 syscall number.
+    pub nr: u16,
+    /// [`FdKind`] of the source (`User` when the source is the caller's memory).
+    pub src: u8,
+    /// [`FdKind`] of the destination (`User` when the destination is the caller's memory).
+    pub dst: u8,
+    /// [`Variant`]: a flag that changes the copy count, such as `MSG_ZEROCOPY`.
+    pub variant: u8,
+    pub reserved: [u8; 3],
+}
+
+/// Counts for one [`SyscallKey`]; updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SyscallStats {
+    pub calls: u64,
+    /// Bytes the calls reported as moved (sum of successful return values).
+    pub bytes: u64,
+    /// Calls that returned an error.
+    pub errors: u64,
+}
+
+/// Per-process counters that do not belong to one syscall; updated with atomic adds.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProcessStats {
+    /// `comm` of the thread that created the entry (user space prefers the live name).
+    pub comm: [u8; 16],
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub offcpu_ns: u64,
+    /// Exact bytes copied from socket buffers to user memory (`skb_copy_datagram_iovec`).
+    pub recv_copy_bytes: u64,
+    /// TCP send bytes by the path `tcp_sendmsg_locked` chose; indexed by [`TcpPath`].
+    pub tcp_send_bytes: [u64; TCP_PATHS],
+    /// MSG_ZEROCOPY bytes sent to a loopback route, where the receiver forces a deferred copy.
+    pub tcp_zerocopy_local_bytes: u64,
+    /// Bytes copied by the kernel's copy routines, when fexit on them is allowed (else 0).
+    pub observed_copy_bytes: u64,
+}
+
+/// How `tcp_sendmsg_locked` moved a send's payload.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TcpPath {
+    /// Copied from user memory into the skb.
+    Copy = 0,
+    /// Page references (`MSG_SPLICE_PAGES` on a scatter-gather route): sendfile, splice.
+    Splice = 1,
+    /// User pages pinned (`MSG_ZEROCOPY` on an `SO_ZEROCOPY` socket with a scatter-gather route).
+    Zerocopy = 2,
+    /// The send's classification was lost (the task changed CPU between probe points).
+    Unclassified = 3,
+}
+pub const TCP_PATHS: usize = 4;
+
+/// What a file descriptor refers to, as far as the copy model cares.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum FdKind {
+    None = 0,
+    /// The caller's own memory (the other side of read/write-style calls).
+    User = 1,
+    Regular = 2,
+    Pipe = 3,
+    Tcp = 4,
+    Udp = 5,
+    Unix = 6,
+    OtherSocket = 7,
+    Other = 8,
+}
+
+impl FdKind {
+    pub const fn from_u8(v: u8) -> FdKind {
+        match v {
+            1 => FdKind::User,
+            2 => FdKind::Regular,
+            3 => FdKind::Pipe,
+            4 => FdKind::Tcp,
+            5 => FdKind::Udp,
+            6 => FdKind::Unix,
+            7 => FdKind::OtherSocket,
+            8 => FdKind::Other,
+            _ => FdKind::None,
+        }
+    }
+}
+
+/// Flags of a call that change how many copies it makes.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Variant {
+    Plain = 0,
+    /// A send with `MSG_ZEROCOPY`.
+    Zerocopy = 1,
+}
+
+/// Indices into the `MAP_UPDATE_ERRORS` per-CPU array: one slot per map an update can fail on.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MapSlot {
+    Syscalls = 0,
+    Processes = 1,
+    OffcpuStart = 2,
+    /// Not a map: sendmmsg/recvmmsg vectors longer than the programs walk (bytes undercounted).
+    MmsgTruncated = 3,
+}
+pub const MAP_SLOTS: u32 = 4;
+
+/// Kernel struct field offsets, resolved from `/sys/kernel/btf/vmlinux` at load time (aya emits no
+/// CO-RE relocations from Rust) and handed to the programs as a global.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct KernelOffsets {
+    pub task_pid: u32,
+    pub task_tgid: u32,
+    pub task_group_leader: u32,
+    pub task_start_boottime: u32,
+    pub task_files: u32,
+    pub task_comm: u32,
+    pub files_fdt: u32,
+    pub fdtable_max_fds: u32,
+    pub fdtable_fd: u32,
+    pub file_inode: u32,
+    pub file_private_data: u32,
+    pub file_mode: u32,
+    pub inode_mode: u32,
+    pub socket_sk: u32,
+    pub sock_family: u32,
+    pub sock_type: u32,
+    pub sock_protocol: u32,
+    pub sock_route_caps: u32,
+    pub sock_flags: u32,
+    pub sock_dst_cache: u32,
+    pub dst_dev: u32,
+    pub netdev_flags: u32,
+    pub msghdr_flags: u32,
+    pub msghdr_ubuf: u32,
+    /// Bit number of `SOCK_ZEROCOPY` in `sock::sk_flags` (an enum value, read from BTF too).
+    pub sock_zerocopy_bit: u32,
+}
+
+/// Run-time configuration of the programs, set as a global before load.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ProbeConfig {
+    /// Trace only this tgid; 0 traces every process.
+    pub filter_tgid: u32,
+    pub reserved: u32,
+}
+
+/// Longest mmsghdr vector whose `msg_len` fields the programs sum; the rest is counted as truncated.
+pub const MMSG_WALK: u32 = 32;
+/// `sizeof(struct mmsghdr)` and the offset of its `msg_len` on 64-bit Linux.
+pub const MMSGHDR_SIZE: u64 = 64;
+pub const MMSGHDR_LEN_OFFSET: u64 = 56;
+
+pub const MSG_ZEROCOPY: u64 = 0x400_0000;
+pub const MSG_SPLICE_PAGES: u32 = 0x800_0000;
+pub const NETIF_F_SG: u64 = 1;
+pub const IFF_LOOPBACK: u32 = 0x8;
+pub const FMODE_WRITE: u32 = 0x2;
+pub const AF_UNIX: u16 = 1;
+pub const AF_INET: u16 = 2;
+pub const AF_INET6: u16 = 10;
+pub const SOCK_STREAM: u16 = 1;
+pub const SOCK_DGRAM: u16 = 2;
+pub const IPPROTO_TCP: u16 = 6;
+pub const IPPROTO_UDP: u16 = 17;
+pub const S_IFMT: u16 = 0o170000;
+pub const S_IFSOCK: u16 = 0o140000;
+pub const S_IFREG: u16 = 0o100000;
+pub const S_IFIFO: u16 = 0o010000;
+
+/// x86_64 numbers of the data-path syscalls the programs decode.
+pub mod nr {
+    pub const READ: u16 = 0;
+    pub const WRITE: u16 = 1;
+    pub const PREAD64: u16 = 17;
+    pub const PWRITE64: u16 = 18;
+    pub const READV: u16 = 19;
+    pub const WRITEV: u16 = 20;
+    pub const SENDFILE: u16 = 40;
+    pub const SENDTO: u16 = 44;
+    pub const RECVFROM: u16 = 45;
+    pub const SENDMSG: u16 = 46;
+    pub const RECVMSG: u16 = 47;
+    pub const SPLICE: u16 = 275;
+    pub const TEE: u16 = 276;
+    pub const VMSPLICE: u16 = 278;
+    pub const PREADV: u16 = 295;
+    pub const PWRITEV: u16 = 296;
+    pub const RECVMMSG: u16 = 299;
+    pub const SENDMMSG: u16 = 307;
+    pub const COPY_FILE_RANGE: u16 = 326;
+    pub const PREADV2: u16 = 327;
+    pub const PWRITEV2: u16 = 328;
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    use super::*;
+    // SAFETY: all are repr(C), contain only integers, and have no implicit padding.
+    unsafe impl aya::Pod for ProcessKey {}
+    unsafe impl aya::Pod for SyscallKey {}
+    unsafe impl aya::Pod for SyscallStats {}
+    unsafe impl aya::Pod for ProcessStats {}
+    unsafe impl aya::Pod for KernelOffsets {}
+    unsafe impl aya::Pod for ProbeConfig {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use core::mem::size_of;
+
+    #[test]
+    fn shared_types_have_no_implicit_padding() {
+        assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
+        assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
+        assert_eq!(size_of::<SyscallStats>(), 3 * 8);
+        assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 2));
+        assert_eq!(size_of::<KernelOffsets>(), 25 * 4);
+    }
+
+    #[test]
+    fn fd_kind_round_trips_through_u8() {
+        for v in 0..=8u8 {
+            assert_eq!(FdKind::from_u8(v) as u8, v);
+        }
+        assert_eq!(FdKind::from_u8(200), FdKind::None);
+    }
+}

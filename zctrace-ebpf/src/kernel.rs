@@ -1,0 +1,141 @@
+//! Reading kernel structs through offsets resolved from BTF at load time.
+use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
+use zctrace_common::{
+    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, IPPROTO_TCP,
+    IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
+};
+
+#[unsafe(no_mangle)]
+pub static OFFSETS: KernelOffsets = KernelOffsets {
+    task_pid: 0,
+    task_tgid: 0,
+    task_group_leader: 0,
+    task_start_boottime: 0,
+    task_files: 0,
+    task_comm: 0,
+    files_fdt: 0,
+    fdtable_max_fds: 0,
+    fdtable_fd: 0,
+    file_inode: 0,
+    file_private_data: 0,
+    file_mode: 0,
+    inode_mode: 0,
+    socket_sk: 0,
+    sock_family: 0,
+    sock_type: 0,
+    sock_protocol: 0,
+    sock_route_caps: 0,
+    sock_flags: 0,
+    sock_dst_cache: 0,
+    dst_dev: 0,
+    netdev_flags: 0,
+    msghdr_flags: 0,
+    msghdr_ubuf: 0,
+    sock_zerocopy_bit: 0,
+};
+
+#[unsafe(no_mangle)]
+static CONFIG: ProbeConfig = ProbeConfig {
+    filter_tgid: 0,
+    reserved: 0,
+};
+
+/// Reads one field of `OFFSETS`; volatile so the loader's value is used, not the zero above.
+macro_rules! offset {
+    ($field:ident) => {
+        unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$field) } as u64
+    };
+}
+pub(crate) use offset;
+
+/// Reads a `T` at `base + offset` of kernel memory.
+#[inline(always)]
+pub fn read<T>(base: u64, offset: u64) -> Result<T, u32> {
+    if base == 0 {
+        return Err(1);
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad pointer is an error, not a fault.
+    unsafe { bpf_probe_read_kernel((base + offset) as *const T) }.map_err(|_| 1)
+}
+
+/// True when the process should be skipped because another one was asked for.
+#[inline(always)]
+pub fn filtered_out(tgid: u32) -> bool {
+    let wanted = unsafe { core::ptr::read_volatile(&raw const CONFIG.filter_tgid) };
+    tgid == 0 || (wanted != 0 && wanted != tgid)
+}
+
+#[inline(always)]
+pub fn current_task() -> u64 {
+    // SAFETY: the helper has no preconditions.
+    unsafe { bpf_get_current_task() }
+}
+
+#[inline(always)]
+pub fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// Key of the process `task` belongs to, given its tgid.
+#[inline(always)]
+pub fn process_key(task: u64, tgid: u32) -> Result<ProcessKey, u32> {
+    let leader: u64 = read(task, offset!(task_group_leader))?;
+    let start_boottime_ns: u64 = read(leader, offset!(task_start_boottime))?;
+    Ok(ProcessKey {
+        tgid,
+        reserved: 0,
+        start_boottime_ns,
+    })
+}
+
+/// The `struct file *` behind descriptor `fd` of `task`.
+#[inline(always)]
+pub fn fd_file(task: u64, fd: u64) -> Result<u64, u32> {
+    let files: u64 = read(task, offset!(task_files))?;
+    let fdt: u64 = read(files, offset!(files_fdt))?;
+    let max_fds: u32 = read(fdt, offset!(fdtable_max_fds))?;
+    if fd >= max_fds as u64 {
+        return Err(1);
+    }
+    let fd_array: u64 = read(fdt, offset!(fdtable_fd))?;
+    read(fd_array, fd * 8)
+}
+
+#[inline(always)]
+pub fn file_kind(file: u64) -> FdKind {
+    let Ok(inode) = read::<u64>(file, offset!(file_inode)) else {
+        return FdKind::None;
+    };
+    let Ok(mode) = read::<u16>(inode, offset!(inode_mode)) else {
+        return FdKind::None;
+    };
+    match mode & S_IFMT {
+        S_IFREG => FdKind::Regular,
+        S_IFIFO => FdKind::Pipe,
+        S_IFSOCK => socket_kind(file).unwrap_or(FdKind::OtherSocket),
+        _ => FdKind::Other,
+    }
+}
+
+#[inline(always)]
+fn socket_kind(file: u64) -> Result<FdKind, u32> {
+    let socket: u64 = read(file, offset!(file_private_data))?;
+    let sk: u64 = read(socket, offset!(socket_sk))?;
+    let family: u16 = read(sk, offset!(sock_family))?;
+    let sk_type: u16 = read(sk, offset!(sock_type))?;
+    let protocol: u16 = read(sk, offset!(sock_protocol))?;
+    Ok(match (family, sk_type, protocol) {
+        (AF_UNIX, _, _) => FdKind::Unix,
+        (AF_INET | AF_INET6, SOCK_STREAM, IPPROTO_TCP) => FdKind::Tcp,
+        (AF_INET | AF_INET6, SOCK_DGRAM, IPPROTO_UDP) => FdKind::Udp,
+        _ => FdKind::OtherSocket,
+    })
+}
+
+/// True when `sk` is an IPv4/IPv6 TCP socket.
+#[inline(always)]
+pub fn is_tcp(sk: u64) -> bool {
+    let family: u16 = read(sk, offset!(sock_family)).unwrap_or(0);
+    let protocol: u16 = read(sk, offset!(sock_protocol)).unwrap_or(0);
+    (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
+}

@@ -1,0 +1,84 @@
+//! Maps and the helpers that update them. Fixed-size hashes, so a full map is a counted failure
+//! (never a silent eviction); user space frees the entries of exited processes.
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
+
+use aya_ebpf::{
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_comm,
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use zctrace_common::{
+    MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS,
+};
+
+#[map]
+pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> = HashMap::with_max_entries(65536, 0);
+
+#[map]
+pub static PROCESSES: HashMap<ProcessKey, ProcessStats> = HashMap::with_max_entries(16384, 0);
+
+/// Per thread (tid): when it was last switched out, for off-CPU time.
+#[map]
+pub static OFFCPU_START: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+
+/// Failed updates, indexed by [`MapSlot`].
+#[map]
+pub static MAP_UPDATE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_SLOTS, 0);
+
+#[inline(always)]
+pub fn add(counter: *mut u64, value: u64) {
+    // SAFETY: `counter` points into a map value the kernel keeps alive for this program run.
+    // The BPF target has no AtomicU64::fetch_add; this intrinsic lowers to BPF_ATOMIC add.
+    unsafe { atomic_xadd::<u64, u64, { AtomicOrdering::Relaxed }>(counter, value) };
+}
+
+#[inline(always)]
+pub fn count_error(slot: MapSlot) {
+    if let Some(counter) = MAP_UPDATE_ERRORS.get_ptr_mut(slot as u32) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+/// The syscall entry for `key`, created zeroed on first use.
+#[inline(always)]
+pub fn syscall_entry(key: &SyscallKey) -> Option<*mut SyscallStats> {
+    if let Some(entry) = SYSCALLS.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    // A concurrent insert of the same key fails with EEXIST: the lookup below then finds it.
+    let _ = SYSCALLS.insert(key, SyscallStats::default(), BPF_NOEXIST as u64);
+    let entry = SYSCALLS.get_ptr_mut(key);
+    if entry.is_none() {
+        count_error(MapSlot::Syscalls);
+    }
+    entry
+}
+
+/// The process entry for `key`, created on first use with `comm` as its name.
+#[inline(always)]
+pub fn process_entry(key: &ProcessKey, comm: [u8; 16]) -> Option<*mut ProcessStats> {
+    if let Some(entry) = PROCESSES.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    let fresh = ProcessStats {
+        comm,
+        ..ProcessStats::default()
+    };
+    let _ = PROCESSES.insert(key, fresh, BPF_NOEXIST as u64);
+    let entry = PROCESSES.get_ptr_mut(key);
+    if entry.is_none() {
+        count_error(MapSlot::Processes);
+    }
+    entry
+}
+
+/// The process entry of the current task.
+#[inline(always)]
+pub fn current_process_entry(key: &ProcessKey) -> Option<*mut ProcessStats> {
+    if let Some(entry) = PROCESSES.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    process_entry(key, bpf_get_current_comm().unwrap_or_default())
+}

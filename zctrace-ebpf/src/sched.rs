@@ -1,0 +1,84 @@
+//! Scheduler context switches per process, split as the kernel's nvcsw/nivcsw are, and off-CPU time.
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::btf_tracepoint,
+    programs::BtfTracePointContext,
+};
+use zctrace_common::MapSlot;
+
+use crate::{
+    kernel::{current_task, filtered_out, offset, process_key, read},
+    maps::{add, count_error, current_process_entry, process_entry, OFFCPU_START},
+};
+
+/// Why sched_switch: it is where the kernel decides voluntary vs involuntary (the same test as its
+/// nvcsw/nivcsw accounting), and where every off-CPU interval starts and ends.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
+    match try_sched_switch(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let preempt: u64 = ctx.arg(0);
+    let next: u64 = ctx.arg(2);
+    let prev_state: u64 = ctx.arg(3);
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    // A task that blocks (state not TASK_RUNNING) without being preempted switched voluntarily.
+    let voluntary = preempt & 1 == 0 && prev_state as u32 != 0;
+    let _ = switch_out(voluntary, now);
+    switch_in(next, now)
+}
+
+/// `current` is still the task being switched out.
+#[inline(always)]
+fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if filtered_out(tgid) {
+        return Ok(0);
+    }
+    let key = process_key(current_task(), tgid)?;
+    let entry = current_process_entry(&key).ok_or(0u32)?;
+    // SAFETY: `entry` points into a live map value.
+    unsafe {
+        if voluntary {
+            add(&raw mut (*entry).voluntary_switches, 1);
+        } else {
+            add(&raw mut (*entry).involuntary_switches, 1);
+        }
+    }
+    if OFFCPU_START.insert(pid_tgid as u32, now, 0).is_err() {
+        count_error(MapSlot::OffcpuStart);
+    }
+    Ok(0)
+}
+
+#[inline(always)]
+fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
+    let tgid: u32 = read(next, offset!(task_tgid))?;
+    if filtered_out(tgid) {
+        return Ok(0);
+    }
+    let tid: u32 = read(next, offset!(task_pid))?;
+    // SAFETY: a hash value read once; a concurrent update only changes which interval is counted.
+    let Some(&since) = (unsafe { OFFCPU_START.get(tid) }) else {
+        return Ok(0);
+    };
+    let key = process_key(next, tgid)?;
+    let comm: [u8; 16] = read(next, offset!(task_comm)).unwrap_or_default();
+    let entry = process_entry(&key, comm).ok_or(0u32)?;
+    // SAFETY: `entry` points into a live map value.
+    unsafe { add(&raw mut (*entry).offcpu_ns, now.saturating_sub(since)) };
+    Ok(0)
+}
+
+/// Why sched_process_exit: a thread's last event, so its off-CPU timestamp is freed here rather
+/// than waiting in the map.
+#[btf_tracepoint(function = "sched_process_exit")]
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
+    let _ = OFFCPU_START.remove(bpf_get_current_pid_tgid() as u32);
+    0
+}

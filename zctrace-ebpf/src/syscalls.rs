@@ -1,0 +1,170 @@
+//! Every syscall's exit: per-process syscall counts, and for the data-path syscalls, the bytes
+//! moved and the kinds of descriptor on each side.
+use aya_ebpf::{
+    helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext,
+};
+use zctrace_common::{
+    nr, FdKind, MapSlot, SyscallKey, Variant, FMODE_WRITE, MMSGHDR_LEN_OFFSET, MMSGHDR_SIZE,
+    MMSG_WALK, MSG_ZEROCOPY,
+};
+
+use crate::{
+    kernel::{current_task, current_tgid, fd_file, file_kind, filtered_out, offset, process_key, read},
+    maps::{add, count_error, syscall_entry},
+};
+
+/// x86_64 `struct pt_regs` offsets: a stable ABI (ptrace exposes it), so no BTF lookup is needed.
+mod regs {
+    pub const R10: u64 = 56;
+    pub const DX: u64 = 96;
+    pub const SI: u64 = 104;
+    pub const DI: u64 = 112;
+    pub const ORIG_AX: u64 = 120;
+}
+
+/// Why sys_exit: one hook sees every syscall with its return value (per-process syscall and mode
+/// switch counts), and the arguments are still in pt_regs, so no enter/exit pairing map is needed.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
+    match try_sys_exit(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let tgid = current_tgid();
+    if filtered_out(tgid) {
+        return Ok(0);
+    }
+    let pt_regs: u64 = ctx.arg(0);
+    let ret: i64 = ctx.arg(1);
+    let syscall: i64 = read(pt_regs, regs::ORIG_AX)?;
+    if !(0..=u16::MAX as i64).contains(&syscall) {
+        return Ok(0);
+    }
+    let task = current_task();
+    let mut key = SyscallKey {
+        process: process_key(task, tgid)?,
+        nr: syscall as u16,
+        ..SyscallKey::default()
+    };
+    let bytes = describe(&mut key, task, pt_regs, ret);
+    let entry = syscall_entry(&key).ok_or(0u32)?;
+    // SAFETY: `entry` points into a live map value.
+    unsafe {
+        add(&raw mut (*entry).calls, 1);
+        if ret < 0 {
+            add(&raw mut (*entry).errors, 1);
+        } else if bytes > 0 {
+            add(&raw mut (*entry).bytes, bytes);
+        }
+    }
+    Ok(0)
+}
+
+/// Fills in the source/destination kinds of a data-path syscall and returns the bytes it moved.
+#[inline(always)]
+fn describe(key: &mut SyscallKey, task: u64, pt_regs: u64, ret: i64) -> u64 {
+    let arg = |offset: u64| read::<u64>(pt_regs, offset).unwrap_or(u64::MAX);
+    let kind = |offset: u64| fd_kind(task, arg(offset)) as u8;
+    let user = FdKind::User as u8;
+    let moved = if ret > 0 { ret as u64 } else { 0 };
+    match key.nr {
+        nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::RECVFROM
+        | nr::RECVMSG => {
+            (key.src, key.dst) = (kind(regs::DI), user);
+            moved
+        }
+        nr::RECVMMSG => {
+            (key.src, key.dst) = (kind(regs::DI), user);
+            mmsg_bytes(arg(regs::SI), ret)
+        }
+        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 => {
+            (key.src, key.dst) = (user, kind(regs::DI));
+            moved
+        }
+        nr::SENDTO => {
+            (key.src, key.dst, key.variant) = (user, kind(regs::DI), send_variant(arg(regs::R10)));
+            moved
+        }
+        nr::SENDMSG => {
+            (key.src, key.dst, key.variant) = (user, kind(regs::DI), send_variant(arg(regs::DX)));
+            moved
+        }
+        nr::SENDMMSG => {
+            (key.src, key.dst, key.variant) = (user, kind(regs::DI), send_variant(arg(regs::R10)));
+            mmsg_bytes(arg(regs::SI), ret)
+        }
+        nr::SENDFILE | nr::TEE => {
+            let (from, to) = if key.nr == nr::SENDFILE { (regs::SI, regs::DI) } else { (regs::DI, regs::SI) };
+            (key.src, key.dst) = (kind(from), kind(to));
+            moved
+        }
+        nr::SPLICE | nr::COPY_FILE_RANGE => {
+            (key.src, key.dst) = (kind(regs::DI), kind(regs::DX));
+            moved
+        }
+        nr::VMSPLICE => {
+            (key.src, key.dst) = vmsplice_direction(task, arg(regs::DI));
+            moved
+        }
+        _ => 0,
+    }
+}
+
+#[inline(always)]
+fn fd_kind(task: u64, fd: u64) -> FdKind {
+    if fd > i32::MAX as u64 {
+        return FdKind::None;
+    }
+    match fd_file(task, fd) {
+        Ok(file) => file_kind(file),
+        Err(_) => FdKind::None,
+    }
+}
+
+#[inline(always)]
+fn send_variant(flags: u64) -> u8 {
+    if flags & MSG_ZEROCOPY != 0 {
+        Variant::Zerocopy as u8
+    } else {
+        Variant::Plain as u8
+    }
+}
+
+/// vmsplice maps user pages into a pipe opened for writing, and copies out of one opened for reading.
+#[inline(always)]
+fn vmsplice_direction(task: u64, fd: u64) -> (u8, u8) {
+    let user = FdKind::User as u8;
+    let Ok(file) = fd_file(task, fd) else {
+        return (user, FdKind::None as u8);
+    };
+    let kind = file_kind(file) as u8;
+    let mode: u32 = read(file, offset!(file_mode)).unwrap_or(FMODE_WRITE);
+    if mode & FMODE_WRITE != 0 {
+        (user, kind)
+    } else {
+        (kind, user)
+    }
+}
+
+/// sendmmsg/recvmmsg return a message count; the bytes are the `msg_len` of each message.
+#[inline(always)]
+fn mmsg_bytes(vector: u64, messages: i64) -> u64 {
+    if messages <= 0 {
+        return 0;
+    }
+    if messages > MMSG_WALK as i64 {
+        count_error(MapSlot::MmsgTruncated);
+    }
+    let mut total = 0u64;
+    for i in 0..MMSG_WALK as u64 {
+        if i >= messages as u64 {
+            break;
+        }
+        let len_ptr = (vector + i * MMSGHDR_SIZE + MMSGHDR_LEN_OFFSET) as *const u32;
+        // SAFETY: bpf_probe_read_user checks the address.
+        total += unsafe { bpf_probe_read_user(len_ptr) }.unwrap_or(0) as u64;
+    }
+    total
+}

@@ -1,0 +1,134 @@
+//! The TCP send path (copied, spliced or zerocopy) and socket receive copies.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, macros::map, maps::PerCpuArray,
+    programs::BtfTracePointContext,
+};
+use zctrace_common::{TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG};
+
+use crate::{
+    kernel::{current_task, filtered_out, is_tcp, offset, process_key, read},
+    maps::{add, current_process_entry},
+};
+
+/// What `tcp_sendmsg_locked` decided for the send in progress on this CPU.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct PendingSend {
+    pid_tgid: u64,
+    path: u32,
+    loopback: u32,
+}
+
+#[map]
+static PENDING_SEND: PerCpuArray<PendingSend> = PerCpuArray::with_max_entries(1, 0);
+
+/// Why tcp_sendmsg_locked: it sees the send's msg_flags and the route's capabilities, the two
+/// things that decide whether TCP copies, references page cache pages, or pins user pages.
+#[btf_tracepoint(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> u32 {
+    match try_tcp_sendmsg_locked(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_tcp_sendmsg_locked(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if filtered_out((pid_tgid >> 32) as u32) {
+        return Ok(0);
+    }
+    let sk: u64 = ctx.arg(0);
+    let msg: u64 = ctx.arg(1);
+    let flags: u32 = read(msg, offset!(msghdr_flags))?;
+    let route_caps: u64 = read(sk, offset!(sock_route_caps))?;
+    let scatter_gather = route_caps & NETIF_F_SG != 0;
+    let path = if flags as u64 & MSG_ZEROCOPY != 0 && scatter_gather && zerocopy_allowed(sk, msg) {
+        TcpPath::Zerocopy
+    } else if flags & MSG_SPLICE_PAGES != 0 && scatter_gather {
+        TcpPath::Splice
+    } else {
+        TcpPath::Copy
+    };
+    let loopback = path == TcpPath::Zerocopy && routes_to_loopback(sk);
+    let slot = PENDING_SEND.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+    unsafe {
+        *slot = PendingSend {
+            pid_tgid,
+            path: path as u32,
+            loopback: loopback as u32,
+        }
+    };
+    Ok(0)
+}
+
+/// MSG_ZEROCOPY is honoured for io_uring's buffers (msg_ubuf) or an `SO_ZEROCOPY` socket.
+#[inline(always)]
+fn zerocopy_allowed(sk: u64, msg: u64) -> bool {
+    let ubuf: u64 = read(msg, offset!(msghdr_ubuf)).unwrap_or(0);
+    let sk_flags: u64 = read(sk, offset!(sock_flags)).unwrap_or(0);
+    ubuf != 0 || sk_flags & (1 << offset!(sock_zerocopy_bit)) != 0
+}
+
+/// A loopback receiver copies zerocopy pages when it queues them (skb_orphan_frags_rx).
+#[inline(always)]
+fn routes_to_loopback(sk: u64) -> bool {
+    let dev_flags = read::<u64>(sk, offset!(sock_dst_cache))
+        .and_then(|dst| read::<u64>(dst, offset!(dst_dev)))
+        .and_then(|dev| read::<u32>(dev, offset!(netdev_flags)));
+    matches!(dev_flags, Ok(flags) if flags & IFF_LOOPBACK != 0)
+}
+
+/// Why sock_send_length: it reports the bytes each socket send really moved, sendfile and splice
+/// included, right after tcp_sendmsg returns.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
+    match try_sock_send_length(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_sock_send_length(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let sk: u64 = ctx.arg(0);
+    let sent: i32 = ctx.arg(1);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    if sent <= 0 || filtered_out(tgid) || !is_tcp(sk) {
+        return Ok(0);
+    }
+    let slot = PENDING_SEND.get_ptr_mut(0).ok_or(0u32)?;
+    // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+    let pending = unsafe { core::ptr::replace(slot, PendingSend { pid_tgid: 0, path: 0, loopback: 0 }) };
+    let path = if pending.pid_tgid == pid_tgid { pending.path } else { TcpPath::Unclassified as u32 };
+    let key = process_key(current_task(), tgid)?;
+    let entry = current_process_entry(&key).ok_or(0u32)?;
+    // SAFETY: `entry` points into a live map value; `path` is below TCP_PATHS.
+    unsafe {
+        add(&raw mut (*entry).tcp_send_bytes[(path & 3) as usize], sent as u64);
+        if path == TcpPath::Zerocopy as u32 && pending.loopback != 0 {
+            add(&raw mut (*entry).tcp_zerocopy_local_bytes, sent as u64);
+        }
+    }
+    Ok(0)
+}
+
+/// Why skb_copy_datagram_iovec: every socket receive into user memory copies through it, and it
+/// carries the exact length copied.
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn skb_copy_datagram_iovec(ctx: BtfTracePointContext) -> u32 {
+    match try_skb_copy_datagram_iovec(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_skb_copy_datagram_iovec(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let copied: i32 = ctx.arg(1);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if copied <= 0 || filtered_out(tgid) {
+        return Ok(0);
+    }
+    let key = process_key(current_task(), tgid)?;
+    let entry = current_process_entry(&key).ok_or(0u32)?;
+    // SAFETY: `entry` points into a live map value.
+    unsafe { add(&raw mut (*entry).recv_copy_bytes, copied as u64) };
+    Ok(0)
+}

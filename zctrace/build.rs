@@ -1,0 +1,19 @@
+//! Builds the eBPF programs in `zctrace-ebpf` with the nightly toolchain and bpf-linker.
+use std::path::PathBuf;
+
+use aya_build::{Package, Toolchain};
+
+fn main() -> anyhow::Result<()> {
+    let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
+    let ebpf_dir = manifest_dir.join("../zctrace-ebpf").canonicalize()?;
+    let root_dir = ebpf_dir.to_str().expect("zctrace-ebpf path is not UTF-8");
+    println!("cargo:rerun-if-changed={}", manifest_dir.join("../zctrace-common/src").display());
+    aya_build::build_ebpf(
+        [Package {
+            name: "zctrace-ebpf",
+            root_dir,
+            ..Default::default()
+        }],
+        Toolchain::Nightly,
+    )
+}

@@ -1,0 +1,106 @@
+//! The copy model: how many times the CPU copies each byte a data-path syscall moves, given what
+//! it moved the bytes between. Figures from this table are labelled `model`, never `observed`.
+use zctrace_common::{nr, FdKind, Variant};
+
+/// Whether a figure was seen in the kernel or inferred from the copy model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    Observed,
+    Model,
+}
+
+impl Source {
+    pub fn label(self) -> &'static str {
+        match self {
+            Source::Observed => "observed",
+            Source::Model => "model",
+        }
+    }
+}
+
+/// True for the syscalls whose bytes and descriptor kinds the probes decode.
+pub fn is_data_path(syscall: u16) -> bool {
+    matches!(
+        syscall,
+        nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::WRITE | nr::PWRITE64
+            | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::SENDTO | nr::SENDMSG | nr::SENDMMSG
+            | nr::RECVFROM | nr::RECVMSG | nr::RECVMMSG | nr::SENDFILE | nr::SPLICE | nr::TEE
+            | nr::VMSPLICE | nr::COPY_FILE_RANGE
+    )
+}
+
+/// CPU copies per byte for one data-path syscall between `src` and `dst`.
+pub fn copies_per_byte(syscall: u16, dst: FdKind, variant: Variant) -> u64 {
+    use FdKind::*;
+    match syscall {
+        // Page-cache or skb pages are referenced, not copied, unless they land in a regular file
+        // (or anything else that is not a pipe or a splice-capable socket).
+        nr::SENDFILE | nr::SPLICE => match dst {
+            Pipe | Tcp | Udp | Unix => 0,
+            _ => 1,
+        },
+        nr::TEE => 0,
+        // User pages mapped into a pipe; out of a pipe into user memory they are copied.
+        nr::VMSPLICE => u64::from(dst == User),
+        // Pinned user pages at send time; a local receiver's deferred copy is counted separately.
+        nr::SENDTO | nr::SENDMSG | nr::SENDMMSG if variant == Variant::Zerocopy && matches!(dst, Tcp | Udp) => 0,
+        // An in-kernel copy; a reflinking filesystem would make it 0, which the probes cannot see.
+        nr::COPY_FILE_RANGE => 1,
+        // Between user memory and the kernel every byte is copied once (O_DIRECT aside).
+        _ => 1,
+    }
+}
+
+pub fn kind_label(kind: FdKind) -> &'static str {
+    match kind {
+        FdKind::None => "none",
+        FdKind::User => "user",
+        FdKind::Regular => "file",
+        FdKind::Pipe => "pipe",
+        FdKind::Tcp => "tcp",
+        FdKind::Udp => "udp",
+        FdKind::Unix => "unix",
+        FdKind::OtherSocket => "socket",
+        FdKind::Other => "other",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FdKind::*;
+
+    #[test]
+    fn seeds_table_sender_side() {
+        let plain = Variant::Plain;
+        assert_eq!(copies_per_byte(nr::READ, User, plain), 1);
+        assert_eq!(copies_per_byte(nr::WRITE, Tcp, plain), 1);
+        assert_eq!(copies_per_byte(nr::SENDFILE, Tcp, plain), 0);
+        assert_eq!(copies_per_byte(nr::SENDFILE, Regular, plain), 1);
+        assert_eq!(copies_per_byte(nr::SPLICE, Pipe, plain), 0);
+        assert_eq!(copies_per_byte(nr::SPLICE, Tcp, plain), 0);
+        assert_eq!(copies_per_byte(nr::SPLICE, Pipe, plain), 0);
+        assert_eq!(copies_per_byte(nr::SPLICE, Regular, plain), 1);
+        assert_eq!(copies_per_byte(nr::TEE, Pipe, plain), 0);
+        assert_eq!(copies_per_byte(nr::VMSPLICE, Pipe, plain), 0);
+        assert_eq!(copies_per_byte(nr::VMSPLICE, User, plain), 1);
+        assert_eq!(copies_per_byte(nr::COPY_FILE_RANGE, Regular, plain), 1);
+        assert_eq!(copies_per_byte(nr::RECVFROM, User, plain), 1);
+    }
+
+    #[test]
+    fn zerocopy_sends_are_free_only_on_sockets_that_support_them() {
+        assert_eq!(copies_per_byte(nr::SENDMSG, Tcp, Variant::Zerocopy), 0);
+        assert_eq!(copies_per_byte(nr::SENDTO, Udp, Variant::Zerocopy), 0);
+        assert_eq!(copies_per_byte(nr::SENDMSG, Unix, Variant::Zerocopy), 1);
+        assert_eq!(copies_per_byte(nr::SENDMSG, Tcp, Variant::Plain), 1);
+    }
+
+    #[test]
+    fn only_decoded_syscalls_are_data_path() {
+        assert!(is_data_path(nr::SENDFILE));
+        assert!(is_data_path(nr::RECVMMSG));
+        assert!(!is_data_path(39)); // getpid
+        assert!(!is_data_path(110)); // getppid
+    }
+}

@@ -1,0 +1,193 @@
+//! Pure accounting: raw map contents in, per-process figures out. No BPF, no root, unit-tested.
+pub mod copy_model;
+mod syscall_names;
+
+use std::collections::BTreeMap;
+
+use zctrace_common::{
+    FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, Variant, MAP_SLOTS,
+};
+
+pub use copy_model::{kind_label, Source};
+
+/// Everything the maps held at one moment.
+#[derive(Clone, Debug, Default)]
+pub struct RawSnapshot {
+    pub syscalls: Vec<(SyscallKey, SyscallStats)>,
+    pub processes: Vec<(ProcessKey, ProcessStats)>,
+    /// Failed updates by [`MapSlot`], summed over CPUs.
+    pub update_errors: [u64; MAP_SLOTS as usize],
+}
+
+impl RawSnapshot {
+    pub fn update_errors(&self, slot: MapSlot) -> u64 {
+        self.update_errors[slot as usize]
+    }
+}
+
+/// One mechanism of one process: a data-path syscall between two kinds of endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PathFigures {
+    pub syscall: &'static str,
+    pub src: FdKind,
+    pub dst: FdKind,
+    pub zerocopy_flag: bool,
+    pub calls: u64,
+    pub errors: u64,
+    pub bytes: u64,
+    pub cpu_copy_bytes: u64,
+    pub source: Source,
+}
+
+/// TCP send bytes by the path the kernel took (observed at `tcp_sendmsg_locked`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TcpSend {
+    pub copy: u64,
+    pub splice: u64,
+    pub zerocopy: u64,
+    pub unclassified: u64,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ProcessFigures {
+    pub key: ProcessKey,
+    pub comm: String,
+    /// Data-path mechanisms, largest byte count first.
+    pub paths: Vec<PathFigures>,
+    /// Calls per syscall name, every syscall included.
+    pub syscalls: BTreeMap<&'static str, u64>,
+    pub syscalls_total: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub offcpu_ns: u64,
+    /// Exact socket-to-user receive copies (observed).
+    pub recv_copy_bytes: u64,
+    pub tcp_send: TcpSend,
+    /// MSG_ZEROCOPY bytes sent over a loopback route: the receiver copies them (model).
+    pub zerocopy_deferred_copy_bytes: u64,
+    /// Copies measured by fexit on the copy routines, where the kernel allowed it.
+    pub observed_copy_bytes: Option<u64>,
+}
+
+impl ProcessFigures {
+    /// Every syscall enters and leaves the kernel: two mode switches.
+    pub fn mode_switches(&self) -> u64 {
+        self.syscalls_total * 2
+    }
+
+    /// Bytes moved by all data-path syscalls.
+    pub fn bytes(&self) -> u64 {
+        self.paths.iter().map(|p| p.bytes).sum()
+    }
+
+    /// Bytes that left the process: written to a file, pipe or socket.
+    pub fn delivered_bytes(&self) -> u64 {
+        self.paths.iter().filter(|p| p.dst != FdKind::User).map(|p| p.bytes).sum()
+    }
+
+    /// CPU-copied bytes by the copy model, the deferred zerocopy copies included.
+    pub fn modelled_cpu_copy_bytes(&self) -> u64 {
+        self.paths.iter().map(|p| p.cpu_copy_bytes).sum::<u64>() + self.zerocopy_deferred_copy_bytes
+    }
+
+    /// The best CPU copy figure there is, and where it came from.
+    pub fn cpu_copy_bytes(&self) -> (u64, Source) {
+        match self.observed_copy_bytes {
+            Some(observed) => (observed, Source::Observed),
+            None => (self.modelled_cpu_copy_bytes(), Source::Model),
+        }
+    }
+
+    /// CPU copies per delivered byte; `None` when nothing was delivered.
+    pub fn copies_per_byte(&self) -> Option<f64> {
+        ratio(self.cpu_copy_bytes().0, self.delivered_bytes())
+    }
+
+    pub fn path(&self, syscall: &str, src: FdKind, dst: FdKind) -> Option<&PathFigures> {
+        self.paths.iter().find(|p| p.syscall == syscall && p.src == src && p.dst == dst)
+    }
+}
+
+/// `numerator / denominator`, or `None` for a zero denominator.
+pub fn ratio(numerator: u64, denominator: u64) -> Option<f64> {
+    (denominator != 0).then(|| numerator as f64 / denominator as f64)
+}
+
+pub fn syscall_name(nr: u16) -> &'static str {
+    syscall_names::SYSCALL_NAMES
+        .binary_search_by_key(&nr, |&(n, _)| n)
+        .map(|i| syscall_names::SYSCALL_NAMES[i].1)
+        .unwrap_or("unknown")
+}
+
+/// Per-process figures from a snapshot. `copies_observed` says the kernel's copy routines were
+/// traced, so their counts replace the model's.
+pub fn per_process(snapshot: &RawSnapshot, copies_observed: bool) -> Vec<ProcessFigures> {
+    let mut by_key: BTreeMap<ProcessKey, ProcessFigures> = BTreeMap::new();
+    for (key, stats) in &snapshot.processes {
+        let figures = by_key.entry(*key).or_default();
+        apply_process_stats(figures, stats, copies_observed);
+    }
+    for (key, stats) in &snapshot.syscalls {
+        let figures = by_key.entry(key.process).or_default();
+        apply_syscall(figures, key, stats);
+    }
+    by_key
+        .into_iter()
+        .map(|(key, mut figures)| {
+            figures.key = key;
+            figures.paths.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.syscall.cmp(b.syscall)));
+            figures
+        })
+        .collect()
+}
+
+fn apply_process_stats(figures: &mut ProcessFigures, stats: &ProcessStats, copies_observed: bool) {
+    figures.comm = comm_from_bytes(&stats.comm);
+    figures.voluntary_switches = stats.voluntary_switches;
+    figures.involuntary_switches = stats.involuntary_switches;
+    figures.offcpu_ns = stats.offcpu_ns;
+    figures.recv_copy_bytes = stats.recv_copy_bytes;
+    let tcp = |path: TcpPath| stats.tcp_send_bytes[path as usize];
+    figures.tcp_send = TcpSend {
+        copy: tcp(TcpPath::Copy),
+        splice: tcp(TcpPath::Splice),
+        zerocopy: tcp(TcpPath::Zerocopy),
+        unclassified: tcp(TcpPath::Unclassified),
+    };
+    figures.zerocopy_deferred_copy_bytes = stats.tcp_zerocopy_local_bytes;
+    figures.observed_copy_bytes = copies_observed.then_some(stats.observed_copy_bytes);
+}
+
+fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &SyscallStats) {
+    let name = syscall_name(key.nr);
+    *figures.syscalls.entry(name).or_default() += stats.calls;
+    figures.syscalls_total += stats.calls;
+    if !copy_model::is_data_path(key.nr) {
+        return;
+    }
+    let (src, dst) = (FdKind::from_u8(key.src), FdKind::from_u8(key.dst));
+    let zerocopy_flag = key.variant == Variant::Zerocopy as u8;
+    let variant = if zerocopy_flag { Variant::Zerocopy } else { Variant::Plain };
+    let copies = copy_model::copies_per_byte(key.nr, dst, variant);
+    figures.paths.push(PathFigures {
+        syscall: name,
+        src,
+        dst,
+        zerocopy_flag,
+        calls: stats.calls,
+        errors: stats.errors,
+        bytes: stats.bytes,
+        cpu_copy_bytes: stats.bytes * copies,
+        source: Source::Model,
+    });
+}
+
+/// A kernel `comm` (NUL-padded, not always UTF-8) as a string.
+pub fn comm_from_bytes(comm: &[u8]) -> String {
+    let end = comm.iter().position(|&b| b == 0).unwrap_or(comm.len());
+    String::from_utf8_lossy(&comm[..end]).into_owned()
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,122 @@
+use zctrace_common::nr;
+
+use super::*;
+
+const SENDER: ProcessKey = ProcessKey { tgid: 42, reserved: 0, start_boottime_ns: 7_000_000_000 };
+const RECYCLED: ProcessKey = ProcessKey { tgid: 42, reserved: 0, start_boottime_ns: 9_000_000_000 };
+
+fn syscall(process: ProcessKey, nr: u16, src: FdKind, dst: FdKind, calls: u64, bytes: u64) -> (SyscallKey, SyscallStats) {
+    let key = SyscallKey { process, nr, src: src as u8, dst: dst as u8, ..SyscallKey::default() };
+    (key, SyscallStats { calls, bytes, errors: 0 })
+}
+
+fn comm(name: &str) -> [u8; 16] {
+    let mut out = [0u8; 16];
+    out[..name.len()].copy_from_slice(name.as_bytes());
+    out
+}
+
+#[test]
+fn read_write_relay_copies_every_delivered_byte_twice() {
+    let size = 64 << 20;
+    let snapshot = RawSnapshot {
+        syscalls: vec![
+            syscall(SENDER, nr::READ, FdKind::Regular, FdKind::User, 1025, size),
+            syscall(SENDER, nr::WRITE, FdKind::User, FdKind::Tcp, 1024, size),
+            syscall(SENDER, 110, FdKind::None, FdKind::None, 5, 0),
+        ],
+        processes: vec![(SENDER, ProcessStats { comm: comm("relay"), ..Default::default() })],
+        ..Default::default()
+    };
+    let figures = per_process(&snapshot, false);
+    assert_eq!(figures.len(), 1);
+    let relay = &figures[0];
+    assert_eq!(relay.comm, "relay");
+    assert_eq!(relay.bytes(), 2 * size);
+    assert_eq!(relay.delivered_bytes(), size);
+    assert_eq!(relay.cpu_copy_bytes(), (2 * size, Source::Model));
+    assert_eq!(relay.copies_per_byte(), Some(2.0));
+    assert_eq!(relay.syscalls_total, 1025 + 1024 + 5);
+    assert_eq!(relay.mode_switches(), 2 * (1025 + 1024 + 5));
+    assert_eq!(relay.syscalls.get("getppid"), Some(&5));
+    assert_eq!(relay.paths.len(), 2, "getppid is not a data path");
+}
+
+#[test]
+fn sendfile_to_tcp_copies_nothing() {
+    let snapshot = RawSnapshot {
+        syscalls: vec![syscall(SENDER, nr::SENDFILE, FdKind::Regular, FdKind::Tcp, 512, 1 << 26)],
+        ..Default::default()
+    };
+    let sender = &per_process(&snapshot, false)[0];
+    let path = sender.path("sendfile", FdKind::Regular, FdKind::Tcp).expect("sendfile path");
+    assert_eq!((path.bytes, path.cpu_copy_bytes), (1 << 26, 0));
+    assert_eq!(sender.copies_per_byte(), Some(0.0));
+}
+
+#[test]
+fn zerocopy_deferred_copies_count_toward_the_model_total() {
+    let (mut key, stats) = syscall(SENDER, nr::SENDMSG, FdKind::User, FdKind::Tcp, 10, 1000);
+    key.variant = Variant::Zerocopy as u8;
+    let mut process = ProcessStats::default();
+    process.tcp_send_bytes[TcpPath::Zerocopy as usize] = 1000;
+    process.tcp_zerocopy_local_bytes = 1000;
+    let snapshot = RawSnapshot { syscalls: vec![(key, stats)], processes: vec![(SENDER, process)], ..Default::default() };
+    let sender = &per_process(&snapshot, false)[0];
+    assert_eq!(sender.paths[0].cpu_copy_bytes, 0, "no copy at send time");
+    assert!(sender.paths[0].zerocopy_flag);
+    assert_eq!(sender.tcp_send.zerocopy, 1000);
+    assert_eq!(sender.cpu_copy_bytes(), (1000, Source::Model), "the loopback receiver's copy");
+}
+
+#[test]
+fn observed_copies_replace_the_model_only_when_traced() {
+    let process = ProcessStats { observed_copy_bytes: 77, ..Default::default() };
+    let snapshot = RawSnapshot {
+        syscalls: vec![syscall(SENDER, nr::WRITE, FdKind::User, FdKind::Tcp, 1, 100)],
+        processes: vec![(SENDER, process)],
+        ..Default::default()
+    };
+    assert_eq!(per_process(&snapshot, true)[0].cpu_copy_bytes(), (77, Source::Observed));
+    assert_eq!(per_process(&snapshot, false)[0].cpu_copy_bytes(), (100, Source::Model));
+}
+
+#[test]
+fn a_recycled_pid_is_a_different_process() {
+    let snapshot = RawSnapshot {
+        syscalls: vec![
+            syscall(SENDER, nr::WRITE, FdKind::User, FdKind::Pipe, 3, 300),
+            syscall(RECYCLED, nr::WRITE, FdKind::User, FdKind::Pipe, 1, 5),
+        ],
+        ..Default::default()
+    };
+    let figures = per_process(&snapshot, false);
+    assert_eq!(figures.len(), 2);
+    assert_eq!(figures[1].key, RECYCLED);
+    assert_eq!(figures[1].bytes(), 5);
+}
+
+#[test]
+fn nothing_delivered_has_no_copies_per_byte() {
+    let snapshot = RawSnapshot {
+        syscalls: vec![syscall(SENDER, nr::READ, FdKind::Tcp, FdKind::User, 1, 10)],
+        ..Default::default()
+    };
+    assert_eq!(per_process(&snapshot, false)[0].copies_per_byte(), None);
+    assert_eq!(ratio(1, 0), None);
+}
+
+#[test]
+fn syscall_names_are_sorted_and_found() {
+    let names = syscall_names::SYSCALL_NAMES;
+    assert!(names.windows(2).all(|w| w[0].0 < w[1].0));
+    assert_eq!(syscall_name(nr::SENDFILE), "sendfile");
+    assert_eq!(syscall_name(110), "getppid");
+    assert_eq!(syscall_name(9999), "unknown");
+}
+
+#[test]
+fn comm_stops_at_nul_and_survives_bad_utf8() {
+    assert_eq!(comm_from_bytes(b"nginx\0\0\0"), "nginx");
+    assert_eq!(comm_from_bytes(&[0x66, 0xff, 0]), "f\u{fffd}");
+}

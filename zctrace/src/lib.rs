@@ -1,0 +1,5 @@
+//! zctrace: per-process accounting of bytes moved, CPU copies, mode switches and context switches.
+pub mod accounting;
+pub mod probes;
+pub mod procfs;
+pub mod sender;

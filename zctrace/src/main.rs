@@ -1,0 +1,120 @@
+use std::{
+    io::Write as _,
+    net::{SocketAddr, TcpListener},
+    path::PathBuf,
+    process::ExitCode,
+};
+
+use anyhow::{Context as _, Result};
+use clap::{Parser, Subcommand};
+use zctrace::{
+    probes::{ProbeOptions, Tracer},
+    sender::{self, receiver, Destination, Method, SendOptions},
+};
+
+/// How many times does your service copy each byte it sends? eBPF accounting of bytes moved,
+/// CPU copies, mode switches and context switches, per process.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    /// Log level: error, warn, info, debug or trace.
+    #[arg(long = "log.level", global = true, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
+    log_level: String,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Show which probes attach on this kernel, and in which mode.
+    Probes,
+    /// Send a file by one method to a `zctrace serve` receiver (or into a file).
+    Send {
+        #[arg(long, value_enum)]
+        method: Method,
+        #[arg(long)]
+        file: PathBuf,
+        /// Receiver address, for example 127.0.0.1:9471.
+        #[arg(long, required_unless_present = "to_file", conflicts_with = "to_file")]
+        to: Option<SocketAddr>,
+        /// Write into this regular file instead of a socket (read-write, sendfile, splice).
+        #[arg(long)]
+        to_file: Option<PathBuf>,
+        /// Bytes per syscall.
+        #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+        chunk: u64,
+    },
+    /// Receive transfers from `zctrace send`, verifying length and checksum.
+    Serve {
+        #[arg(long, default_value = "127.0.0.1:9471")]
+        listen: SocketAddr,
+        /// Exit after one transfer (its verdict is the exit code).
+        #[arg(long)]
+        once: bool,
+        /// Close each connection after this many payload bytes (to test senders).
+        #[arg(long)]
+        close_after: Option<u64>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
+        .with_writer(std::io::stderr)
+        .init();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Probes => probes(),
+        Command::Send { method, file, to, to_file, chunk } => {
+            let destination = match (to, to_file) {
+                (Some(addr), _) => Destination::Tcp(addr),
+                (None, Some(path)) => Destination::File(path),
+                (None, None) => unreachable!("clap requires --to or --to-file"),
+            };
+            let report = sender::send(&SendOptions { method, file: &file, destination, chunk: chunk as usize, progress: None })?;
+            println!("{}", serde_json::to_string(&report)?);
+            Ok(())
+        }
+        Command::Serve { listen, once, close_after } => serve(listen, once, close_after),
+    }
+}
+
+fn probes() -> Result<()> {
+    let tracer = Tracer::load(&ProbeOptions { observe_copies: true, ..Default::default() })?;
+    for status in tracer.statuses() {
+        let reason = match &status.mode {
+            zctrace::probes::ProbeMode::Unavailable(reason) => format!("  ({reason})"),
+            _ => String::new(),
+        };
+        println!("{:<34} {:<28} {}{reason}", status.probe, status.hook, status.mode.label());
+    }
+    let copies = if tracer.copies_observed() { "observed (fexit)" } else { "model (fexit unavailable)" };
+    println!("cpu copy figures: {copies}");
+    Ok(())
+}
+
+fn serve(listen: SocketAddr, once: bool, close_after: Option<u64>) -> Result<()> {
+    let listener = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
+    println!("listening on {}", listener.local_addr()?);
+    std::io::stdout().flush()?;
+    loop {
+        match receiver::receive_one(&listener, close_after) {
+            Ok(report) => println!("{}", serde_json::to_string(&report)?),
+            Err(e) if once => return Err(e),
+            Err(e) => eprintln!("error: {e:#}"),
+        }
+        if once {
+            return Ok(());
+        }
+    }
+}

@@ -1,0 +1,249 @@
+//! Loading and attaching the eBPF programs, reporting what attached in which mode, and reading
+//! the maps.
+pub mod offsets;
+
+use anyhow::{Context as _, Result};
+use aya::{
+    maps::{HashMap, PerCpuArray},
+    programs::{BtfTracePoint, FExit},
+    Btf, Ebpf, EbpfLoader,
+};
+use zctrace_common::{MapSlot, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
+
+use crate::accounting::RawSnapshot;
+
+/// The BTF tracepoints zctrace counts with: (program, tracepoint).
+const TRACEPOINTS: &[(&str, &str)] = &[
+    ("sys_exit", "sys_exit"),
+    ("sched_switch", "sched_switch"),
+    ("sched_process_exit", "sched_process_exit"),
+    ("tcp_sendmsg_locked", "tcp_sendmsg_locked"),
+    ("sock_send_length", "sock_send_length"),
+    ("skb_copy_datagram_iovec", "skb_copy_datagram_iovec"),
+];
+
+/// Programs that observe the kernel's copy routines directly, where fexit is allowed.
+const COPY_OBSERVERS: &[(&str, &str)] = &[
+    ("copy_to_iter_exit", "_copy_to_iter"),
+    ("copy_from_iter_exit", "_copy_from_iter"),
+    ("copy_page_from_iter_atomic_exit", "copy_page_from_iter_atomic"),
+];
+
+/// The maps whose size a user may set, with their defaults.
+pub const SIZED_MAPS: &[(&str, u32)] = &[("SYSCALLS", 65536), ("PROCESSES", 16384), ("OFFCPU_START", 65536)];
+
+#[derive(Clone, Debug, Default)]
+pub struct ProbeOptions {
+    /// Trace only this process (tgid); `None` traces every process.
+    pub filter_tgid: Option<u32>,
+    /// Overrides of map sizes, by map name.
+    pub map_capacity: Vec<(&'static str, u32)>,
+    /// Try fexit on the kernel's copy routines (falls back to the copy model when refused).
+    pub observe_copies: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ProbeMode {
+    /// Attached as a BTF tracepoint.
+    TpBtf,
+    /// Attached as fexit (BPF trampoline).
+    Fexit,
+    /// Not attached; the reason is the kernel's.
+    Unavailable(String),
+}
+
+impl ProbeMode {
+    pub fn label(&self) -> &'static str {
+        match self {
+            ProbeMode::TpBtf => "tp_btf",
+            ProbeMode::Fexit => "fexit",
+            ProbeMode::Unavailable(_) => "unavailable",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ProbeStatus {
+    pub probe: &'static str,
+    pub hook: &'static str,
+    pub mode: ProbeMode,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MapUsage {
+    pub map: &'static str,
+    pub entries: u64,
+    pub capacity: u64,
+}
+
+pub struct Tracer {
+    ebpf: Ebpf,
+    statuses: Vec<ProbeStatus>,
+}
+
+impl Tracer {
+    /// Loads the programs and attaches every probe the kernel allows. A probe that fails is
+    /// reported in [`Tracer::statuses`] and the others keep working; the load fails only when no
+    /// counting probe attached at all.
+    pub fn load(options: &ProbeOptions) -> Result<Tracer> {
+        let offsets = offsets::resolve_from_sys_fs()?;
+        let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
+        let config = ProbeConfig {
+            filter_tgid: options.filter_tgid.unwrap_or(0),
+            reserved: 0,
+        };
+        let mut loader = EbpfLoader::new();
+        loader
+            .btf(Some(&btf))
+            .override_global("OFFSETS", &offsets, true)
+            .override_global("CONFIG", &config, true);
+        for (map, capacity) in &options.map_capacity {
+            loader.map_max_entries(map, *capacity);
+        }
+        let mut ebpf = loader
+            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zctrace")))
+            .context(privilege_hint("loading zctrace's eBPF programs"))?;
+        let mut statuses = Vec::new();
+        for &(probe, hook) in TRACEPOINTS {
+            let mode = match attach_tracepoint(&mut ebpf, probe, hook, &btf) {
+                Ok(()) => ProbeMode::TpBtf,
+                Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
+            };
+            statuses.push(ProbeStatus { probe, hook, mode });
+        }
+        if statuses.iter().all(|s| s.mode != ProbeMode::TpBtf) {
+            let reasons: Vec<String> = statuses.iter().map(|s| format!("{}: {:?}", s.probe, s.mode)).collect();
+            anyhow::bail!("{}", privilege_hint(&format!("no probe attached ({})", reasons.join("; "))));
+        }
+        for &(probe, hook) in COPY_OBSERVERS {
+            let mode = if !options.observe_copies {
+                ProbeMode::Unavailable("not requested".into())
+            } else {
+                match attach_fexit(&mut ebpf, probe, hook, &btf) {
+                    Ok(()) => ProbeMode::Fexit,
+                    Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
+                }
+            };
+            statuses.push(ProbeStatus { probe, hook, mode });
+        }
+        Ok(Tracer { ebpf, statuses })
+    }
+
+    pub fn statuses(&self) -> &[ProbeStatus] {
+        &self.statuses
+    }
+
+    /// True when every copy routine is observed, so CPU copies are measured rather than modelled.
+    pub fn copies_observed(&self) -> bool {
+        self.statuses
+            .iter()
+            .filter(|s| COPY_OBSERVERS.iter().any(|(p, _)| *p == s.probe))
+            .all(|s| s.mode == ProbeMode::Fexit)
+    }
+
+    pub fn snapshot(&self) -> Result<RawSnapshot> {
+        let syscalls: HashMap<_, SyscallKey, SyscallStats> = HashMap::try_from(self.map("SYSCALLS")?)?;
+        let processes: HashMap<_, ProcessKey, ProcessStats> = HashMap::try_from(self.map("PROCESSES")?)?;
+        let errors: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("MAP_UPDATE_ERRORS")?)?;
+        let mut update_errors = [0u64; MAP_SLOTS as usize];
+        for (slot, total) in update_errors.iter_mut().enumerate() {
+            *total = errors.get(&(slot as u32), 0)?.iter().sum();
+        }
+        Ok(RawSnapshot {
+            // An entry deleted between key walk and lookup is skipped, not an error.
+            syscalls: syscalls.iter().filter_map(Result::ok).collect(),
+            processes: processes.iter().filter_map(Result::ok).collect(),
+            update_errors,
+        })
+    }
+
+    /// Frees the entries of processes that have exited (their counts must be folded in first).
+    pub fn forget(&mut self, gone: &[ProcessKey]) -> Result<()> {
+        if gone.is_empty() {
+            return Ok(());
+        }
+        let stale: Vec<SyscallKey> = {
+            let syscalls: HashMap<_, SyscallKey, SyscallStats> = HashMap::try_from(self.map("SYSCALLS")?)?;
+            syscalls.keys().filter_map(Result::ok).filter(|k| gone.contains(&k.process)).collect()
+        };
+        let mut syscalls: HashMap<_, SyscallKey, SyscallStats> =
+            HashMap::try_from(self.ebpf.map_mut("SYSCALLS").context("SYSCALLS map missing")?)?;
+        for key in &stale {
+            let _ = syscalls.remove(key);
+        }
+        let mut processes: HashMap<_, ProcessKey, ProcessStats> =
+            HashMap::try_from(self.ebpf.map_mut("PROCESSES").context("PROCESSES map missing")?)?;
+        for key in gone {
+            let _ = processes.remove(key);
+        }
+        Ok(())
+    }
+
+    /// Entries and capacity of each bounded map.
+    pub fn map_usage(&self) -> Result<Vec<MapUsage>> {
+        let entries = [
+            HashMap::<_, SyscallKey, SyscallStats>::try_from(self.map("SYSCALLS")?)?.keys().count(),
+            HashMap::<_, ProcessKey, ProcessStats>::try_from(self.map("PROCESSES")?)?.keys().count(),
+            HashMap::<_, u32, u64>::try_from(self.map("OFFCPU_START")?)?.keys().count(),
+        ];
+        SIZED_MAPS
+            .iter()
+            .zip(entries)
+            .map(|(&(map, _), entries)| {
+                let aya::maps::Map::HashMap(data) = self.map(map)? else {
+                    anyhow::bail!("{map} is not a hash map");
+                };
+                let capacity = data.info()?.max_entries() as u64;
+                Ok(MapUsage { map, entries: entries as u64, capacity })
+            })
+            .collect()
+    }
+
+    fn map(&self, name: &str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).with_context(|| format!("{name} map missing from the eBPF object"))
+    }
+}
+
+fn attach_tracepoint(ebpf: &mut Ebpf, probe: &str, hook: &str, btf: &Btf) -> Result<()> {
+    let program: &mut BtfTracePoint = ebpf
+        .program_mut(probe)
+        .with_context(|| format!("program {probe} missing"))?
+        .try_into()?;
+    program.load(hook, btf)?;
+    program.attach()?;
+    Ok(())
+}
+
+fn attach_fexit(ebpf: &mut Ebpf, probe: &str, hook: &str, btf: &Btf) -> Result<()> {
+    let program: &mut FExit = ebpf
+        .program_mut(probe)
+        .with_context(|| format!("program {probe} missing"))?
+        .try_into()?;
+    program.load(hook, btf)?;
+    program.attach()?;
+    Ok(())
+}
+
+/// Adds what to do about the usual cause of a load failure: missing privileges.
+fn privilege_hint(what: &str) -> String {
+    if nix_is_root() {
+        what.to_string()
+    } else {
+        format!("{what}: zctrace needs root, or CAP_BPF and CAP_PERFMON (run it with sudo)")
+    }
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+/// Which [`MapSlot`] an error counter is, as a metric label.
+pub fn slot_label(slot: usize) -> &'static str {
+    match slot {
+        s if s == MapSlot::Syscalls as usize => "SYSCALLS",
+        s if s == MapSlot::Processes as usize => "PROCESSES",
+        s if s == MapSlot::OffcpuStart as usize => "OFFCPU_START",
+        _ => "MMSG_TRUNCATED",
+    }
+}

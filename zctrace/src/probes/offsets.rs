@@ -1,0 +1,126 @@
+//! Kernel struct field offsets, resolved from the running kernel's BTF so that one binary reads
+//! the right bytes on every BTF-enabled kernel (aya cannot emit CO-RE relocations from Rust).
+use anyhow::{anyhow, bail, Context as _, Result};
+use btf_rs::{Btf, BtfType, Struct, Type};
+use zctrace_common::KernelOffsets;
+
+pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
+
+pub fn resolve_from_sys_fs() -> Result<KernelOffsets> {
+    let btf = Btf::from_file(VMLINUX_BTF)
+        .with_context(|| format!("reading kernel BTF from {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)"))?;
+    resolve(&btf)
+}
+
+pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
+    let field = |s: &str, path: &str| field_offset(btf, s, path);
+    Ok(KernelOffsets {
+        task_pid: field("task_struct", "pid")?,
+        task_tgid: field("task_struct", "tgid")?,
+        task_group_leader: field("task_struct", "group_leader")?,
+        task_start_boottime: field("task_struct", "start_boottime")?,
+        task_files: field("task_struct", "files")?,
+        task_comm: field("task_struct", "comm")?,
+        files_fdt: field("files_struct", "fdt")?,
+        fdtable_max_fds: field("fdtable", "max_fds")?,
+        fdtable_fd: field("fdtable", "fd")?,
+        file_inode: field("file", "f_inode")?,
+        file_private_data: field("file", "private_data")?,
+        file_mode: field("file", "f_mode")?,
+        inode_mode: field("inode", "i_mode")?,
+        socket_sk: field("socket", "sk")?,
+        sock_family: field("sock", "__sk_common.skc_family")?,
+        sock_type: field("sock", "sk_type")?,
+        sock_protocol: field("sock", "sk_protocol")?,
+        sock_route_caps: field("sock", "sk_route_caps")?,
+        sock_flags: field("sock", "__sk_common.skc_flags")?,
+        sock_dst_cache: field("sock", "sk_dst_cache")?,
+        dst_dev: field("dst_entry", "dev")?,
+        netdev_flags: field("net_device", "flags")?,
+        msghdr_flags: field("msghdr", "msg_flags")?,
+        msghdr_ubuf: field("msghdr", "msg_ubuf")?,
+        sock_zerocopy_bit: enum_value(btf, "sock_flags", "SOCK_ZEROCOPY")?,
+    })
+}
+
+/// Byte offset of `path` (members separated by dots) inside `struct_name`, looking through
+/// anonymous structs and unions as C does.
+pub fn field_offset(btf: &Btf, struct_name: &str, path: &str) -> Result<u32> {
+    let mut current = find_struct(btf, struct_name)?;
+    let mut bits = 0u32;
+    let mut segments = path.split('.').peekable();
+    while let Some(segment) = segments.next() {
+        let (offset, type_id) = find_member(btf, &current, segment)?
+            .ok_or_else(|| anyhow!("kernel BTF: struct {struct_name} has no member {path}"))?;
+        bits += offset;
+        if segments.peek().is_some() {
+            current = as_struct(btf, type_id)?
+                .ok_or_else(|| anyhow!("kernel BTF: {struct_name}.{segment} is not a struct"))?;
+        }
+    }
+    if bits % 8 != 0 {
+        bail!("kernel BTF: {struct_name}.{path} is a bitfield; zctrace reads whole fields only");
+    }
+    Ok(bits / 8)
+}
+
+fn find_struct(btf: &Btf, name: &str) -> Result<Struct> {
+    btf.resolve_types_by_name(name)
+        .with_context(|| format!("kernel BTF has no type named {name}"))?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Struct(s) | Type::Union(s) => Some(s),
+            _ => None,
+        })
+        .ok_or_else(|| anyhow!("kernel BTF: {name} is not a struct"))
+}
+
+/// (bit offset, type id) of member `name`, searching anonymous members recursively.
+fn find_member(btf: &Btf, s: &Struct, name: &str) -> Result<Option<(u32, u32)>> {
+    for member in &s.members {
+        if matches!(member.bitfield_size(), Some(size) if size != 0) && btf.resolve_name(member)? == name {
+            bail!("kernel BTF: member {name} is a bitfield; zctrace reads whole fields only");
+        }
+        let member_name = btf.resolve_name(member)?;
+        let type_id = member.get_type_id().context("BTF member without a type")?;
+        if member_name == name {
+            return Ok(Some((member.bit_offset(), type_id)));
+        }
+        if member_name.is_empty() {
+            if let Some(inner) = as_struct(btf, type_id)? {
+                if let Some((offset, id)) = find_member(btf, &inner, name)? {
+                    return Ok(Some((member.bit_offset() + offset, id)));
+                }
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// The struct or union behind `type_id`, looking through typedefs and qualifiers.
+fn as_struct(btf: &Btf, type_id: u32) -> Result<Option<Struct>> {
+    let mut t = btf.resolve_type_by_id(type_id)?;
+    loop {
+        match t {
+            Type::Struct(s) | Type::Union(s) => return Ok(Some(s)),
+            Type::Typedef(_) | Type::Const(_) | Type::Volatile(_) | Type::Restrict(_) | Type::TypeTag(_) => {
+                let inner = t.as_btf_type().context("BTF qualifier without a type")?;
+                t = btf.resolve_chained_type(inner)?;
+            }
+            _ => return Ok(None),
+        }
+    }
+}
+
+fn enum_value(btf: &Btf, enum_name: &str, member_name: &str) -> Result<u32> {
+    for t in btf.resolve_types_by_name(enum_name)? {
+        if let Type::Enum(e) = t {
+            for member in &e.members {
+                if btf.resolve_name(member)? == member_name {
+                    return Ok(member.val());
+                }
+            }
+        }
+    }
+    bail!("kernel BTF: enum {enum_name} has no {member_name}")
+}
