@@ -70,7 +70,7 @@ pub enum TcpPath {
     Splice = 1,
     /// User pages pinned (`MSG_ZEROCOPY` on an `SO_ZEROCOPY` socket with a scatter-gather route).
     Zerocopy = 2,
-    /// The send's classification was lost (the task changed CPU between probe points).
+    /// No classification was recorded for the send (the PENDING_SEND map was full).
     Unclassified = 3,
 }
 pub const TCP_PATHS: usize = 4;
@@ -123,10 +123,11 @@ pub enum MapSlot {
     Syscalls = 0,
     Processes = 1,
     OffcpuStart = 2,
+    PendingSend = 3,
     /// Not a map: sendmmsg/recvmmsg vectors longer than the programs walk (bytes undercounted).
-    MmsgTruncated = 3,
+    MmsgTruncated = 4,
 }
-pub const MAP_SLOTS: u32 = 4;
+pub const MAP_SLOTS: u32 = 5;
 
 /// Kernel struct field offsets, resolved from `/sys/kernel/btf/vmlinux` at load time (aya emits no
 /// CO-RE relocations from Rust) and handed to the programs as a global.

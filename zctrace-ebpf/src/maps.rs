@@ -22,6 +22,20 @@ pub static PROCESSES: HashMap<ProcessKey, ProcessStats> = HashMap::with_max_entr
 #[map]
 pub static OFFCPU_START: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
 
+/// Per thread (pid_tgid): how `tcp_sendmsg_locked` classified the send in progress, until
+/// `sock_send_length` reports its bytes. Keyed by thread, not CPU: a send may sleep and migrate.
+#[map]
+pub static PENDING_SEND: HashMap<u64, PendingSend> = HashMap::with_max_entries(16384, 0);
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct PendingSend {
+    /// A [`zctrace_common::TcpPath`].
+    pub path: u32,
+    /// Non-zero when the route is a loopback device.
+    pub loopback: u32,
+}
+
 /// Failed updates, indexed by [`MapSlot`].
 #[map]
 pub static MAP_UPDATE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_SLOTS, 0);

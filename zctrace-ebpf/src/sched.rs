@@ -8,7 +8,7 @@ use zctrace_common::MapSlot;
 
 use crate::{
     kernel::{current_task, filtered_out, offset, process_key, read},
-    maps::{add, count_error, current_process_entry, process_entry, OFFCPU_START},
+    maps::{add, count_error, current_process_entry, process_entry, OFFCPU_START, PENDING_SEND},
 };
 
 /// Why sched_switch: it is where the kernel decides voluntary vs involuntary (the same test as its
@@ -75,10 +75,12 @@ fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Why sched_process_exit: a thread's last event, so its off-CPU timestamp is freed here rather
-/// than waiting in the map.
+/// Why sched_process_exit: a thread's last event, so its per-thread entries are freed here rather
+/// than waiting in the maps.
 #[btf_tracepoint(function = "sched_process_exit")]
 pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
-    let _ = OFFCPU_START.remove(bpf_get_current_pid_tgid() as u32);
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let _ = OFFCPU_START.remove(pid_tgid as u32);
+    let _ = PENDING_SEND.remove(pid_tgid);
     0
 }

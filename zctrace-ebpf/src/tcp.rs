@@ -1,26 +1,13 @@
 //! The TCP send path (copied, spliced or zerocopy) and socket receive copies.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, macros::map, maps::PerCpuArray,
-    programs::BtfTracePointContext,
+    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
 };
-use zctrace_common::{TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG};
+use zctrace_common::{MapSlot, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG};
 
 use crate::{
     kernel::{current_task, filtered_out, is_tcp, offset, process_key, read},
-    maps::{add, current_process_entry},
+    maps::{add, count_error, current_process_entry, PendingSend, PENDING_SEND},
 };
-
-/// What `tcp_sendmsg_locked` decided for the send in progress on this CPU.
-#[repr(C)]
-#[derive(Clone, Copy)]
-struct PendingSend {
-    pid_tgid: u64,
-    path: u32,
-    loopback: u32,
-}
-
-#[map]
-static PENDING_SEND: PerCpuArray<PendingSend> = PerCpuArray::with_max_entries(1, 0);
 
 /// Why tcp_sendmsg_locked: it sees the send's msg_flags and the route's capabilities, the two
 /// things that decide whether TCP copies, references page cache pages, or pins user pages.
@@ -48,16 +35,17 @@ fn try_tcp_sendmsg_locked(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     } else {
         TcpPath::Copy
     };
-    let loopback = path == TcpPath::Zerocopy && routes_to_loopback(sk);
-    let slot = PENDING_SEND.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
-    unsafe {
-        *slot = PendingSend {
-            pid_tgid,
-            path: path as u32,
-            loopback: loopback as u32,
-        }
+    let pending = PendingSend {
+        path: path as u32,
+        loopback: (path == TcpPath::Zerocopy && routes_to_loopback(sk)) as u32,
     };
+    // The hook fires once per segment of a send: overwrite in place after the first.
+    if let Some(slot) = PENDING_SEND.get_ptr_mut(pid_tgid) {
+        // SAFETY: only this thread writes its own entry.
+        unsafe { *slot = pending };
+    } else if PENDING_SEND.insert(pid_tgid, pending, 0).is_err() {
+        count_error(MapSlot::PendingSend);
+    }
     Ok(0)
 }
 
@@ -95,10 +83,13 @@ fn try_sock_send_length(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if sent <= 0 || filtered_out(tgid) || !is_tcp(sk) {
         return Ok(0);
     }
-    let slot = PENDING_SEND.get_ptr_mut(0).ok_or(0u32)?;
-    // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
-    let pending = unsafe { core::ptr::replace(slot, PendingSend { pid_tgid: 0, path: 0, loopback: 0 }) };
-    let path = if pending.pid_tgid == pid_tgid { pending.path } else { TcpPath::Unclassified as u32 };
+    // SAFETY: only this thread writes its own entry.
+    let pending = unsafe { PENDING_SEND.get(pid_tgid) }.copied().unwrap_or(PendingSend {
+        path: TcpPath::Unclassified as u32,
+        loopback: 0,
+    });
+    let _ = PENDING_SEND.remove(pid_tgid);
+    let path = pending.path;
     let key = process_key(current_task(), tgid)?;
     let entry = current_process_entry(&key).ok_or(0u32)?;
     // SAFETY: `entry` points into a live map value; `path` is below TCP_PATHS.

@@ -2,4 +2,5 @@
 pub mod accounting;
 pub mod probes;
 pub mod procfs;
+pub mod selfcheck;
 pub mod sender;

@@ -1,7 +1,6 @@
 use std::{
     io::Write as _,
     net::{SocketAddr, TcpListener},
-    path::PathBuf,
     process::ExitCode,
 };
 
@@ -9,7 +8,8 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use zctrace::{
     probes::{ProbeOptions, Tracer},
-    sender::{self, receiver, Destination, Method, SendOptions},
+    selfcheck::{self, SendArgs, Workload},
+    sender::{self, receiver},
 };
 
 /// How many times does your service copy each byte it sends? eBPF accounting of bytes moved,
@@ -29,21 +29,7 @@ enum Command {
     /// Show which probes attach on this kernel, and in which mode.
     Probes,
     /// Send a file by one method to a `zctrace serve` receiver (or into a file).
-    Send {
-        #[arg(long, value_enum)]
-        method: Method,
-        #[arg(long)]
-        file: PathBuf,
-        /// Receiver address, for example 127.0.0.1:9471.
-        #[arg(long, required_unless_present = "to_file", conflicts_with = "to_file")]
-        to: Option<SocketAddr>,
-        /// Write into this regular file instead of a socket (read-write, sendfile, splice).
-        #[arg(long)]
-        to_file: Option<PathBuf>,
-        /// Bytes per syscall.
-        #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
-        chunk: u64,
-    },
+    Send(SendArgs),
     /// Receive transfers from `zctrace send`, verifying length and checksum.
     Serve {
         #[arg(long, default_value = "127.0.0.1:9471")]
@@ -55,6 +41,9 @@ enum Command {
         #[arg(long)]
         close_after: Option<u64>,
     },
+    /// Run a synthetic workload with known counts (used by the self-checks).
+    #[command(hide = true, subcommand)]
+    Workload(Workload),
 }
 
 fn main() -> ExitCode {
@@ -75,17 +64,13 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Probes => probes(),
-        Command::Send { method, file, to, to_file, chunk } => {
-            let destination = match (to, to_file) {
-                (Some(addr), _) => Destination::Tcp(addr),
-                (None, Some(path)) => Destination::File(path),
-                (None, None) => unreachable!("clap requires --to or --to-file"),
-            };
-            let report = sender::send(&SendOptions { method, file: &file, destination, chunk: chunk as usize, progress: None })?;
+        Command::Send(args) => {
+            let report = sender::send(&args.options(None))?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
         Command::Serve { listen, once, close_after } => serve(listen, once, close_after),
+        Command::Workload(workload) => selfcheck::run(&workload),
     }
 }
 

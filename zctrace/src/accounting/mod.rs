@@ -106,6 +106,64 @@ impl ProcessFigures {
     pub fn path(&self, syscall: &str, src: FdKind, dst: FdKind) -> Option<&PathFigures> {
         self.paths.iter().find(|p| p.syscall == syscall && p.src == src && p.dst == dst)
     }
+
+    /// What happened between `before` (an earlier look at the same process) and `self`. Paths
+    /// with no activity in between are left out.
+    pub fn since(&self, before: &ProcessFigures) -> ProcessFigures {
+        let paths = self
+            .paths
+            .iter()
+            .filter_map(|now| {
+                let earlier = before.paths.iter().find(|p| p.same_mechanism(now));
+                let delta = match earlier {
+                    Some(earlier) => now.since(earlier),
+                    None => now.clone(),
+                };
+                (delta.calls > 0).then_some(delta)
+            })
+            .collect();
+        let syscalls = self
+            .syscalls
+            .iter()
+            .map(|(name, calls)| (*name, calls - before.syscalls.get(name).copied().unwrap_or(0)))
+            .filter(|(_, calls)| *calls > 0)
+            .collect();
+        ProcessFigures {
+            key: self.key,
+            comm: self.comm.clone(),
+            paths,
+            syscalls,
+            syscalls_total: self.syscalls_total - before.syscalls_total,
+            voluntary_switches: self.voluntary_switches - before.voluntary_switches,
+            involuntary_switches: self.involuntary_switches - before.involuntary_switches,
+            offcpu_ns: self.offcpu_ns - before.offcpu_ns,
+            recv_copy_bytes: self.recv_copy_bytes - before.recv_copy_bytes,
+            tcp_send: TcpSend {
+                copy: self.tcp_send.copy - before.tcp_send.copy,
+                splice: self.tcp_send.splice - before.tcp_send.splice,
+                zerocopy: self.tcp_send.zerocopy - before.tcp_send.zerocopy,
+                unclassified: self.tcp_send.unclassified - before.tcp_send.unclassified,
+            },
+            zerocopy_deferred_copy_bytes: self.zerocopy_deferred_copy_bytes - before.zerocopy_deferred_copy_bytes,
+            observed_copy_bytes: self.observed_copy_bytes.zip(before.observed_copy_bytes).map(|(a, b)| a - b),
+        }
+    }
+}
+
+impl PathFigures {
+    fn same_mechanism(&self, other: &PathFigures) -> bool {
+        (self.syscall, self.src, self.dst, self.zerocopy_flag) == (other.syscall, other.src, other.dst, other.zerocopy_flag)
+    }
+
+    fn since(&self, before: &PathFigures) -> PathFigures {
+        PathFigures {
+            calls: self.calls - before.calls,
+            errors: self.errors - before.errors,
+            bytes: self.bytes - before.bytes,
+            cpu_copy_bytes: self.cpu_copy_bytes - before.cpu_copy_bytes,
+            ..self.clone()
+        }
+    }
 }
 
 /// `numerator / denominator`, or `None` for a zero denominator.

@@ -120,3 +120,31 @@ fn comm_stops_at_nul_and_survives_bad_utf8() {
     assert_eq!(comm_from_bytes(b"nginx\0\0\0"), "nginx");
     assert_eq!(comm_from_bytes(&[0x66, 0xff, 0]), "f\u{fffd}");
 }
+
+#[test]
+fn since_keeps_only_what_happened_in_between() {
+    let before = RawSnapshot {
+        syscalls: vec![
+            syscall(SENDER, nr::READ, FdKind::Regular, FdKind::User, 3, 4000),
+            syscall(SENDER, 110, FdKind::None, FdKind::None, 2, 0),
+        ],
+        processes: vec![(SENDER, ProcessStats { voluntary_switches: 5, ..Default::default() })],
+        ..Default::default()
+    };
+    let after = RawSnapshot {
+        syscalls: vec![
+            syscall(SENDER, nr::READ, FdKind::Regular, FdKind::User, 3, 4000),
+            syscall(SENDER, nr::SENDFILE, FdKind::Regular, FdKind::Tcp, 8, 1 << 20),
+            syscall(SENDER, 110, FdKind::None, FdKind::None, 4, 0),
+        ],
+        processes: vec![(SENDER, ProcessStats { voluntary_switches: 9, ..Default::default() })],
+        ..Default::default()
+    };
+    let delta = per_process(&after, false)[0].since(&per_process(&before, false)[0]);
+    assert_eq!(delta.paths.len(), 1, "the idle read path is left out");
+    assert_eq!(delta.paths[0].syscall, "sendfile");
+    assert_eq!(delta.bytes(), 1 << 20);
+    assert_eq!(delta.syscalls.get("getppid"), Some(&2));
+    assert_eq!(delta.syscalls_total, 10);
+    assert_eq!(delta.voluntary_switches, 4);
+}

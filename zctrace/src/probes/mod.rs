@@ -10,7 +10,9 @@ use aya::{
 };
 use zctrace_common::{MapSlot, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
 
-use crate::accounting::RawSnapshot;
+use std::collections::BTreeSet;
+
+use crate::{accounting::RawSnapshot, procfs};
 
 /// The BTF tracepoints zctrace counts with: (program, tracepoint).
 const TRACEPOINTS: &[(&str, &str)] = &[
@@ -30,7 +32,8 @@ const COPY_OBSERVERS: &[(&str, &str)] = &[
 ];
 
 /// The maps whose size a user may set, with their defaults.
-pub const SIZED_MAPS: &[(&str, u32)] = &[("SYSCALLS", 65536), ("PROCESSES", 16384), ("OFFCPU_START", 65536)];
+pub const SIZED_MAPS: &[(&str, u32)] =
+    &[("SYSCALLS", 65536), ("PROCESSES", 16384), ("OFFCPU_START", 65536), ("PENDING_SEND", 16384)];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
@@ -157,26 +160,27 @@ impl Tracer {
         })
     }
 
-    /// Frees the entries of processes that have exited (their counts must be folded in first).
-    pub fn forget(&mut self, gone: &[ProcessKey]) -> Result<()> {
-        if gone.is_empty() {
-            return Ok(());
-        }
-        let stale: Vec<SyscallKey> = {
-            let syscalls: HashMap<_, SyscallKey, SyscallStats> = HashMap::try_from(self.map("SYSCALLS")?)?;
-            syscalls.keys().filter_map(Result::ok).filter(|k| gone.contains(&k.process)).collect()
-        };
+    /// Frees the entries of the snapshot's processes that no longer exist (fold their counts in
+    /// from `snapshot` first) and returns their keys.
+    pub fn forget_exited(&mut self, snapshot: &RawSnapshot) -> Result<Vec<ProcessKey>> {
+        let gone: BTreeSet<ProcessKey> = snapshot
+            .processes
+            .iter()
+            .map(|(key, _)| *key)
+            .chain(snapshot.syscalls.iter().map(|(key, _)| key.process))
+            .filter(|key| !procfs::is_alive(key))
+            .collect();
         let mut syscalls: HashMap<_, SyscallKey, SyscallStats> =
             HashMap::try_from(self.ebpf.map_mut("SYSCALLS").context("SYSCALLS map missing")?)?;
-        for key in &stale {
+        for (key, _) in snapshot.syscalls.iter().filter(|(key, _)| gone.contains(&key.process)) {
             let _ = syscalls.remove(key);
         }
         let mut processes: HashMap<_, ProcessKey, ProcessStats> =
             HashMap::try_from(self.ebpf.map_mut("PROCESSES").context("PROCESSES map missing")?)?;
-        for key in gone {
+        for key in &gone {
             let _ = processes.remove(key);
         }
-        Ok(())
+        Ok(gone.into_iter().collect())
     }
 
     /// Entries and capacity of each bounded map.
@@ -185,6 +189,7 @@ impl Tracer {
             HashMap::<_, SyscallKey, SyscallStats>::try_from(self.map("SYSCALLS")?)?.keys().count(),
             HashMap::<_, ProcessKey, ProcessStats>::try_from(self.map("PROCESSES")?)?.keys().count(),
             HashMap::<_, u32, u64>::try_from(self.map("OFFCPU_START")?)?.keys().count(),
+            HashMap::<_, u64, [u32; 2]>::try_from(self.map("PENDING_SEND")?)?.keys().count(),
         ];
         SIZED_MAPS
             .iter()
@@ -244,6 +249,7 @@ pub fn slot_label(slot: usize) -> &'static str {
         s if s == MapSlot::Syscalls as usize => "SYSCALLS",
         s if s == MapSlot::Processes as usize => "PROCESSES",
         s if s == MapSlot::OffcpuStart as usize => "OFFCPU_START",
+        s if s == MapSlot::PendingSend as usize => "PENDING_SEND",
         _ => "MMSG_TRUNCATED",
     }
 }

@@ -1,0 +1,117 @@
+//! Synthetic workloads with known counts, for checking zctrace against ground truth (`zctrace
+//! doctor`, and the integration tests). Each ends by waiting for stdin to close, so the checker can
+//! read `/proc` and the maps while the process is alive and idle.
+use std::{
+    io::{Read as _, Write as _},
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+use nix::{
+    sched::{sched_setaffinity, CpuSet},
+    sys::signal::{raise, SigSet, Signal},
+    unistd::{getppid, Pid},
+};
+
+use crate::sender::{self, Destination, Method, SendOptions};
+
+#[derive(Clone, Debug, clap::Subcommand)]
+pub enum Workload {
+    /// Call getppid() exactly COUNT times.
+    Getppid { count: u64 },
+    /// Sleep 1 ms SLEEPS times (voluntary switches), then spin SPIN_MS on CPU 0 (involuntary ones
+    /// when something else runs there).
+    SleepSpin {
+        #[arg(long, default_value_t = 200)]
+        sleeps: u32,
+        #[arg(long, default_value_t = 600)]
+        spin_ms: u64,
+    },
+    /// Spin SPIN_MS on CPU 0 and exit.
+    Spin {
+        #[arg(long, default_value_t = 600)]
+        spin_ms: u64,
+    },
+    /// `zctrace send`, bracketed so a checker sees only the transfer: print "ready", wait for
+    /// SIGUSR1, send, stop with SIGSTOP, then (after SIGCONT) print the sender's report.
+    Send(SendArgs),
+}
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct SendArgs {
+    #[arg(long, value_enum)]
+    pub method: Method,
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Receiver address, for example 127.0.0.1:9471.
+    #[arg(long, required_unless_present = "to_file", conflicts_with = "to_file")]
+    pub to: Option<SocketAddr>,
+    /// Write into this regular file instead of a socket (read-write, sendfile, splice).
+    #[arg(long)]
+    pub to_file: Option<PathBuf>,
+    /// Bytes per syscall.
+    #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    pub chunk: u64,
+}
+
+impl SendArgs {
+    pub fn options<'a>(&'a self, progress: Option<&'a dyn Fn(u64)>) -> SendOptions<'a> {
+        let destination = match (&self.to, &self.to_file) {
+            (Some(addr), _) => Destination::Tcp(*addr),
+            (None, Some(path)) => Destination::File(path.clone()),
+            (None, None) => unreachable!("clap requires --to or --to-file"),
+        };
+        SendOptions { method: self.method, file: &self.file, destination, chunk: self.chunk as usize, progress }
+    }
+}
+
+pub fn run(workload: &Workload) -> Result<()> {
+    match *workload {
+        Workload::Getppid { count } => {
+            for _ in 0..count {
+                std::hint::black_box(getppid());
+            }
+        }
+        Workload::SleepSpin { sleeps, spin_ms } => {
+            for _ in 0..sleeps {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            spin_on_cpu0(spin_ms)?;
+        }
+        Workload::Spin { spin_ms } => {
+            spin_on_cpu0(spin_ms)?;
+            return Ok(());
+        }
+        Workload::Send(ref args) => return bracketed_send(args),
+    }
+    println!("ready");
+    let mut rest = Vec::new();
+    std::io::stdin().read_to_end(&mut rest).context("waiting for stdin to close")?;
+    Ok(())
+}
+
+fn bracketed_send(args: &SendArgs) -> Result<()> {
+    let mut go = SigSet::empty();
+    go.add(Signal::SIGUSR1);
+    go.thread_block()?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    go.wait()?;
+    let report = sender::send(&args.options(None));
+    raise(Signal::SIGSTOP)?;
+    println!("{}", serde_json::to_string(&report?)?);
+    Ok(())
+}
+
+fn spin_on_cpu0(millis: u64) -> Result<()> {
+    let mut cpu0 = CpuSet::new();
+    cpu0.set(0)?;
+    sched_setaffinity(Pid::from_raw(0), &cpu0).context("pinning to CPU 0")?;
+    let until = Instant::now() + Duration::from_millis(millis);
+    while Instant::now() < until {
+        std::hint::spin_loop();
+    }
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! Helpers shared by the integration tests: privilege gating, test files, the reference sender
+//! and receiver as child processes, and looking a child up in zctrace's figures.
+#![allow(dead_code)]
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    path::{Path, PathBuf},
+    process::{Child, ChildStdin, ChildStdout, Command, Stdio},
+    sync::OnceLock,
+};
+
+use zctrace::{
+    accounting::{per_process, ProcessFigures},
+    probes::{ProbeOptions, Tracer},
+    procfs,
+};
+use nix::{
+    sys::{
+        signal::{kill, Signal},
+        wait::{waitpid, WaitPidFlag, WaitStatus},
+    },
+    unistd::Pid,
+};
+use zctrace_common::ProcessKey;
+
+pub const HEADER_LEN: u64 = zctrace::sender::HEADER_LEN as u64;
+pub const MIB: u64 = 1 << 20;
+
+/// True when the test may run. Without root it prints one line and returns false, unless
+/// `ZCTRACE_REQUIRE_PRIVILEGED=1` (set by CI), where a skip is a failure.
+pub fn privileged(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    assert!(
+        std::env::var("ZCTRACE_REQUIRE_PRIVILEGED").as_deref() != Ok("1"),
+        "{test}: needs root to load eBPF programs, and ZCTRACE_REQUIRE_PRIVILEGED=1 forbids skipping"
+    );
+    eprintln!("skipping {test}: needs root (or CAP_BPF + CAP_PERFMON) to load eBPF programs");
+    false
+}
+
+pub fn zctrace_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_zctrace")
+}
+
+pub fn load_tracer() -> Tracer {
+    Tracer::load(&ProbeOptions::default()).expect("loading zctrace's probes")
+}
+
+/// A file of `size` pseudo-random bytes, created once per size and test binary.
+pub fn test_file(size: u64) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    let dir = DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"));
+    let path = dir.path().join(format!("payload-{size}"));
+    if !path.exists() {
+        let mut state = 0x9e37_79b9_7f4a_7c15u64 ^ size;
+        let bytes: Vec<u8> = (0..size)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state as u8
+            })
+            .collect();
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, bytes).expect("writing test file");
+        std::fs::rename(&tmp, &path).expect("renaming test file");
+    }
+    path
+}
+
+pub fn scratch_path(name: &str) -> PathBuf {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path().join(name)
+}
+
+/// A running child whose process key is known.
+pub struct Traced {
+    pub child: Child,
+    pub key: ProcessKey,
+}
+
+impl Traced {
+    pub fn spawn(command: &mut Command) -> Traced {
+        let child = command.spawn().expect("spawning child");
+        let key = key_of(child.id());
+        Traced { child, key }
+    }
+
+    /// Waits for exit, asserting success; the key stays valid for the maps.
+    pub fn wait_ok(mut self) -> ProcessKey {
+        let status = self.child.wait().expect("waiting for child");
+        assert!(status.success(), "child {:?} failed: {status}", self.key);
+        self.key
+    }
+}
+
+/// The process key of a live (or zombie) child, as the probes compute it.
+pub fn key_of(pid: u32) -> ProcessKey {
+    let ticks = procfs::read_start_ticks(pid).expect("child's /proc/PID/stat");
+    ProcessKey { tgid: pid, reserved: 0, start_boottime_ns: ticks * 10_000_000 }
+}
+
+/// Finds the figures of `key` (start time compared at /proc's tick resolution).
+pub fn figures_of(tracer: &Tracer, key: &ProcessKey) -> ProcessFigures {
+    let snapshot = tracer.snapshot().expect("reading maps");
+    per_process(&snapshot, tracer.copies_observed())
+        .into_iter()
+        .find(|f| f.key.tgid == key.tgid && procfs::start_ticks(&f.key) == procfs::start_ticks(key))
+        .unwrap_or_else(|| panic!("no figures for process {key:?}"))
+}
+
+/// `zctrace serve --once` on a free loopback port.
+pub struct Receiver {
+    pub traced: Traced,
+    pub addr: String,
+    stdout: BufReader<ChildStdout>,
+}
+
+impl Receiver {
+    pub fn start(extra: &[&str]) -> Receiver {
+        let mut command = Command::new(zctrace_bin());
+        command.args(["serve", "--listen", "127.0.0.1:0", "--once"]).args(extra).stdout(Stdio::piped());
+        let mut traced = Traced::spawn(&mut command);
+        let mut stdout = BufReader::new(traced.child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        stdout.read_line(&mut line).expect("receiver's first line");
+        let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+        Receiver { traced, addr, stdout }
+    }
+
+    /// Waits for the verdict; returns the receiver's key and its JSON report.
+    pub fn finish(mut self) -> (ProcessKey, serde_json::Value) {
+        let mut line = String::new();
+        self.stdout.read_line(&mut line).expect("receiver report");
+        let key = self.traced.wait_ok();
+        (key, serde_json::from_str(&line).expect("receiver JSON"))
+    }
+}
+
+/// Runs a bracketed `zctrace workload send` and returns what zctrace saw of the transfer alone
+/// (start-up excluded) and the sender's own report.
+pub fn send(tracer: &Tracer, method: &str, file: &Path, to: &[&str], chunk: u64) -> (ProcessFigures, serde_json::Value) {
+    let mut command = Command::new(zctrace_bin());
+    command
+        .args(["workload", "send", "--method", method, "--file"])
+        .arg(file)
+        .args(to)
+        .args(["--chunk", &chunk.to_string()])
+        .stdout(Stdio::piped());
+    let mut traced = Traced::spawn(&mut command);
+    let mut stdout = BufReader::new(traced.child.stdout.take().expect("stdout"));
+    let mut line = String::new();
+    stdout.read_line(&mut line).expect("ready line");
+    assert_eq!(line.trim(), "ready");
+    let pid = Pid::from_raw(traced.key.tgid as i32);
+    let before = figures_of(tracer, &traced.key);
+    kill(pid, Signal::SIGUSR1).expect("starting the transfer");
+    let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).expect("waiting for the sender to stop");
+    assert!(matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)), "{method} sender ended early: {stopped:?}");
+    let during = figures_of(tracer, &traced.key).since(&before);
+    kill(pid, Signal::SIGCONT).expect("resuming the sender");
+    line.clear();
+    stdout.read_line(&mut line).expect("sender report");
+    traced.wait_ok();
+    (during, serde_json::from_str(&line).unwrap_or_else(|e| panic!("{method} sender report {line:?}: {e}")))
+}
+
+/// Sends `file` to a fresh receiver; returns the sender's transfer figures, its report, and the
+/// receiver's key.
+pub fn transfer(tracer: &Tracer, method: &str, file: &Path, chunk: u64) -> (ProcessFigures, serde_json::Value, ProcessKey) {
+    let receiver = Receiver::start(&[]);
+    let addr = receiver.addr.clone();
+    let (sender, report) = send(tracer, method, file, &["--to", &addr], chunk);
+    let (receiver, verdict) = receiver.finish();
+    assert_eq!(verdict["bytes"], report["bytes"], "receiver verified a different length");
+    (sender, report, receiver)
+}
+
+/// A `zctrace workload ...` child, stopped at its "ready" line.
+pub struct Workload {
+    pub traced: Traced,
+    stdin: Option<ChildStdin>,
+}
+
+impl Workload {
+    pub fn run(args: &[&str]) -> Workload {
+        let mut command = Command::new(zctrace_bin());
+        command.arg("workload").args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+        let mut traced = Traced::spawn(&mut command);
+        let mut line = String::new();
+        BufReader::new(traced.child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+        assert_eq!(line.trim(), "ready");
+        let stdin = traced.child.stdin.take();
+        Workload { traced, stdin }
+    }
+
+    pub fn finish(mut self) -> ProcessKey {
+        if let Some(mut stdin) = self.stdin.take() {
+            let _ = stdin.flush();
+        }
+        self.traced.wait_ok()
+    }
+}
