@@ -7,7 +7,10 @@ fn main() -> anyhow::Result<()> {
     let manifest_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?);
     let ebpf_dir = manifest_dir.join("../zctrace-ebpf").canonicalize()?;
     let root_dir = ebpf_dir.to_str().expect("zctrace-ebpf path is not UTF-8");
-    println!("cargo:rerun-if-changed={}", manifest_dir.join("../zctrace-common/src").display());
+    println!(
+        "cargo:rerun-if-changed={}",
+        manifest_dir.join("../zctrace-common/src").display()
+    );
     aya_build::build_ebpf(
         [Package {
             name: "zctrace-ebpf",

@@ -1,1 +1,150 @@
-fn main(){}
+//! Developer and CI entry points: `cargo xtask setup | run | test | bench`.
+mod bench;
+mod setup;
+
+use std::process::{Command, ExitCode};
+
+use anyhow::{bail, Context as _, Result};
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(about = "zctrace's developer and CI tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Install what building and testing need (LLVM 22, bpf-linker, nightly rust-src, test
+    /// tools), skipping whatever is present.
+    Setup,
+    /// Set up, build in release mode and run zctrace with ARGS (default: `daemon`).
+    Run {
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
+    /// Set up, then run formatting and lint checks and the whole test suite (privileged tests
+    /// included when run as root).
+    Test,
+    /// Set up, then measure tracing overhead and the sender's methods (a report, never a failure).
+    Bench {
+        /// Traced/untraced pairs per workload.
+        #[arg(long, default_value_t = 15)]
+        pairs: u32,
+        /// Payload per transfer, in MiB.
+        #[arg(long, default_value_t = 256)]
+        size_mib: u64,
+    },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse().task) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(task: Task) -> Result<()> {
+    match task {
+        Task::Setup => setup::ensure(),
+        Task::Run { args } => {
+            setup::ensure()?;
+            cargo(&["build", "--release", "--package", "zctrace"])?;
+            let args = if args.is_empty() {
+                vec!["daemon".to_string()]
+            } else {
+                args
+            };
+            let status = Command::new(workspace_root().join("target/release/zctrace"))
+                .args(&args)
+                .status()?;
+            if !status.success() {
+                bail!("zctrace exited with {status}");
+            }
+            Ok(())
+        }
+        Task::Test => {
+            setup::ensure()?;
+            test()
+        }
+        Task::Bench { pairs, size_mib } => {
+            setup::ensure()?;
+            cargo(&["build", "--release", "--package", "zctrace"])?;
+            bench::run(pairs, size_mib)
+        }
+    }
+}
+
+fn test() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "zctrace-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    clippy_ebpf()?;
+    let mut command = cargo_command(&["test", "--workspace", "--exclude", "zctrace-ebpf"]);
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        // CI runs as root: a privileged test that skips there is a failure.
+        command.env("ZCTRACE_REQUIRE_PRIVILEGED", "1");
+    }
+    check(command)
+}
+
+/// Clippy on the eBPF crate, for the BPF target, as aya-build compiles it.
+fn clippy_ebpf() -> Result<()> {
+    let mut command = Command::new("rustup");
+    command
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "clippy",
+            "--package",
+            "zctrace-ebpf",
+            "--release",
+        ])
+        .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
+        .env_remove("RUSTC")
+        .env_remove("RUSTC_WORKSPACE_WRAPPER")
+        .current_dir(workspace_root());
+    check(command)
+}
+
+fn cargo_command(args: &[&str]) -> Command {
+    let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+    command.args(args).current_dir(workspace_root());
+    command
+}
+
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
+    check(cargo_command(args))
+}
+
+pub(crate) fn check(mut command: Command) -> Result<()> {
+    let status = command
+        .status()
+        .with_context(|| format!("starting {command:?}"))?;
+    if !status.success() {
+        bail!("{command:?} failed with {status}");
+    }
+    Ok(())
+}
+
+pub(crate) fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}

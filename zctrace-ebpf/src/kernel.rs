@@ -1,8 +1,8 @@
 //! Reading kernel structs through offsets resolved from BTF at load time.
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
 use zctrace_common::{
-    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, IPPROTO_TCP,
-    IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
+    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, IPPROTO_TCP, IPPROTO_UDP,
+    SOCK_DGRAM, SOCK_STREAM, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
 };
 
 #[unsafe(no_mangle)]

@@ -8,9 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use zctrace_common::{
-    MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS,
-};
+use zctrace_common::{MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
 
 #[map]
 pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> = HashMap::with_max_entries(65536, 0);

@@ -1,11 +1,9 @@
 //! Every syscall's exit: per-process syscall counts, and for the data-path syscalls, the bytes
 //! moved and the kinds of descriptor on each side.
-use aya_ebpf::{
-    helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext};
 use zctrace_common::{
-    nr, FdKind, MapSlot, SyscallKey, Variant, FMODE_WRITE, MMSGHDR_LEN_OFFSET, MMSGHDR_SIZE,
-    MMSG_WALK, MSG_ZEROCOPY,
+    nr, FdKind, MapSlot, SyscallKey, Variant, FMODE_WRITE, MMSGHDR_LEN_OFFSET, MMSGHDR_SIZE, MMSG_WALK,
+    MSG_ZEROCOPY,
 };
 
 use crate::{
@@ -70,8 +68,7 @@ fn describe(key: &mut SyscallKey, task: u64, pt_regs: u64, ret: i64) -> u64 {
     let user = FdKind::User as u8;
     let moved = if ret > 0 { ret as u64 } else { 0 };
     match key.nr {
-        nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::RECVFROM
-        | nr::RECVMSG => {
+        nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::RECVFROM | nr::RECVMSG => {
             (key.src, key.dst) = (kind(regs::DI), user);
             moved
         }
@@ -96,7 +93,11 @@ fn describe(key: &mut SyscallKey, task: u64, pt_regs: u64, ret: i64) -> u64 {
             mmsg_bytes(arg(regs::SI), ret)
         }
         nr::SENDFILE | nr::TEE => {
-            let (from, to) = if key.nr == nr::SENDFILE { (regs::SI, regs::DI) } else { (regs::DI, regs::SI) };
+            let (from, to) = if key.nr == nr::SENDFILE {
+                (regs::SI, regs::DI)
+            } else {
+                (regs::DI, regs::SI)
+            };
             (key.src, key.dst) = (kind(from), kind(to));
             moved
         }

@@ -1,7 +1,5 @@
 //! The TCP send path (copied, spliced or zerocopy) and socket receive copies.
-use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext,
-};
+use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
 use zctrace_common::{MapSlot, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG};
 
 use crate::{
@@ -84,10 +82,12 @@ fn try_sock_send_length(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     // SAFETY: only this thread writes its own entry.
-    let pending = unsafe { PENDING_SEND.get(pid_tgid) }.copied().unwrap_or(PendingSend {
-        path: TcpPath::Unclassified as u32,
-        loopback: 0,
-    });
+    let pending = unsafe { PENDING_SEND.get(pid_tgid) }
+        .copied()
+        .unwrap_or(PendingSend {
+            path: TcpPath::Unclassified as u32,
+            loopback: 0,
+        });
     let _ = PENDING_SEND.remove(pid_tgid);
     let path = pending.path;
     let key = process_key(current_task(), tgid)?;

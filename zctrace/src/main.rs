@@ -69,21 +69,37 @@ fn run(command: Command) -> Result<()> {
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
-        Command::Serve { listen, once, close_after } => serve(listen, once, close_after),
+        Command::Serve {
+            listen,
+            once,
+            close_after,
+        } => serve(listen, once, close_after),
         Command::Workload(workload) => selfcheck::run(&workload),
     }
 }
 
 fn probes() -> Result<()> {
-    let tracer = Tracer::load(&ProbeOptions { observe_copies: true, ..Default::default() })?;
+    let tracer = Tracer::load(&ProbeOptions {
+        observe_copies: true,
+        ..Default::default()
+    })?;
     for status in tracer.statuses() {
         let reason = match &status.mode {
             zctrace::probes::ProbeMode::Unavailable(reason) => format!("  ({reason})"),
             _ => String::new(),
         };
-        println!("{:<34} {:<28} {}{reason}", status.probe, status.hook, status.mode.label());
+        println!(
+            "{:<34} {:<28} {}{reason}",
+            status.probe,
+            status.hook,
+            status.mode.label()
+        );
     }
-    let copies = if tracer.copies_observed() { "observed (fexit)" } else { "model (fexit unavailable)" };
+    let copies = if tracer.copies_observed() {
+        "observed (fexit)"
+    } else {
+        "model (fexit unavailable)"
+    };
     println!("cpu copy figures: {copies}");
     Ok(())
 }

@@ -10,14 +10,29 @@ use zctrace_common::FdKind::{self, *};
 
 const SIZE: u64 = 64 * MIB;
 
-fn path_bytes(f: &zctrace::accounting::ProcessFigures, syscall: &str, src: FdKind, dst: FdKind) -> (u64, u64) {
-    let path = f.path(syscall, src, dst).unwrap_or_else(|| panic!("{syscall} {src:?}->{dst:?} missing in {:#?}", f.paths));
+fn path_bytes(
+    f: &zctrace::accounting::ProcessFigures,
+    syscall: &str,
+    src: FdKind,
+    dst: FdKind,
+) -> (u64, u64) {
+    let path = f
+        .path(syscall, src, dst)
+        .unwrap_or_else(|| panic!("{syscall} {src:?}->{dst:?} missing in {:#?}", f.paths));
     (path.bytes, path.cpu_copy_bytes)
 }
 
-fn assert_receiver_copied_everything(tracer: &zctrace::probes::Tracer, receiver: &zctrace_common::ProcessKey, size: u64) {
+fn assert_receiver_copied_everything(
+    tracer: &zctrace::probes::Tracer,
+    receiver: &zctrace_common::ProcessKey,
+    size: u64,
+) {
     let figures = figures_of(tracer, receiver);
-    assert_eq!(figures.recv_copy_bytes, size + HEADER_LEN, "receive copies = bytes received");
+    assert_eq!(
+        figures.recv_copy_bytes,
+        size + HEADER_LEN,
+        "receive copies = bytes received"
+    );
     let (read, copied) = path_bytes(&figures, "recvfrom", Tcp, User);
     assert_eq!((read, copied), (size + HEADER_LEN, size + HEADER_LEN));
 }
@@ -30,9 +45,20 @@ fn sendfile_to_tcp_moves_every_byte_without_a_copy() {
     let tracer = load_tracer();
     let (f, report, receiver) = transfer(&tracer, "sendfile", &test_file(SIZE), 128 * 1024);
     assert_eq!(path_bytes(&f, "sendfile", Regular, Tcp), (SIZE, 0));
-    assert_eq!(f.path("sendfile", Regular, Tcp).unwrap().calls, report["data_syscalls"].as_u64().unwrap());
-    assert_eq!(path_bytes(&f, "sendto", User, Tcp), (HEADER_LEN, HEADER_LEN), "the header");
-    assert_eq!(f.cpu_copy_bytes(), (HEADER_LEN, Source::Model), "only the header copies");
+    assert_eq!(
+        f.path("sendfile", Regular, Tcp).unwrap().calls,
+        report["data_syscalls"].as_u64().unwrap()
+    );
+    assert_eq!(
+        path_bytes(&f, "sendto", User, Tcp),
+        (HEADER_LEN, HEADER_LEN),
+        "the header"
+    );
+    assert_eq!(
+        f.cpu_copy_bytes(),
+        (HEADER_LEN, Source::Model),
+        "only the header copies"
+    );
     assert_eq!(f.tcp_send.splice, SIZE, "TCP saw the payload as spliced pages");
     assert_eq!(f.tcp_send.copy, HEADER_LEN);
     assert_eq!(f.tcp_send.unclassified, 0);
@@ -50,8 +76,16 @@ fn read_write_relay_copies_twice() {
     assert_eq!(path_bytes(&f, "read", Regular, User), (SIZE, SIZE));
     assert_eq!(path_bytes(&f, "write", User, Tcp), (SIZE, SIZE));
     let calls = f.path("read", Regular, User).unwrap().calls + f.path("write", User, Tcp).unwrap().calls;
-    assert_eq!(calls, report["data_syscalls"].as_u64().unwrap(), "the sender's own count");
-    assert_eq!(f.path("read", Regular, User).unwrap().calls, SIZE / chunk + 1, "one read per chunk and one at EOF");
+    assert_eq!(
+        calls,
+        report["data_syscalls"].as_u64().unwrap(),
+        "the sender's own count"
+    );
+    assert_eq!(
+        f.path("read", Regular, User).unwrap().calls,
+        SIZE / chunk + 1,
+        "one read per chunk and one at EOF"
+    );
     assert_eq!(f.cpu_copy_bytes().0, 2 * SIZE + HEADER_LEN);
     assert_eq!(f.tcp_send.copy, SIZE + HEADER_LEN);
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
@@ -65,7 +99,10 @@ fn mmap_write_copies_once() {
     let tracer = load_tracer();
     let (f, _, receiver) = transfer(&tracer, "mmap-write", &test_file(SIZE), 128 * 1024);
     assert_eq!(path_bytes(&f, "write", User, Tcp), (SIZE, SIZE));
-    assert!(f.path("read", Regular, User).is_none(), "the mapping is read without read()");
+    assert!(
+        f.path("read", Regular, User).is_none(),
+        "the mapping is read without read()"
+    );
     assert_eq!(f.cpu_copy_bytes().0, SIZE + HEADER_LEN);
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 }
@@ -94,7 +131,11 @@ fn splice_vmsplice_and_tee_copy_nothing() {
     let (f, _, receiver) = transfer(&tracer, "tee", &file, 64 * 1024);
     assert_eq!(path_bytes(&f, "tee", Pipe, Pipe), (SIZE, 0));
     assert_eq!(path_bytes(&f, "splice", Pipe, Tcp), (SIZE, 0));
-    assert_eq!(path_bytes(&f, "splice", Pipe, Other).0, SIZE, "the tee'd copy drained to /dev/null");
+    assert_eq!(
+        path_bytes(&f, "splice", Pipe, Other).0,
+        SIZE,
+        "the tee'd copy drained to /dev/null"
+    );
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 }
 
@@ -107,12 +148,24 @@ fn file_to_file_transfers_copy_once() {
     let file = test_file(SIZE);
     let out = scratch_path("copy-out");
 
-    let (f, _) = send(&tracer, "splice", &file, &["--to-file", out.to_str().unwrap()], 128 * 1024);
+    let (f, _) = send(
+        &tracer,
+        "splice",
+        &file,
+        &["--to-file", out.to_str().unwrap()],
+        128 * 1024,
+    );
     assert_eq!(path_bytes(&f, "splice", Regular, Pipe), (SIZE, 0));
     assert_eq!(path_bytes(&f, "splice", Pipe, Regular), (SIZE, SIZE));
     assert_eq!(fs::read(&out).unwrap(), fs::read(&file).unwrap());
 
-    let (f, _) = send(&tracer, "sendfile", &file, &["--to-file", out.to_str().unwrap()], 128 * 1024);
+    let (f, _) = send(
+        &tracer,
+        "sendfile",
+        &file,
+        &["--to-file", out.to_str().unwrap()],
+        128 * 1024,
+    );
     assert_eq!(path_bytes(&f, "sendfile", Regular, Regular), (SIZE, SIZE));
     assert_eq!(fs::metadata(&out).unwrap().len(), SIZE);
 }
@@ -124,15 +177,31 @@ fn msg_zerocopy_over_loopback_is_zerocopy_at_send_and_copied_later() {
     }
     let tracer = load_tracer();
     let (f, report, receiver) = transfer(&tracer, "zerocopy", &test_file(SIZE), 128 * 1024);
-    let path = f.paths.iter().find(|p| p.syscall == "sendto" && p.zerocopy_flag).expect("zerocopy sendto path");
+    let path = f
+        .paths
+        .iter()
+        .find(|p| p.syscall == "sendto" && p.zerocopy_flag)
+        .expect("zerocopy sendto path");
     assert_eq!(path.calls, report["data_syscalls"].as_u64().unwrap());
     assert_eq!((path.bytes, path.cpu_copy_bytes), (SIZE, 0));
-    assert_eq!(f.tcp_send.zerocopy, SIZE, "tcp_sendmsg_locked took the zerocopy path");
-    assert_eq!(f.zerocopy_deferred_copy_bytes, SIZE, "the loopback receiver copies every pinned page");
+    assert_eq!(
+        f.tcp_send.zerocopy, SIZE,
+        "tcp_sendmsg_locked took the zerocopy path"
+    );
+    assert_eq!(
+        f.zerocopy_deferred_copy_bytes, SIZE,
+        "the loopback receiver copies every pinned page"
+    );
     assert_eq!(f.cpu_copy_bytes(), (SIZE + HEADER_LEN, Source::Model));
-    let (completions, copied) = (report["zerocopy_completions"].as_u64().unwrap(), report["zerocopy_copied"].as_u64().unwrap());
+    let (completions, copied) = (
+        report["zerocopy_completions"].as_u64().unwrap(),
+        report["zerocopy_copied"].as_u64().unwrap(),
+    );
     assert!(completions > 0);
-    assert_eq!(copied, completions, "the kernel reported every loopback completion as copied");
+    assert_eq!(
+        copied, completions,
+        "the kernel reported every loopback completion as copied"
+    );
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 }
 
@@ -142,14 +211,23 @@ fn context_switches_match_the_kernels_own_counts() {
         return;
     }
     let tracer = load_tracer();
-    let mut hog = Command::new(zctrace_bin()).args(["workload", "spin", "--spin-ms", "1500"]).spawn().expect("hog");
+    let mut hog = Command::new(zctrace_bin())
+        .args(["workload", "spin", "--spin-ms", "1500"])
+        .spawn()
+        .expect("hog");
     let workload = Workload::run(&["sleep-spin", "--sleeps", "200", "--spin-ms", "700"]);
     let pid = workload.traced.key.tgid;
     let (mut voluntary, mut involuntary) = (0u64, 0u64);
     for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
         let status = fs::read_to_string(task.unwrap().path().join("status")).unwrap();
         let field = |name: &str| -> u64 {
-            status.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim().parse().unwrap()
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .unwrap()
+                .trim()
+                .parse()
+                .unwrap()
         };
         voluntary += field("voluntary_ctxt_switches:");
         involuntary += field("nonvoluntary_ctxt_switches:");
@@ -157,12 +235,27 @@ fn context_switches_match_the_kernels_own_counts() {
     let f = figures_of(&tracer, &workload.traced.key);
     let key = workload.finish();
     let _ = hog.wait();
-    assert!(voluntary >= 200, "200 sleeps are at least 200 voluntary switches, /proc says {voluntary}");
+    assert!(
+        voluntary >= 200,
+        "200 sleeps are at least 200 voluntary switches, /proc says {voluntary}"
+    );
     assert!(involuntary > 0, "spinning beside a pinned hog must be preempted");
     let within = |ours: u64, kernel: u64| ours.abs_diff(kernel) as f64 <= (kernel as f64 * 0.02).max(1.0);
-    assert!(within(f.voluntary_switches, voluntary), "voluntary: zctrace {} vs /proc {voluntary}", f.voluntary_switches);
-    assert!(within(f.involuntary_switches, involuntary), "involuntary: zctrace {} vs /proc {involuntary}", f.involuntary_switches);
-    assert!(f.offcpu_ns >= 200 * 1_000_000, "200 sleeps of 1 ms are at least 0.2 s off CPU, got {} ns", f.offcpu_ns);
+    assert!(
+        within(f.voluntary_switches, voluntary),
+        "voluntary: zctrace {} vs /proc {voluntary}",
+        f.voluntary_switches
+    );
+    assert!(
+        within(f.involuntary_switches, involuntary),
+        "involuntary: zctrace {} vs /proc {involuntary}",
+        f.involuntary_switches
+    );
+    assert!(
+        f.offcpu_ns >= 200 * 1_000_000,
+        "200 sleeps of 1 ms are at least 0.2 s off CPU, got {} ns",
+        f.offcpu_ns
+    );
     assert_eq!(key.tgid, pid);
 }
 
@@ -200,15 +293,28 @@ fn a_recycled_pid_starts_from_zero_and_exited_processes_are_freed() {
         .filter(|f| f.key.tgid == second.tgid)
         .collect();
     same_pid.sort_by_key(|f| f.key.start_boottime_ns);
-    let calls: Vec<_> = same_pid.iter().map(|f| f.syscalls.get("getppid").copied()).collect();
-    assert_eq!(calls, [Some(500), Some(7)], "two processes under one PID, after {attempts} retries");
+    let calls: Vec<_> = same_pid
+        .iter()
+        .map(|f| f.syscalls.get("getppid").copied())
+        .collect();
+    assert_eq!(
+        calls,
+        [Some(500), Some(7)],
+        "two processes under one PID, after {attempts} retries"
+    );
     assert!(same_pid[0].key.start_boottime_ns < same_pid[1].key.start_boottime_ns);
 
     let snapshot = tracer.snapshot().unwrap();
     let gone = tracer.forget_exited(&snapshot).unwrap();
-    assert!(gone.iter().any(|k| k.tgid == first.tgid), "exited processes are found");
+    assert!(
+        gone.iter().any(|k| k.tgid == first.tgid),
+        "exited processes are found"
+    );
     let after = tracer.snapshot().unwrap();
-    assert!(after.syscalls.iter().all(|(k, _)| k.process.tgid != first.tgid), "their entries are freed");
+    assert!(
+        after.syscalls.iter().all(|(k, _)| k.process.tgid != first.tgid),
+        "their entries are freed"
+    );
 }
 
 #[test]
@@ -225,8 +331,14 @@ fn a_full_map_counts_its_drops() {
         Workload::run(&["getppid", "10"]).finish();
     }
     let snapshot = tracer.snapshot().unwrap();
-    assert!(snapshot.update_errors(zctrace_common::MapSlot::Syscalls) > 0, "SYSCALLS drops counted");
-    assert!(snapshot.update_errors(zctrace_common::MapSlot::Processes) > 0, "PROCESSES drops counted");
+    assert!(
+        snapshot.update_errors(zctrace_common::MapSlot::Syscalls) > 0,
+        "SYSCALLS drops counted"
+    );
+    assert!(
+        snapshot.update_errors(zctrace_common::MapSlot::Processes) > 0,
+        "PROCESSES drops counted"
+    );
     let usage = tracer.map_usage().unwrap();
     let syscalls = usage.iter().find(|u| u.map == "SYSCALLS").unwrap();
     assert_eq!((syscalls.entries, syscalls.capacity), (8, 8));

@@ -22,10 +22,27 @@ impl Source {
 pub fn is_data_path(syscall: u16) -> bool {
     matches!(
         syscall,
-        nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::WRITE | nr::PWRITE64
-            | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 | nr::SENDTO | nr::SENDMSG | nr::SENDMMSG
-            | nr::RECVFROM | nr::RECVMSG | nr::RECVMMSG | nr::SENDFILE | nr::SPLICE | nr::TEE
-            | nr::VMSPLICE | nr::COPY_FILE_RANGE
+        nr::READ
+            | nr::PREAD64
+            | nr::READV
+            | nr::PREADV
+            | nr::PREADV2
+            | nr::WRITE
+            | nr::PWRITE64
+            | nr::WRITEV
+            | nr::PWRITEV
+            | nr::PWRITEV2
+            | nr::SENDTO
+            | nr::SENDMSG
+            | nr::SENDMMSG
+            | nr::RECVFROM
+            | nr::RECVMSG
+            | nr::RECVMMSG
+            | nr::SENDFILE
+            | nr::SPLICE
+            | nr::TEE
+            | nr::VMSPLICE
+            | nr::COPY_FILE_RANGE
     )
 }
 
@@ -43,7 +60,11 @@ pub fn copies_per_byte(syscall: u16, dst: FdKind, variant: Variant) -> u64 {
         // User pages mapped into a pipe; out of a pipe into user memory they are copied.
         nr::VMSPLICE => u64::from(dst == User),
         // Pinned user pages at send time; a local receiver's deferred copy is counted separately.
-        nr::SENDTO | nr::SENDMSG | nr::SENDMMSG if variant == Variant::Zerocopy && matches!(dst, Tcp | Udp) => 0,
+        nr::SENDTO | nr::SENDMSG | nr::SENDMMSG
+            if variant == Variant::Zerocopy && matches!(dst, Tcp | Udp) =>
+        {
+            0
+        }
         // An in-kernel copy; a reflinking filesystem would make it 0, which the probes cannot see.
         nr::COPY_FILE_RANGE => 1,
         // Between user memory and the kernel every byte is copied once (O_DIRECT aside).

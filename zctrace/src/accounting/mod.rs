@@ -82,7 +82,11 @@ impl ProcessFigures {
 
     /// Bytes that left the process: written to a file, pipe or socket.
     pub fn delivered_bytes(&self) -> u64 {
-        self.paths.iter().filter(|p| p.dst != FdKind::User).map(|p| p.bytes).sum()
+        self.paths
+            .iter()
+            .filter(|p| p.dst != FdKind::User)
+            .map(|p| p.bytes)
+            .sum()
     }
 
     /// CPU-copied bytes by the copy model, the deferred zerocopy copies included.
@@ -104,7 +108,9 @@ impl ProcessFigures {
     }
 
     pub fn path(&self, syscall: &str, src: FdKind, dst: FdKind) -> Option<&PathFigures> {
-        self.paths.iter().find(|p| p.syscall == syscall && p.src == src && p.dst == dst)
+        self.paths
+            .iter()
+            .find(|p| p.syscall == syscall && p.src == src && p.dst == dst)
     }
 
     /// What happened between `before` (an earlier look at the same process) and `self`. Paths
@@ -144,15 +150,20 @@ impl ProcessFigures {
                 zerocopy: self.tcp_send.zerocopy - before.tcp_send.zerocopy,
                 unclassified: self.tcp_send.unclassified - before.tcp_send.unclassified,
             },
-            zerocopy_deferred_copy_bytes: self.zerocopy_deferred_copy_bytes - before.zerocopy_deferred_copy_bytes,
-            observed_copy_bytes: self.observed_copy_bytes.zip(before.observed_copy_bytes).map(|(a, b)| a - b),
+            zerocopy_deferred_copy_bytes: self.zerocopy_deferred_copy_bytes
+                - before.zerocopy_deferred_copy_bytes,
+            observed_copy_bytes: self
+                .observed_copy_bytes
+                .zip(before.observed_copy_bytes)
+                .map(|(a, b)| a - b),
         }
     }
 }
 
 impl PathFigures {
     fn same_mechanism(&self, other: &PathFigures) -> bool {
-        (self.syscall, self.src, self.dst, self.zerocopy_flag) == (other.syscall, other.src, other.dst, other.zerocopy_flag)
+        (self.syscall, self.src, self.dst, self.zerocopy_flag)
+            == (other.syscall, other.src, other.dst, other.zerocopy_flag)
     }
 
     fn since(&self, before: &PathFigures) -> PathFigures {
@@ -194,7 +205,9 @@ pub fn per_process(snapshot: &RawSnapshot, copies_observed: bool) -> Vec<Process
         .into_iter()
         .map(|(key, mut figures)| {
             figures.key = key;
-            figures.paths.sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.syscall.cmp(b.syscall)));
+            figures
+                .paths
+                .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.syscall.cmp(b.syscall)));
             figures
         })
         .collect()
@@ -226,7 +239,11 @@ fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &Syscall
     }
     let (src, dst) = (FdKind::from_u8(key.src), FdKind::from_u8(key.dst));
     let zerocopy_flag = key.variant == Variant::Zerocopy as u8;
-    let variant = if zerocopy_flag { Variant::Zerocopy } else { Variant::Plain };
+    let variant = if zerocopy_flag {
+        Variant::Zerocopy
+    } else {
+        Variant::Plain
+    };
     let copies = copy_model::copies_per_byte(key.nr, dst, variant);
     figures.paths.push(PathFigures {
         syscall: name,

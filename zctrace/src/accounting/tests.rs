@@ -2,12 +2,40 @@ use zctrace_common::nr;
 
 use super::*;
 
-const SENDER: ProcessKey = ProcessKey { tgid: 42, reserved: 0, start_boottime_ns: 7_000_000_000 };
-const RECYCLED: ProcessKey = ProcessKey { tgid: 42, reserved: 0, start_boottime_ns: 9_000_000_000 };
+const SENDER: ProcessKey = ProcessKey {
+    tgid: 42,
+    reserved: 0,
+    start_boottime_ns: 7_000_000_000,
+};
+const RECYCLED: ProcessKey = ProcessKey {
+    tgid: 42,
+    reserved: 0,
+    start_boottime_ns: 9_000_000_000,
+};
 
-fn syscall(process: ProcessKey, nr: u16, src: FdKind, dst: FdKind, calls: u64, bytes: u64) -> (SyscallKey, SyscallStats) {
-    let key = SyscallKey { process, nr, src: src as u8, dst: dst as u8, ..SyscallKey::default() };
-    (key, SyscallStats { calls, bytes, errors: 0 })
+fn syscall(
+    process: ProcessKey,
+    nr: u16,
+    src: FdKind,
+    dst: FdKind,
+    calls: u64,
+    bytes: u64,
+) -> (SyscallKey, SyscallStats) {
+    let key = SyscallKey {
+        process,
+        nr,
+        src: src as u8,
+        dst: dst as u8,
+        ..SyscallKey::default()
+    };
+    (
+        key,
+        SyscallStats {
+            calls,
+            bytes,
+            errors: 0,
+        },
+    )
 }
 
 fn comm(name: &str) -> [u8; 16] {
@@ -25,7 +53,13 @@ fn read_write_relay_copies_every_delivered_byte_twice() {
             syscall(SENDER, nr::WRITE, FdKind::User, FdKind::Tcp, 1024, size),
             syscall(SENDER, 110, FdKind::None, FdKind::None, 5, 0),
         ],
-        processes: vec![(SENDER, ProcessStats { comm: comm("relay"), ..Default::default() })],
+        processes: vec![(
+            SENDER,
+            ProcessStats {
+                comm: comm("relay"),
+                ..Default::default()
+            },
+        )],
         ..Default::default()
     };
     let figures = per_process(&snapshot, false);
@@ -45,11 +79,20 @@ fn read_write_relay_copies_every_delivered_byte_twice() {
 #[test]
 fn sendfile_to_tcp_copies_nothing() {
     let snapshot = RawSnapshot {
-        syscalls: vec![syscall(SENDER, nr::SENDFILE, FdKind::Regular, FdKind::Tcp, 512, 1 << 26)],
+        syscalls: vec![syscall(
+            SENDER,
+            nr::SENDFILE,
+            FdKind::Regular,
+            FdKind::Tcp,
+            512,
+            1 << 26,
+        )],
         ..Default::default()
     };
     let sender = &per_process(&snapshot, false)[0];
-    let path = sender.path("sendfile", FdKind::Regular, FdKind::Tcp).expect("sendfile path");
+    let path = sender
+        .path("sendfile", FdKind::Regular, FdKind::Tcp)
+        .expect("sendfile path");
     assert_eq!((path.bytes, path.cpu_copy_bytes), (1 << 26, 0));
     assert_eq!(sender.copies_per_byte(), Some(0.0));
 }
@@ -61,24 +104,41 @@ fn zerocopy_deferred_copies_count_toward_the_model_total() {
     let mut process = ProcessStats::default();
     process.tcp_send_bytes[TcpPath::Zerocopy as usize] = 1000;
     process.tcp_zerocopy_local_bytes = 1000;
-    let snapshot = RawSnapshot { syscalls: vec![(key, stats)], processes: vec![(SENDER, process)], ..Default::default() };
+    let snapshot = RawSnapshot {
+        syscalls: vec![(key, stats)],
+        processes: vec![(SENDER, process)],
+        ..Default::default()
+    };
     let sender = &per_process(&snapshot, false)[0];
     assert_eq!(sender.paths[0].cpu_copy_bytes, 0, "no copy at send time");
     assert!(sender.paths[0].zerocopy_flag);
     assert_eq!(sender.tcp_send.zerocopy, 1000);
-    assert_eq!(sender.cpu_copy_bytes(), (1000, Source::Model), "the loopback receiver's copy");
+    assert_eq!(
+        sender.cpu_copy_bytes(),
+        (1000, Source::Model),
+        "the loopback receiver's copy"
+    );
 }
 
 #[test]
 fn observed_copies_replace_the_model_only_when_traced() {
-    let process = ProcessStats { observed_copy_bytes: 77, ..Default::default() };
+    let process = ProcessStats {
+        observed_copy_bytes: 77,
+        ..Default::default()
+    };
     let snapshot = RawSnapshot {
         syscalls: vec![syscall(SENDER, nr::WRITE, FdKind::User, FdKind::Tcp, 1, 100)],
         processes: vec![(SENDER, process)],
         ..Default::default()
     };
-    assert_eq!(per_process(&snapshot, true)[0].cpu_copy_bytes(), (77, Source::Observed));
-    assert_eq!(per_process(&snapshot, false)[0].cpu_copy_bytes(), (100, Source::Model));
+    assert_eq!(
+        per_process(&snapshot, true)[0].cpu_copy_bytes(),
+        (77, Source::Observed)
+    );
+    assert_eq!(
+        per_process(&snapshot, false)[0].cpu_copy_bytes(),
+        (100, Source::Model)
+    );
 }
 
 #[test]
@@ -128,7 +188,13 @@ fn since_keeps_only_what_happened_in_between() {
             syscall(SENDER, nr::READ, FdKind::Regular, FdKind::User, 3, 4000),
             syscall(SENDER, 110, FdKind::None, FdKind::None, 2, 0),
         ],
-        processes: vec![(SENDER, ProcessStats { voluntary_switches: 5, ..Default::default() })],
+        processes: vec![(
+            SENDER,
+            ProcessStats {
+                voluntary_switches: 5,
+                ..Default::default()
+            },
+        )],
         ..Default::default()
     };
     let after = RawSnapshot {
@@ -137,7 +203,13 @@ fn since_keeps_only_what_happened_in_between() {
             syscall(SENDER, nr::SENDFILE, FdKind::Regular, FdKind::Tcp, 8, 1 << 20),
             syscall(SENDER, 110, FdKind::None, FdKind::None, 4, 0),
         ],
-        processes: vec![(SENDER, ProcessStats { voluntary_switches: 9, ..Default::default() })],
+        processes: vec![(
+            SENDER,
+            ProcessStats {
+                voluntary_switches: 9,
+                ..Default::default()
+            },
+        )],
         ..Default::default()
     };
     let delta = per_process(&after, false)[0].since(&per_process(&before, false)[0]);

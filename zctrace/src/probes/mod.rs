@@ -32,8 +32,12 @@ const COPY_OBSERVERS: &[(&str, &str)] = &[
 ];
 
 /// The maps whose size a user may set, with their defaults.
-pub const SIZED_MAPS: &[(&str, u32)] =
-    &[("SYSCALLS", 65536), ("PROCESSES", 16384), ("OFFCPU_START", 65536), ("PENDING_SEND", 16384)];
+pub const SIZED_MAPS: &[(&str, u32)] = &[
+    ("SYSCALLS", 65536),
+    ("PROCESSES", 16384),
+    ("OFFCPU_START", 65536),
+    ("PENDING_SEND", 16384),
+];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
@@ -115,8 +119,14 @@ impl Tracer {
             statuses.push(ProbeStatus { probe, hook, mode });
         }
         if statuses.iter().all(|s| s.mode != ProbeMode::TpBtf) {
-            let reasons: Vec<String> = statuses.iter().map(|s| format!("{}: {:?}", s.probe, s.mode)).collect();
-            anyhow::bail!("{}", privilege_hint(&format!("no probe attached ({})", reasons.join("; "))));
+            let reasons: Vec<String> = statuses
+                .iter()
+                .map(|s| format!("{}: {:?}", s.probe, s.mode))
+                .collect();
+            anyhow::bail!(
+                "{}",
+                privilege_hint(&format!("no probe attached ({})", reasons.join("; ")))
+            );
         }
         for &(probe, hook) in COPY_OBSERVERS {
             let mode = if !options.observe_copies {
@@ -172,7 +182,11 @@ impl Tracer {
             .collect();
         let mut syscalls: HashMap<_, SyscallKey, SyscallStats> =
             HashMap::try_from(self.ebpf.map_mut("SYSCALLS").context("SYSCALLS map missing")?)?;
-        for (key, _) in snapshot.syscalls.iter().filter(|(key, _)| gone.contains(&key.process)) {
+        for (key, _) in snapshot
+            .syscalls
+            .iter()
+            .filter(|(key, _)| gone.contains(&key.process))
+        {
             let _ = syscalls.remove(key);
         }
         let mut processes: HashMap<_, ProcessKey, ProcessStats> =
@@ -186,10 +200,18 @@ impl Tracer {
     /// Entries and capacity of each bounded map.
     pub fn map_usage(&self) -> Result<Vec<MapUsage>> {
         let entries = [
-            HashMap::<_, SyscallKey, SyscallStats>::try_from(self.map("SYSCALLS")?)?.keys().count(),
-            HashMap::<_, ProcessKey, ProcessStats>::try_from(self.map("PROCESSES")?)?.keys().count(),
-            HashMap::<_, u32, u64>::try_from(self.map("OFFCPU_START")?)?.keys().count(),
-            HashMap::<_, u64, [u32; 2]>::try_from(self.map("PENDING_SEND")?)?.keys().count(),
+            HashMap::<_, SyscallKey, SyscallStats>::try_from(self.map("SYSCALLS")?)?
+                .keys()
+                .count(),
+            HashMap::<_, ProcessKey, ProcessStats>::try_from(self.map("PROCESSES")?)?
+                .keys()
+                .count(),
+            HashMap::<_, u32, u64>::try_from(self.map("OFFCPU_START")?)?
+                .keys()
+                .count(),
+            HashMap::<_, u64, [u32; 2]>::try_from(self.map("PENDING_SEND")?)?
+                .keys()
+                .count(),
         ];
         SIZED_MAPS
             .iter()
@@ -199,13 +221,19 @@ impl Tracer {
                     anyhow::bail!("{map} is not a hash map");
                 };
                 let capacity = data.info()?.max_entries() as u64;
-                Ok(MapUsage { map, entries: entries as u64, capacity })
+                Ok(MapUsage {
+                    map,
+                    entries: entries as u64,
+                    capacity,
+                })
             })
             .collect()
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
-        self.ebpf.map(name).with_context(|| format!("{name} map missing from the eBPF object"))
+        self.ebpf
+            .map(name)
+            .with_context(|| format!("{name} map missing from the eBPF object"))
     }
 }
 

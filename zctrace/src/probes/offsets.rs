@@ -58,7 +58,7 @@ pub fn field_offset(btf: &Btf, struct_name: &str, path: &str) -> Result<u32> {
                 .ok_or_else(|| anyhow!("kernel BTF: {struct_name}.{segment} is not a struct"))?;
         }
     }
-    if bits % 8 != 0 {
+    if !bits.is_multiple_of(8) {
         bail!("kernel BTF: {struct_name}.{path} is a bitfield; zctrace reads whole fields only");
     }
     Ok(bits / 8)

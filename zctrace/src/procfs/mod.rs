@@ -48,7 +48,11 @@ mod tests {
 
     #[test]
     fn key_start_converts_to_proc_ticks() {
-        let key = ProcessKey { tgid: 1, reserved: 0, start_boottime_ns: 987_654_321_000 };
+        let key = ProcessKey {
+            tgid: 1,
+            reserved: 0,
+            start_boottime_ns: 987_654_321_000,
+        };
         assert_eq!(start_ticks(&key), 98_765);
     }
 
@@ -56,9 +60,16 @@ mod tests {
     fn this_process_is_alive_and_a_different_start_is_not() {
         let pid = std::process::id();
         let ticks = read_start_ticks(pid).expect("own stat");
-        let me = ProcessKey { tgid: pid, reserved: 0, start_boottime_ns: ticks * NS_PER_TICK + 5 };
+        let me = ProcessKey {
+            tgid: pid,
+            reserved: 0,
+            start_boottime_ns: ticks * NS_PER_TICK + 5,
+        };
         assert!(is_alive(&me));
-        let recycled = ProcessKey { start_boottime_ns: (ticks + 1) * NS_PER_TICK, ..me };
+        let recycled = ProcessKey {
+            start_boottime_ns: (ticks + 1) * NS_PER_TICK,
+            ..me
+        };
         assert!(!is_alive(&recycled));
         assert!(comm(pid).is_some());
     }

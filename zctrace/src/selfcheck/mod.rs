@@ -63,7 +63,13 @@ impl SendArgs {
             (None, Some(path)) => Destination::File(path.clone()),
             (None, None) => unreachable!("clap requires --to or --to-file"),
         };
-        SendOptions { method: self.method, file: &self.file, destination, chunk: self.chunk as usize, progress }
+        SendOptions {
+            method: self.method,
+            file: &self.file,
+            destination,
+            chunk: self.chunk as usize,
+            progress,
+        }
     }
 }
 
@@ -88,7 +94,9 @@ pub fn run(workload: &Workload) -> Result<()> {
     }
     println!("ready");
     let mut rest = Vec::new();
-    std::io::stdin().read_to_end(&mut rest).context("waiting for stdin to close")?;
+    std::io::stdin()
+        .read_to_end(&mut rest)
+        .context("waiting for stdin to close")?;
     Ok(())
 }
 

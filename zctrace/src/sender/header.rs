@@ -49,7 +49,10 @@ mod tests {
 
     #[test]
     fn header_round_trips_and_rejects_strangers() {
-        let header = Header { len: 1 << 40, checksum: 0xdead_beef };
+        let header = Header {
+            len: 1 << 40,
+            checksum: 0xdead_beef,
+        };
         assert_eq!(Header::decode(&header.encode()).unwrap(), header);
         let err = Header::decode(&[b'x'; HEADER_LEN]).unwrap_err();
         assert!(err.to_string().contains("ZCTRACE1"));

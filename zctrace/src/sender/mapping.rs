@@ -1,10 +1,5 @@
 //! A read-only shared mapping of a file, and protection from the SIGBUS a truncation causes.
-use std::{
-    ffi::c_void,
-    fs::File,
-    num::NonZeroUsize,
-    ptr::NonNull,
-};
+use std::{ffi::c_void, fs::File, num::NonZeroUsize, ptr::NonNull};
 
 use anyhow::{Context as _, Result};
 use nix::sys::{
@@ -65,7 +60,8 @@ impl Drop for SigbusGuard {
 }
 
 extern "C" fn on_sigbus(_: libc::c_int) {
-    const MESSAGE: &[u8] = b"error: the source file was truncated while mapped (SIGBUS); nothing more can be sent\n";
+    const MESSAGE: &[u8] =
+        b"error: the source file was truncated while mapped (SIGBUS); nothing more can be sent\n";
     // SAFETY: write and _exit are async-signal-safe.
     unsafe {
         libc::write(2, MESSAGE.as_ptr().cast(), MESSAGE.len());

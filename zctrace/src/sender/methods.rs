@@ -17,7 +17,12 @@ use nix::{
 use super::{mapping::Mapping, uring, zerocopy, Method, SendOptions, Tally};
 
 pub(crate) fn run(options: &SendOptions, file: &File, size: u64, out: OwnedFd) -> Result<Tally> {
-    let mut run = Run { out, chunk: options.chunk, tally: Tally::default(), progress: options.progress };
+    let mut run = Run {
+        out,
+        chunk: options.chunk,
+        tally: Tally::default(),
+        progress: options.progress,
+    };
     match options.method {
         Method::ReadWrite => run.read_write(file)?,
         Method::MmapWrite => run.mmap_write(file, size)?,
@@ -51,7 +56,9 @@ pub(crate) fn retry<T>(mut call: impl FnMut() -> nix::Result<T>) -> nix::Result<
 /// A syscall failure in words a user can act on.
 pub(crate) fn explain(what: &str, errno: Errno) -> anyhow::Error {
     match errno {
-        Errno::EPIPE | Errno::ECONNRESET => anyhow!("{what}: the receiver closed the connection early ({errno})"),
+        Errno::EPIPE | Errno::ECONNRESET => {
+            anyhow!("{what}: the receiver closed the connection early ({errno})")
+        }
         Errno::EFAULT => anyhow!("{what}: the source file was truncated while mapped ({errno})"),
         _ => anyhow!("{what}: {errno} ({})", errno.desc()),
     }
@@ -60,7 +67,10 @@ pub(crate) fn explain(what: &str, errno: Errno) -> anyhow::Error {
 /// A pipe whose capacity is at least `chunk` where the kernel allows it; returns its capacity.
 pub(crate) fn pipe_for(chunk: usize) -> Result<(OwnedFd, OwnedFd, usize)> {
     let (reader, writer) = pipe2(OFlag::O_CLOEXEC).map_err(|e| explain("pipe", e))?;
-    let _ = fcntl(&writer, FcntlArg::F_SETPIPE_SZ(chunk.min(i32::MAX as usize) as i32));
+    let _ = fcntl(
+        &writer,
+        FcntlArg::F_SETPIPE_SZ(chunk.min(i32::MAX as usize) as i32),
+    );
     let capacity = fcntl(&writer, FcntlArg::F_GETPIPE_SZ).map_err(|e| explain("F_GETPIPE_SZ", e))?;
     Ok((reader, writer, capacity as usize))
 }
@@ -93,7 +103,9 @@ impl Run<'_> {
                 .map_err(|e| explain("splice from pipe", e))?;
             self.tally.syscalls += 1;
             if n == 0 {
-                return Err(anyhow!("splice from pipe: the destination accepted no more bytes"));
+                return Err(anyhow!(
+                    "splice from pipe: the destination accepted no more bytes"
+                ));
             }
             len -= n;
         }
@@ -143,7 +155,8 @@ impl Run<'_> {
         let flags = SpliceFFlags::SPLICE_F_MOVE | SpliceFFlags::SPLICE_F_MORE;
         while self.tally.bytes < size {
             let len = self.remaining(size, self.chunk.min(capacity));
-            let n = retry(|| splice(file, None, &writer, None, len, flags)).map_err(|e| explain("splice into pipe", e))?;
+            let n = retry(|| splice(file, None, &writer, None, len, flags))
+                .map_err(|e| explain("splice into pipe", e))?;
             self.tally.syscalls += 1;
             if n == 0 {
                 break;
@@ -165,7 +178,8 @@ impl Run<'_> {
             let mut offset = 0;
             while offset < piece.len() {
                 let iov = [IoSlice::new(&piece[offset..])];
-                let n = retry(|| vmsplice(&writer, &iov, SpliceFFlags::empty())).map_err(|e| explain("vmsplice", e))?;
+                let n = retry(|| vmsplice(&writer, &iov, SpliceFFlags::empty()))
+                    .map_err(|e| explain("vmsplice", e))?;
                 self.tally.syscalls += 1;
                 self.drain(&reader, &out, n)?;
                 offset += n;
@@ -188,7 +202,8 @@ impl Run<'_> {
             if n == 0 {
                 break;
             }
-            let teed = retry(|| tee(&reader, &copy_writer, n, SpliceFFlags::empty())).map_err(|e| explain("tee", e))?;
+            let teed = retry(|| tee(&reader, &copy_writer, n, SpliceFFlags::empty()))
+                .map_err(|e| explain("tee", e))?;
             self.tally.syscalls += 1;
             self.drain(&reader, &out, n)?;
             self.drain(&copy_reader, &sink, teed)?;

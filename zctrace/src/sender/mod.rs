@@ -114,7 +114,11 @@ pub fn send(options: &SendOptions) -> Result<SendReport> {
     anyhow::ensure!(options.chunk > 0, "--chunk must be at least 1 byte");
     let file = File::open(options.file).with_context(|| format!("opening {}", options.file.display()))?;
     let size = file.metadata()?.len();
-    anyhow::ensure!(file.metadata()?.is_file(), "{} is not a regular file", options.file.display());
+    anyhow::ensure!(
+        file.metadata()?.is_file(),
+        "{} is not a regular file",
+        options.file.display()
+    );
     let cpu_before = cpu_seconds();
     let started = Instant::now();
     let (tally, header_bytes, checksum) = match &options.destination {
@@ -128,7 +132,10 @@ pub fn send(options: &SendOptions) -> Result<SendReport> {
         }
         Destination::File(path) => {
             anyhow::ensure!(
-                matches!(options.method, Method::Sendfile | Method::Splice | Method::ReadWrite),
+                matches!(
+                    options.method,
+                    Method::Sendfile | Method::Splice | Method::ReadWrite
+                ),
                 "--to-file supports read-write, sendfile and splice; {} needs a socket",
                 options.method.name()
             );
@@ -162,5 +169,3 @@ pub fn cpu_seconds() -> f64 {
         tv(u.user_time()) + tv(u.system_time())
     })
 }
-
-

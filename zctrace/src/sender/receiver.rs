@@ -31,7 +31,9 @@ pub fn receive_one(listener: &TcpListener, close_after: Option<u64>) -> Result<R
 fn receive(mut stream: TcpStream, close_after: Option<u64>) -> Result<ReceiveReport> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut raw = [0u8; HEADER_LEN];
-    stream.read_exact(&mut raw).context("reading the 24-byte header")?;
+    stream
+        .read_exact(&mut raw)
+        .context("reading the 24-byte header")?;
     let header = Header::decode(&raw)?;
     let started = Instant::now();
     let mut hasher = crc32fast::Hasher::new();
@@ -57,8 +59,17 @@ fn receive(mut stream: TcpStream, close_after: Option<u64>) -> Result<ReceiveRep
         bail!("the sender announced {} bytes but sent {bytes}", header.len);
     }
     if checksum != header.checksum {
-        bail!("checksum mismatch: announced {:08x}, received {checksum:08x}", header.checksum);
+        bail!(
+            "checksum mismatch: announced {:08x}, received {checksum:08x}",
+            header.checksum
+        );
     }
     let seconds = started.elapsed().as_secs_f64();
-    Ok(ReceiveReport { peer, bytes, checksum, seconds, bytes_per_second: bytes as f64 / seconds.max(1e-9) })
+    Ok(ReceiveReport {
+        peer,
+        bytes,
+        checksum,
+        seconds,
+        bytes_per_second: bytes as f64 / seconds.max(1e-9),
+    })
 }

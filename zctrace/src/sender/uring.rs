@@ -8,23 +8,39 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use io_uring::{opcode, squeue, types::Fd, IoUring};
 use nix::errno::Errno;
 
-use super::{methods::{explain, pipe_for}, Tally};
+use super::{
+    methods::{explain, pipe_for},
+    Tally,
+};
 
 const INTO_PIPE: u64 = 1;
 const OUT_OF_PIPE: u64 = 2;
 
-pub(crate) fn send(file: &File, size: u64, out: &OwnedFd, chunk: usize, progress: Option<&dyn Fn(u64)>) -> Result<Tally> {
-    let mut ring = IoUring::new(8).context("io_uring_setup (is io_uring disabled by kernel.io_uring_disabled?)")?;
+pub(crate) fn send(
+    file: &File,
+    size: u64,
+    out: &OwnedFd,
+    chunk: usize,
+    progress: Option<&dyn Fn(u64)>,
+) -> Result<Tally> {
+    let mut ring =
+        IoUring::new(8).context("io_uring_setup (is io_uring disabled by kernel.io_uring_disabled?)")?;
     let (reader, writer, capacity) = pipe_for(chunk)?;
     let step = chunk.min(capacity).min(u32::MAX as usize) as u32;
     let mut tally = Tally::default();
     while tally.bytes < size {
         let len = (size - tally.bytes).min(step as u64) as u32;
-        let into_pipe = opcode::Splice::new(Fd(file.as_raw_fd()), tally.bytes as i64, Fd(writer.as_raw_fd()), -1, len)
-            .flags(libc::SPLICE_F_MOVE)
-            .build()
-            .flags(squeue::Flags::IO_LINK)
-            .user_data(INTO_PIPE);
+        let into_pipe = opcode::Splice::new(
+            Fd(file.as_raw_fd()),
+            tally.bytes as i64,
+            Fd(writer.as_raw_fd()),
+            -1,
+            len,
+        )
+        .flags(libc::SPLICE_F_MOVE)
+        .build()
+        .flags(squeue::Flags::IO_LINK)
+        .user_data(INTO_PIPE);
         let out_of_pipe = splice_out(&reader, out, len);
         let (moved_in, moved_out) = submit(&mut ring, &[into_pipe, out_of_pipe], &mut tally)?;
         let moved_in = result("io_uring splice into pipe", moved_in)?;
@@ -56,7 +72,8 @@ fn splice_out(reader: &OwnedFd, out: &OwnedFd, len: u32) -> squeue::Entry {
 /// out-of-pipe requests (0 where absent).
 fn submit(ring: &mut IoUring, entries: &[squeue::Entry], tally: &mut Tally) -> Result<(i32, i32)> {
     // SAFETY: every fd an entry names stays open until its completion is reaped below.
-    unsafe { ring.submission().push_multiple(entries) }.map_err(|_| anyhow!("io_uring submission queue full"))?;
+    unsafe { ring.submission().push_multiple(entries) }
+        .map_err(|_| anyhow!("io_uring submission queue full"))?;
     loop {
         match ring.submit_and_wait(entries.len()) {
             Ok(_) => break,

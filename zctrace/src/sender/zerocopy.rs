@@ -20,7 +20,13 @@ const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;
 /// How long to wait for the last completions before giving up.
 const COMPLETION_TIMEOUT: Duration = Duration::from_secs(10);
 
-pub(crate) fn send(file: &std::fs::File, size: u64, out: &OwnedFd, chunk: usize, progress: Option<&dyn Fn(u64)>) -> Result<Tally> {
+pub(crate) fn send(
+    file: &std::fs::File,
+    size: u64,
+    out: &OwnedFd,
+    chunk: usize,
+    progress: Option<&dyn Fn(u64)>,
+) -> Result<Tally> {
     enable_zerocopy(out)?;
     let mut tally = Tally::default();
     let Some(mapping) = Mapping::of(file, size)? else {
@@ -30,7 +36,11 @@ pub(crate) fn send(file: &std::fs::File, size: u64, out: &OwnedFd, chunk: usize,
     for piece in mapping.bytes().chunks(chunk) {
         let mut offset = 0;
         while offset < piece.len() {
-            match send_on(out.as_raw_fd(), &piece[offset..], MsgFlags::from_bits_retain(libc::MSG_ZEROCOPY)) {
+            match send_on(
+                out.as_raw_fd(),
+                &piece[offset..],
+                MsgFlags::from_bits_retain(libc::MSG_ZEROCOPY),
+            ) {
                 Ok(n) => {
                     tally.syscalls += 1;
                     sends += 1;
@@ -51,7 +61,10 @@ pub(crate) fn send(file: &std::fs::File, size: u64, out: &OwnedFd, chunk: usize,
     let deadline = std::time::Instant::now() + COMPLETION_TIMEOUT;
     while tally.zerocopy_completions < sends {
         if std::time::Instant::now() > deadline {
-            bail!("the kernel reported {} of {sends} zerocopy sends complete", tally.zerocopy_completions);
+            bail!(
+                "the kernel reported {} of {sends} zerocopy sends complete",
+                tally.zerocopy_completions
+            );
         }
         wait_for_completions(out, &mut tally, Duration::from_millis(100))?;
     }
@@ -91,14 +104,17 @@ fn reap(socket: &OwnedFd, tally: &mut Tally) -> Result<()> {
         let mut control = nix::cmsg_space!(libc::sock_extended_err, libc::sockaddr_in6);
         let mut iov: [IoSliceMut; 0] = [];
         let flags = MsgFlags::MSG_ERRQUEUE | MsgFlags::MSG_DONTWAIT;
-        let message = match recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut control), flags) {
-            Ok(message) => message,
-            Err(Errno::EAGAIN | Errno::EINTR) => return Ok(()),
-            Err(e) => return Err(explain("reading zerocopy completions", e)),
-        };
+        let message =
+            match recvmsg::<SockaddrStorage>(socket.as_raw_fd(), &mut iov, Some(&mut control), flags) {
+                Ok(message) => message,
+                Err(Errno::EAGAIN | Errno::EINTR) => return Ok(()),
+                Err(e) => return Err(explain("reading zerocopy completions", e)),
+            };
         for cmsg in message.cmsgs()? {
             let error = match cmsg {
-                ControlMessageOwned::Ipv4RecvErr(error, _) | ControlMessageOwned::Ipv6RecvErr(error, _) => error,
+                ControlMessageOwned::Ipv4RecvErr(error, _) | ControlMessageOwned::Ipv6RecvErr(error, _) => {
+                    error
+                }
                 _ => continue,
             };
             if error.ee_origin != SO_EE_ORIGIN_ZEROCOPY {

@@ -9,17 +9,17 @@ use std::{
     sync::OnceLock,
 };
 
-use zctrace::{
-    accounting::{per_process, ProcessFigures},
-    probes::{ProbeOptions, Tracer},
-    procfs,
-};
 use nix::{
     sys::{
         signal::{kill, Signal},
         wait::{waitpid, WaitPidFlag, WaitStatus},
     },
     unistd::Pid,
+};
+use zctrace::{
+    accounting::{per_process, ProcessFigures},
+    probes::{ProbeOptions, Tracer},
+    procfs,
 };
 use zctrace_common::ProcessKey;
 
@@ -73,7 +73,9 @@ pub fn test_file(size: u64) -> PathBuf {
 
 pub fn scratch_path(name: &str) -> PathBuf {
     static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir")).path().join(name)
+    DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
+        .path()
+        .join(name)
 }
 
 /// A running child whose process key is known.
@@ -100,7 +102,11 @@ impl Traced {
 /// The process key of a live (or zombie) child, as the probes compute it.
 pub fn key_of(pid: u32) -> ProcessKey {
     let ticks = procfs::read_start_ticks(pid).expect("child's /proc/PID/stat");
-    ProcessKey { tgid: pid, reserved: 0, start_boottime_ns: ticks * 10_000_000 }
+    ProcessKey {
+        tgid: pid,
+        reserved: 0,
+        start_boottime_ns: ticks * 10_000_000,
+    }
 }
 
 /// Finds the figures of `key` (start time compared at /proc's tick resolution).
@@ -122,12 +128,19 @@ pub struct Receiver {
 impl Receiver {
     pub fn start(extra: &[&str]) -> Receiver {
         let mut command = Command::new(zctrace_bin());
-        command.args(["serve", "--listen", "127.0.0.1:0", "--once"]).args(extra).stdout(Stdio::piped());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--once"])
+            .args(extra)
+            .stdout(Stdio::piped());
         let mut traced = Traced::spawn(&mut command);
         let mut stdout = BufReader::new(traced.child.stdout.take().expect("stdout"));
         let mut line = String::new();
         stdout.read_line(&mut line).expect("receiver's first line");
-        let addr = line.trim().strip_prefix("listening on ").expect("listening line").to_string();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("listening line")
+            .to_string();
         Receiver { traced, addr, stdout }
     }
 
@@ -142,7 +155,13 @@ impl Receiver {
 
 /// Runs a bracketed `zctrace workload send` and returns what zctrace saw of the transfer alone
 /// (start-up excluded) and the sender's own report.
-pub fn send(tracer: &Tracer, method: &str, file: &Path, to: &[&str], chunk: u64) -> (ProcessFigures, serde_json::Value) {
+pub fn send(
+    tracer: &Tracer,
+    method: &str,
+    file: &Path,
+    to: &[&str],
+    chunk: u64,
+) -> (ProcessFigures, serde_json::Value) {
     let mut command = Command::new(zctrace_bin());
     command
         .args(["workload", "send", "--method", method, "--file"])
@@ -159,23 +178,37 @@ pub fn send(tracer: &Tracer, method: &str, file: &Path, to: &[&str], chunk: u64)
     let before = figures_of(tracer, &traced.key);
     kill(pid, Signal::SIGUSR1).expect("starting the transfer");
     let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).expect("waiting for the sender to stop");
-    assert!(matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)), "{method} sender ended early: {stopped:?}");
+    assert!(
+        matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)),
+        "{method} sender ended early: {stopped:?}"
+    );
     let during = figures_of(tracer, &traced.key).since(&before);
     kill(pid, Signal::SIGCONT).expect("resuming the sender");
     line.clear();
     stdout.read_line(&mut line).expect("sender report");
     traced.wait_ok();
-    (during, serde_json::from_str(&line).unwrap_or_else(|e| panic!("{method} sender report {line:?}: {e}")))
+    (
+        during,
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{method} sender report {line:?}: {e}")),
+    )
 }
 
 /// Sends `file` to a fresh receiver; returns the sender's transfer figures, its report, and the
 /// receiver's key.
-pub fn transfer(tracer: &Tracer, method: &str, file: &Path, chunk: u64) -> (ProcessFigures, serde_json::Value, ProcessKey) {
+pub fn transfer(
+    tracer: &Tracer,
+    method: &str,
+    file: &Path,
+    chunk: u64,
+) -> (ProcessFigures, serde_json::Value, ProcessKey) {
     let receiver = Receiver::start(&[]);
     let addr = receiver.addr.clone();
     let (sender, report) = send(tracer, method, file, &["--to", &addr], chunk);
     let (receiver, verdict) = receiver.finish();
-    assert_eq!(verdict["bytes"], report["bytes"], "receiver verified a different length");
+    assert_eq!(
+        verdict["bytes"], report["bytes"],
+        "receiver verified a different length"
+    );
     (sender, report, receiver)
 }
 
@@ -188,10 +221,16 @@ pub struct Workload {
 impl Workload {
     pub fn run(args: &[&str]) -> Workload {
         let mut command = Command::new(zctrace_bin());
-        command.arg("workload").args(args).stdin(Stdio::piped()).stdout(Stdio::piped());
+        command
+            .arg("workload")
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped());
         let mut traced = Traced::spawn(&mut command);
         let mut line = String::new();
-        BufReader::new(traced.child.stdout.take().expect("stdout")).read_line(&mut line).expect("ready line");
+        BufReader::new(traced.child.stdout.take().expect("stdout"))
+            .read_line(&mut line)
+            .expect("ready line");
         assert_eq!(line.trim(), "ready");
         let stdin = traced.child.stdin.take();
         Workload { traced, stdin }

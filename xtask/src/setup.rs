@@ -1,0 +1,114 @@
+//! Idempotent installation of the build and test toolchain: each step checks first, says what
+//! it found or did, and installs only what is missing.
+use std::process::{Command, Stdio};
+
+use anyhow::{bail, Result};
+
+use crate::check;
+
+/// Debian packages: LLVM 22 for bpf-linker, and the real programs the tests and bench run.
+const DEBIAN_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "prometheus",
+    "bpftool",
+    "bpftrace",
+    "systemd",
+];
+const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
+
+pub fn ensure() -> Result<()> {
+    debian_packages()?;
+    nightly_rust_src()?;
+    bpf_linker()
+}
+
+fn debian_packages() -> Result<()> {
+    let missing: Vec<&str> = DEBIAN_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| !dpkg_installed(p))
+        .collect();
+    if missing.is_empty() {
+        say(&format!("present: Debian packages {}", DEBIAN_PACKAGES.join(" ")));
+        return Ok(());
+    }
+    say(&format!("installing Debian packages: {}", missing.join(" ")));
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-q"]);
+    check(update)?;
+    let mut install = Command::new("apt-get");
+    install
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(&missing)
+        .env("DEBIAN_FRONTEND", "noninteractive");
+    check(install)
+}
+
+fn dpkg_installed(package: &str) -> bool {
+    Command::new("dpkg-query")
+        .args(["-W", "-f=${Status}", package])
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
+}
+
+fn nightly_rust_src() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["component", "list", "--toolchain", "nightly", "--installed"])
+        .output();
+    match installed {
+        Ok(out) if out.status.success() => {
+            if String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .any(|l| l.starts_with("rust-src"))
+            {
+                say("present: nightly toolchain with rust-src");
+                return Ok(());
+            }
+        }
+        _ => {
+            say("installing: nightly toolchain");
+            let mut toolchain = Command::new("rustup");
+            toolchain.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
+            check(toolchain)?;
+        }
+    }
+    say("installing: rust-src for nightly (build-std=core for the BPF target)");
+    let mut component = Command::new("rustup");
+    component.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
+    check(component)
+}
+
+fn bpf_linker() -> Result<()> {
+    let found = Command::new("bpf-linker")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+    if found.is_ok_and(|s| s.success()) {
+        say("present: bpf-linker");
+        return Ok(());
+    }
+    if !std::path::Path::new(LLVM_PREFIX).exists() {
+        bail!("{LLVM_PREFIX} is missing: install llvm-22-dev first");
+    }
+    say("installing: bpf-linker built against LLVM 22 (about a minute)");
+    let path = format!("{LLVM_PREFIX}/bin:{}", std::env::var("PATH").unwrap_or_default());
+    let mut install = Command::new("cargo");
+    install
+        .args([
+            "install",
+            "bpf-linker",
+            "--no-default-features",
+            "--features",
+            "llvm-22",
+        ])
+        .env("PATH", path)
+        .env("LLVM_PREFIX", LLVM_PREFIX);
+    check(install)
+}
+
+fn say(message: &str) {
+    eprintln!("setup: {message}");
+}
