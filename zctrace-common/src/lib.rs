@@ -58,6 +58,8 @@ pub struct ProcessStats {
     pub tcp_zerocopy_local_bytes: u64,
     /// Bytes copied by the kernel's copy routines, when fexit on them is allowed (else 0).
     pub observed_copy_bytes: u64,
+    /// Non-zero once the whole thread group has exited: user space may fold and free the entry.
+    pub exited: u64,
 }
 
 /// How `tcp_sendmsg_locked` moved a send's payload.
@@ -241,7 +243,7 @@ mod tests {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
-        assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 2));
+        assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 3));
         assert_eq!(size_of::<KernelOffsets>(), 25 * 4);
     }
 

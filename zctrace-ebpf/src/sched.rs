@@ -1,6 +1,6 @@
 //! Scheduler context switches per process, split as the kernel's nvcsw/nivcsw are, and off-CPU time.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -8,7 +8,7 @@ use zctrace_common::MapSlot;
 
 use crate::{
     kernel::{current_task, filtered_out, offset, process_key, read},
-    maps::{add, count_error, current_process_entry, process_entry, OFFCPU_START, PENDING_SEND},
+    maps::{add, count_error, current_process_entry, process_entry, OFFCPU_START, PENDING_SEND, PROCESSES},
 };
 
 /// Why sched_switch: it is where the kernel decides voluntary vs involuntary (the same test as its
@@ -75,12 +75,46 @@ fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Why sched_process_exit: a thread's last event, so its per-thread entries are freed here rather
-/// than waiting in the maps.
+/// Why sched_process_exit: a thread's last event, so its per-thread entries are freed here, and
+/// when its whole group is dead the process entry is marked for user space to fold and free.
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
+pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
+    match try_sched_process_exit(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = OFFCPU_START.remove(pid_tgid as u32);
     let _ = PENDING_SEND.remove(pid_tgid);
+    let group_dead: u64 = ctx.arg(1);
+    let tgid = (pid_tgid >> 32) as u32;
+    if group_dead & 1 == 0 || filtered_out(tgid) {
+        return Ok(0);
+    }
+    let key = process_key(current_task(), tgid)?;
+    if let Some(entry) = PROCESSES.get_ptr_mut(&key) {
+        // SAFETY: `entry` points into a live map value.
+        unsafe { (*entry).exited = 1 };
+    }
+    Ok(0)
+}
+
+/// Why sched_process_exec: exec renames the process; the entry its pre-exec syscalls created
+/// must carry the new name.
+#[btf_tracepoint(function = "sched_process_exec")]
+pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if filtered_out(tgid) {
+        return 0;
+    }
+    let Ok(key) = process_key(current_task(), tgid) else {
+        return 0;
+    };
+    if let (Some(entry), Ok(comm)) = (PROCESSES.get_ptr_mut(&key), bpf_get_current_comm()) {
+        // SAFETY: `entry` points into a live map value.
+        unsafe { (*entry).comm = comm };
+    }
     0
 }

@@ -19,6 +19,7 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("sys_exit", "sys_exit"),
     ("sched_switch", "sched_switch"),
     ("sched_process_exit", "sched_process_exit"),
+    ("sched_process_exec", "sched_process_exec"),
     ("tcp_sendmsg_locked", "tcp_sendmsg_locked"),
     ("sock_send_length", "sock_send_length"),
     ("skb_copy_datagram_iovec", "skb_copy_datagram_iovec"),
@@ -170,15 +171,23 @@ impl Tracer {
         })
     }
 
-    /// Frees the entries of the snapshot's processes that no longer exist (fold their counts in
-    /// from `snapshot` first) and returns their keys.
-    pub fn forget_exited(&mut self, snapshot: &RawSnapshot) -> Result<Vec<ProcessKey>> {
-        let gone: BTreeSet<ProcessKey> = snapshot
+    /// Frees the entries of the snapshot's processes that have exited (fold their counts in from
+    /// `snapshot` first) and returns their keys. The kernel marks exits; `check_proc` also asks
+    /// `/proc` about the rest, which catches exits the probes could not mark.
+    pub fn forget_exited(&mut self, snapshot: &RawSnapshot, check_proc: bool) -> Result<Vec<ProcessKey>> {
+        let marked = snapshot
             .processes
             .iter()
+            .filter(|(_, stats)| stats.exited != 0)
+            .map(|(key, _)| *key);
+        let unmarked = snapshot
+            .processes
+            .iter()
+            .filter(|(_, stats)| stats.exited == 0)
             .map(|(key, _)| *key)
-            .chain(snapshot.syscalls.iter().map(|(key, _)| key.process))
-            .filter(|key| !procfs::is_alive(key))
+            .chain(snapshot.syscalls.iter().map(|(key, _)| key.process));
+        let gone: BTreeSet<ProcessKey> = marked
+            .chain(unmarked.filter(|key| check_proc && !procfs::is_alive(key)))
             .collect();
         let mut syscalls: HashMap<_, SyscallKey, SyscallStats> =
             HashMap::try_from(self.ebpf.map_mut("SYSCALLS").context("SYSCALLS map missing")?)?;
