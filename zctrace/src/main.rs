@@ -1,5 +1,5 @@
 use std::{
-    io::Write as _,
+    io::{IsTerminal as _, Write as _},
     net::{SocketAddr, TcpListener},
     process::ExitCode,
 };
@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use zctrace::{
+    exporter::{self, DaemonArgs},
     probes::{ProbeOptions, Tracer},
     selfcheck::{self, SendArgs, Workload},
     sender::{self, receiver},
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Serve every process's copy behaviour as Prometheus metrics.
+    Daemon(DaemonArgs),
     /// Show which probes attach on this kernel, and in which mode.
     Probes,
     /// Send a file by one method to a `zctrace serve` receiver (or into a file).
@@ -51,6 +54,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
@@ -63,6 +67,7 @@ fn main() -> ExitCode {
 
 fn run(command: Command) -> Result<()> {
     match command {
+        Command::Daemon(args) => exporter::run(args),
         Command::Probes => probes(),
         Command::Send(args) => {
             let report = sender::send(&args.options(None))?;

@@ -1,6 +1,7 @@
 //! Loading and attaching the eBPF programs, reporting what attached in which mode, and reading
 //! the maps.
 pub mod offsets;
+pub mod privileges;
 
 use anyhow::{Context as _, Result};
 use aya::{

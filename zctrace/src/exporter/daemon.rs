@@ -1,0 +1,129 @@
+//! The daemon's state: the loaded probes, the series book, and what one scrape reads.
+use std::{
+    collections::HashSet,
+    sync::Mutex,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result};
+
+use super::{
+    scrape::{Format, Scrape},
+    series::{SeriesBook, SeriesKey},
+};
+use crate::{
+    accounting::{per_process, ProcessFigures, Source},
+    probes::{slot_label, ProbeMode, Tracer},
+};
+
+/// How often exited processes are folded into their series and freed.
+pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// Every this many sweeps, `/proc` is asked about processes the kernel did not mark as exited.
+const FULL_CHECK_EVERY: u64 = 15;
+
+pub struct Daemon {
+    state: Mutex<State>,
+    kernel: String,
+}
+
+struct State {
+    tracer: Tracer,
+    book: SeriesBook,
+    pids: HashSet<u32>,
+    sweeps: u64,
+}
+
+impl Daemon {
+    pub fn new(tracer: Tracer, book: SeriesBook, pids: HashSet<u32>) -> Daemon {
+        let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        Daemon {
+            state: Mutex::new(State {
+                tracer,
+                book,
+                pids,
+                sweeps: 0,
+            }),
+            kernel,
+        }
+    }
+
+    /// Folds the final counts of exited processes into their series and frees their entries.
+    pub fn sweep(&self) -> Result<usize> {
+        let mut state = self.state.lock().expect("daemon state");
+        state.sweeps += 1;
+        let full_check = state.sweeps % FULL_CHECK_EVERY == 0;
+        let snapshot = state.tracer.snapshot()?;
+        let gone: HashSet<_> = state
+            .tracer
+            .forget_exited(&snapshot, full_check)?
+            .into_iter()
+            .collect();
+        let now = Instant::now();
+        for figures in per_process(&snapshot, state.tracer.copies_observed()) {
+            if gone.contains(&figures.key) {
+                let key = state.series_key(&figures);
+                state.book.retire(key, &figures, now);
+            }
+        }
+        Ok(gone.len())
+    }
+
+    /// Reads the maps and encodes every metric.
+    pub fn scrape(&self, format: Format) -> Result<String> {
+        let started = Instant::now();
+        let mut state = self.state.lock().expect("daemon state");
+        let snapshot = state.tracer.snapshot()?;
+        let observed = state.tracer.copies_observed();
+        let live: Vec<(SeriesKey, ProcessFigures)> = per_process(&snapshot, observed)
+            .into_iter()
+            .map(|f| (state.series_key(&f), f))
+            .collect();
+        let series = state.book.render(&live, Instant::now());
+        let maps = state.tracer.map_usage()?;
+        let scrape = Scrape {
+            series,
+            probes: state
+                .tracer
+                .statuses()
+                .iter()
+                .map(|s| {
+                    (
+                        s.probe.to_string(),
+                        s.mode.label().to_string(),
+                        !matches!(s.mode, ProbeMode::Unavailable(_)),
+                    )
+                })
+                .collect(),
+            maps: maps
+                .into_iter()
+                .map(|m| (m.map.to_string(), m.entries, m.capacity))
+                .collect(),
+            update_errors: snapshot
+                .update_errors
+                .iter()
+                .enumerate()
+                .map(|(slot, n)| (slot_label(slot).to_string(), *n))
+                .collect(),
+            series_dropped: state.book.dropped(),
+            copy_source: Some(if observed { Source::Observed } else { Source::Model }),
+            kernel: self.kernel.clone(),
+            collect_seconds: started.elapsed().as_secs_f64(),
+        };
+        drop(state);
+        scrape.encode(format).context("encoding metrics")
+    }
+}
+
+impl State {
+    fn series_key(&self, figures: &ProcessFigures) -> SeriesKey {
+        let pid = self.pids.contains(&figures.key.tgid).then_some(figures.key.tgid);
+        SeriesKey {
+            comm: figures.comm.clone(),
+            pid,
+            cgroup: None,
+        }
+    }
+}

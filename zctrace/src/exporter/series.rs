@@ -1,0 +1,386 @@
+//! Which series the daemon exports, and their totals. Pure: no BPF, no clock of its own.
+//!
+//! Each label set is assigned a bucket the first time it is seen, and keeps it: its own series
+//! while fewer than `top` exist, else the shared `comm="other"` series. Sticky buckets keep every
+//! counter monotonic. Counts of exited processes are kept in their bucket until no process has
+//! had that label set for the grace period; then the series disappears.
+use std::{
+    collections::{BTreeMap, HashMap},
+    time::{Duration, Instant},
+};
+
+use zctrace_common::FdKind;
+
+use crate::accounting::{ProcessFigures, TcpSend};
+
+pub const OTHER_COMM: &str = "other";
+
+/// The labels that identify one exported series.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeriesKey {
+    pub comm: String,
+    /// Only for processes picked with `--pid`.
+    pub pid: Option<u32>,
+    /// Only with `--cgroup-label`.
+    pub cgroup: Option<String>,
+}
+
+impl SeriesKey {
+    pub fn other() -> SeriesKey {
+        SeriesKey {
+            comm: OTHER_COMM.to_string(),
+            pid: None,
+            cgroup: None,
+        }
+    }
+}
+
+/// One mechanism, as labelled in metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PathLabels {
+    pub syscall: &'static str,
+    pub src: FdKind,
+    pub dst: FdKind,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PathTotals {
+    pub calls: u64,
+    pub bytes: u64,
+    pub cpu_copy_bytes: u64,
+}
+
+/// Sums of [`ProcessFigures`] over the processes of one series.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SeriesTotals {
+    pub syscalls: BTreeMap<&'static str, u64>,
+    pub errors: BTreeMap<&'static str, u64>,
+    pub paths: BTreeMap<PathLabels, PathTotals>,
+    pub syscalls_total: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    pub offcpu_ns: u64,
+    pub recv_copy_bytes: u64,
+    pub tcp_send: TcpSend,
+    pub zerocopy_deferred_copy_bytes: u64,
+    pub observed_copy_bytes: u64,
+}
+
+impl SeriesTotals {
+    pub fn add_process(&mut self, f: &ProcessFigures) {
+        for (name, calls) in &f.syscalls {
+            *self.syscalls.entry(name).or_default() += calls;
+        }
+        for path in &f.paths {
+            let totals = self
+                .paths
+                .entry(PathLabels {
+                    syscall: path.syscall,
+                    src: path.src,
+                    dst: path.dst,
+                })
+                .or_default();
+            totals.calls += path.calls;
+            totals.bytes += path.bytes;
+            totals.cpu_copy_bytes += path.cpu_copy_bytes;
+            if path.errors > 0 {
+                *self.errors.entry(path.syscall).or_default() += path.errors;
+            }
+        }
+        self.syscalls_total += f.syscalls_total;
+        self.voluntary_switches += f.voluntary_switches;
+        self.involuntary_switches += f.involuntary_switches;
+        self.offcpu_ns += f.offcpu_ns;
+        self.recv_copy_bytes += f.recv_copy_bytes;
+        self.tcp_send.copy += f.tcp_send.copy;
+        self.tcp_send.splice += f.tcp_send.splice;
+        self.tcp_send.zerocopy += f.tcp_send.zerocopy;
+        self.tcp_send.unclassified += f.tcp_send.unclassified;
+        self.zerocopy_deferred_copy_bytes += f.zerocopy_deferred_copy_bytes;
+        self.observed_copy_bytes += f.observed_copy_bytes.unwrap_or(0);
+    }
+
+    pub fn merge(&mut self, other: &SeriesTotals) {
+        for (name, calls) in &other.syscalls {
+            *self.syscalls.entry(name).or_default() += calls;
+        }
+        for (name, errors) in &other.errors {
+            *self.errors.entry(name).or_default() += errors;
+        }
+        for (labels, totals) in &other.paths {
+            let mine = self.paths.entry(*labels).or_default();
+            mine.calls += totals.calls;
+            mine.bytes += totals.bytes;
+            mine.cpu_copy_bytes += totals.cpu_copy_bytes;
+        }
+        self.syscalls_total += other.syscalls_total;
+        self.voluntary_switches += other.voluntary_switches;
+        self.involuntary_switches += other.involuntary_switches;
+        self.offcpu_ns += other.offcpu_ns;
+        self.recv_copy_bytes += other.recv_copy_bytes;
+        self.tcp_send.copy += other.tcp_send.copy;
+        self.tcp_send.splice += other.tcp_send.splice;
+        self.tcp_send.zerocopy += other.tcp_send.zerocopy;
+        self.tcp_send.unclassified += other.tcp_send.unclassified;
+        self.zerocopy_deferred_copy_bytes += other.zerocopy_deferred_copy_bytes;
+        self.observed_copy_bytes += other.observed_copy_bytes;
+    }
+}
+
+struct Slot {
+    retired: SeriesTotals,
+    last_live: Instant,
+}
+
+pub struct SeriesBook {
+    top: usize,
+    /// Only comms matching get a series of their own (`--comm`).
+    allow: Option<regex::Regex>,
+    grace: Duration,
+    own: HashMap<SeriesKey, Slot>,
+    /// Label sets sent to the shared bucket, and when a process last had them.
+    overflow: HashMap<SeriesKey, Instant>,
+    other_retired: SeriesTotals,
+    dropped: u64,
+}
+
+impl SeriesBook {
+    pub fn new(top: usize, grace: Duration, allow: Option<regex::Regex>) -> SeriesBook {
+        SeriesBook {
+            top,
+            allow,
+            grace,
+            own: HashMap::new(),
+            overflow: HashMap::new(),
+            other_retired: SeriesTotals::default(),
+            dropped: 0,
+        }
+    }
+
+    /// Label sets that did not get a series of their own, since start.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+
+    /// Keeps the final counts of a process that exited.
+    pub fn retire(&mut self, key: SeriesKey, figures: &ProcessFigures, now: Instant) {
+        if self.assign(key.clone(), now) {
+            self.own
+                .get_mut(&key)
+                .expect("just assigned")
+                .retired
+                .add_process(figures);
+        } else {
+            self.other_retired.add_process(figures);
+        }
+    }
+
+    /// The series to export now: live processes plus retired counts, per bucket.
+    pub fn render(
+        &mut self,
+        live: &[(SeriesKey, ProcessFigures)],
+        now: Instant,
+    ) -> Vec<(SeriesKey, SeriesTotals)> {
+        self.expire(now);
+        let mut totals: BTreeMap<SeriesKey, SeriesTotals> = BTreeMap::new();
+        for (key, figures) in live {
+            let bucket = if self.assign(key.clone(), now) {
+                key.clone()
+            } else {
+                SeriesKey::other()
+            };
+            totals.entry(bucket).or_default().add_process(figures);
+        }
+        for (key, slot) in &self.own {
+            totals.entry(key.clone()).or_default().merge(&slot.retired);
+        }
+        if !self.overflow.is_empty() || totals.contains_key(&SeriesKey::other()) {
+            totals
+                .entry(SeriesKey::other())
+                .or_default()
+                .merge(&self.other_retired);
+        }
+        totals.into_iter().collect()
+    }
+
+    /// Assigns `key` its bucket on first sight; true when it has a series of its own.
+    fn assign(&mut self, key: SeriesKey, now: Instant) -> bool {
+        if let Some(slot) = self.own.get_mut(&key) {
+            slot.last_live = now;
+            return true;
+        }
+        if let Some(seen) = self.overflow.get_mut(&key) {
+            *seen = now;
+            return false;
+        }
+        // Processes picked with --pid always get their own series.
+        let allowed = key.pid.is_some()
+            || (key.comm != OTHER_COMM && self.allow.as_ref().is_none_or(|re| re.is_match(&key.comm)));
+        if allowed && (self.own.len() < self.top || key.pid.is_some()) {
+            self.own.insert(
+                key,
+                Slot {
+                    retired: SeriesTotals::default(),
+                    last_live: now,
+                },
+            );
+            return true;
+        }
+        self.dropped += 1;
+        self.overflow.insert(key, now);
+        false
+    }
+
+    fn expire(&mut self, now: Instant) {
+        let grace = self.grace;
+        self.own
+            .retain(|_, slot| now.duration_since(slot.last_live) <= grace);
+        self.overflow.retain(|_, seen| now.duration_since(*seen) <= grace);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::PathFigures;
+    use crate::accounting::Source;
+
+    fn key(comm: &str) -> SeriesKey {
+        SeriesKey {
+            comm: comm.into(),
+            pid: None,
+            cgroup: None,
+        }
+    }
+
+    fn sender(bytes: u64) -> ProcessFigures {
+        ProcessFigures {
+            paths: vec![PathFigures {
+                syscall: "write",
+                src: FdKind::User,
+                dst: FdKind::Tcp,
+                zerocopy_flag: false,
+                calls: 1,
+                errors: 0,
+                bytes,
+                cpu_copy_bytes: bytes,
+                source: Source::Model,
+            }],
+            syscalls_total: 1,
+            ..Default::default()
+        }
+    }
+
+    fn bytes_of(rendered: &[(SeriesKey, SeriesTotals)], comm: &str) -> Option<u64> {
+        rendered
+            .iter()
+            .find(|(k, _)| k.comm == comm)
+            .map(|(_, t)| t.paths.values().map(|p| p.bytes).sum())
+    }
+
+    #[test]
+    fn processes_of_one_comm_share_a_series() {
+        let mut book = SeriesBook::new(10, Duration::from_secs(60), None);
+        let now = Instant::now();
+        let rendered = book.render(&[(key("nginx"), sender(10)), (key("nginx"), sender(5))], now);
+        assert_eq!(rendered.len(), 1);
+        assert_eq!(bytes_of(&rendered, "nginx"), Some(15));
+    }
+
+    #[test]
+    fn counters_stay_monotonic_when_a_process_exits() {
+        let mut book = SeriesBook::new(10, Duration::from_secs(60), None);
+        let t0 = Instant::now();
+        assert_eq!(
+            bytes_of(
+                &book.render(&[(key("a"), sender(100)), (key("a"), sender(1))], t0),
+                "a"
+            ),
+            Some(101)
+        );
+        book.retire(key("a"), &sender(100), t0 + Duration::from_secs(1));
+        let after = book.render(&[(key("a"), sender(1))], t0 + Duration::from_secs(2));
+        assert_eq!(
+            bytes_of(&after, "a"),
+            Some(101),
+            "the exited process's bytes are kept"
+        );
+    }
+
+    #[test]
+    fn series_beyond_top_go_to_other_and_are_counted() {
+        let mut book = SeriesBook::new(2, Duration::from_secs(60), None);
+        let now = Instant::now();
+        let live: Vec<_> = ["a", "b", "c", "d"].iter().map(|c| (key(c), sender(1))).collect();
+        let rendered = book.render(&live, now);
+        assert_eq!(rendered.len(), 3);
+        assert_eq!(bytes_of(&rendered, OTHER_COMM), Some(2));
+        assert_eq!(book.dropped(), 2);
+        book.render(&live, now);
+        assert_eq!(
+            book.dropped(),
+            2,
+            "a label set is dropped once, not once per scrape"
+        );
+    }
+
+    #[test]
+    fn exited_series_disappear_after_the_grace_period() {
+        let grace = Duration::from_secs(30);
+        let mut book = SeriesBook::new(10, grace, None);
+        let t0 = Instant::now();
+        book.render(&[(key("batch"), sender(7))], t0);
+        book.retire(key("batch"), &sender(7), t0);
+        assert_eq!(
+            bytes_of(&book.render(&[], t0 + Duration::from_secs(10)), "batch"),
+            Some(7)
+        );
+        assert!(book.render(&[], t0 + grace + Duration::from_secs(1)).is_empty());
+    }
+
+    #[test]
+    fn a_freed_slot_goes_to_a_new_label_set_not_to_one_already_in_other() {
+        let mut book = SeriesBook::new(1, Duration::from_secs(5), None);
+        let t0 = Instant::now();
+        book.render(&[(key("first"), sender(1)), (key("waiting"), sender(1))], t0);
+        book.render(&[(key("waiting"), sender(1))], t0 + Duration::from_secs(3));
+        let later = t0 + Duration::from_secs(7);
+        let rendered = book.render(&[(key("waiting"), sender(1)), (key("new"), sender(1))], later);
+        assert_eq!(
+            bytes_of(&rendered, "waiting"),
+            None,
+            "stays in other, keeping other monotonic"
+        );
+        assert_eq!(bytes_of(&rendered, "new"), Some(1));
+    }
+
+    #[test]
+    fn comm_allowlist_and_picked_pids() {
+        let allow = regex::Regex::new("^(nginx|envoy)$").unwrap();
+        let mut book = SeriesBook::new(1, Duration::from_secs(60), Some(allow));
+        let picked = SeriesKey {
+            comm: "java".into(),
+            pid: Some(7),
+            cgroup: None,
+        };
+        let live = [
+            (key("nginx"), sender(1)),
+            (key("envoy"), sender(2)),
+            (key("bash"), sender(4)),
+            (picked, sender(8)),
+        ];
+        let rendered = book.render(&live, Instant::now());
+        assert_eq!(bytes_of(&rendered, "nginx"), Some(1));
+        assert_eq!(
+            bytes_of(&rendered, "java"),
+            Some(8),
+            "--pid series are exempt from --top and --comm"
+        );
+        assert_eq!(
+            bytes_of(&rendered, OTHER_COMM),
+            Some(6),
+            "envoy (over --top) and bash (not allowed)"
+        );
+        assert_eq!(book.dropped(), 2);
+    }
+}
