@@ -32,7 +32,7 @@ pub struct DaemonArgs {
     #[arg(long = "web.config.file")]
     pub web_config_file: Option<PathBuf>,
     /// Also label this process's series with its pid (repeatable).
-    #[arg(long = "pid", value_parser = clap::value_parser!(u32).range(1..))]
+    #[arg(long = "pid", allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..))]
     pub pids: Vec<u32>,
     /// Only comms matching this regex get series of their own; the rest are summed in comm="other".
     #[arg(long = "comm", value_parser = parse_regex)]

@@ -243,3 +243,130 @@ impl Workload {
         self.traced.wait_ok()
     }
 }
+
+/// A `zctrace daemon` on a free loopback port, stopped (SIGTERM) when dropped.
+pub struct Daemon {
+    pub child: Child,
+    pub addr: String,
+    pub log: std::sync::Arc<std::sync::Mutex<String>>,
+}
+
+impl Daemon {
+    pub fn start(extra: &[&str]) -> Daemon {
+        let mut child = Command::new(zctrace_bin())
+            .args([
+                "daemon",
+                "--web.listen-address",
+                "127.0.0.1:0",
+                "--log.level",
+                "info",
+            ])
+            .args(extra)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting the daemon");
+        let stderr = BufReader::new(child.stderr.take().expect("stderr"));
+        let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in stderr.lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("address=").nth(1) {
+                    let _ = tx.send(addr.split_whitespace().next().unwrap_or_default().to_string());
+                }
+                sink.lock().unwrap().push_str(&(line + "\n"));
+            }
+        });
+        let addr = rx
+            .recv_timeout(std::time::Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("daemon did not start serving:\n{}", log.lock().unwrap()));
+        Daemon { child, addr, log }
+    }
+
+    pub fn get(&self, path: &str, accept: Option<&str>) -> (u16, String, String) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut request = agent.get(&format!("http://{}{path}", self.addr));
+        if let Some(accept) = accept {
+            request = request.header("Accept", accept);
+        }
+        let mut response = request.call().expect("HTTP request to the daemon");
+        let content_type = response
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_string();
+        (
+            response.status().as_u16(),
+            content_type,
+            response.body_mut().read_to_string().expect("body"),
+        )
+    }
+
+    pub fn metrics(&self) -> String {
+        let (status, _, body) = self.get("/metrics", None);
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// SIGTERM, and the exit status.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        self.child.wait().expect("daemon exit")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = kill(Pid::from_raw(self.child.id() as i32), Signal::SIGTERM);
+        let _ = self.child.wait();
+    }
+}
+
+/// The value of the sample whose labels include every `name="value"` pair given.
+pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with(&format!("{name}{{")))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            labels
+                .iter()
+                .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
+                .then(|| value.parse().ok())?
+        })
+}
+
+/// A copy of the zctrace binary under another name, so its processes get that comm.
+pub fn renamed_zctrace(name: &str) -> PathBuf {
+    let path = scratch_path(name);
+    if !path.exists() {
+        std::fs::copy(zctrace_bin(), &path).expect("copying zctrace");
+    }
+    path
+}
+
+/// `BINARY send ...` to a fresh receiver, to completion.
+pub fn send_as(binary: &Path, method: &str, file: &Path, chunk: u64) {
+    let receiver = Receiver::start(&[]);
+    let status = Command::new(binary)
+        .args(["send", "--method", method, "--file"])
+        .arg(file)
+        .args(["--to", &receiver.addr, "--chunk", &chunk.to_string()])
+        .stdout(Stdio::null())
+        .status()
+        .expect("sender");
+    assert!(status.success(), "{method} sender failed");
+    receiver.finish();
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -1,0 +1,255 @@
+//! The daemon as Prometheus sees it: real workloads, real scrapes, a real Prometheus server.
+mod common;
+
+use std::{
+    process::{Command, Stdio},
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+const SIZE: u64 = 16 * MIB;
+
+#[test]
+fn metrics_attribute_each_workload_to_its_process_name() {
+    if !privileged("metrics_attribute_each_workload_to_its_process_name") {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let file = test_file(SIZE);
+    send_as(&renamed_zctrace("zc-sendfile"), "sendfile", &file, 128 * 1024);
+    send_as(&renamed_zctrace("zc-readwrite"), "read-write", &file, 64 * 1024);
+    let metrics = daemon.metrics();
+    let bytes = |comm, syscall, src, dst| {
+        sample(
+            &metrics,
+            "zctrace_bytes_total",
+            &[("comm", comm), ("syscall", syscall), ("src", src), ("dst", dst)],
+        )
+    };
+    let copies = |comm, syscall, src, dst| {
+        sample(
+            &metrics,
+            "zctrace_cpu_copy_bytes_total",
+            &[
+                ("comm", comm),
+                ("syscall", syscall),
+                ("src", src),
+                ("dst", dst),
+                ("source", "model"),
+            ],
+        )
+    };
+    let size = SIZE as f64;
+    assert_eq!(
+        bytes("zc-sendfile", "sendfile", "file", "tcp"),
+        Some(size),
+        "{metrics}"
+    );
+    assert_eq!(copies("zc-sendfile", "sendfile", "file", "tcp"), Some(0.0));
+    assert_eq!(bytes("zc-readwrite", "write", "user", "tcp"), Some(size));
+    assert_eq!(copies("zc-readwrite", "write", "user", "tcp"), Some(size));
+    let read = copies("zc-readwrite", "read", "file", "user").expect("read path");
+    assert!(
+        (size..size + 65536.0).contains(&read),
+        "the file plus the loader's few KiB, got {read}"
+    );
+    let total_copies = |comm: &str| -> f64 {
+        metrics
+            .lines()
+            .filter(|l| {
+                l.starts_with("zctrace_cpu_copy_bytes_total{") && l.contains(&format!("comm=\"{comm}\""))
+            })
+            .map(|l| l.rsplit_once(' ').unwrap().1.parse::<f64>().unwrap())
+            .sum()
+    };
+    assert!(
+        total_copies("zc-sendfile") < 65536.0,
+        "sendfile copies only start-up reads and its header"
+    );
+    assert!(total_copies("zc-readwrite") >= 2.0 * size);
+    assert_eq!(
+        sample(
+            &metrics,
+            "zctrace_tcp_send_bytes_total",
+            &[("comm", "zc-sendfile"), ("path", "splice")]
+        ),
+        Some(size)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "zctrace_probe_attached",
+            &[("probe", "sys_exit"), ("mode", "tp_btf")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "zctrace_probe_attached",
+            &[("probe", "copy_to_iter_exit"), ("mode", "unavailable")]
+        ),
+        Some(0.0)
+    );
+    assert!(metrics.contains("zctrace_build_info{"));
+
+    let mut promtool = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool");
+    std::io::Write::write_all(promtool.stdin.as_mut().unwrap(), metrics.as_bytes()).unwrap();
+    let lint = promtool.wait_with_output().unwrap();
+    assert!(
+        lint.status.success(),
+        "promtool check metrics: {}",
+        String::from_utf8_lossy(&lint.stdout)
+    );
+
+    let (status, content_type, body) =
+        daemon.get("/metrics", Some("application/openmetrics-text;version=1.0.0"));
+    assert_eq!(status, 200);
+    assert!(
+        content_type.starts_with("application/openmetrics-text"),
+        "{content_type}"
+    );
+    assert!(body.ends_with("# EOF\n"));
+    let (status, _, landing) = daemon.get("/", None);
+    assert_eq!(status, 200);
+    assert!(landing.contains("href=\"/metrics\""));
+}
+
+#[test]
+fn capabilities_are_dropped_once_the_probes_are_attached() {
+    if !privileged("capabilities_are_dropped_once_the_probes_are_attached") {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+    let cap = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    assert_eq!(cap("CapEff:"), "0000000000000000");
+    assert_eq!(cap("CapPrm:"), "0000000000000000");
+    assert!(
+        daemon.log.lock().unwrap().contains("dropped all"),
+        "the log says so"
+    );
+    assert!(
+        daemon.metrics().contains("zctrace_syscalls_total"),
+        "scrapes still read the maps"
+    );
+}
+
+#[test]
+fn prometheus_scrapes_the_daemon_and_rates_its_copies() {
+    if !privileged("prometheus_scrapes_the_daemon_and_rates_its_copies") {
+        return;
+    }
+    let daemon = Daemon::start(&[]);
+    let prometheus = Prometheus::start(&daemon.addr, None);
+    let file = test_file(4 * MIB);
+    let relay = renamed_zctrace("zc-prom-relay");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let query = "sum by (comm) (rate(zctrace_cpu_copy_bytes_total{comm=\"zc-prom-relay\"}[10s]))";
+    let rate = loop {
+        send_as(&relay, "read-write", &file, 64 * 1024);
+        sleep(Duration::from_millis(500));
+        let result = prometheus.query(query);
+        if let Some(value) = result
+            .first()
+            .and_then(|r| r["value"][1].as_str())
+            .and_then(|v| v.parse::<f64>().ok())
+        {
+            if value > 0.0 {
+                break value;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rate for the relay after 60 s: {result:?}\n{}",
+            daemon.log.lock().unwrap()
+        );
+    };
+    assert!(rate > 0.0);
+    let up = prometheus.query("up{job=\"zctrace\"}");
+    assert_eq!(up[0]["value"][1], "1", "{up:?}");
+}
+
+/// A real Prometheus server (Debian's package) on a free loopback port, scraping `target` every
+/// second; stopped when dropped.
+pub struct Prometheus {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    pub fn start(target: &str, rules: Option<&std::path::Path>) -> Prometheus {
+        let dir = tempfile::tempdir().unwrap();
+        let rule_files = rules
+            .map(|r| format!("rule_files: [\"{}\"]\n", r.display()))
+            .unwrap_or_default();
+        let config = format!(
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: zctrace\n    static_configs:\n      - targets: [\"{target}\"]\n"
+        );
+        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
+        let addr = format!("127.0.0.1:{}", free_port());
+        let child = Command::new("prometheus")
+            .arg(format!(
+                "--config.file={}",
+                dir.path().join("prometheus.yml").display()
+            ))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("prometheus (Debian's package; `cargo xtask setup` installs it)");
+        let prometheus = Prometheus {
+            child,
+            addr,
+            _dir: dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while ureq::get(&format!("http://{}/-/ready", prometheus.addr))
+            .call()
+            .is_err()
+        {
+            assert!(Instant::now() < deadline, "prometheus did not become ready");
+            sleep(Duration::from_millis(200));
+        }
+        prometheus
+    }
+
+    /// The `result` array of an instant query.
+    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
+        let body = ureq::get(&format!("http://{}/api/v1/query", self.addr))
+            .query("query", promql)
+            .call()
+            .and_then(|mut r| r.body_mut().read_to_string())
+            .unwrap_or_else(|e| panic!("query {promql}: {e}"));
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(json["status"], "success", "{promql}: {body}");
+        json["data"]["result"].as_array().cloned().unwrap_or_default()
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

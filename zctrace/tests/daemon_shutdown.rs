@@ -1,0 +1,48 @@
+//! Own test binary: cargo runs test binaries one at a time, so no other test's programs are
+//! loaded while this one checks that the daemon leaves none behind.
+mod common;
+
+use std::{
+    process::Command,
+    thread::sleep,
+    time::{Duration, Instant},
+};
+
+use common::*;
+
+/// zctrace's programs loaded now, counted by one program unique to zctrace.
+fn loaded_zctrace_programs() -> usize {
+    let output = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .expect("bpftool (installed by cargo xtask setup)");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter(|l| l.contains("name sched_process_exec "))
+        .count()
+}
+
+/// The kernel frees programs shortly after their last descriptor closes, not at once.
+fn settles_at(expected: usize) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while loaded_zctrace_programs() != expected {
+        if Instant::now() > deadline {
+            return false;
+        }
+        sleep(Duration::from_millis(100));
+    }
+    true
+}
+
+#[test]
+fn sigterm_detaches_every_program() {
+    if !privileged("sigterm_detaches_every_program") {
+        return;
+    }
+    assert!(settles_at(0), "programs of an earlier test are still loaded");
+    let daemon = Daemon::start(&[]);
+    assert_eq!(loaded_zctrace_programs(), 1, "the daemon's programs are loaded");
+    let status = daemon.stop();
+    assert!(status.success(), "clean exit on SIGTERM: {status}");
+    assert!(settles_at(0), "programs left loaded after SIGTERM");
+}
