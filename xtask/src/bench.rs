@@ -1,3 +1,167 @@
-pub fn run(_pairs: u32, _size_mib: u64) -> anyhow::Result<()> {
-    Ok(())
+//! `cargo xtask bench`: tracing overhead measured side by side, and the scrape benchmark.
+//! A report, never a pass/fail: figures go into the README with this command.
+use std::{
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::Duration,
+};
+
+use anyhow::{bail, Context as _, Result};
+
+use crate::{cargo, workspace_root};
+
+struct Transfer {
+    bytes_per_second: f64,
+    cpu_seconds_per_gb: f64,
+}
+
+pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
+    let zctrace = workspace_root().join("target/release/zctrace");
+    let dir = std::env::temp_dir().join("zctrace-bench");
+    std::fs::create_dir_all(&dir)?;
+    let file = payload(&dir, size_mib << 20)?;
+    println!(
+        "# traced vs untraced transfers: {pairs} pairs of {size_mib} MiB over loopback, alternating order"
+    );
+    println!(
+        "{:<22} {:>14} {:>14} {:>8} {:>16} {:>16} {:>8}",
+        "workload", "untraced MB/s", "traced MB/s", "ratio", "untraced CPU s/GB", "traced CPU s/GB", "ratio"
+    );
+    for (method, chunk) in [
+        ("sendfile", 128 << 10),
+        ("read-write", 64 << 10),
+        ("read-write", 4 << 10),
+    ] {
+        let (mut plain, mut traced) = (Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            // Alternate which runs first so warm-up and drift do not favour one side.
+            if pair % 2 == 0 {
+                plain.push(transfer(&zctrace, method, &file, chunk)?);
+                traced.push(with_daemon(&zctrace, || {
+                    transfer(&zctrace, method, &file, chunk)
+                })?);
+            } else {
+                traced.push(with_daemon(&zctrace, || {
+                    transfer(&zctrace, method, &file, chunk)
+                })?);
+                plain.push(transfer(&zctrace, method, &file, chunk)?);
+            }
+        }
+        let rate = |runs: &[Transfer]| Stats::of(runs.iter().map(|t| t.bytes_per_second / 1e6).collect());
+        let cpu = |runs: &[Transfer]| Stats::of(runs.iter().map(|t| t.cpu_seconds_per_gb).collect());
+        let (pr, tr, pc, tc) = (rate(&plain), rate(&traced), cpu(&plain), cpu(&traced));
+        println!(
+            "{:<22} {:>14} {:>14} {:>8.3} {:>16} {:>16} {:>8.3}",
+            format!("{method} {}KiB", chunk >> 10),
+            pr.show(),
+            tr.show(),
+            tr.median / pr.median,
+            pc.show(),
+            tc.show(),
+            tc.median / pc.median
+        );
+    }
+    println!("\n# scrape of 10,000 series (encode only, no maps)");
+    cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
+}
+
+/// Median, min and max.
+struct Stats {
+    median: f64,
+    min: f64,
+    max: f64,
+}
+
+impl Stats {
+    fn of(mut values: Vec<f64>) -> Stats {
+        values.sort_by(f64::total_cmp);
+        Stats {
+            median: values[values.len() / 2],
+            min: values[0],
+            max: values[values.len() - 1],
+        }
+    }
+
+    fn show(&self) -> String {
+        format!("{:.0} [{:.0}-{:.0}]", self.median, self.min, self.max)
+    }
+}
+
+fn payload(dir: &Path, size: u64) -> Result<PathBuf> {
+    let path = dir.join(format!("payload-{size}"));
+    if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(size) {
+        let block: Vec<u8> = (0..1u32 << 20)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&path)?);
+        for _ in 0..(size >> 20) {
+            std::io::Write::write_all(&mut out, &block)?;
+        }
+    }
+    Ok(path)
+}
+
+fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Transfer> {
+    let mut receiver = Command::new(zctrace)
+        .args(["serve", "--listen", "127.0.0.1:0", "--once"])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut lines = BufReader::new(receiver.stdout.take().context("receiver stdout")?).lines();
+    let first = lines.next().context("receiver said nothing")??;
+    let addr = first
+        .strip_prefix("listening on ")
+        .context("receiver's first line")?
+        .to_string();
+    let output = Command::new(zctrace)
+        .args(["send", "--method", method, "--file"])
+        .arg(file)
+        .args(["--to", &addr, "--chunk", &chunk.to_string()])
+        .output()?;
+    if !output.status.success() {
+        bail!(
+            "{method} sender failed: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    receiver.wait()?;
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    let bytes = report["bytes"].as_f64().context("bytes")?;
+    let seconds = report["seconds"].as_f64().context("seconds")?;
+    let cpu = report["cpu_seconds"].as_f64().context("cpu_seconds")?;
+    Ok(Transfer {
+        bytes_per_second: bytes / seconds,
+        cpu_seconds_per_gb: cpu / (bytes / 1e9),
+    })
+}
+
+/// Runs `work` while a zctrace daemon traces every process.
+fn with_daemon<T>(zctrace: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut daemon = Command::new(zctrace)
+        .args([
+            "daemon",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.level",
+            "info",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let ready = wait_for_line(&mut daemon, "serving metrics");
+    let result = ready.and_then(|()| work());
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    daemon.wait()?;
+    // Programs are freed shortly after the daemon exits; let the next run start clean.
+    std::thread::sleep(Duration::from_millis(200));
+    result
+}
+
+fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
+    let stderr = child.stderr.take().context("daemon stderr")?;
+    for line in BufReader::new(stderr).lines() {
+        if line?.contains(needle) {
+            return Ok(());
+        }
+    }
+    bail!("the daemon exited before {needle:?}")
 }

@@ -1,5 +1,6 @@
 //! zctrace: per-process accounting of bytes moved, CPU copies, mode switches and context switches.
 pub mod accounting;
+pub mod attach;
 pub mod exporter;
 pub mod probes;
 pub mod procfs;

@@ -7,6 +7,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use zctrace::{
+    attach::{self, AttachArgs, TopArgs},
     exporter::{self, DaemonArgs},
     probes::{ProbeOptions, Tracer},
     selfcheck::{self, SendArgs, Workload},
@@ -29,6 +30,10 @@ struct Cli {
 enum Command {
     /// Serve every process's copy behaviour as Prometheus metrics.
     Daemon(DaemonArgs),
+    /// Trace one process (or start a command) and report its copy behaviour, with advice.
+    Attach(AttachArgs),
+    /// Every process, ranked by CPU-copied bytes per second.
+    Top(TopArgs),
     /// Show which probes attach on this kernel, and in which mode.
     Probes,
     /// Send a file by one method to a `zctrace serve` receiver (or into a file).
@@ -68,6 +73,8 @@ fn main() -> ExitCode {
 fn run(command: Command) -> Result<()> {
     match command {
         Command::Daemon(args) => exporter::run(args),
+        Command::Attach(args) => attach::run(args),
+        Command::Top(args) => attach::run_top(args),
         Command::Probes => probes(),
         Command::Send(args) => {
             let report = sender::send(&args.options(None))?;

@@ -220,3 +220,23 @@ fn since_keeps_only_what_happened_in_between() {
     assert_eq!(delta.syscalls_total, 10);
     assert_eq!(delta.voluntary_switches, 4);
 }
+
+#[test]
+fn tcp_sends_without_syscalls_count_as_delivered_and_their_copies_as_copied() {
+    let mut process = ProcessStats::default();
+    process.tcp_send_bytes[TcpPath::Splice as usize] = 1000;
+    process.tcp_send_bytes[TcpPath::Copy as usize] = 524;
+    let snapshot = RawSnapshot {
+        syscalls: vec![syscall(SENDER, nr::SENDTO, FdKind::User, FdKind::Tcp, 1, 24)],
+        processes: vec![(SENDER, process)],
+        ..Default::default()
+    };
+    let f = &per_process(&snapshot, false)[0];
+    assert_eq!(
+        f.tcp_without_syscalls(),
+        (1500, 500),
+        "io_uring moved 1500 bytes, 500 of them copied"
+    );
+    assert_eq!(f.delivered_bytes(), 1524);
+    assert_eq!(f.cpu_copy_bytes().0, 524);
+}

@@ -1,0 +1,274 @@
+//! What kind of I/O a process does, and what it could change: pure functions of its figures.
+use zctrace_common::FdKind;
+
+use crate::accounting::ProcessFigures;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoStyle {
+    /// read() into a buffer, then write()/send() it out.
+    ReadWriteRelay,
+    /// Bytes sent with write()/send() from memory that no read() filled (mmap, or generated).
+    MmapWrite,
+    Sendfile,
+    /// splice/vmsplice/tee through pipes.
+    SplicePipeline,
+    ZerocopySend,
+    /// Bytes left over TCP without send syscalls to carry them: io_uring did.
+    IoUring,
+    /// Mostly receives.
+    Receiver,
+    /// Too little moved to say.
+    Idle,
+}
+
+/// Below this, a process has not moved enough data for a style or advice to mean anything.
+const MEANINGFUL_BYTES: u64 = 64 * 1024;
+
+fn delivered_by(f: &ProcessFigures, pick: impl Fn(&str, FdKind, FdKind, bool) -> bool) -> u64 {
+    f.paths
+        .iter()
+        .filter(|p| p.dst != FdKind::User && pick(p.syscall, p.src, p.dst, p.zerocopy_flag))
+        .map(|p| p.bytes)
+        .sum()
+}
+
+fn read_into_user(f: &ProcessFigures) -> u64 {
+    f.paths
+        .iter()
+        .filter(|p| p.dst == FdKind::User)
+        .map(|p| p.bytes)
+        .sum()
+}
+
+pub fn classify(f: &ProcessFigures) -> IoStyle {
+    let delivered = f.delivered_bytes();
+    let tcp_sent = f.tcp_send.copy + f.tcp_send.splice + f.tcp_send.zerocopy + f.tcp_send.unclassified;
+    let sent_by_syscalls = delivered_by(f, |_, _, dst, _| matches!(dst, FdKind::Tcp));
+    if tcp_sent >= MEANINGFUL_BYTES
+        && sent_by_syscalls < tcp_sent / 2
+        && f.syscalls.contains_key("io_uring_enter")
+    {
+        return IoStyle::IoUring;
+    }
+    if delivered < MEANINGFUL_BYTES {
+        return if read_into_user(f) >= MEANINGFUL_BYTES {
+            IoStyle::Receiver
+        } else {
+            IoStyle::Idle
+        };
+    }
+    let share = |bytes: u64| bytes as f64 / delivered as f64;
+    let sendfile = delivered_by(f, |s, _, _, _| s == "sendfile");
+    let spliced = delivered_by(f, |s, _, _, _| matches!(s, "splice" | "vmsplice" | "tee"));
+    let zerocopy = delivered_by(f, |_, _, _, zc| zc);
+    let copied_out = delivered_by(f, |s, src, _, zc| src == FdKind::User && !zc && s != "vmsplice");
+    let best = [
+        (sendfile, IoStyle::Sendfile),
+        (spliced, IoStyle::SplicePipeline),
+        (zerocopy, IoStyle::ZerocopySend),
+        (copied_out, IoStyle::MmapWrite),
+    ]
+    .into_iter()
+    .max_by_key(|(bytes, _)| *bytes)
+    .expect("four candidates");
+    match best {
+        (bytes, IoStyle::MmapWrite) if share(read_into_user(f).min(bytes)) >= 0.5 => IoStyle::ReadWriteRelay,
+        (_, style) => style,
+    }
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
+
+/// Advice grounded in the figures; empty when there is nothing to say.
+pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
+    let mut advice = Vec::new();
+    let to_sockets = delivered_by(f, |_, src, dst, zc| {
+        src == FdKind::User && !zc && matches!(dst, FdKind::Tcp | FdKind::Unix | FdKind::Udp)
+    });
+    match style {
+        IoStyle::ReadWriteRelay => advice.push(format!(
+            "read()+write() copied {} through user space twice ({} of CPU copies); for a file-to-socket relay \
+             sendfile() or splice() would move it with 0 CPU copies and about half the syscalls",
+            mib(to_sockets),
+            mib(f.cpu_copy_bytes().0)
+        )),
+        IoStyle::MmapWrite if to_sockets >= MEANINGFUL_BYTES => advice.push(format!(
+            "write() from memory copied {} into socket buffers; if that memory maps a file, sendfile() avoids the copy \
+             and the SIGBUS a truncated file causes under mmap",
+            mib(to_sockets)
+        )),
+        _ => {}
+    }
+    if f.tcp_send.zerocopy > 0 && f.zerocopy_deferred_copy_bytes * 10 >= f.tcp_send.zerocopy * 9 {
+        advice.push(format!(
+            "all {} of MSG_ZEROCOPY sends went to a local receiver, which copies them anyway: the pinning and \
+             completion handling cost more than a plain send() here",
+            mib(f.tcp_send.zerocopy)
+        ));
+    }
+    let sends = f
+        .paths
+        .iter()
+        .filter(|p| p.dst != FdKind::User)
+        .map(|p| p.calls)
+        .sum::<u64>();
+    if sends > 100 && f.delivered_bytes() / sends < 16 * 1024 && f.delivered_bytes() >= MEANINGFUL_BYTES {
+        advice.push(format!(
+            "the average send moved only {} bytes over {sends} calls: larger buffers (64 KiB or more) would cut \
+             syscalls and mode switches",
+            f.delivered_bytes() / sends
+        ));
+    }
+    let switches = f.voluntary_switches + f.involuntary_switches;
+    if switches > 100 && f.involuntary_switches * 2 > switches {
+        advice.push(format!(
+            "{} of {switches} context switches were involuntary (preempted): the process competes for CPU",
+            f.involuntary_switches
+        ));
+    }
+    if f.tcp_send.unclassified > 0 {
+        advice.push(format!(
+            "{} of TCP sends could not be classified (a map was full)",
+            mib(f.tcp_send.unclassified)
+        ));
+    }
+    advice
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::accounting::{PathFigures, Source, TcpSend};
+
+    fn path(
+        syscall: &'static str,
+        src: FdKind,
+        dst: FdKind,
+        calls: u64,
+        bytes: u64,
+        copies: u64,
+    ) -> PathFigures {
+        PathFigures {
+            syscall,
+            src,
+            dst,
+            zerocopy_flag: false,
+            calls,
+            errors: 0,
+            bytes,
+            cpu_copy_bytes: bytes * copies,
+            source: Source::Model,
+        }
+    }
+
+    const MB: u64 = 1 << 20;
+
+    #[test]
+    fn a_read_write_relay_is_told_about_sendfile() {
+        let f = ProcessFigures {
+            paths: vec![
+                path("read", FdKind::Regular, FdKind::User, 1000, 64 * MB, 1),
+                path("write", FdKind::User, FdKind::Tcp, 1000, 64 * MB, 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::ReadWriteRelay);
+        let advice = advise(&f, IoStyle::ReadWriteRelay);
+        assert!(
+            advice[0].contains("64.0 MiB through user space twice"),
+            "{advice:?}"
+        );
+        assert!(advice[0].contains("sendfile()"));
+    }
+
+    #[test]
+    fn writes_without_reads_are_mmap_write() {
+        let f = ProcessFigures {
+            paths: vec![path("write", FdKind::User, FdKind::Tcp, 512, 64 * MB, 1)],
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::MmapWrite);
+        assert!(advise(&f, IoStyle::MmapWrite)[0].contains("SIGBUS"));
+    }
+
+    #[test]
+    fn zero_copy_styles_are_recognised_and_left_alone() {
+        let sendfile = ProcessFigures {
+            paths: vec![path("sendfile", FdKind::Regular, FdKind::Tcp, 512, 64 * MB, 0)],
+            ..Default::default()
+        };
+        assert_eq!(classify(&sendfile), IoStyle::Sendfile);
+        assert!(advise(&sendfile, IoStyle::Sendfile).is_empty());
+        let splice = ProcessFigures {
+            paths: vec![
+                path("splice", FdKind::Regular, FdKind::Pipe, 512, 64 * MB, 0),
+                path("splice", FdKind::Pipe, FdKind::Tcp, 512, 64 * MB, 0),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&splice), IoStyle::SplicePipeline);
+    }
+
+    #[test]
+    fn zerocopy_to_a_local_receiver_is_called_out() {
+        let mut send = path("sendto", FdKind::User, FdKind::Tcp, 512, 64 * MB, 0);
+        send.zerocopy_flag = true;
+        let f = ProcessFigures {
+            paths: vec![send],
+            tcp_send: TcpSend {
+                zerocopy: 64 * MB,
+                ..Default::default()
+            },
+            zerocopy_deferred_copy_bytes: 64 * MB,
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::ZerocopySend);
+        assert!(advise(&f, IoStyle::ZerocopySend)
+            .iter()
+            .any(|a| a.contains("local receiver")));
+    }
+
+    #[test]
+    fn io_uring_sends_have_no_send_syscalls() {
+        let f = ProcessFigures {
+            tcp_send: TcpSend {
+                splice: 64 * MB,
+                ..Default::default()
+            },
+            syscalls: [("io_uring_enter", 600)].into_iter().collect(),
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::IoUring);
+    }
+
+    #[test]
+    fn small_sends_and_preemption_get_advice() {
+        let f = ProcessFigures {
+            paths: vec![path("write", FdKind::User, FdKind::Tcp, 100_000, 100 * MB, 1)],
+            voluntary_switches: 10,
+            involuntary_switches: 500,
+            ..Default::default()
+        };
+        let advice = advise(&f, classify(&f));
+        assert!(
+            advice
+                .iter()
+                .any(|a| a.contains("average send moved only 1048 bytes")),
+            "{advice:?}"
+        );
+        assert!(advice.iter().any(|a| a.contains("involuntary")));
+    }
+
+    #[test]
+    fn nothing_moved_is_idle_and_receiving_is_receiver() {
+        assert_eq!(classify(&ProcessFigures::default()), IoStyle::Idle);
+        let receiver = ProcessFigures {
+            paths: vec![path("recvfrom", FdKind::Tcp, FdKind::User, 100, 64 * MB, 1)],
+            ..Default::default()
+        };
+        assert_eq!(classify(&receiver), IoStyle::Receiver);
+    }
+}

@@ -1,0 +1,276 @@
+//! `zctrace attach` (one process, live, then a report with advice) and `zctrace top` (every
+//! process, ranked by CPU-copied bytes per second).
+mod advice;
+mod launch;
+pub mod report;
+mod top;
+mod view;
+
+use std::{
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context as _, Result};
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+
+pub use advice::{advise, classify, IoStyle};
+pub use top::{run as run_top, TopArgs};
+
+use crate::{
+    accounting::{kind_label, per_process, ProcessFigures},
+    probes::{privileges, ProbeOptions, Tracer},
+    procfs,
+};
+use launch::Gated;
+use report::Report;
+use view::{mb, Frame, View};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct AttachArgs {
+    /// The process to trace (all its threads).
+    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "command", conflicts_with = "command")]
+    pub pid: Option<u32>,
+    /// Stop after this long (for example 30s); default: until Ctrl-C or the process exits.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Refresh interval of the live view.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Print the final report as one JSON object (and no live view).
+    #[arg(long)]
+    pub json: bool,
+    /// Plain lines instead of the terminal UI.
+    #[arg(long)]
+    pub plain: bool,
+    /// A command to start and trace until it exits.
+    #[arg(last = true)]
+    pub command: Vec<String>,
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C ends tracing with a report instead of killing zctrace.
+pub(crate) fn catch_interrupts() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Refuses PIDs that cannot be traced, with the reason.
+fn check_pid(pid: u32) -> Result<()> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|_| anyhow::anyhow!("--pid {pid}: no such process"))?;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    let flags: u64 = stat[stat.rfind(')').context("malformed /proc stat")? + 1..]
+        .split_whitespace()
+        .nth(6)
+        .and_then(|f| f.parse().ok())
+        .unwrap_or(0);
+    if flags & PF_KTHREAD != 0 {
+        bail!(
+            "--pid {pid} ({}) is a kernel thread: it makes no syscalls to trace",
+            procfs::comm(pid).unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+pub fn run(args: AttachArgs) -> Result<()> {
+    if let Some(pid) = args.pid {
+        check_pid(pid)?;
+    }
+    privileges::require()?;
+    let mut launched = if args.command.is_empty() {
+        None
+    } else {
+        Some(Gated::spawn(&args.command)?)
+    };
+    let pid = args
+        .pid
+        .unwrap_or_else(|| launched.as_ref().expect("a command").pid.as_raw() as u32);
+    let tracer = Tracer::load(&ProbeOptions {
+        filter_tgid: Some(pid),
+        observe_copies: true,
+        ..Default::default()
+    });
+    let tracer = match (tracer, &mut launched) {
+        (Ok(tracer), Some(child)) => child.release().map(|()| tracer)?,
+        (Ok(tracer), None) => tracer,
+        (Err(e), Some(child)) => {
+            let _ = nix::sys::signal::kill(child.pid, Signal::SIGKILL);
+            return Err(e);
+        }
+        (Err(e), None) => return Err(e),
+    };
+    catch_interrupts()?;
+    let session = Session {
+        tracer,
+        pid,
+        started: Instant::now(),
+        launched,
+    };
+    session.trace(&args)
+}
+
+struct Session {
+    tracer: Tracer,
+    pid: u32,
+    started: Instant,
+    launched: Option<Gated>,
+}
+
+/// Why tracing stopped.
+enum End {
+    Asked,
+    Exited(Option<i32>),
+}
+
+impl Session {
+    fn figures(&self) -> Result<ProcessFigures> {
+        let snapshot = self.tracer.snapshot()?;
+        let figures = per_process(&snapshot, self.tracer.copies_observed())
+            .into_iter()
+            .find(|f| f.key.tgid == self.pid);
+        Ok(figures.unwrap_or_else(|| ProcessFigures {
+            comm: procfs::comm(self.pid).unwrap_or_default(),
+            ..Default::default()
+        }))
+    }
+
+    fn ended(&self) -> Option<End> {
+        match &self.launched {
+            Some(child) => child.exit_code().map(End::Exited),
+            None => {
+                (!std::path::Path::new(&format!("/proc/{}", self.pid)).exists()).then_some(End::Exited(None))
+            }
+        }
+    }
+
+    fn trace(self, args: &AttachArgs) -> Result<()> {
+        let mut view = if args.json {
+            None
+        } else {
+            Some(View::open(args.plain))
+        };
+        let mut previous = self.figures()?;
+        let end = loop {
+            if let Some(end) = self.ended() {
+                break end;
+            }
+            if interrupted() || args.duration.is_some_and(|d| self.started.elapsed() >= d) {
+                break End::Asked;
+            }
+            let wait = args.duration.map_or(args.interval, |d| {
+                args.interval.min(d.saturating_sub(self.started.elapsed()))
+            });
+            match &mut view {
+                Some(view) => {
+                    let now = self.figures()?;
+                    let frame = self.frame(&now, &now.since(&previous), args.interval);
+                    previous = now;
+                    if view.show(&frame, wait)? {
+                        break End::Asked;
+                    }
+                }
+                None => std::thread::sleep(wait.min(Duration::from_millis(100))),
+            }
+        };
+        if let Some(view) = view {
+            view.close();
+        }
+        let figures = self.figures()?;
+        let (exited, code) = match end {
+            End::Exited(code) => (true, code),
+            End::Asked => (false, None),
+        };
+        let report = Report::new(
+            self.pid,
+            &figures,
+            self.started.elapsed().as_secs_f64(),
+            exited,
+            code,
+        );
+        if exited {
+            eprintln!(
+                "zctrace: process {} exited; the report covers what was seen until then",
+                self.pid
+            );
+        }
+        if args.json {
+            println!("{}", serde_json::to_string(&report)?);
+        } else {
+            println!("{}", report.text());
+        }
+        Ok(())
+    }
+
+    fn frame(&self, total: &ProcessFigures, last: &ProcessFigures, interval: Duration) -> Frame {
+        let per_second = |v: u64| v as f64 / interval.as_secs_f64();
+        let summary = format!(
+            "{:>6.1}s  moved {} MB/s  CPU-copied {} MB/s  copies/byte {}  syscalls {:.0}/s  ctxsw {:.0}/s vol {:.0}/s invol  off-CPU {:.2} s",
+            self.started.elapsed().as_secs_f64(),
+            mb(per_second(last.bytes())),
+            mb(per_second(last.cpu_copy_bytes().0)),
+            total.copies_per_byte().map_or("-".into(), |c| format!("{c:.2}")),
+            per_second(last.syscalls_total),
+            per_second(last.voluntary_switches),
+            per_second(last.involuntary_switches),
+            total.offcpu_ns as f64 / 1e9,
+        );
+        let rows = total
+            .paths
+            .iter()
+            .map(|p| {
+                let recent = last
+                    .paths
+                    .iter()
+                    .find(|l| l.syscall == p.syscall && l.src == p.src && l.dst == p.dst);
+                let rate = |pick: fn(&crate::accounting::PathFigures) -> u64| {
+                    recent.map_or(0.0, |r| per_second(pick(r)))
+                };
+                vec![
+                    format!("{}{}", p.syscall, if p.zerocopy_flag { "+zc" } else { "" }),
+                    format!("{}->{}", kind_label(p.src), kind_label(p.dst)),
+                    format!("{:.0}", rate(|r| r.calls)),
+                    mb(rate(|r| r.bytes)),
+                    mb(rate(|r| r.cpu_copy_bytes)),
+                    mb(p.bytes as f64),
+                    mb(p.cpu_copy_bytes as f64),
+                    p.source.label().to_string(),
+                ]
+            })
+            .collect();
+        Frame {
+            title: format!("zctrace attach: pid {} ({})", self.pid, total.comm),
+            summary,
+            header: vec![
+                "syscall",
+                "path",
+                "calls/s",
+                "MB/s",
+                "copied MB/s",
+                "MB total",
+                "copied MB",
+                "source",
+            ],
+            rows,
+            widths: vec![16, 14, 9, 9, 12, 10, 10, 8],
+        }
+    }
+}

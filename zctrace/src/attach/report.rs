@@ -1,0 +1,181 @@
+//! The attach report: what one process did, as JSON or as text. Pure.
+use serde::Serialize;
+
+use super::advice::{advise, classify, IoStyle};
+use crate::accounting::{kind_label, ProcessFigures};
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub pid: u32,
+    pub comm: String,
+    pub duration_seconds: f64,
+    /// The process exited before tracing ended; the report covers what was seen.
+    pub exited: bool,
+    /// Exit code of a command zctrace launched, when it exited normally.
+    pub exit_code: Option<i32>,
+    pub totals: Totals,
+    pub paths: Vec<PathReport>,
+    /// Figures the probes saw in the kernel rather than inferred.
+    pub observed: Observed,
+    pub io_style: IoStyle,
+    pub advice: Vec<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Totals {
+    pub bytes: u64,
+    pub delivered_bytes: u64,
+    pub cpu_copy_bytes: u64,
+    /// "model" (from the copy model) or "observed" (fexit on the copy routines).
+    pub cpu_copy_source: &'static str,
+    pub copies_per_byte: Option<f64>,
+    pub syscalls: u64,
+    pub mode_switches: u64,
+    pub context_switches: ContextSwitches,
+    pub offcpu_seconds: f64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ContextSwitches {
+    pub voluntary: u64,
+    pub involuntary: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PathReport {
+    pub syscall: &'static str,
+    pub src: &'static str,
+    pub dst: &'static str,
+    pub zerocopy_flag: bool,
+    pub calls: u64,
+    pub errors: u64,
+    pub bytes: u64,
+    pub cpu_copy_bytes: u64,
+    pub source: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Observed {
+    pub recv_copy_bytes: u64,
+    pub tcp_send_bytes: TcpSendBytes,
+    /// MSG_ZEROCOPY bytes sent to a loopback receiver, which copies them: inferred (model), and
+    /// included in `totals.cpu_copy_bytes`.
+    pub zerocopy_deferred_copy_bytes_model: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct TcpSendBytes {
+    pub copy: u64,
+    pub splice: u64,
+    pub zerocopy: u64,
+    pub unclassified: u64,
+}
+
+impl Report {
+    pub fn new(
+        pid: u32,
+        f: &ProcessFigures,
+        duration_seconds: f64,
+        exited: bool,
+        exit_code: Option<i32>,
+    ) -> Report {
+        let (cpu_copy_bytes, source) = f.cpu_copy_bytes();
+        let io_style = classify(f);
+        Report {
+            pid,
+            comm: f.comm.clone(),
+            duration_seconds,
+            exited,
+            exit_code,
+            totals: Totals {
+                bytes: f.bytes(),
+                delivered_bytes: f.delivered_bytes(),
+                cpu_copy_bytes,
+                cpu_copy_source: source.label(),
+                copies_per_byte: f.copies_per_byte(),
+                syscalls: f.syscalls_total,
+                mode_switches: f.mode_switches(),
+                context_switches: ContextSwitches {
+                    voluntary: f.voluntary_switches,
+                    involuntary: f.involuntary_switches,
+                },
+                offcpu_seconds: f.offcpu_ns as f64 / 1e9,
+            },
+            paths: f
+                .paths
+                .iter()
+                .map(|p| PathReport {
+                    syscall: p.syscall,
+                    src: kind_label(p.src),
+                    dst: kind_label(p.dst),
+                    zerocopy_flag: p.zerocopy_flag,
+                    calls: p.calls,
+                    errors: p.errors,
+                    bytes: p.bytes,
+                    cpu_copy_bytes: p.cpu_copy_bytes,
+                    source: p.source.label(),
+                })
+                .collect(),
+            observed: Observed {
+                recv_copy_bytes: f.recv_copy_bytes,
+                tcp_send_bytes: TcpSendBytes {
+                    copy: f.tcp_send.copy,
+                    splice: f.tcp_send.splice,
+                    zerocopy: f.tcp_send.zerocopy,
+                    unclassified: f.tcp_send.unclassified,
+                },
+                zerocopy_deferred_copy_bytes_model: f.zerocopy_deferred_copy_bytes,
+            },
+            io_style,
+            advice: advise(f, io_style),
+        }
+    }
+
+    pub fn text(&self) -> String {
+        let t = &self.totals;
+        let mut out = format!(
+            "zctrace report for pid {} ({}) over {:.1} s{}\n\
+             bytes moved {}  delivered {}  CPU-copied {} ({})  copies per delivered byte {}\n\
+             syscalls {}  mode switches {}  context switches {} voluntary / {} involuntary  off-CPU {:.2} s\n\
+             I/O style: {:?}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  source\n",
+            self.pid,
+            self.comm,
+            self.duration_seconds,
+            if self.exited { " (the process exited)" } else { "" },
+            t.bytes,
+            t.delivered_bytes,
+            t.cpu_copy_bytes,
+            t.cpu_copy_source,
+            t.copies_per_byte.map_or("-".to_string(), |c| format!("{c:.2}")),
+            t.syscalls,
+            t.mode_switches,
+            t.context_switches.voluntary,
+            t.context_switches.involuntary,
+            t.offcpu_seconds,
+            self.io_style,
+            "syscall",
+            "src",
+            "dst",
+            "calls",
+            "bytes",
+            "cpu copied",
+        );
+        for p in &self.paths {
+            let zc = if p.zerocopy_flag { "+zc" } else { "" };
+            out += &format!(
+                "{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  {}\n",
+                format!("{}{zc}", p.syscall),
+                p.src,
+                p.dst,
+                p.calls,
+                p.bytes,
+                p.cpu_copy_bytes,
+                p.source
+            );
+        }
+        for advice in &self.advice {
+            out += &format!("\nadvice: {advice}");
+        }
+        out
+    }
+}

@@ -1,0 +1,113 @@
+//! `zctrace top`: every process, ranked by CPU-copied bytes per second.
+use std::{
+    collections::HashMap,
+    time::{Duration, Instant},
+};
+
+use anyhow::Result;
+use zctrace_common::ProcessKey;
+
+use super::{
+    advice::classify,
+    catch_interrupts, interrupted,
+    view::{mb, Frame, View},
+};
+use crate::{
+    accounting::{per_process, ProcessFigures},
+    probes::{privileges, ProbeOptions, Tracer},
+};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct TopArgs {
+    /// Refresh interval.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+    /// Stop after this long; default: until q or Ctrl-C.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+    /// Rows shown.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    pub rows: u64,
+    /// Plain lines instead of the terminal UI.
+    #[arg(long)]
+    pub plain: bool,
+}
+
+pub fn run(args: TopArgs) -> Result<()> {
+    privileges::require()?;
+    let tracer = Tracer::load(&ProbeOptions::default())?;
+    catch_interrupts()?;
+    let started = Instant::now();
+    let mut view = View::open(args.plain);
+    let mut previous: HashMap<ProcessKey, ProcessFigures> = HashMap::new();
+    while !interrupted() && args.duration.is_none_or(|d| started.elapsed() < d) {
+        let now: HashMap<ProcessKey, ProcessFigures> =
+            per_process(&tracer.snapshot()?, tracer.copies_observed())
+                .into_iter()
+                .map(|f| (f.key, f))
+                .collect();
+        let frame = rank(&now, &previous, &args, started);
+        previous = now;
+        if view.show(&frame, args.interval)? {
+            break;
+        }
+    }
+    view.close();
+    Ok(())
+}
+
+/// Processes by CPU-copied bytes per second over the last interval.
+fn rank(
+    now: &HashMap<ProcessKey, ProcessFigures>,
+    previous: &HashMap<ProcessKey, ProcessFigures>,
+    args: &TopArgs,
+    started: Instant,
+) -> Frame {
+    let seconds = args.interval.as_secs_f64();
+    let mut recent: Vec<(&ProcessFigures, ProcessFigures)> = now
+        .values()
+        .map(|f| (f, previous.get(&f.key).map_or_else(|| f.clone(), |p| f.since(p))))
+        .filter(|(_, d)| d.syscalls_total > 0 || d.voluntary_switches + d.involuntary_switches > 0)
+        .collect();
+    recent.sort_by_key(|(_, d)| std::cmp::Reverse((d.cpu_copy_bytes().0, d.bytes())));
+    let copied: u64 = recent.iter().map(|(_, d)| d.cpu_copy_bytes().0).sum();
+    let rows = recent
+        .iter()
+        .take(args.rows as usize)
+        .map(|(total, d)| {
+            vec![
+                total.key.tgid.to_string(),
+                total.comm.clone(),
+                mb(d.cpu_copy_bytes().0 as f64 / seconds),
+                mb(d.bytes() as f64 / seconds),
+                d.copies_per_byte().map_or("-".into(), |c| format!("{c:.2}")),
+                format!("{:.0}", d.syscalls_total as f64 / seconds),
+                format!(
+                    "{:.0}",
+                    (d.voluntary_switches + d.involuntary_switches) as f64 / seconds
+                ),
+                format!("{:?}", classify(total)),
+            ]
+        })
+        .collect();
+    Frame {
+        title: format!("zctrace top: {:.0}s", started.elapsed().as_secs_f64()),
+        summary: format!(
+            "{} active processes, {} MB/s CPU-copied in all",
+            recent.len(),
+            mb(copied as f64 / seconds)
+        ),
+        header: vec![
+            "pid",
+            "comm",
+            "copied MB/s",
+            "moved MB/s",
+            "copies/B",
+            "syscalls/s",
+            "ctxsw/s",
+            "style",
+        ],
+        rows,
+        widths: vec![8, 16, 12, 11, 9, 11, 9, 16],
+    }
+}

@@ -1,0 +1,84 @@
+//! The live view: a terminal UI (ratatui) on a terminal, plain lines anywhere else.
+use std::{io::IsTerminal as _, time::Duration};
+
+use anyhow::Result;
+use ratatui::{
+    crossterm::event::{self, Event, KeyCode, KeyModifiers},
+    layout::{Constraint, Layout},
+    style::{Modifier, Style},
+    widgets::{Block, Paragraph, Row, Table},
+    DefaultTerminal,
+};
+
+/// One screenful: a title, a summary line, a table.
+pub struct Frame {
+    pub title: String,
+    pub summary: String,
+    pub header: Vec<&'static str>,
+    pub rows: Vec<Vec<String>>,
+    pub widths: Vec<u16>,
+}
+
+pub enum View {
+    Terminal(DefaultTerminal),
+    Plain,
+}
+
+impl View {
+    pub fn open(plain: bool) -> View {
+        if plain || !std::io::stdout().is_terminal() {
+            View::Plain
+        } else {
+            View::Terminal(ratatui::init())
+        }
+    }
+
+    /// Shows a frame; on a terminal, waits up to `wait` for q or Ctrl-C (true: asked to stop).
+    pub fn show(&mut self, frame: &Frame, wait: Duration) -> Result<bool> {
+        match self {
+            View::Plain => {
+                println!("{} | {}", frame.title, frame.summary);
+                std::thread::sleep(wait);
+                Ok(false)
+            }
+            View::Terminal(terminal) => {
+                terminal.draw(|f| draw(f, frame))?;
+                if event::poll(wait)? {
+                    if let Event::Key(key) = event::read()? {
+                        let ctrl_c =
+                            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                        return Ok(ctrl_c || key.code == KeyCode::Char('q'));
+                    }
+                }
+                Ok(false)
+            }
+        }
+    }
+
+    pub fn close(self) {
+        if let View::Terminal(_) = self {
+            ratatui::restore();
+        }
+    }
+}
+
+fn draw(f: &mut ratatui::Frame, frame: &Frame) {
+    let [top, table] = Layout::vertical([Constraint::Length(3), Constraint::Min(3)]).areas(f.area());
+    f.render_widget(
+        Paragraph::new(frame.summary.as_str()).block(Block::bordered().title(frame.title.as_str())),
+        top,
+    );
+    let header = Row::new(frame.header.clone()).style(Style::new().add_modifier(Modifier::BOLD));
+    let rows = frame.rows.iter().map(|r| Row::new(r.clone()));
+    let widths = frame.widths.iter().map(|w| Constraint::Length(*w));
+    f.render_widget(
+        Table::new(rows, widths)
+            .header(header)
+            .block(Block::bordered().title("q or Ctrl-C to stop")),
+        table,
+    );
+}
+
+pub fn mb(bytes: f64) -> String {
+    format!("{:.1}", bytes / 1e6)
+}
