@@ -80,18 +80,33 @@ impl ProcessFigures {
         self.paths.iter().map(|p| p.bytes).sum()
     }
 
-    /// Bytes that left the process: written to a file, pipe or socket.
+    /// Bytes that left the process: written to a file, pipe or socket, by syscalls or by
+    /// io_uring.
     pub fn delivered_bytes(&self) -> u64 {
-        self.paths
-            .iter()
-            .filter(|p| p.dst != FdKind::User)
-            .map(|p| p.bytes)
-            .sum()
+        let by_syscalls: u64 = self.paths.iter().filter(|p| p.dst != FdKind::User).map(|p| p.bytes).sum();
+        by_syscalls + self.tcp_without_syscalls().0
     }
 
-    /// CPU-copied bytes by the copy model, the deferred zerocopy copies included.
+    /// CPU-copied bytes by the copy model, the deferred zerocopy copies and the copies of TCP
+    /// sends no syscall carried included.
     pub fn modelled_cpu_copy_bytes(&self) -> u64 {
-        self.paths.iter().map(|p| p.cpu_copy_bytes).sum::<u64>() + self.zerocopy_deferred_copy_bytes
+        let by_syscalls: u64 = self.paths.iter().map(|p| p.cpu_copy_bytes).sum();
+        by_syscalls + self.zerocopy_deferred_copy_bytes + self.tcp_without_syscalls().1
+    }
+
+    /// TCP bytes sent, and of those copied, that no send syscall of the process carried (io_uring
+    /// requests): seen at `tcp_sendmsg`, beyond what the syscall paths account for.
+    pub fn tcp_without_syscalls(&self) -> (u64, u64) {
+        let to_tcp = |copied_only: bool| -> u64 {
+            self.paths
+                .iter()
+                .filter(|p| p.dst == FdKind::Tcp && (!copied_only || (p.src == FdKind::User && !p.zerocopy_flag)))
+                .map(|p| p.bytes)
+                .sum()
+        };
+        let t = &self.tcp_send;
+        let bytes = (t.copy + t.splice + t.zerocopy + t.unclassified).saturating_sub(to_tcp(false));
+        (bytes, t.copy.saturating_sub(to_tcp(true)).min(bytes))
     }
 
     /// The best CPU copy figure there is, and where it came from.
