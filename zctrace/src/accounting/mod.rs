@@ -83,7 +83,12 @@ impl ProcessFigures {
     /// Bytes that left the process: written to a file, pipe or socket, by syscalls or by
     /// io_uring.
     pub fn delivered_bytes(&self) -> u64 {
-        let by_syscalls: u64 = self.paths.iter().filter(|p| p.dst != FdKind::User).map(|p| p.bytes).sum();
+        let by_syscalls: u64 = self
+            .paths
+            .iter()
+            .filter(|p| p.dst != FdKind::User)
+            .map(|p| p.bytes)
+            .sum();
         by_syscalls + self.tcp_without_syscalls().0
     }
 
@@ -100,7 +105,9 @@ impl ProcessFigures {
         let to_tcp = |copied_only: bool| -> u64 {
             self.paths
                 .iter()
-                .filter(|p| p.dst == FdKind::Tcp && (!copied_only || (p.src == FdKind::User && !p.zerocopy_flag)))
+                .filter(|p| {
+                    p.dst == FdKind::Tcp && (!copied_only || (p.src == FdKind::User && !p.zerocopy_flag))
+                })
                 .map(|p| p.bytes)
                 .sum()
         };
