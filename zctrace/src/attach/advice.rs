@@ -3,8 +3,7 @@ use zctrace_common::FdKind;
 
 use crate::accounting::ProcessFigures;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "snake_case")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IoStyle {
     /// read() into a buffer, then write()/send() it out.
     ReadWriteRelay,
@@ -22,8 +21,37 @@ pub enum IoStyle {
     Idle,
 }
 
-/// Below this, a process has not moved enough data for a style or advice to mean anything.
-const MEANINGFUL_BYTES: u64 = 64 * 1024;
+/// Below this, a process has not moved enough data for a style, a ratio or advice to mean anything.
+pub const MEANINGFUL_BYTES: u64 = 64 * 1024;
+
+impl IoStyle {
+    pub fn label(self) -> &'static str {
+        match self {
+            IoStyle::ReadWriteRelay => "read_write_relay",
+            IoStyle::MmapWrite => "mmap_write",
+            IoStyle::Sendfile => "sendfile",
+            IoStyle::SplicePipeline => "splice_pipeline",
+            IoStyle::ZerocopySend => "zerocopy_send",
+            IoStyle::IoUring => "io_uring",
+            IoStyle::Receiver => "receiver",
+            IoStyle::Idle => "idle",
+        }
+    }
+}
+
+impl serde::Serialize for IoStyle {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.label())
+    }
+}
+
+/// Copies per delivered byte, when enough was delivered for the ratio to mean something.
+pub fn copies_per_byte_label(f: &ProcessFigures) -> String {
+    match f.copies_per_byte() {
+        Some(c) if f.delivered_bytes() >= MEANINGFUL_BYTES => format!("{c:.2}"),
+        _ => "-".to_string(),
+    }
+}
 
 fn delivered_by(f: &ProcessFigures, pick: impl Fn(&str, FdKind, FdKind, bool) -> bool) -> u64 {
     f.paths

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-pub use advice::{advise, classify, IoStyle};
+pub use advice::{advise, classify, copies_per_byte_label, IoStyle};
 pub use top::{run as run_top, TopArgs};
 
 use crate::{
@@ -227,7 +227,7 @@ impl Session {
             self.started.elapsed().as_secs_f64(),
             mb(per_second(last.bytes())),
             mb(per_second(last.cpu_copy_bytes().0)),
-            total.copies_per_byte().map_or("-".into(), |c| format!("{c:.2}")),
+            copies_per_byte_label(total),
             per_second(last.syscalls_total),
             per_second(last.voluntary_switches),
             per_second(last.involuntary_switches),

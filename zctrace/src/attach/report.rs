@@ -137,7 +137,7 @@ impl Report {
             "zctrace report for pid {} ({}) over {:.1} s{}\n\
              bytes moved {}  delivered {}  CPU-copied {} ({})  copies per delivered byte {}\n\
              syscalls {}  mode switches {}  context switches {} voluntary / {} involuntary  off-CPU {:.2} s\n\
-             I/O style: {:?}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  source\n",
+             I/O style: {}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  source\n",
             self.pid,
             self.comm,
             self.duration_seconds,
@@ -152,7 +152,7 @@ impl Report {
             t.context_switches.voluntary,
             t.context_switches.involuntary,
             t.offcpu_seconds,
-            self.io_style,
+            self.io_style.label(),
             "syscall",
             "src",
             "dst",

@@ -8,7 +8,7 @@ use anyhow::Result;
 use zctrace_common::ProcessKey;
 
 use super::{
-    advice::classify,
+    advice::{classify, copies_per_byte_label},
     catch_interrupts, interrupted,
     view::{mb, Frame, View},
 };
@@ -80,13 +80,13 @@ fn rank(
                 total.comm.clone(),
                 mb(d.cpu_copy_bytes().0 as f64 / seconds),
                 mb(d.bytes() as f64 / seconds),
-                d.copies_per_byte().map_or("-".into(), |c| format!("{c:.2}")),
+                copies_per_byte_label(d),
                 format!("{:.0}", d.syscalls_total as f64 / seconds),
                 format!(
                     "{:.0}",
                     (d.voluntary_switches + d.involuntary_switches) as f64 / seconds
                 ),
-                format!("{:?}", classify(total)),
+                classify(total).label().to_string(),
             ]
         })
         .collect();
