@@ -60,6 +60,8 @@ fn main() -> ExitCode {
         .with_env_filter(tracing_subscriber::EnvFilter::new(&cli.log_level))
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
+        // Its fallback eprintln! panics when stderr is a closed pipe; a lost log line must not.
+        .log_internal_errors(false)
         .init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,

@@ -46,3 +46,44 @@ fn sigterm_detaches_every_program() {
     assert!(status.success(), "clean exit on SIGTERM: {status}");
     assert!(settles_at(0), "programs left loaded after SIGTERM");
 }
+
+#[test]
+fn sigterm_exits_cleanly_even_when_nobody_reads_the_log() {
+    if !privileged("sigterm_exits_cleanly_even_when_nobody_reads_the_log") {
+        return;
+    }
+    use std::io::BufRead as _;
+    let mut child = Command::new(zctrace_bin())
+        .args(["daemon", "--web.listen-address", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    while !line.contains("serving metrics") {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "the daemon exited before serving"
+        );
+    }
+    drop(stderr);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the daemon ignored SIGTERM with its log pipe closed"
+        );
+        sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(settles_at(0));
+}

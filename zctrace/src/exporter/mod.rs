@@ -176,9 +176,11 @@ async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>) {
         tracing::error!("cannot install signal handlers");
         return;
     };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
-        _ = int.recv() => tracing::info!("SIGINT: shutting down"),
-    }
+    let name = tokio::select! {
+        _ = term.recv() => "SIGTERM",
+        _ = int.recv() => "SIGINT",
+    };
+    // Shut down before logging: a log write must never stand between a signal and the exit.
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
+    tracing::info!("{name}: shutting down");
 }
