@@ -22,6 +22,9 @@ fn loaded_zctrace_programs() -> usize {
         .count()
 }
 
+/// The tests here count loaded programs, so they take turns.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 /// The kernel frees programs shortly after their last descriptor closes, not at once.
 fn settles_at(expected: usize) -> bool {
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -39,6 +42,7 @@ fn sigterm_detaches_every_program() {
     if !privileged("sigterm_detaches_every_program") {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     assert!(settles_at(0), "programs of an earlier test are still loaded");
     let daemon = Daemon::start(&[]);
     assert_eq!(loaded_zctrace_programs(), 1, "the daemon's programs are loaded");
@@ -52,6 +56,7 @@ fn sigterm_exits_cleanly_even_when_nobody_reads_the_log() {
     if !privileged("sigterm_exits_cleanly_even_when_nobody_reads_the_log") {
         return;
     }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     use std::io::BufRead as _;
     let mut child = Command::new(zctrace_bin())
         .args(["daemon", "--web.listen-address", "127.0.0.1:0"])

@@ -11,6 +11,7 @@ use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time:
 use anyhow::{bail, Context as _, Result};
 use axum::http::{HeaderName, HeaderValue};
 use hyper_util::rt::TokioTimer;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
     probes::{privileges, ProbeOptions, Tracer},
@@ -127,7 +128,10 @@ async fn serve(
     let address = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     tokio::spawn(sweep_forever(daemon));
-    tokio::spawn(shutdown_on_signal(handle.clone()));
+    // Registered before "serving metrics" is logged, so no SIGTERM can arrive unhandled after it.
+    let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    tokio::spawn(shutdown_on_signal(handle.clone(), term, int));
     let service = router.into_make_service();
     tracing::info!(%address, tls = tls.is_some(), "serving metrics");
     match tls {
@@ -169,13 +173,7 @@ async fn sweep_forever(daemon: Arc<Daemon>) {
     }
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-    else {
-        tracing::error!("cannot install signal handlers");
-        return;
-    };
+async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, mut term: Signal, mut int: Signal) {
     let name = tokio::select! {
         _ = term.recv() => "SIGTERM",
         _ = int.recv() => "SIGINT",
