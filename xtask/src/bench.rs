@@ -52,13 +52,13 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
         let cpu = |runs: &[Transfer]| Stats::of(runs.iter().map(|t| t.cpu_seconds_per_gb).collect());
         let (pr, tr, pc, tc) = (rate(&plain), rate(&traced), cpu(&plain), cpu(&traced));
         println!(
-            "{:<22} {:>14} {:>14} {:>8.3} {:>16} {:>16} {:>8.3}",
+            "{:<22} {:>14} {:>14} {:>8.3} {:>20} {:>20} {:>8.3}",
             format!("{method} {}KiB", chunk >> 10),
-            pr.show(),
-            tr.show(),
+            pr.show(0),
+            tr.show(0),
             tr.median / pr.median,
-            pc.show(),
-            tc.show(),
+            pc.show(2),
+            tc.show(2),
             tc.median / pc.median
         );
     }
@@ -83,8 +83,8 @@ impl Stats {
         }
     }
 
-    fn show(&self) -> String {
-        format!("{:.0} [{:.0}-{:.0}]", self.median, self.min, self.max)
+    fn show(&self, decimals: usize) -> String {
+        format!("{:.d$} [{:.d$}-{:.d$}]", self.median, self.min, self.max, d = decimals)
     }
 }
 
