@@ -84,7 +84,13 @@ impl Stats {
     }
 
     fn show(&self, decimals: usize) -> String {
-        format!("{:.d$} [{:.d$}-{:.d$}]", self.median, self.min, self.max, d = decimals)
+        format!(
+            "{:.d$} [{:.d$}-{:.d$}]",
+            self.median,
+            self.min,
+            self.max,
+            d = decimals
+        )
     }
 }
 

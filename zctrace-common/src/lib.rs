@@ -91,6 +91,8 @@ pub enum FdKind {
     Unix = 6,
     OtherSocket = 7,
     Other = 8,
+    /// The null device: writes and splices into it copy nothing.
+    Null = 9,
 }
 
 impl FdKind {
@@ -104,6 +106,7 @@ impl FdKind {
             6 => FdKind::Unix,
             7 => FdKind::OtherSocket,
             8 => FdKind::Other,
+            9 => FdKind::Null,
             _ => FdKind::None,
         }
     }
@@ -149,6 +152,7 @@ pub struct KernelOffsets {
     pub file_private_data: u32,
     pub file_mode: u32,
     pub inode_mode: u32,
+    pub inode_rdev: u32,
     pub socket_sk: u32,
     pub sock_family: u32,
     pub sock_type: u32,
@@ -195,6 +199,9 @@ pub const S_IFMT: u16 = 0o170000;
 pub const S_IFSOCK: u16 = 0o140000;
 pub const S_IFREG: u16 = 0o100000;
 pub const S_IFIFO: u16 = 0o010000;
+pub const S_IFCHR: u16 = 0o020000;
+/// `/dev/null` as the kernel encodes it in `i_rdev`: MKDEV(1, 3).
+pub const DEV_NULL: u32 = (1 << 20) | 3;
 
 /// x86_64 numbers of the data-path syscalls the programs decode.
 pub mod nr {
@@ -244,12 +251,12 @@ mod tests {
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
         assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 3));
-        assert_eq!(size_of::<KernelOffsets>(), 25 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 26 * 4);
     }
 
     #[test]
     fn fd_kind_round_trips_through_u8() {
-        for v in 0..=8u8 {
+        for v in 0..=9u8 {
             assert_eq!(FdKind::from_u8(v) as u8, v);
         }
         assert_eq!(FdKind::from_u8(200), FdKind::None);

@@ -1,8 +1,8 @@
 //! Reading kernel structs through offsets resolved from BTF at load time.
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task, bpf_probe_read_kernel};
 use zctrace_common::{
-    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, IPPROTO_TCP, IPPROTO_UDP,
-    SOCK_DGRAM, SOCK_STREAM, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
+    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, DEV_NULL, IPPROTO_TCP,
+    IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
 };
 
 #[unsafe(no_mangle)]
@@ -20,6 +20,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     file_private_data: 0,
     file_mode: 0,
     inode_mode: 0,
+    inode_rdev: 0,
     socket_sk: 0,
     sock_family: 0,
     sock_type: 0,
@@ -113,6 +114,7 @@ pub fn file_kind(file: u64) -> FdKind {
         S_IFREG => FdKind::Regular,
         S_IFIFO => FdKind::Pipe,
         S_IFSOCK => socket_kind(file).unwrap_or(FdKind::OtherSocket),
+        S_IFCHR if read::<u32>(inode, offset!(inode_rdev)) == Ok(DEV_NULL) => FdKind::Null,
         _ => FdKind::Other,
     }
 }

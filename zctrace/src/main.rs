@@ -11,7 +11,11 @@ use zctrace::{
     exporter::{self, DaemonArgs},
     probes::{ProbeOptions, Tracer},
     selfcheck::{self, SendArgs, Workload},
-    sender::{self, receiver},
+    sender::{
+        self,
+        bench::{self as method_bench, BenchArgs},
+        receiver, Method,
+    },
 };
 
 /// How many times does your service copy each byte it sends? eBPF accounting of bytes moved,
@@ -36,6 +40,10 @@ enum Command {
     Top(TopArgs),
     /// Show which probes attach on this kernel, and in which mode.
     Probes,
+    /// Every transfer method side by side on loopback, traced, with the sender's own counts.
+    Bench(BenchArgs),
+    /// Which probes attach here, and a short bench that checks zctrace against the sender.
+    Doctor,
     /// Send a file by one method to a `zctrace serve` receiver (or into a file).
     Send(SendArgs),
     /// Receive transfers from `zctrace send`, verifying length and checksum.
@@ -78,6 +86,8 @@ fn run(command: Command) -> Result<()> {
         Command::Attach(args) => attach::run(args),
         Command::Top(args) => attach::run_top(args),
         Command::Probes => probes(),
+        Command::Bench(args) => bench(&args),
+        Command::Doctor => doctor(),
         Command::Send(args) => {
             let report = sender::send(&args.options(None))?;
             println!("{}", serde_json::to_string(&report)?);
@@ -115,6 +125,49 @@ fn probes() -> Result<()> {
         "model (fexit unavailable)"
     };
     println!("cpu copy figures: {copies}");
+    Ok(())
+}
+
+fn bench(args: &BenchArgs) -> Result<()> {
+    let rows = method_bench::run(args)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", method_bench::table(&rows));
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, method_bench::svg(&rows))
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
+fn doctor() -> Result<()> {
+    probes()?;
+    println!(
+        "
+self-check: 8 MiB by every method, zctrace's counts against the sender's"
+    );
+    let args = BenchArgs {
+        size: 8 << 20,
+        methods: Method::ALL.to_vec(),
+        chunk: 128 * 1024,
+        json: false,
+        plot: None,
+    };
+    let rows = method_bench::run(&args)?;
+    print!("{}", method_bench::table(&rows));
+    let failed: Vec<&str> = rows
+        .iter()
+        .filter(|r| r.disagreement.is_some())
+        .map(|r| r.method)
+        .collect();
+    anyhow::ensure!(
+        failed.is_empty(),
+        "zctrace disagrees with the sender for: {}",
+        failed.join(", ")
+    );
+    println!("all methods agree");
     Ok(())
 }
 

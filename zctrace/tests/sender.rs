@@ -11,7 +11,16 @@ use std::{
 
 use common::*;
 
-const METHODS: [&str; 8] = ["read-write", "mmap-write", "sendfile", "splice", "vmsplice", "tee", "io-uring", "zerocopy"];
+const METHODS: [&str; 8] = [
+    "read-write",
+    "mmap-write",
+    "sendfile",
+    "splice",
+    "vmsplice",
+    "tee",
+    "io-uring",
+    "zerocopy",
+];
 const CHUNK: u64 = 64 * 1024;
 
 fn send_raw(method: &str, file: &std::path::Path, to: &str) -> Output {
@@ -31,13 +40,20 @@ fn every_method_delivers_every_size_intact() {
         for method in METHODS {
             let receiver = Receiver::start(&[]);
             let output = send_raw(method, &file, &receiver.addr.clone());
-            assert!(output.status.success(), "{method} {size}: {}", String::from_utf8_lossy(&output.stderr));
+            assert!(
+                output.status.success(),
+                "{method} {size}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
             let (_, verdict) = receiver.finish();
             assert_eq!(verdict["bytes"], size, "{method} {size}");
             assert_eq!(verdict["checksum"], expected, "{method} {size}: checksum");
             let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
             assert_eq!(report["bytes"], size);
-            assert_eq!(report["checksum"], expected, "the sender announced the file's CRC-32");
+            assert_eq!(
+                report["checksum"], expected,
+                "the sender announced the file's CRC-32"
+            );
         }
     }
 }
@@ -58,12 +74,22 @@ fn truncating_the_file_under_mmap_write_is_an_error_not_a_crash() {
     let (mut stream, _) = listener.accept().unwrap();
     // Let the socket buffers fill so the sender is blocked mid-file, then cut the file short.
     sleep(Duration::from_millis(500));
-    std::fs::File::options().write(true).open(&file).unwrap().set_len(0).unwrap();
+    std::fs::File::options()
+        .write(true)
+        .open(&file)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
     let mut sink = Vec::new();
     let _ = stream.read_to_end(&mut sink);
     let output = sender.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert_eq!(output.status.code(), Some(1), "an error exit, not a signal: {:?} {stderr}", output.status);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "an error exit, not a signal: {:?} {stderr}",
+        output.status
+    );
     assert!(stderr.contains("truncated"), "{stderr}");
     assert!((sink.len() as u64) < 64 * MIB);
 }
@@ -76,7 +102,10 @@ fn a_receiver_that_closes_early_gives_the_sender_a_clear_error() {
         let output = send_raw(method, &file, &receiver.addr.clone());
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(1), "{method}: {stderr}");
-        assert!(stderr.contains("the receiver closed the connection early"), "{method}: {stderr}");
+        assert!(
+            stderr.contains("the receiver closed the connection early"),
+            "{method}: {stderr}"
+        );
     }
 }
 
@@ -86,16 +115,87 @@ fn bad_send_arguments_are_refused() {
         let output = Command::new(zctrace_bin()).args(args).output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "{args:?} succeeded");
-        assert!(stderr.contains(expected), "{args:?}: expected {expected:?} in {stderr}");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in {stderr}"
+        );
     };
     let file = test_file(1);
     let file = file.to_str().unwrap();
-    fails_with(&["send", "--method", "carrier-pigeon", "--file", file, "--to", "127.0.0.1:1"], "invalid value 'carrier-pigeon'");
-    fails_with(&["send", "--method", "sendfile", "--file", "/nonexistent", "--to", "127.0.0.1:1"], "opening /nonexistent");
-    fails_with(&["send", "--method", "sendfile", "--file", "/tmp", "--to", "127.0.0.1:1"], "not a regular file");
-    fails_with(&["send", "--method", "sendfile", "--file", file, "--to", "127.0.0.1:1"], "connecting to 127.0.0.1:1");
-    fails_with(&["send", "--method", "sendfile", "--file", file, "--to", "127.0.0.1:9", "--chunk", "0"], "--chunk");
-    fails_with(&["send", "--method", "zerocopy", "--file", file, "--to-file", "/tmp/x"], "needs a socket");
+    fails_with(
+        &[
+            "send",
+            "--method",
+            "carrier-pigeon",
+            "--file",
+            file,
+            "--to",
+            "127.0.0.1:1",
+        ],
+        "invalid value 'carrier-pigeon'",
+    );
+    fails_with(
+        &[
+            "send",
+            "--method",
+            "sendfile",
+            "--file",
+            "/nonexistent",
+            "--to",
+            "127.0.0.1:1",
+        ],
+        "opening /nonexistent",
+    );
+    fails_with(
+        &[
+            "send",
+            "--method",
+            "sendfile",
+            "--file",
+            "/tmp",
+            "--to",
+            "127.0.0.1:1",
+        ],
+        "not a regular file",
+    );
+    fails_with(
+        &[
+            "send",
+            "--method",
+            "sendfile",
+            "--file",
+            file,
+            "--to",
+            "127.0.0.1:1",
+        ],
+        "connecting to 127.0.0.1:1",
+    );
+    fails_with(
+        &[
+            "send",
+            "--method",
+            "sendfile",
+            "--file",
+            file,
+            "--to",
+            "127.0.0.1:9",
+            "--chunk",
+            "0",
+        ],
+        "--chunk",
+    );
+    fails_with(
+        &[
+            "send",
+            "--method",
+            "zerocopy",
+            "--file",
+            file,
+            "--to-file",
+            "/tmp/x",
+        ],
+        "needs a socket",
+    );
     fails_with(&["send", "--method", "sendfile", "--file", file], "--to");
     fails_with(&["serve", "--listen", "256.0.0.1:80"], "--listen");
 }

@@ -50,6 +50,8 @@ pub fn is_data_path(syscall: u16) -> bool {
 pub fn copies_per_byte(syscall: u16, dst: FdKind, variant: Variant) -> u64 {
     use FdKind::*;
     match syscall {
+        // The null device discards without looking at the bytes.
+        _ if dst == Null => 0,
         // Page-cache or skb pages are referenced, not copied, unless they land in a regular file
         // (or anything else that is not a pipe or a splice-capable socket).
         nr::SENDFILE | nr::SPLICE => match dst {
@@ -83,6 +85,7 @@ pub fn kind_label(kind: FdKind) -> &'static str {
         FdKind::Unix => "unix",
         FdKind::OtherSocket => "socket",
         FdKind::Other => "other",
+        FdKind::Null => "null",
     }
 }
 
@@ -107,6 +110,9 @@ mod tests {
         assert_eq!(copies_per_byte(nr::VMSPLICE, User, plain), 1);
         assert_eq!(copies_per_byte(nr::COPY_FILE_RANGE, Regular, plain), 1);
         assert_eq!(copies_per_byte(nr::RECVFROM, User, plain), 1);
+        assert_eq!(copies_per_byte(nr::SPLICE, Null, plain), 0);
+        assert_eq!(copies_per_byte(nr::WRITE, Null, plain), 0);
+        assert_eq!(copies_per_byte(nr::SPLICE, Other, plain), 1);
     }
 
     #[test]

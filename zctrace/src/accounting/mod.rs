@@ -99,6 +99,17 @@ impl ProcessFigures {
         by_syscalls + self.zerocopy_deferred_copy_bytes + self.tcp_without_syscalls().1
     }
 
+    /// Bytes sent over TCP, by syscalls or by io_uring.
+    pub fn tcp_delivered_bytes(&self) -> u64 {
+        let by_syscalls: u64 = self
+            .paths
+            .iter()
+            .filter(|p| p.dst == FdKind::Tcp)
+            .map(|p| p.bytes)
+            .sum();
+        by_syscalls + self.tcp_without_syscalls().0
+    }
+
     /// TCP bytes sent, and of those copied, that no send syscall of the process carried (io_uring
     /// requests): seen at `tcp_sendmsg`, beyond what the syscall paths account for.
     pub fn tcp_without_syscalls(&self) -> (u64, u64) {

@@ -28,6 +28,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         file_private_data: field("file", "private_data")?,
         file_mode: field("file", "f_mode")?,
         inode_mode: field("inode", "i_mode")?,
+        inode_rdev: field("inode", "i_rdev")?,
         socket_sk: field("socket", "sk")?,
         sock_family: field("sock", "__sk_common.skc_family")?,
         sock_type: field("sock", "sk_type")?,

@@ -15,7 +15,74 @@ use nix::{
     unistd::{getppid, Pid},
 };
 
-use crate::sender::{self, Destination, Method, SendOptions};
+use crate::{
+    accounting::{per_process, ProcessFigures},
+    probes::Tracer,
+    sender::{self, Destination, Method, SendOptions, SendReport},
+};
+
+/// A `zctrace workload send` child, waiting at its "ready" line for the go signal.
+pub struct BracketedSend {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl BracketedSend {
+    /// Starts `zctrace_binary workload send ARGS...` and waits until it is ready.
+    pub fn spawn(zctrace_binary: &std::path::Path, args: &[String]) -> Result<BracketedSend> {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(zctrace_binary)
+            .args(["workload", "send"])
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the sender")?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().context("sender stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        anyhow::ensure!(line.trim() == "ready", "the sender did not get ready: {line:?}");
+        Ok(BracketedSend { child, stdout })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the transfer run and returns what `tracer` saw of it alone, with the sender's report.
+    pub fn run(mut self, tracer: &Tracer) -> Result<(ProcessFigures, SendReport)> {
+        use nix::sys::{
+            signal::kill,
+            wait::{waitpid, WaitPidFlag, WaitStatus},
+        };
+        use std::io::BufRead as _;
+        let pid = Pid::from_raw(self.pid() as i32);
+        // A tracer attached after the sender got ready has seen nothing of it yet: all zeros.
+        let before = figures_of(tracer, self.pid()).unwrap_or_default();
+        kill(pid, Signal::SIGUSR1)?;
+        let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED))?;
+        anyhow::ensure!(
+            matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)),
+            "the sender ended early: {stopped:?}"
+        );
+        let during = figures_of(tracer, self.pid())?.since(&before);
+        kill(pid, Signal::SIGCONT)?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "the sender failed ({status})");
+        let report = serde_json::from_str(&line).with_context(|| format!("sender report {line:?}"))?;
+        Ok((during, report))
+    }
+}
+
+/// The figures of the newest process with this PID.
+pub fn figures_of(tracer: &Tracer, pid: u32) -> Result<ProcessFigures> {
+    per_process(&tracer.snapshot()?, tracer.copies_observed())
+        .into_iter()
+        .filter(|f| f.key.tgid == pid)
+        .max_by_key(|f| f.key.start_boottime_ns)
+        .with_context(|| format!("zctrace saw nothing of process {pid}"))
+}
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum Workload {

@@ -1,5 +1,6 @@
 //! The reference sender: moves a file over TCP (or into a file) by every method Linux offers, and
 //! keeps its own count of what it did, as ground truth for zctrace's probes.
+pub mod bench;
 mod header;
 mod mapping;
 mod methods;
@@ -77,7 +78,7 @@ pub enum Destination {
 }
 
 /// What the sender itself counted: the ground truth zctrace's figures are checked against.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Debug, Default, Serialize, serde::Deserialize)]
 pub struct SendReport {
     pub method: String,
     pub bytes: u64,

@@ -10,16 +10,14 @@ use std::{
 };
 
 use nix::{
-    sys::{
-        signal::{kill, Signal},
-        wait::{waitpid, WaitPidFlag, WaitStatus},
-    },
+    sys::signal::{kill, Signal},
     unistd::Pid,
 };
 use zctrace::{
     accounting::{per_process, ProcessFigures},
     probes::{ProbeOptions, Tracer},
     procfs,
+    selfcheck::BracketedSend,
 };
 use zctrace_common::ProcessKey;
 
@@ -162,35 +160,16 @@ pub fn send(
     to: &[&str],
     chunk: u64,
 ) -> (ProcessFigures, serde_json::Value) {
-    let mut command = Command::new(zctrace_bin());
-    command
-        .args(["workload", "send", "--method", method, "--file"])
-        .arg(file)
-        .args(to)
-        .args(["--chunk", &chunk.to_string()])
-        .stdout(Stdio::piped());
-    let mut traced = Traced::spawn(&mut command);
-    let mut stdout = BufReader::new(traced.child.stdout.take().expect("stdout"));
-    let mut line = String::new();
-    stdout.read_line(&mut line).expect("ready line");
-    assert_eq!(line.trim(), "ready");
-    let pid = Pid::from_raw(traced.key.tgid as i32);
-    let before = figures_of(tracer, &traced.key);
-    kill(pid, Signal::SIGUSR1).expect("starting the transfer");
-    let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED)).expect("waiting for the sender to stop");
-    assert!(
-        matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)),
-        "{method} sender ended early: {stopped:?}"
-    );
-    let during = figures_of(tracer, &traced.key).since(&before);
-    kill(pid, Signal::SIGCONT).expect("resuming the sender");
-    line.clear();
-    stdout.read_line(&mut line).expect("sender report");
-    traced.wait_ok();
-    (
-        during,
-        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{method} sender report {line:?}: {e}")),
-    )
+    let mut args: Vec<String> = ["--method", method, "--file"]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    args.push(file.display().to_string());
+    args.extend(to.iter().map(|s| s.to_string()));
+    args.extend(["--chunk".to_string(), chunk.to_string()]);
+    let sender = BracketedSend::spawn(Path::new(zctrace_bin()), &args).expect("starting the sender");
+    let (during, report) = sender.run(tracer).unwrap_or_else(|e| panic!("{method}: {e:#}"));
+    (during, serde_json::to_value(report).unwrap())
 }
 
 /// Sends `file` to a fresh receiver; returns the sender's transfer figures, its report, and the

@@ -1,0 +1,266 @@
+//! `zctrace bench`: every method side by side on loopback, each traced by zctrace, with the
+//! sender's own counts beside zctrace's and any disagreement flagged.
+use std::{
+    net::TcpListener,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{Context as _, Result};
+use serde::Serialize;
+
+use super::{receiver, Method, HEADER_LEN};
+use crate::{
+    probes::{privileges, ProbeOptions, Tracer},
+    selfcheck::BracketedSend,
+};
+
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Bytes per transfer.
+    #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
+    pub size: u64,
+    /// Methods to run, comma-separated (default: all).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub methods: Vec<Method>,
+    /// Bytes per syscall.
+    #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    pub chunk: u64,
+    /// Print the rows as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Also draw throughput and copies per byte into this SVG file.
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchRow {
+    pub method: &'static str,
+    pub bytes: u64,
+    pub bytes_per_second: f64,
+    pub sender_cpu_seconds_per_gb: f64,
+    /// zctrace's figures for the transfer alone (start-up excluded).
+    pub traced_tcp_bytes: u64,
+    pub cpu_copy_bytes: u64,
+    pub cpu_copy_source: &'static str,
+    pub copies_per_byte: f64,
+    pub syscalls: u64,
+    pub mode_switches: u64,
+    pub voluntary_switches: u64,
+    pub involuntary_switches: u64,
+    /// The sender's own counts.
+    pub sender_data_syscalls: u64,
+    pub zerocopy_completions: u64,
+    pub zerocopy_copied: u64,
+    /// Why zctrace's figures and the sender's disagree, if they do.
+    pub disagreement: Option<String>,
+}
+
+pub fn run(args: &BenchArgs) -> Result<Vec<BenchRow>> {
+    privileges::require()?;
+    let dir = tempdir()?;
+    let file = dir.join("payload");
+    write_payload(&file, args.size)?;
+    let methods = if args.methods.is_empty() {
+        Method::ALL.to_vec()
+    } else {
+        args.methods.clone()
+    };
+    let rows = methods
+        .iter()
+        .map(|&m| one(m, &file, args.chunk))
+        .collect::<Result<Vec<_>>>();
+    let _ = std::fs::remove_dir_all(&dir);
+    rows
+}
+
+fn one(method: Method, file: &Path, chunk: u64) -> Result<BenchRow> {
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?.to_string();
+    let receiving = std::thread::spawn(move || receiver::receive_one(&listener, None));
+    let args: Vec<String> = vec![
+        "--method".into(),
+        method.name().into(),
+        "--file".into(),
+        file.display().to_string(),
+        "--to".into(),
+        addr,
+        "--chunk".into(),
+        chunk.to_string(),
+    ];
+    let sender = BracketedSend::spawn(&std::env::current_exe()?, &args)?;
+    let tracer = Tracer::load(&ProbeOptions {
+        filter_tgid: Some(sender.pid()),
+        ..Default::default()
+    })?;
+    let (f, report) = sender.run(&tracer)?;
+    receiving
+        .join()
+        .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
+    let expected = report.bytes + HEADER_LEN as u64;
+    let mut problems = Vec::new();
+    if f.tcp_delivered_bytes() != expected {
+        problems.push(format!(
+            "zctrace saw {} bytes sent over TCP, the sender sent {expected}",
+            f.tcp_delivered_bytes()
+        ));
+    }
+    if f.syscalls_total < report.data_syscalls {
+        problems.push(format!(
+            "zctrace counted {} syscalls, fewer than the sender's {} data calls",
+            f.syscalls_total, report.data_syscalls
+        ));
+    }
+    let (copied, source) = f.cpu_copy_bytes();
+    Ok(BenchRow {
+        method: method.name(),
+        bytes: report.bytes,
+        bytes_per_second: report.bytes as f64 / report.seconds.max(1e-9),
+        sender_cpu_seconds_per_gb: report.cpu_seconds / (report.bytes.max(1) as f64 / 1e9),
+        traced_tcp_bytes: f.tcp_delivered_bytes(),
+        cpu_copy_bytes: copied,
+        cpu_copy_source: source.label(),
+        copies_per_byte: copied as f64 / expected as f64,
+        syscalls: f.syscalls_total,
+        mode_switches: f.mode_switches(),
+        voluntary_switches: f.voluntary_switches,
+        involuntary_switches: f.involuntary_switches,
+        sender_data_syscalls: report.data_syscalls,
+        zerocopy_completions: report.zerocopy_completions,
+        zerocopy_copied: report.zerocopy_copied,
+        disagreement: (!problems.is_empty()).then(|| problems.join("; ")),
+    })
+}
+
+pub fn table(rows: &[BenchRow]) -> String {
+    let mut out = format!(
+        "{:<11} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
+        "method",
+        "MB/s",
+        "CPU s/GB",
+        "bytes",
+        "copies/B",
+        "syscalls",
+        "switches",
+        "ctxsw",
+        "zc done",
+        "zc copy",
+        "check"
+    );
+    for r in rows {
+        out += &format!(
+            "{:<11} {:>9.0} {:>10.3} {:>11} {:>9.2} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
+            r.method,
+            r.bytes_per_second / 1e6,
+            r.sender_cpu_seconds_per_gb,
+            r.bytes,
+            r.copies_per_byte,
+            r.syscalls,
+            r.mode_switches,
+            r.voluntary_switches + r.involuntary_switches,
+            r.zerocopy_completions,
+            r.zerocopy_copied,
+            r.disagreement.as_deref().unwrap_or("agrees")
+        );
+    }
+    out
+}
+
+/// Two bar charts side by side: throughput and CPU copies per byte.
+pub fn svg(rows: &[BenchRow]) -> String {
+    let (bar, gap, left, height) = (28.0, 12.0, 90.0, 220.0);
+    let panel = |title: &str, x0: f64, values: Vec<f64>, label: &dyn Fn(f64) -> String| {
+        let max = values.iter().cloned().fold(f64::MIN_POSITIVE, f64::max);
+        let mut out =
+            format!("<text x=\"{x0}\" y=\"20\" font-size=\"14\" font-weight=\"bold\">{title}</text>\n");
+        for (i, (row, value)) in rows.iter().zip(&values).enumerate() {
+            let y = 35.0 + i as f64 * (bar + gap);
+            let width = value / max * height;
+            out += &format!(
+                "<text x=\"{}\" y=\"{}\" font-size=\"12\" text-anchor=\"end\">{}</text>\
+                 <rect x=\"{}\" y=\"{y}\" width=\"{width:.1}\" height=\"{bar}\" fill=\"#4e79a7\"/>\
+                 <text x=\"{}\" y=\"{}\" font-size=\"12\">{}</text>\n",
+                x0 + left - 6.0,
+                y + bar * 0.65,
+                row.method,
+                x0 + left,
+                x0 + left + width + 4.0,
+                y + bar * 0.65,
+                label(*value)
+            );
+        }
+        out
+    };
+    let width = 2.0 * (left + height + 80.0);
+    let total_height = 45.0 + rows.len() as f64 * (bar + gap);
+    format!(
+        "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"{width}\" height=\"{total_height}\" font-family=\"sans-serif\">\n{}{}</svg>\n",
+        panel("Throughput (MB/s)", 0.0, rows.iter().map(|r| r.bytes_per_second / 1e6).collect(), &|v| format!("{v:.0}")),
+        panel("CPU copies per byte", left + height + 80.0, rows.iter().map(|r| r.copies_per_byte).collect(), &|v| format!("{v:.2}"))
+    )
+}
+
+fn tempdir() -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("zctrace-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn write_payload(path: &Path, size: u64) -> Result<()> {
+    use std::io::Write as _;
+    let block: Vec<u8> = (0..1u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+        .collect();
+    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut left = size;
+    while left > 0 {
+        let n = left.min(block.len() as u64) as usize;
+        out.write_all(&block[..n])?;
+        left -= n as u64;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(method: &'static str, mbps: f64, copies: f64) -> BenchRow {
+        BenchRow {
+            method,
+            bytes: 1,
+            bytes_per_second: mbps * 1e6,
+            sender_cpu_seconds_per_gb: 0.5,
+            traced_tcp_bytes: 25,
+            cpu_copy_bytes: 0,
+            cpu_copy_source: "model",
+            copies_per_byte: copies,
+            syscalls: 1,
+            mode_switches: 2,
+            voluntary_switches: 0,
+            involuntary_switches: 0,
+            sender_data_syscalls: 1,
+            zerocopy_completions: 0,
+            zerocopy_copied: 0,
+            disagreement: None,
+        }
+    }
+
+    #[test]
+    fn plot_has_a_bar_per_method_per_panel() {
+        let svg = svg(&[row("sendfile", 6000.0, 0.0), row("read-write", 3000.0, 2.0)]);
+        assert!(svg.starts_with("<svg"));
+        assert_eq!(svg.matches("<rect").count(), 4);
+        assert!(svg.contains(">sendfile<") && svg.contains(">2.00<") && svg.contains(">6000<"));
+    }
+
+    #[test]
+    fn table_flags_disagreement() {
+        let mut bad = row("splice", 1.0, 0.0);
+        bad.disagreement = Some("zctrace saw 1 bytes delivered, the sender sent 25".into());
+        let table = table(&[row("sendfile", 1.0, 0.0), bad]);
+        assert!(table.contains("agrees"));
+        assert!(table.contains("the sender sent 25"));
+    }
+}
