@@ -89,7 +89,11 @@ fn run(command: Command) -> Result<()> {
         Command::Bench(args) => bench(&args),
         Command::Doctor => doctor(),
         Command::Send(args) => {
-            let report = sender::send(&args.options(None))?;
+            let bar = progress_bar(&args.file);
+            let progress = |sent: u64| bar.set_position(sent);
+            let report = sender::send(&args.options(Some(&progress)));
+            bar.finish_and_clear();
+            let report = report?;
             println!("{}", serde_json::to_string(&report)?);
             Ok(())
         }
@@ -126,6 +130,21 @@ fn probes() -> Result<()> {
     };
     println!("cpu copy figures: {copies}");
     Ok(())
+}
+
+/// A progress bar on stderr for long transfers, hidden when stderr is not a terminal.
+fn progress_bar(file: &std::path::Path) -> indicatif::ProgressBar {
+    let size = std::fs::metadata(file).map(|m| m.len()).unwrap_or(0);
+    if !std::io::stderr().is_terminal() || size < (64 << 20) {
+        return indicatif::ProgressBar::hidden();
+    }
+    let bar = indicatif::ProgressBar::new(size);
+    if let Ok(style) = indicatif::ProgressStyle::with_template(
+        "{bar:40} {bytes}/{total_bytes} {binary_bytes_per_sec} eta {eta}",
+    ) {
+        bar.set_style(style);
+    }
+    bar
 }
 
 fn bench(args: &BenchArgs) -> Result<()> {

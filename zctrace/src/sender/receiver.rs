@@ -28,6 +28,60 @@ pub fn receive_one(listener: &TcpListener, close_after: Option<u64>) -> Result<R
     receive(stream, close_after).with_context(|| format!("receiving from {peer}"))
 }
 
+/// Accepts one connection and splices its payload into /dev/null: no copy and no checksum, so a
+/// benchmark measures the sender rather than the receiver. Only the length is verified.
+pub fn discard_one(listener: &TcpListener) -> Result<ReceiveReport> {
+    use nix::fcntl::{splice, SpliceFFlags};
+    let (mut stream, peer) = listener.accept().context("accepting a connection")?;
+    let mut raw = [0u8; HEADER_LEN];
+    stream
+        .read_exact(&mut raw)
+        .context("reading the 24-byte header")?;
+    let header = Header::decode(&raw)?;
+    let (reader, writer, capacity) = super::methods::pipe_for(READ_BUFFER)?;
+    let sink = std::fs::File::options().write(true).open("/dev/null")?;
+    let started = Instant::now();
+    let mut bytes = 0u64;
+    loop {
+        let n = super::methods::retry(|| {
+            splice(
+                &stream,
+                None,
+                &writer,
+                None,
+                capacity,
+                SpliceFFlags::SPLICE_F_MOVE,
+            )
+        })
+        .map_err(|e| super::methods::explain("splice from socket", e))?;
+        if n == 0 {
+            break;
+        }
+        let mut left = n;
+        while left > 0 {
+            left -= super::methods::retry(|| {
+                splice(&reader, None, &sink, None, left, SpliceFFlags::SPLICE_F_MOVE)
+            })
+            .map_err(|e| super::methods::explain("splice to /dev/null", e))?;
+        }
+        bytes += n as u64;
+    }
+    if bytes != header.len {
+        bail!(
+            "receiving from {peer}: the sender announced {} bytes but sent {bytes}",
+            header.len
+        );
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    Ok(ReceiveReport {
+        peer: peer.to_string(),
+        bytes,
+        checksum: 0,
+        seconds,
+        bytes_per_second: bytes as f64 / seconds.max(1e-9),
+    })
+}
+
 fn receive(mut stream: TcpStream, close_after: Option<u64>) -> Result<ReceiveReport> {
     let peer = stream.peer_addr().map(|a| a.to_string()).unwrap_or_default();
     let mut raw = [0u8; HEADER_LEN];
