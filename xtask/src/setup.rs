@@ -18,10 +18,32 @@ const DEBIAN_PACKAGES: &[&str] = &[
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
+/// Python tools the tests use: Kubernetes manifest validation against bundled schemas.
+const PYPI_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes_validate")];
+
 pub fn ensure() -> Result<()> {
     debian_packages()?;
+    python_tools()?;
     nightly_rust_src()?;
     bpf_linker()
+}
+
+fn python_tools() -> Result<()> {
+    for (package, module) in PYPI_PACKAGES {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .stderr(Stdio::null())
+            .status();
+        if present.is_ok_and(|s| s.success()) {
+            say(&format!("present: PyPI package {package}"));
+            continue;
+        }
+        say(&format!("installing PyPI package {package}"));
+        let mut install = Command::new("python3");
+        install.args(["-m", "pip", "install", "--quiet", package]);
+        check(install)?;
+    }
+    Ok(())
 }
 
 fn debian_packages() -> Result<()> {

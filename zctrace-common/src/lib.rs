@@ -60,6 +60,8 @@ pub struct ProcessStats {
     pub observed_copy_bytes: u64,
     /// Non-zero once the whole thread group has exited: user space may fold and free the entry.
     pub exited: u64,
+    /// cgroup v2 id (the cgroup directory's inode number) of the process, for container labels.
+    pub cgroup_id: u64,
 }
 
 /// How `tcp_sendmsg_locked` moved a send's payload.
@@ -250,7 +252,7 @@ mod tests {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
-        assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 3));
+        assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 4));
         assert_eq!(size_of::<KernelOffsets>(), 26 * 4);
     }
 

@@ -4,7 +4,7 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::bpf_get_current_comm,
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
@@ -86,11 +86,19 @@ pub fn process_entry(key: &ProcessKey, comm: [u8; 16]) -> Option<*mut ProcessSta
     entry
 }
 
-/// The process entry of the current task.
+/// The process entry of the current task, with its cgroup recorded (an entry created for a task
+/// being switched in could not know it).
 #[inline(always)]
 pub fn current_process_entry(key: &ProcessKey) -> Option<*mut ProcessStats> {
-    if let Some(entry) = PROCESSES.get_ptr_mut(key) {
-        return Some(entry);
+    let entry = match PROCESSES.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => process_entry(key, bpf_get_current_comm().unwrap_or_default())?,
+    };
+    // SAFETY: `entry` points into a live map value; the helper has no preconditions.
+    unsafe {
+        if (*entry).cgroup_id == 0 {
+            (*entry).cgroup_id = bpf_get_current_cgroup_id();
+        }
     }
-    process_entry(key, bpf_get_current_comm().unwrap_or_default())
+    Some(entry)
 }

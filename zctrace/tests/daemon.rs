@@ -185,71 +185,27 @@ fn prometheus_scrapes_the_daemon_and_rates_its_copies() {
     assert_eq!(up[0]["value"][1], "1", "{up:?}");
 }
 
-/// A real Prometheus server (Debian's package) on a free loopback port, scraping `target` every
-/// second; stopped when dropped.
-pub struct Prometheus {
-    child: std::process::Child,
-    addr: String,
-    _dir: tempfile::TempDir,
-}
-
-impl Prometheus {
-    pub fn start(target: &str, rules: Option<&std::path::Path>) -> Prometheus {
-        let dir = tempfile::tempdir().unwrap();
-        let rule_files = rules
-            .map(|r| format!("rule_files: [\"{}\"]\n", r.display()))
-            .unwrap_or_default();
-        let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: zctrace\n    static_configs:\n      - targets: [\"{target}\"]\n"
-        );
-        std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
-        let addr = format!("127.0.0.1:{}", free_port());
-        let child = Command::new("prometheus")
-            .arg(format!(
-                "--config.file={}",
-                dir.path().join("prometheus.yml").display()
-            ))
-            .arg(format!(
-                "--storage.tsdb.path={}",
-                dir.path().join("data").display()
-            ))
-            .arg(format!("--web.listen-address={addr}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("prometheus (Debian's package; `cargo xtask setup` installs it)");
-        let prometheus = Prometheus {
-            child,
-            addr,
-            _dir: dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("http://{}/-/ready", prometheus.addr))
-            .call()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            sleep(Duration::from_millis(200));
-        }
-        prometheus
+#[test]
+fn cgroup_label_groups_series_by_container() {
+    if !privileged("cgroup_label_groups_series_by_container") {
+        return;
     }
-
-    /// The `result` array of an instant query.
-    pub fn query(&self, promql: &str) -> Vec<serde_json::Value> {
-        let body = ureq::get(&format!("http://{}/api/v1/query", self.addr))
-            .query("query", promql)
-            .call()
-            .and_then(|mut r| r.body_mut().read_to_string())
-            .unwrap_or_else(|e| panic!("query {promql}: {e}"));
-        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
-        assert_eq!(json["status"], "success", "{promql}: {body}");
-        json["data"]["result"].as_array().cloned().unwrap_or_default()
-    }
-}
-
-impl Drop for Prometheus {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+    let daemon = Daemon::start(&["--cgroup-label"]);
+    send_as(
+        &renamed_zctrace("zc-cgroup"),
+        "sendfile",
+        &test_file(MIB),
+        128 * 1024,
+    );
+    let ours = zctrace::procfs::cgroup(std::process::id()).expect("our own cgroup");
+    let metrics = daemon.metrics();
+    assert_eq!(
+        sample(
+            &metrics,
+            "zctrace_bytes_total",
+            &[("comm", "zc-cgroup"), ("cgroup", &ours), ("syscall", "sendfile")]
+        ),
+        Some(MIB as f64),
+        "the sender inherits the test's cgroup {ours}"
+    );
 }

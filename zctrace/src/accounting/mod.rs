@@ -67,6 +67,8 @@ pub struct ProcessFigures {
     pub zerocopy_deferred_copy_bytes: u64,
     /// Copies measured by fexit on the copy routines, where the kernel allowed it.
     pub observed_copy_bytes: Option<u64>,
+    /// cgroup v2 id of the process (0 when not yet known).
+    pub cgroup_id: u64,
 }
 
 impl ProcessFigures {
@@ -189,6 +191,7 @@ impl ProcessFigures {
                 .observed_copy_bytes
                 .zip(before.observed_copy_bytes)
                 .map(|(a, b)| a - b),
+            cgroup_id: self.cgroup_id,
         }
     }
 }
@@ -261,6 +264,7 @@ fn apply_process_stats(figures: &mut ProcessFigures, stats: &ProcessStats, copie
     };
     figures.zerocopy_deferred_copy_bytes = stats.tcp_zerocopy_local_bytes;
     figures.observed_copy_bytes = copies_observed.then_some(stats.observed_copy_bytes);
+    figures.cgroup_id = stats.cgroup_id;
 }
 
 fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &SyscallStats) {

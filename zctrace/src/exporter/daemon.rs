@@ -1,6 +1,6 @@
 //! The daemon's state: the loaded probes, the series book, and what one scrape reads.
 use std::{
-    collections::HashSet,
+    collections::{HashMap, HashSet},
     sync::Mutex,
     time::{Duration, Instant},
 };
@@ -14,6 +14,7 @@ use super::{
 use crate::{
     accounting::{per_process, ProcessFigures, Source},
     probes::{slot_label, ProbeMode, Tracer},
+    procfs,
 };
 
 /// How often exited processes are folded into their series and freed.
@@ -26,15 +27,25 @@ pub struct Daemon {
     kernel: String,
 }
 
+/// Which extra labels a process's series carries.
+pub struct Labels {
+    /// Processes whose series also carry their pid.
+    pub pids: HashSet<u32>,
+    /// Label every series with the process's cgroup path.
+    pub cgroup: bool,
+}
+
 struct State {
     tracer: Tracer,
     book: SeriesBook,
-    pids: HashSet<u32>,
+    labels: Labels,
+    /// cgroup v2 ids to paths; rescanned when an unknown id shows up.
+    cgroups: HashMap<u64, String>,
     sweeps: u64,
 }
 
 impl Daemon {
-    pub fn new(tracer: Tracer, book: SeriesBook, pids: HashSet<u32>) -> Daemon {
+    pub fn new(tracer: Tracer, book: SeriesBook, labels: Labels) -> Daemon {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
@@ -43,7 +54,8 @@ impl Daemon {
             state: Mutex::new(State {
                 tracer,
                 book,
-                pids,
+                labels,
+                cgroups: HashMap::new(),
                 sweeps: 0,
             }),
             kernel,
@@ -54,7 +66,7 @@ impl Daemon {
     pub fn sweep(&self) -> Result<usize> {
         let mut state = self.state.lock().expect("daemon state");
         state.sweeps += 1;
-        let full_check = state.sweeps % FULL_CHECK_EVERY == 0;
+        let full_check = state.sweeps.is_multiple_of(FULL_CHECK_EVERY);
         let snapshot = state.tracer.snapshot()?;
         let gone: HashSet<_> = state
             .tracer
@@ -118,12 +130,23 @@ impl Daemon {
 }
 
 impl State {
-    fn series_key(&self, figures: &ProcessFigures) -> SeriesKey {
-        let pid = self.pids.contains(&figures.key.tgid).then_some(figures.key.tgid);
+    fn series_key(&mut self, figures: &ProcessFigures) -> SeriesKey {
+        let pid = self
+            .labels
+            .pids
+            .contains(&figures.key.tgid)
+            .then_some(figures.key.tgid);
+        let cgroup = self.labels.cgroup.then(|| {
+            if figures.cgroup_id != 0 && !self.cgroups.contains_key(&figures.cgroup_id) {
+                self.cgroups = procfs::cgroup_paths();
+            }
+            // A cgroup removed before it was seen stays unlabelled rather than rescanned per scrape.
+            self.cgroups.entry(figures.cgroup_id).or_default().clone()
+        });
         SeriesKey {
             comm: figures.comm.clone(),
             pid,
-            cgroup: None,
+            cgroup,
         }
     }
 }

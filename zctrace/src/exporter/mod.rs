@@ -41,6 +41,9 @@ pub struct DaemonArgs {
     /// Most per-process series; later label sets are summed in comm="other".
     #[arg(long, default_value_t = 500)]
     pub top: usize,
+    /// Add each process's cgroup (container) path as a `cgroup` label.
+    #[arg(long = "cgroup-label")]
+    pub cgroup_label: bool,
     /// How long the series of exited processes stay exported.
     #[arg(long = "series.grace-period", default_value = "5m", value_parser = humantime::parse_duration)]
     pub grace_period: Duration,
@@ -88,11 +91,11 @@ pub fn run(args: DaemonArgs) -> Result<()> {
         "probes attached; dropped all {dropped} capabilities (open map and program descriptors need none)"
     );
     let book = SeriesBook::new(args.top, args.grace_period, args.comm.clone());
-    let daemon = Arc::new(Daemon::new(
-        tracer,
-        book,
-        args.pids.iter().copied().collect::<HashSet<_>>(),
-    ));
+    let labels = daemon::Labels {
+        pids: args.pids.iter().copied().collect::<HashSet<_>>(),
+        cgroup: args.cgroup_label,
+    };
+    let daemon = Arc::new(Daemon::new(tracer, book, labels));
     let auth = BasicAuth::new(web_config.basic_auth_users.clone());
     let router = http::router(daemon.clone(), &args.telemetry_path, auth, headers);
     let runtime = tokio::runtime::Builder::new_multi_thread()

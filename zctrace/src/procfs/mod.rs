@@ -34,8 +34,98 @@ pub fn comm(pid: u32) -> Option<String> {
     Some(name.trim_end_matches('\n').to_string())
 }
 
+/// The cgroup v2 path in a `/proc/PID/cgroup` file (the `0::` line), or the first v1 path.
+pub fn parse_cgroup(text: &str) -> Option<String> {
+    let path_of = |line: &str| line.splitn(3, ':').nth(2).map(str::to_string);
+    text.lines()
+        .find(|l| l.starts_with("0::"))
+        .and_then(path_of)
+        .or_else(|| text.lines().next().and_then(path_of))
+}
+
+pub fn cgroup(pid: u32) -> Option<String> {
+    parse_cgroup(&fs::read_to_string(format!("/proc/{pid}/cgroup")).ok()?)
+}
+
+/// Where the cgroup v2 hierarchy is mounted, from a `/proc/mounts` text.
+pub fn parse_cgroup2_mount(mounts: &str) -> Option<std::path::PathBuf> {
+    mounts.lines().find_map(|line| {
+        let mut fields = line.split_whitespace();
+        let (_, mount_point, kind) = (fields.next()?, fields.next()?, fields.next()?);
+        (kind == "cgroup2").then(|| mount_point.into())
+    })
+}
+
+/// cgroup v2 ids (directory inode numbers) to paths relative to the hierarchy's root, which is how
+/// `bpf_get_current_cgroup_id` names a cgroup.
+pub fn cgroup_paths() -> std::collections::HashMap<u64, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let mut paths = std::collections::HashMap::new();
+    let Some(root) = fs::read_to_string("/proc/mounts")
+        .ok()
+        .and_then(|m| parse_cgroup2_mount(&m))
+    else {
+        return paths;
+    };
+    let mut pending = vec![root.clone()];
+    while let Some(dir) = pending.pop() {
+        if let Ok(meta) = fs::metadata(&dir) {
+            let relative = dir
+                .strip_prefix(&root)
+                .map(|p| format!("/{}", p.display()))
+                .unwrap_or_default();
+            paths.insert(meta.ino(), relative);
+        }
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        pending.extend(
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.path()),
+        );
+    }
+    paths
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn cgroup2_mount_is_found_among_v1_mounts() {
+        let mounts =
+            "cgroup /sys/fs/cgroup/memory cgroup rw 0 0\ncgroup2 /sys/fs/cgroup/unified cgroup2 rw 0 0\n";
+        assert_eq!(
+            super::parse_cgroup2_mount(mounts),
+            Some("/sys/fs/cgroup/unified".into())
+        );
+        assert_eq!(super::parse_cgroup2_mount("proc /proc proc rw 0 0\n"), None);
+    }
+
+    #[test]
+    fn our_own_cgroup_is_among_the_paths() {
+        let ours = super::cgroup(std::process::id()).expect("own cgroup");
+        assert!(
+            super::cgroup_paths().values().any(|p| *p == ours),
+            "{ours} not found"
+        );
+    }
+
+    #[test]
+    fn cgroup_v2_path_is_preferred() {
+        assert_eq!(
+            super::parse_cgroup("0::/kubepods/pod1/abc\n").as_deref(),
+            Some("/kubepods/pod1/abc\\n")
+        );
+        assert_eq!(
+            super::parse_cgroup("12:cpu,cpuacct:/docker/x\n0::/system.slice/nginx.service\n").as_deref(),
+            Some("/system.slice/nginx.service")
+        );
+        assert_eq!(
+            super::parse_cgroup("3:memory:/legacy\n").as_deref(),
+            Some("/legacy")
+        );
+        assert_eq!(super::parse_cgroup(""), None);
+    }
+
     use super::*;
 
     #[test]
