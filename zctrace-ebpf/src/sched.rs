@@ -94,7 +94,7 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let key = process_key(current_task(), tgid)?;
-    if let Some(entry) = PROCESSES.get_ptr_mut(&key) {
+    if let Some(entry) = PROCESSES.get_ptr_mut(key) {
         // SAFETY: `entry` points into a live map value.
         unsafe { (*entry).exited = 1 };
     }
@@ -112,7 +112,7 @@ pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
     let Ok(key) = process_key(current_task(), tgid) else {
         return 0;
     };
-    if let (Some(entry), Ok(comm)) = (PROCESSES.get_ptr_mut(&key), bpf_get_current_comm()) {
+    if let (Some(entry), Ok(comm)) = (PROCESSES.get_ptr_mut(key), bpf_get_current_comm()) {
         // SAFETY: `entry` points into a live map value.
         unsafe { (*entry).comm = comm };
     }

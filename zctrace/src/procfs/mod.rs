@@ -113,7 +113,7 @@ mod tests {
     fn cgroup_v2_path_is_preferred() {
         assert_eq!(
             super::parse_cgroup("0::/kubepods/pod1/abc\n").as_deref(),
-            Some("/kubepods/pod1/abc\\n")
+            Some("/kubepods/pod1/abc")
         );
         assert_eq!(
             super::parse_cgroup("12:cpu,cpuacct:/docker/x\n0::/system.slice/nginx.service\n").as_deref(),
