@@ -15,6 +15,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftool",
     "bpftrace",
     "systemd",
+    "curl",
+    "openssl",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

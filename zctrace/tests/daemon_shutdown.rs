@@ -92,3 +92,22 @@ fn sigterm_exits_cleanly_even_when_nobody_reads_the_log() {
     assert!(status.success(), "{status}");
     assert!(settles_at(0));
 }
+
+#[test]
+fn kill_9_leaves_nothing_loaded() {
+    if !privileged("kill_9_leaves_nothing_loaded") {
+        return;
+    }
+    let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    assert!(settles_at(0), "programs of an earlier test are still loaded");
+    let mut daemon = Daemon::start(&[]);
+    assert_eq!(loaded_zctrace_programs(), 1);
+    daemon.child.kill().unwrap();
+    daemon.child.wait().unwrap();
+    assert!(settles_at(0), "programs left loaded after kill -9");
+    let maps = Command::new("bpftool").args(["map", "show"]).output().unwrap();
+    assert!(
+        !String::from_utf8_lossy(&maps.stdout).contains("name PROCESSES "),
+        "maps left behind"
+    );
+}
