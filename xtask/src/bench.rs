@@ -62,8 +62,126 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
             tc.median / pc.median
         );
     }
+    micro(&zctrace, pairs)?;
+    daemon_footprint(&zctrace)?;
     println!("\n# scrape of 10,000 series (encode only, no maps)");
     cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
+}
+
+/// bpftrace counting the same per-process events as zctrace's hottest hooks: the peer to beat.
+const BPFTRACE_PEER: &str =
+    "tracepoint:raw_syscalls:sys_exit { @syscalls[pid] = count(); } tracepoint:sched:sched_switch { @switches[pid] = count(); }";
+
+/// Nanoseconds per event of a workload that prints them, untraced, traced by zctrace, and by bpftrace.
+fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
+    println!("\n# per-event cost: {pairs} rounds of untraced / zctrace / bpftrace, rotating order");
+    println!(
+        "{:<34} {:>22} {:>22} {:>22} {:>9} {:>12} {:>12}",
+        "workload", "untraced ns", "zctrace ns", "bpftrace ns", "ratio", "zctrace +ns", "bpftrace +ns"
+    );
+    let workloads: [(&str, [&str; 3]); 2] = [
+        (
+            "getpid loop (not decoded)",
+            ["workload", "getpid-loop", "2000000"],
+        ),
+        ("pipe ping-pong, per switch", ["workload", "ping-pong", "200000"]),
+    ];
+    for (name, args) in workloads {
+        let run = || -> Result<f64> {
+            let output = Command::new(zctrace).args(args).output()?;
+            String::from_utf8_lossy(&output.stdout)
+                .trim()
+                .parse::<f64>()
+                .context("workload output")
+        };
+        let (mut plain, mut traced, mut peer) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..pairs {
+            for step in 0..3 {
+                match (round + step) % 3 {
+                    0 => plain.push(run()?),
+                    1 => traced.push(with_daemon(zctrace, run)?),
+                    _ => peer.push(with_bpftrace(run)?),
+                }
+            }
+        }
+        let (p, t, b) = (Stats::of(plain), Stats::of(traced), Stats::of(peer));
+        println!(
+            "{:<34} {:>22} {:>22} {:>22} {:>9.3} {:>12.1} {:>12.1}",
+            name,
+            p.show(1),
+            t.show(1),
+            b.show(1),
+            p.median / t.median,
+            t.median - p.median,
+            b.median - p.median
+        );
+    }
+    Ok(())
+}
+
+fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut bpftrace = Command::new("bpftrace")
+        .args(["-e", BPFTRACE_PEER])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("bpftrace (installed by cargo xtask setup)")?;
+    let stdout = bpftrace.stdout.take().context("bpftrace stdout")?;
+    let mut lines = BufReader::new(stdout).lines();
+    while let Some(line) = lines.next().transpose()? {
+        if line.starts_with("Attaching") {
+            break;
+        }
+    }
+    let result = work();
+    let _ = Command::new("kill")
+        .args(["-INT", &bpftrace.id().to_string()])
+        .status();
+    // Drain the printed maps so bpftrace can exit.
+    for _ in lines {}
+    bpftrace.wait()?;
+    result
+}
+
+/// Resident memory and CPU of an idle daemon.
+fn daemon_footprint(zctrace: &Path) -> Result<()> {
+    let mut daemon = Command::new(zctrace)
+        .args([
+            "daemon",
+            "--web.listen-address",
+            "127.0.0.1:0",
+            "--log.level",
+            "info",
+        ])
+        .stderr(Stdio::piped())
+        .spawn()?;
+    wait_for_line(&mut daemon, "serving metrics")?;
+    let cpu_ticks = |pid: u32| -> Result<u64> {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+        let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
+            .split_whitespace()
+            .collect();
+        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    };
+    std::thread::sleep(Duration::from_secs(2));
+    let before = cpu_ticks(daemon.id())?;
+    let idle = Duration::from_secs(20);
+    std::thread::sleep(idle);
+    let used = cpu_ticks(daemon.id())? - before;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id()))?;
+    let rss = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .unwrap_or("VmRSS: ?")
+        .to_string();
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    daemon.wait()?;
+    println!(
+        "\n# idle daemon: {rss}; CPU {:.2}% of one core over {} s",
+        used as f64 / idle.as_secs_f64(),
+        idle.as_secs()
+    );
+    Ok(())
 }
 
 /// Median, min and max.

@@ -2,6 +2,8 @@
 pub mod accounting;
 pub mod attach;
 pub mod exporter;
+#[cfg(test)]
+mod fuzz_tests;
 pub mod probes;
 pub mod procfs;
 pub mod selfcheck;

@@ -39,13 +39,13 @@ pub struct DaemonArgs {
     #[arg(long = "comm", value_parser = parse_regex)]
     pub comm: Option<regex::Regex>,
     /// Most per-process series; later label sets are summed in comm="other".
-    #[arg(long, default_value_t = 500)]
+    #[arg(long, default_value_t = 500, allow_negative_numbers = true)]
     pub top: usize,
     /// Add each process's cgroup (container) path as a `cgroup` label.
     #[arg(long = "cgroup-label")]
     pub cgroup_label: bool,
     /// How long the series of exited processes stay exported.
-    #[arg(long = "series.grace-period", default_value = "5m", value_parser = humantime::parse_duration)]
+    #[arg(long = "series.grace-period", default_value = "5m", allow_hyphen_values = true, value_parser = humantime::parse_duration)]
     pub grace_period: Duration,
 }
 

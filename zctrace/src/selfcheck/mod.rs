@@ -101,6 +101,11 @@ pub enum Workload {
         #[arg(long, default_value_t = 600)]
         spin_ms: u64,
     },
+    /// Time COUNT getpid() calls and print nanoseconds per call (a syscall the probes do not decode).
+    GetpidLoop { count: u64 },
+    /// Bounce a byte between two processes through pipes ROUNDS times; print nanoseconds per
+    /// context switch (each round trip is two).
+    PingPong { rounds: u64 },
     /// `zctrace send`, bracketed so a checker sees only the transfer: print "ready", wait for
     /// SIGUSR1, send, stop with SIGSTOP, then (after SIGCONT) print the sender's report.
     Send(SendArgs),
@@ -119,7 +124,7 @@ pub struct SendArgs {
     #[arg(long)]
     pub to_file: Option<PathBuf>,
     /// Bytes per syscall.
-    #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    #[arg(long, default_value_t = 128 * 1024, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
     pub chunk: u64,
 }
 
@@ -158,6 +163,15 @@ pub fn run(workload: &Workload) -> Result<()> {
             return Ok(());
         }
         Workload::Send(ref args) => return bracketed_send(args),
+        Workload::GetpidLoop { count } => {
+            let started = Instant::now();
+            for _ in 0..count {
+                std::hint::black_box(nix::unistd::getpid());
+            }
+            println!("{:.1}", started.elapsed().as_nanos() as f64 / count.max(1) as f64);
+            return Ok(());
+        }
+        Workload::PingPong { rounds } => return ping_pong(rounds),
     }
     println!("ready");
     let mut rest = Vec::new();
@@ -178,6 +192,39 @@ fn bracketed_send(args: &SendArgs) -> Result<()> {
     raise(Signal::SIGSTOP)?;
     println!("{}", serde_json::to_string(&report?)?);
     Ok(())
+}
+
+fn ping_pong(rounds: u64) -> Result<()> {
+    use nix::unistd::{fork, pipe, read, write, ForkResult};
+    let (to_child_r, to_child_w) = pipe()?;
+    let (to_parent_r, to_parent_w) = pipe()?;
+    let mut byte = [0u8; 1];
+    // Both on one CPU: every round trip is then exactly two context switches there.
+    let mut cpu0 = CpuSet::new();
+    cpu0.set(0)?;
+    sched_setaffinity(Pid::from_raw(0), &cpu0).context("pinning to CPU 0")?;
+    // SAFETY: the child only makes read/write syscalls and exits.
+    match unsafe { fork() }? {
+        ForkResult::Child => {
+            for _ in 0..rounds {
+                let _ = read(&to_child_r, &mut byte);
+                let _ = write(&to_parent_w, &byte);
+            }
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        ForkResult::Parent { child } => {
+            let started = Instant::now();
+            for _ in 0..rounds {
+                write(&to_child_w, &byte)?;
+                read(&to_parent_r, &mut byte)?;
+            }
+            let elapsed = started.elapsed();
+            nix::sys::wait::waitpid(child, None)?;
+            println!("{:.1}", elapsed.as_nanos() as f64 / (2 * rounds.max(1)) as f64);
+            Ok(())
+        }
+    }
 }
 
 fn spin_on_cpu0(millis: u64) -> Result<()> {

@@ -17,13 +17,13 @@ use crate::{
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// Bytes per transfer.
-    #[arg(long, default_value_t = 256 << 20, value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
+    #[arg(long, default_value_t = 256 << 20, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 40)))]
     pub size: u64,
     /// Methods to run, comma-separated (default: all).
     #[arg(long, value_enum, value_delimiter = ',')]
     pub methods: Vec<Method>,
     /// Bytes per syscall.
-    #[arg(long, default_value_t = 128 * 1024, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    #[arg(long, default_value_t = 128 * 1024, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
     pub chunk: u64,
     /// Print the rows as JSON.
     #[arg(long)]

@@ -1,0 +1,73 @@
+//! Bad values for every flag of every subcommand: each is refused with a message that names the
+//! flag or the problem, and a non-zero exit, before anything is loaded.
+use std::process::Command;
+
+const CASES: &[(&[&str], &str)] = &[
+    (&["no-such-command"], "unrecognized subcommand"),
+    (&["--log.level", "loud", "probes"], "--log.level"),
+    (
+        &["daemon", "--web.listen-address", "::::"],
+        "--web.listen-address",
+    ),
+    (&["daemon", "--web.telemetry-path", ""], "--web.telemetry-path"),
+    (&["daemon", "--top", "-1"], "--top"),
+    (&["daemon", "--pid", "abc"], "--pid"),
+    (&["daemon", "--comm", "a{2,1}"], "invalid regex"),
+    (
+        &["daemon", "--series.grace-period", "-5m"],
+        "--series.grace-period",
+    ),
+    (&["daemon", "--cgroup-label=yes"], "--cgroup-label"),
+    (&["attach", "--pid", "1", "--interval", "fast"], "--interval"),
+    (&["attach", "--pid", "1", "--pid", "2"], "--pid"),
+    (&["attach", "--pid", "99999999999"], "--pid"),
+    (&["top", "--rows", "0"], "--rows"),
+    (&["top", "--duration", "x"], "--duration"),
+    (
+        &[
+            "send",
+            "--method",
+            "sendfile",
+            "--file",
+            "/etc/hostname",
+            "--to",
+            "localhost",
+        ],
+        "--to",
+    ),
+    (
+        &[
+            "send",
+            "--method",
+            "sendfile",
+            "--file",
+            "/etc/hostname",
+            "--to",
+            "127.0.0.1:1",
+            "--chunk",
+            "2000000000",
+        ],
+        "--chunk",
+    ),
+    (&["serve", "--close-after", "many"], "--close-after"),
+    (&["bench", "--size", "0"], "--size"),
+    (&["bench", "--methods", "smoke-signals"], "--methods"),
+    (&["bench", "--chunk", "-4"], "--chunk"),
+    (&["workload", "getppid", "lots"], "COUNT"),
+];
+
+#[test]
+fn every_bad_flag_is_refused_by_name() {
+    for (args, expected) in CASES {
+        let output = Command::new(env!("CARGO_BIN_EXE_zctrace"))
+            .args(*args)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected {expected:?} in:\n{stderr}"
+        );
+    }
+}
