@@ -5,19 +5,6 @@ use std::process::Command;
 
 use common::*;
 
-fn fails_with(args: &[&str], expected: &str) {
-    let output = Command::new(zctrace_bin())
-        .args(args)
-        .output()
-        .expect("running zctrace");
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(!output.status.success(), "{args:?} succeeded");
-    assert!(
-        stderr.contains(expected),
-        "{args:?}: expected {expected:?} in:\n{stderr}"
-    );
-}
-
 #[test]
 fn daemon_rejects_bad_flags() {
     fails_with(

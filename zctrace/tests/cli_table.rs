@@ -1,6 +1,6 @@
 //! Bad values for every flag of every subcommand: each is refused with a message that names the
 //! flag or the problem, and a non-zero exit, before anything is loaded.
-use std::process::Command;
+mod common;
 
 const CASES: &[(&[&str], &str)] = &[
     (&["no-such-command"], "unrecognized subcommand"),
@@ -59,15 +59,6 @@ const CASES: &[(&[&str], &str)] = &[
 #[test]
 fn every_bad_flag_is_refused_by_name() {
     for (args, expected) in CASES {
-        let output = Command::new(env!("CARGO_BIN_EXE_zctrace"))
-            .args(*args)
-            .output()
-            .unwrap();
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        assert!(!output.status.success(), "{args:?} succeeded");
-        assert!(
-            stderr.contains(expected),
-            "{args:?}: expected {expected:?} in:\n{stderr}"
-        );
+        common::fails_with(args, expected);
     }
 }

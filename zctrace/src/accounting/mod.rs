@@ -48,6 +48,15 @@ pub struct TcpSend {
     pub unclassified: u64,
 }
 
+impl std::ops::AddAssign for TcpSend {
+    fn add_assign(&mut self, other: TcpSend) {
+        self.copy += other.copy;
+        self.splice += other.splice;
+        self.zerocopy += other.zerocopy;
+        self.unclassified += other.unclassified;
+    }
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct ProcessFigures {
     pub key: ProcessKey,

@@ -92,10 +92,7 @@ impl SeriesTotals {
         self.involuntary_switches += f.involuntary_switches;
         self.offcpu_ns += f.offcpu_ns;
         self.recv_copy_bytes += f.recv_copy_bytes;
-        self.tcp_send.copy += f.tcp_send.copy;
-        self.tcp_send.splice += f.tcp_send.splice;
-        self.tcp_send.zerocopy += f.tcp_send.zerocopy;
-        self.tcp_send.unclassified += f.tcp_send.unclassified;
+        self.tcp_send += f.tcp_send;
         self.zerocopy_deferred_copy_bytes += f.zerocopy_deferred_copy_bytes;
         self.observed_copy_bytes += f.observed_copy_bytes.unwrap_or(0);
     }
@@ -118,10 +115,7 @@ impl SeriesTotals {
         self.involuntary_switches += other.involuntary_switches;
         self.offcpu_ns += other.offcpu_ns;
         self.recv_copy_bytes += other.recv_copy_bytes;
-        self.tcp_send.copy += other.tcp_send.copy;
-        self.tcp_send.splice += other.tcp_send.splice;
-        self.tcp_send.zerocopy += other.tcp_send.zerocopy;
-        self.tcp_send.unclassified += other.tcp_send.unclassified;
+        self.tcp_send += other.tcp_send;
         self.zerocopy_deferred_copy_bytes += other.zerocopy_deferred_copy_bytes;
         self.observed_copy_bytes += other.observed_copy_bytes;
     }

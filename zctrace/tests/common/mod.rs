@@ -420,3 +420,17 @@ impl Drop for Prometheus {
         let _ = self.child.wait();
     }
 }
+
+/// Runs zctrace with `args` and asserts it fails with `expected` in its error output.
+pub fn fails_with(args: &[&str], expected: &str) {
+    let output = Command::new(zctrace_bin())
+        .args(args)
+        .output()
+        .expect("running zctrace");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{args:?} succeeded");
+    assert!(
+        stderr.contains(expected),
+        "{args:?}: expected {expected:?} in:\n{stderr}"
+    );
+}
