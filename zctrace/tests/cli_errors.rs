@@ -1,8 +1,6 @@
 //! Bad input gets a message naming the problem and a non-zero exit, before anything is loaded.
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 #[test]
