@@ -101,3 +101,31 @@ fn daemon_rejects_missing_or_malformed_web_config() {
         "cert_file /nonexistent/c.pem",
     );
 }
+
+#[test]
+fn without_privileges_the_daemon_names_what_is_missing() {
+    if !privileged("without_privileges_the_daemon_names_what_is_missing") {
+        return;
+    }
+    // Run as nobody, with no capabilities at all.
+    let output = std::process::Command::new("setpriv")
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+            "--",
+        ])
+        .arg(zctrace_bin())
+        .args(["daemon", "--web.listen-address", "127.0.0.1:0"])
+        .output()
+        .expect("setpriv (util-linux)");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(
+        stderr.contains("needs root, or CAP_BPF and CAP_PERFMON"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("missing: CAP_BPF, CAP_PERFMON"), "{stderr}");
+}
