@@ -69,8 +69,10 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
 }
 
 /// bpftrace counting the same per-process events as zctrace's hottest hooks: the peer to beat.
-const BPFTRACE_PEER: &str =
-    "tracepoint:raw_syscalls:sys_exit { @syscalls[pid] = count(); } tracepoint:sched:sched_switch { @switches[pid] = count(); }";
+/// BEGIN runs once every probe is attached: its line is the signal to start measuring.
+const BPFTRACE_PEER: &str = "BEGIN { printf(\"attached\\n\"); } \
+    tracepoint:raw_syscalls:sys_exit { @syscalls[pid] = count(); } \
+    tracepoint:sched:sched_switch { @switches[pid] = count(); }";
 
 /// Nanoseconds per event of a workload that prints them, untraced, traced by zctrace, and by bpftrace.
 fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
@@ -129,7 +131,7 @@ fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
     let stdout = bpftrace.stdout.take().context("bpftrace stdout")?;
     let mut lines = BufReader::new(stdout).lines();
     while let Some(line) = lines.next().transpose()? {
-        if line.starts_with("Attaching") {
+        if line.starts_with("attached") {
             break;
         }
     }

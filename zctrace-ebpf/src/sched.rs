@@ -68,8 +68,11 @@ fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
         return Ok(0);
     };
     let key = process_key(next, tgid)?;
-    let comm: [u8; 16] = read(next, offset!(task_comm)).unwrap_or_default();
-    let entry = process_entry(&key, comm).ok_or(0u32)?;
+    // The name is read only when the entry has to be created.
+    let entry = match PROCESSES.get_ptr_mut(key) {
+        Some(entry) => entry,
+        None => process_entry(&key, read(next, offset!(task_comm)).unwrap_or_default()).ok_or(0u32)?,
+    };
     // SAFETY: `entry` points into a live map value.
     unsafe { add(&raw mut (*entry).offcpu_ns, now.saturating_sub(since)) };
     Ok(0)
