@@ -74,8 +74,21 @@ const BPFTRACE_PEER: &str = "BEGIN { printf(\"attached\\n\"); } \
     tracepoint:raw_syscalls:sys_exit { @syscalls[pid] = count(); } \
     tracepoint:sched:sched_switch { @switches[pid] = count(); }";
 
+/// bpftrace finds tracepoints through tracefs, which this kind of machine does not mount at boot.
+fn mount_tracefs() -> Result<()> {
+    if Path::new("/sys/kernel/tracing/events").exists() {
+        return Ok(());
+    }
+    let status = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status()?;
+    if !status.success() {
+        bail!("mounting tracefs on /sys/kernel/tracing failed: bpftrace needs it");
+    }
+    Ok(())
+}
+
 /// Nanoseconds per event of a workload that prints them, untraced, traced by zctrace, and by bpftrace.
 fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
+    mount_tracefs()?;
     println!("\n# per-event cost: {pairs} rounds of untraced / zctrace / bpftrace, rotating order");
     println!(
         "{:<34} {:>22} {:>22} {:>22} {:>9} {:>12} {:>12}",
@@ -130,10 +143,16 @@ fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
         .context("bpftrace (installed by cargo xtask setup)")?;
     let stdout = bpftrace.stdout.take().context("bpftrace stdout")?;
     let mut lines = BufReader::new(stdout).lines();
+    let mut attached = false;
     while let Some(line) = lines.next().transpose()? {
         if line.starts_with("attached") {
+            attached = true;
             break;
         }
+    }
+    if !attached {
+        bpftrace.wait()?;
+        bail!("bpftrace exited without attaching its probes");
     }
     let result = work();
     let _ = Command::new("kill")
