@@ -79,7 +79,9 @@ fn mount_tracefs() -> Result<()> {
     if Path::new("/sys/kernel/tracing/events").exists() {
         return Ok(());
     }
-    let status = Command::new("mount").args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"]).status()?;
+    let status = Command::new("mount")
+        .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+        .status()?;
     if !status.success() {
         bail!("mounting tracefs on /sys/kernel/tracing failed: bpftrace needs it");
     }

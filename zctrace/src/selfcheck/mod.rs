@@ -75,6 +75,16 @@ impl BracketedSend {
     }
 }
 
+impl Drop for BracketedSend {
+    /// A sender left behind by a failed run would wait for its signal forever.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// The figures of the newest process with this PID.
 pub fn figures_of(tracer: &Tracer, pid: u32) -> Result<ProcessFigures> {
     per_process(&tracer.snapshot()?, tracer.copies_observed())
