@@ -17,9 +17,10 @@ fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-/// A self-signed certificate for 127.0.0.1 and a web config with TLS and one bcrypt user.
-fn tls_web_config() -> (std::path::PathBuf, std::path::PathBuf) {
-    let dir = scratch_path("tls");
+/// A self-signed certificate for 127.0.0.1 and a web config with TLS and one bcrypt user, in a
+/// directory of the caller's own (tests run in parallel).
+fn tls_web_config(name: &str) -> (std::path::PathBuf, std::path::PathBuf) {
+    let dir = scratch_path(name);
     std::fs::create_dir_all(&dir).unwrap();
     let (cert, key) = (dir.join("cert.pem"), dir.join("key.pem"));
     let status = Command::new("openssl")
@@ -64,7 +65,7 @@ fn tls_and_basic_auth_guard_the_metrics() {
     if !privileged("tls_and_basic_auth_guard_the_metrics") {
         return;
     }
-    let (config, cert) = tls_web_config();
+    let (config, cert) = tls_web_config("tls-guard");
     let daemon = Daemon::start(&["--web.config.file", config.to_str().unwrap()]);
     let url = format!("https://{}/metrics", daemon.addr);
     let cacert = cert.to_str().unwrap();
@@ -93,7 +94,7 @@ fn tls_and_basic_auth_guard_the_metrics() {
 
 #[test]
 fn world_writable_web_config_is_refused() {
-    let (config, _) = tls_web_config();
+    let (config, _) = tls_web_config("tls-open");
     let open = scratch_path("open-web.yml");
     std::fs::copy(&config, &open).unwrap();
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o666)).unwrap();

@@ -64,7 +64,10 @@ pub fn test_file(size: u64) -> PathBuf {
                 state as u8
             })
             .collect();
-        let tmp = path.with_extension("tmp");
+        // Tests run in parallel: each writer gets its own temporary name, and rename is atomic.
+        static WRITERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let writer = WRITERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let tmp = path.with_extension(format!("tmp{writer}"));
         std::fs::write(&tmp, bytes).expect("writing test file");
         std::fs::rename(&tmp, &path).expect("renaming test file");
     }
