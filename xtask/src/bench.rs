@@ -168,17 +168,7 @@ fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Resident memory and CPU of an idle daemon.
 fn daemon_footprint(zctrace: &Path) -> Result<()> {
-    let mut daemon = Command::new(zctrace)
-        .args([
-            "daemon",
-            "--web.listen-address",
-            "127.0.0.1:0",
-            "--log.level",
-            "info",
-        ])
-        .stderr(Stdio::piped())
-        .spawn()?;
-    wait_for_line(&mut daemon, "serving metrics")?;
+    let mut daemon = start_daemon(zctrace)?;
     let cpu_ticks = |pid: u32| -> Result<u64> {
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
         let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
@@ -284,6 +274,17 @@ fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Tra
 
 /// Runs `work` while a zctrace daemon traces every process.
 fn with_daemon<T>(zctrace: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let mut daemon = start_daemon(zctrace)?;
+    let result = work();
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    daemon.wait()?;
+    // Programs are freed shortly after the daemon exits; let the next run start clean.
+    std::thread::sleep(Duration::from_millis(200));
+    result
+}
+
+/// A zctrace daemon on a free loopback port, once it serves (its probes are attached by then).
+fn start_daemon(zctrace: &Path) -> Result<Child> {
     let mut daemon = Command::new(zctrace)
         .args([
             "daemon",
@@ -294,13 +295,12 @@ fn with_daemon<T>(zctrace: &Path, work: impl FnOnce() -> Result<T>) -> Result<T>
         ])
         .stderr(Stdio::piped())
         .spawn()?;
-    let ready = wait_for_line(&mut daemon, "serving metrics");
-    let result = ready.and_then(|()| work());
-    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
-    daemon.wait()?;
-    // Programs are freed shortly after the daemon exits; let the next run start clean.
-    std::thread::sleep(Duration::from_millis(200));
-    result
+    if let Err(e) = wait_for_line(&mut daemon, "serving metrics") {
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        return Err(e);
+    }
+    Ok(daemon)
 }
 
 fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
