@@ -342,7 +342,7 @@ fn a_full_map_counts_its_drops() {
         snapshot.update_errors(zctrace_common::MapSlot::Processes) > 0,
         "PROCESSES drops counted"
     );
-    let usage = tracer.map_usage().unwrap();
+    let usage = tracer.map_usage(&snapshot).unwrap();
     let syscalls = usage.iter().find(|u| u.map == "SYSCALLS").unwrap();
     assert_eq!((syscalls.entries, syscalls.capacity), (8, 8));
 }

@@ -14,7 +14,7 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 
-pub use advice::{advise, classify, copies_per_byte_label, IoStyle};
+use advice::copies_per_byte_label;
 pub use top::{run as run_top, TopArgs};
 
 use crate::{

@@ -94,7 +94,7 @@ impl Daemon {
             .map(|f| (state.series_key(&f), f))
             .collect();
         let series = state.book.render(&live, Instant::now());
-        let maps = state.tracer.map_usage()?;
+        let maps = state.tracer.map_usage(&snapshot)?;
         let scrape = Scrape {
             series,
             probes: state

@@ -141,25 +141,25 @@ async fn serve(
         Some(config) => {
             let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
             let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
-            server
-                .http_builder()
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(http::REQUEST_TIMEOUT);
+            limit_header_reads(server.http_builder());
             server.serve(service).await?;
         }
         None => {
             let mut server = axum_server::from_tcp(listener)?.handle(handle);
-            server
-                .http_builder()
-                .http1()
-                .timer(TokioTimer::new())
-                .header_read_timeout(http::REQUEST_TIMEOUT);
+            limit_header_reads(server.http_builder());
             server.serve(service).await?;
         }
     }
     tracing::info!("stopped; programs detached and maps freed");
     Ok(())
+}
+
+/// A client that never finishes its request headers is dropped instead of holding a connection.
+fn limit_header_reads(builder: &mut hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(http::REQUEST_TIMEOUT);
 }
 
 async fn sweep_forever(daemon: Arc<Daemon>) {

@@ -33,13 +33,8 @@ const COPY_OBSERVERS: &[(&str, &str)] = &[
     ("copy_page_from_iter_atomic_exit", "copy_page_from_iter_atomic"),
 ];
 
-/// The maps whose size a user may set, with their defaults.
-pub const SIZED_MAPS: &[(&str, u32)] = &[
-    ("SYSCALLS", 65536),
-    ("PROCESSES", 16384),
-    ("OFFCPU_START", 65536),
-    ("PENDING_SEND", 16384),
-];
+/// The bounded maps, reported by [`Tracer::map_usage`]; their sizes are set in the eBPF crate.
+pub const SIZED_MAPS: [&str; 4] = ["SYSCALLS", "PROCESSES", "OFFCPU_START", "PENDING_SEND"];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
@@ -208,14 +203,11 @@ impl Tracer {
     }
 
     /// Entries and capacity of each bounded map.
-    pub fn map_usage(&self) -> Result<Vec<MapUsage>> {
+    pub fn map_usage(&self, snapshot: &RawSnapshot) -> Result<Vec<MapUsage>> {
+        // The snapshot has just walked SYSCALLS and PROCESSES; only the per-thread maps need a walk.
         let entries = [
-            HashMap::<_, SyscallKey, SyscallStats>::try_from(self.map("SYSCALLS")?)?
-                .keys()
-                .count(),
-            HashMap::<_, ProcessKey, ProcessStats>::try_from(self.map("PROCESSES")?)?
-                .keys()
-                .count(),
+            snapshot.syscalls.len(),
+            snapshot.processes.len(),
             HashMap::<_, u32, u64>::try_from(self.map("OFFCPU_START")?)?
                 .keys()
                 .count(),
@@ -226,7 +218,7 @@ impl Tracer {
         SIZED_MAPS
             .iter()
             .zip(entries)
-            .map(|(&(map, _), entries)| {
+            .map(|(&map, entries)| {
                 let aya::maps::Map::HashMap(data) = self.map(map)? else {
                     anyhow::bail!("{map} is not a hash map");
                 };
