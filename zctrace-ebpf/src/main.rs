@@ -8,6 +8,7 @@
 #![allow(internal_features)]
 
 mod copy_observer;
+mod floor;
 mod kernel;
 mod maps;
 mod sched;

@@ -18,6 +18,8 @@ const CASES: &[(&[&str], &str)] = &[
         "--series.grace-period",
     ),
     (&["daemon", "--cgroup-label=yes"], "--cgroup-label"),
+    (&["daemon", "--probes", "sys_exit,kprobe"], "no probe named \"kprobe\""),
+    (&["daemon", "--probe.hook", "sys_exit"], "not PROBE=TRACEPOINT"),
     (&["attach", "--pid", "1", "--interval", "fast"], "--interval"),
     (&["attach", "--pid", "1", "--pid", "2"], "--pid"),
     (&["attach", "--pid", "99999999999"], "--pid"),

@@ -2,7 +2,7 @@
 use std::{
     collections::{HashMap, HashSet},
     sync::Mutex,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     accounting::{per_process, ProcessFigures, Source},
-    probes::{slot_label, ProbeMode, Tracer},
+    probes::{slot_label, Tracer},
     procfs,
 };
 
@@ -25,6 +25,7 @@ const FULL_CHECK_EVERY: u64 = 15;
 pub struct Daemon {
     state: Mutex<State>,
     kernel: String,
+    started: SystemTime,
 }
 
 /// Which extra labels a process's series carries.
@@ -59,6 +60,7 @@ impl Daemon {
                 sweeps: 0,
             }),
             kernel,
+            started: SystemTime::now(),
         }
     }
 
@@ -105,7 +107,7 @@ impl Daemon {
                     (
                         s.probe.to_string(),
                         s.mode.label().to_string(),
-                        !matches!(s.mode, ProbeMode::Unavailable(_)),
+                        s.mode.is_attached(),
                     )
                 })
                 .collect(),
@@ -122,6 +124,11 @@ impl Daemon {
             series_dropped: state.book.dropped(),
             copy_source: Some(if observed { Source::Observed } else { Source::Model }),
             kernel: self.kernel.clone(),
+            start_time_seconds: self
+                .started
+                .duration_since(UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_secs_f64(),
             collect_seconds: started.elapsed().as_secs_f64(),
         };
         drop(state);

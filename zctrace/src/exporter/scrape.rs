@@ -27,6 +27,8 @@ pub struct Scrape {
     /// Whether CPU copies were measured by fexit or inferred from the copy model.
     pub copy_source: Option<Source>,
     pub kernel: String,
+    /// When the probes attached (Unix seconds): every counter counts from then.
+    pub start_time_seconds: f64,
     pub collect_seconds: f64,
 }
 
@@ -235,6 +237,13 @@ impl Scrape {
             "zctrace_build_info",
             "zctrace's version and the kernel it runs on.",
             build,
+        )?;
+        let started: Vec<(Labels, f64)> = vec![(vec![], self.start_time_seconds)];
+        gauges(
+            encoder,
+            "zctrace_start_time_seconds",
+            "When the probes attached, in Unix seconds; counters count from then, so a new value means they restarted from zero.",
+            started,
         )?;
         let probes = self
             .probes

@@ -26,12 +26,19 @@ const TRACEPOINTS: &[(&str, &str)] = &[
     ("skb_copy_datagram_iovec", "skb_copy_datagram_iovec"),
 ];
 
+/// Measuring instruments, attached only when asked for by name (`--probes floor`): an empty
+/// program, whose cost is the kernel's own price for running any program at that hook.
+const INSTRUMENTS: &[(&str, &str)] = &[("floor", "sys_exit")];
+
 /// Programs that observe the kernel's copy routines directly, where fexit is allowed.
 const COPY_OBSERVERS: &[(&str, &str)] = &[
     ("copy_to_iter_exit", "_copy_to_iter"),
     ("copy_from_iter_exit", "_copy_from_iter"),
     ("copy_page_from_iter_atomic_exit", "copy_page_from_iter_atomic"),
 ];
+
+/// Why a copy observer is unavailable when fexit was not asked for.
+pub const NOT_REQUESTED: &str = "not requested";
 
 /// The bounded maps, reported by [`Tracer::map_usage`]; their sizes are set in the eBPF crate.
 pub const SIZED_MAPS: [&str; 4] = ["SYSCALLS", "PROCESSES", "OFFCPU_START", "PENDING_SEND"];
@@ -44,6 +51,31 @@ pub struct ProbeOptions {
     pub map_capacity: Vec<(&'static str, u32)>,
     /// Try fexit on the kernel's copy routines (falls back to the copy model when refused).
     pub observe_copies: bool,
+    /// Attach only these probes (see [`probe_names`]); `None` attaches every counting probe.
+    pub only: Option<Vec<String>>,
+    /// (probe, tracepoint): attach a probe at another tracepoint than its own.
+    pub retarget: Vec<(String, String)>,
+}
+
+impl ProbeOptions {
+    fn selected(&self, probe: &str) -> bool {
+        match &self.only {
+            Some(only) => only.iter().any(|p| p == probe),
+            None => TRACEPOINTS.iter().any(|(p, _)| *p == probe),
+        }
+    }
+
+    fn hook<'a>(&'a self, probe: &str, default: &'a str) -> &'a str {
+        self.retarget
+            .iter()
+            .find(|(p, _)| p == probe)
+            .map_or(default, |(_, hook)| hook)
+    }
+}
+
+/// Every probe and instrument that `--probes` can name.
+pub fn probe_names() -> impl Iterator<Item = &'static str> {
+    TRACEPOINTS.iter().chain(INSTRUMENTS).map(|(probe, _)| *probe)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -52,15 +84,22 @@ pub enum ProbeMode {
     TpBtf,
     /// Attached as fexit (BPF trampoline).
     Fexit,
+    /// Left out by `--probes`.
+    Off,
     /// Not attached; the reason is the kernel's.
     Unavailable(String),
 }
 
 impl ProbeMode {
+    pub fn is_attached(&self) -> bool {
+        matches!(self, ProbeMode::TpBtf | ProbeMode::Fexit)
+    }
+
     pub fn label(&self) -> &'static str {
         match self {
             ProbeMode::TpBtf => "tp_btf",
             ProbeMode::Fexit => "fexit",
+            ProbeMode::Off => "off",
             ProbeMode::Unavailable(_) => "unavailable",
         }
     }
@@ -69,7 +108,7 @@ impl ProbeMode {
 #[derive(Clone, Debug)]
 pub struct ProbeStatus {
     pub probe: &'static str,
-    pub hook: &'static str,
+    pub hook: String,
     pub mode: ProbeMode,
 }
 
@@ -108,14 +147,20 @@ impl Tracer {
             .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zctrace")))
             .context(privilege_hint("loading zctrace's eBPF programs"))?;
         let mut statuses = Vec::new();
-        for &(probe, hook) in TRACEPOINTS {
-            let mode = match attach_tracepoint(&mut ebpf, probe, hook, &btf) {
-                Ok(()) => ProbeMode::TpBtf,
-                Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
+        for &(probe, hook) in TRACEPOINTS.iter().chain(INSTRUMENTS) {
+            let is_instrument = INSTRUMENTS.iter().any(|(p, _)| *p == probe);
+            let hook = options.hook(probe, hook).to_string();
+            let mode = match options.selected(probe) {
+                false if is_instrument => continue,
+                false => ProbeMode::Off,
+                true => match attach_tracepoint(&mut ebpf, probe, &hook, &btf) {
+                    Ok(()) => ProbeMode::TpBtf,
+                    Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
+                },
             };
             statuses.push(ProbeStatus { probe, hook, mode });
         }
-        if statuses.iter().all(|s| s.mode != ProbeMode::TpBtf) {
+        if !statuses.iter().any(|s| s.mode.is_attached()) {
             let reasons: Vec<String> = statuses
                 .iter()
                 .map(|s| format!("{}: {:?}", s.probe, s.mode))
@@ -127,14 +172,18 @@ impl Tracer {
         }
         for &(probe, hook) in COPY_OBSERVERS {
             let mode = if !options.observe_copies {
-                ProbeMode::Unavailable("not requested".into())
+                ProbeMode::Unavailable(NOT_REQUESTED.into())
             } else {
                 match attach_fexit(&mut ebpf, probe, hook, &btf) {
                     Ok(()) => ProbeMode::Fexit,
                     Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
                 }
             };
-            statuses.push(ProbeStatus { probe, hook, mode });
+            statuses.push(ProbeStatus {
+                probe,
+                hook: hook.to_string(),
+                mode,
+            });
         }
         Ok(Tracer { ebpf, statuses })
     }

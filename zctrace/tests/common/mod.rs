@@ -237,14 +237,12 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(extra: &[&str]) -> Daemon {
+        Daemon::start_at("127.0.0.1:0", extra)
+    }
+
+    pub fn start_at(listen: &str, extra: &[&str]) -> Daemon {
         let mut child = Command::new(zctrace_bin())
-            .args([
-                "daemon",
-                "--web.listen-address",
-                "127.0.0.1:0",
-                "--log.level",
-                "info",
-            ])
+            .args(["daemon", "--web.listen-address", listen, "--log.level", "info"])
             .args(extra)
             .stderr(Stdio::piped())
             .spawn()

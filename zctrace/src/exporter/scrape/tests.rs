@@ -52,6 +52,7 @@ fn fixture() -> Scrape {
         series_dropped: 1,
         copy_source: Some(Source::Model),
         kernel: "6.18.0-test".into(),
+        start_time_seconds: 1_795_000_000.0,
         collect_seconds: 0.25,
     }
 }
