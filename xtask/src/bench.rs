@@ -38,11 +38,11 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
             // Alternate which runs first so warm-up and drift do not favour one side.
             if pair % 2 == 0 {
                 plain.push(transfer(&zctrace, method, &file, chunk)?);
-                traced.push(with_daemon(&zctrace, || {
+                traced.push(with_daemon(&zctrace, &[], || {
                     transfer(&zctrace, method, &file, chunk)
                 })?);
             } else {
-                traced.push(with_daemon(&zctrace, || {
+                traced.push(with_daemon(&zctrace, &[], || {
                     transfer(&zctrace, method, &file, chunk)
                 })?);
                 plain.push(transfer(&zctrace, method, &file, chunk)?);
@@ -63,16 +63,64 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
         );
     }
     micro(&zctrace, pairs)?;
+    per_program(&zctrace, pairs)?;
     daemon_footprint(&zctrace)?;
+    daemon_scrape(&zctrace, &dir)?;
     println!("\n# scrape of 10,000 series (encode only, no maps)");
     cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
 }
 
-/// bpftrace counting the same per-process events as zctrace's hottest hooks: the peer to beat.
+/// bpftrace counting the same per-process events as zctrace: the peer to beat.
 /// BEGIN runs once every probe is attached: its line is the signal to start measuring.
 const BPFTRACE_PEER: &str = "BEGIN { printf(\"attached\\n\"); } \
     tracepoint:raw_syscalls:sys_exit { @syscalls[pid] = count(); } \
-    tracepoint:sched:sched_switch { @switches[pid] = count(); }";
+    tracepoint:sched:sched_switch { @switches[pid] = count(); } \
+    tracepoint:sock:sock_send_length { @sent[pid] = sum(args->ret); } \
+    tracepoint:skb:skb_copy_datagram_iovec { @received[pid] = sum(args->len); } \
+    tracepoint:sched:sched_process_exit { @exited[pid] = count(); }";
+
+/// Micro-workloads that print nanoseconds per event.
+const GETPID: [&str; 3] = ["workload", "getpid-loop", "2000000"];
+const PING_PONG: [&str; 3] = ["workload", "ping-pong", "200000"];
+const TCP_PING_PONG: [&str; 3] = ["workload", "tcp-ping-pong", "50000"];
+const SPAWN: [&str; 3] = ["workload", "spawn", "300"];
+
+/// Each program alone, and the empty `floor` program at its hook, on a workload that hits it once
+/// per reported event: (label, daemon flags, workload).
+const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
+    ("sys_exit, per syscall", &["--probes", "sys_exit"], GETPID),
+    ("floor at sys_exit", &["--probes", "floor"], GETPID),
+    (
+        "sched_switch, per switch",
+        &["--probes", "sched_switch"],
+        PING_PONG,
+    ),
+    (
+        "floor at sched_switch",
+        &["--probes", "floor", "--probe.hook", "floor=sched_switch"],
+        PING_PONG,
+    ),
+    (
+        "tcp_sendmsg_locked, per send",
+        &["--probes", "tcp_sendmsg_locked"],
+        TCP_PING_PONG,
+    ),
+    (
+        "sock_send_length, per send",
+        &["--probes", "sock_send_length"],
+        TCP_PING_PONG,
+    ),
+    (
+        "skb_copy_datagram_iovec, per receive",
+        &["--probes", "skb_copy_datagram_iovec"],
+        TCP_PING_PONG,
+    ),
+    (
+        "sched_process_exec+exit, per process",
+        &["--probes", "sched_process_exec,sched_process_exit"],
+        SPAWN,
+    ),
+];
 
 /// bpftrace finds tracepoints through tracefs, which this kind of machine does not mount at boot.
 fn mount_tracefs() -> Result<()> {
@@ -93,37 +141,30 @@ fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
     mount_tracefs()?;
     println!("\n# per-event cost: {pairs} rounds of untraced / zctrace / bpftrace, rotating order");
     println!(
-        "{:<34} {:>22} {:>22} {:>22} {:>9} {:>12} {:>12}",
+        "{:<36} {:>22} {:>22} {:>22} {:>9} {:>12} {:>12}",
         "workload", "untraced ns", "zctrace ns", "bpftrace ns", "ratio", "zctrace +ns", "bpftrace +ns"
     );
-    let workloads: [(&str, [&str; 3]); 2] = [
-        (
-            "getpid loop (not decoded)",
-            ["workload", "getpid-loop", "2000000"],
-        ),
-        ("pipe ping-pong, per switch", ["workload", "ping-pong", "200000"]),
+    let workloads = [
+        ("getpid loop (not decoded), per call", GETPID),
+        ("pipe ping-pong, per switch", PING_PONG),
+        ("TCP ping-pong, per message", TCP_PING_PONG),
+        ("spawn /bin/true, per process", SPAWN),
     ];
     for (name, args) in workloads {
-        let run = || -> Result<f64> {
-            let output = Command::new(zctrace).args(args).output()?;
-            String::from_utf8_lossy(&output.stdout)
-                .trim()
-                .parse::<f64>()
-                .context("workload output")
-        };
+        let run = || ns_per_event(zctrace, &args);
         let (mut plain, mut traced, mut peer) = (Vec::new(), Vec::new(), Vec::new());
         for round in 0..pairs {
             for step in 0..3 {
                 match (round + step) % 3 {
                     0 => plain.push(run()?),
-                    1 => traced.push(with_daemon(zctrace, run)?),
+                    1 => traced.push(with_daemon(zctrace, &[], run)?),
                     _ => peer.push(with_bpftrace(run)?),
                 }
             }
         }
         let (p, t, b) = (Stats::of(plain), Stats::of(traced), Stats::of(peer));
         println!(
-            "{:<34} {:>22} {:>22} {:>22} {:>9.3} {:>12.1} {:>12.1}",
+            "{:<36} {:>22} {:>22} {:>22} {:>9.3} {:>12.1} {:>12.1}",
             name,
             p.show(1),
             t.show(1),
@@ -134,6 +175,48 @@ fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Each program's cost per hit by A/B timing: the workload untraced, then with only that program.
+fn per_program(zctrace: &Path, pairs: u32) -> Result<()> {
+    println!("\n# cost per hit of each program alone (A/B, {pairs} alternating pairs); floor = an empty program at the same hook");
+    println!(
+        "{:<40} {:>22} {:>22} {:>12}",
+        "program", "untraced ns", "with it ns", "+ns per hit"
+    );
+    for (name, flags, args) in PROGRAMS {
+        let run = || ns_per_event(zctrace, args);
+        let (mut plain, mut traced) = (Vec::new(), Vec::new());
+        for pair in 0..pairs {
+            if pair % 2 == 0 {
+                plain.push(run()?);
+                traced.push(with_daemon(zctrace, flags, run)?);
+            } else {
+                traced.push(with_daemon(zctrace, flags, run)?);
+                plain.push(run()?);
+            }
+        }
+        let (p, t) = (Stats::of(plain), Stats::of(traced));
+        println!(
+            "{:<40} {:>22} {:>22} {:>12.1}",
+            name,
+            p.show(1),
+            t.show(1),
+            t.median - p.median
+        );
+    }
+    Ok(())
+}
+
+fn ns_per_event(zctrace: &Path, args: &[&str]) -> Result<f64> {
+    let output = Command::new(zctrace).args(args).output()?;
+    if !output.status.success() {
+        bail!("{args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    String::from_utf8_lossy(&output.stdout)
+        .trim()
+        .parse::<f64>()
+        .with_context(|| format!("{args:?} output"))
 }
 
 fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
@@ -168,44 +251,93 @@ fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
 
 /// Resident memory and CPU of an idle daemon.
 fn daemon_footprint(zctrace: &Path) -> Result<()> {
-    let mut daemon = start_daemon(zctrace)?;
-    let cpu_ticks = |pid: u32| -> Result<u64> {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-        let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
-            .split_whitespace()
-            .collect();
-        Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-    };
+    let (mut daemon, _) = start_daemon_with(zctrace, &[])?;
     std::thread::sleep(Duration::from_secs(2));
     let before = cpu_ticks(daemon.id())?;
     let idle = Duration::from_secs(20);
     std::thread::sleep(idle);
     let used = cpu_ticks(daemon.id())? - before;
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.id()))?;
-    let rss = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .unwrap_or("VmRSS: ?")
-        .to_string();
+    let rss = status_kib(daemon.id(), "VmRSS")?;
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     daemon.wait()?;
     println!(
-        "\n# idle daemon: {rss}; CPU {:.2}% of one core over {} s",
+        "\n# idle daemon: {:.1} MiB resident; CPU {:.2}% of one core over {} s",
+        rss as f64 / 1024.0,
         used as f64 / idle.as_secs_f64(),
         idle.as_secs()
     );
     Ok(())
 }
 
+/// A real daemon's scrape once short-lived processes under names of their own have given it at
+/// least 10,000 series: the time and size curl sees.
+fn daemon_scrape(zctrace: &Path, dir: &Path) -> Result<()> {
+    let (mut daemon, address) = start_daemon_with(zctrace, &["--top", "5000"])?;
+    let url = format!("http://{address}/metrics");
+    let curl = || -> Result<(f64, f64, String)> {
+        let output = Command::new("curl")
+            .args(["-sf", "-w", "\n%{time_total} %{size_download}", &url])
+            .output()?;
+        let text = String::from_utf8(output.stdout)?;
+        let (body, timing) = text.rsplit_once('\n').context("curl output")?;
+        let (seconds, size) = timing.split_once(' ').context("curl timing")?;
+        Ok((seconds.parse()?, size.parse()?, body.to_string()))
+    };
+    let samples = |body: &str| body.lines().filter(|l| !l.starts_with('#')).count();
+    let mut spawned = 0;
+    while samples(&curl()?.2) < 10_000 {
+        for _ in 0..50 {
+            let link = dir.join(format!("zcscrape-{spawned:04}"));
+            if !link.exists() {
+                std::os::unix::fs::symlink("/bin/true", &link)?;
+            }
+            Command::new(&link).status()?;
+            spawned += 1;
+        }
+    }
+    let runs: Vec<(f64, f64, String)> = (0..20).map(|_| curl()).collect::<Result<_>>()?;
+    let millis = Stats::of(runs.iter().map(|r| r.0 * 1e3).collect());
+    let kib = runs.iter().map(|r| r.1).fold(0.0, f64::max) / 1024.0;
+    let series = runs.iter().map(|r| samples(&r.2)).max().unwrap_or(0);
+    let rss = status_kib(daemon.id(), "VmRSS")?;
+    let _ = Command::new("kill").arg(daemon.id().to_string()).status();
+    daemon.wait()?;
+    println!(
+        "\n# daemon scrape over HTTP, {series} series from {spawned} processes: {} ms [min-max], {kib:.0} KiB, daemon {:.1} MiB resident",
+        millis.show(1),
+        rss as f64 / 1024.0
+    );
+    Ok(())
+}
+
+/// User plus system CPU time of a process, in clock ticks (1/100 s).
+pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
+        .split_whitespace()
+        .collect();
+    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+}
+
+/// A "kB" field of /proc/PID/status, such as VmRSS or VmHWM.
+pub(crate) fn status_kib(pid: u32, field: &str) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .with_context(|| format!("{field} missing from /proc/{pid}/status"))
+}
+
 /// Median, min and max.
-struct Stats {
+pub(crate) struct Stats {
     median: f64,
     min: f64,
     max: f64,
 }
 
 impl Stats {
-    fn of(mut values: Vec<f64>) -> Stats {
+    pub(crate) fn of(mut values: Vec<f64>) -> Stats {
         values.sort_by(f64::total_cmp);
         Stats {
             median: values[values.len() / 2],
@@ -214,7 +346,7 @@ impl Stats {
         }
     }
 
-    fn show(&self, decimals: usize) -> String {
+    pub(crate) fn show(&self, decimals: usize) -> String {
         format!(
             "{:.d$} [{:.d$}-{:.d$}]",
             self.median,
@@ -225,7 +357,7 @@ impl Stats {
     }
 }
 
-fn payload(dir: &Path, size: u64) -> Result<PathBuf> {
+pub(crate) fn payload(dir: &Path, size: u64) -> Result<PathBuf> {
     let path = dir.join(format!("payload-{size}"));
     if std::fs::metadata(&path).map(|m| m.len()).ok() != Some(size) {
         let block: Vec<u8> = (0..1u32 << 20)
@@ -272,9 +404,9 @@ fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Tra
     })
 }
 
-/// Runs `work` while a zctrace daemon traces every process.
-fn with_daemon<T>(zctrace: &Path, work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let mut daemon = start_daemon(zctrace)?;
+/// Runs `work` while a zctrace daemon (with `flags`) traces every process.
+fn with_daemon<T>(zctrace: &Path, flags: &[&str], work: impl FnOnce() -> Result<T>) -> Result<T> {
+    let (mut daemon, _) = start_daemon_with(zctrace, flags)?;
     let result = work();
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     daemon.wait()?;
@@ -283,8 +415,8 @@ fn with_daemon<T>(zctrace: &Path, work: impl FnOnce() -> Result<T>) -> Result<T>
     result
 }
 
-/// A zctrace daemon on a free loopback port, once it serves (its probes are attached by then).
-fn start_daemon(zctrace: &Path) -> Result<Child> {
+/// A zctrace daemon with `extra` flags on a free loopback port, and the address it serves on.
+pub(crate) fn start_daemon_with(zctrace: &Path, extra: &[&str]) -> Result<(Child, String)> {
     let mut daemon = Command::new(zctrace)
         .args([
             "daemon",
@@ -293,22 +425,27 @@ fn start_daemon(zctrace: &Path) -> Result<Child> {
             "--log.level",
             "info",
         ])
+        .args(extra)
         .stderr(Stdio::piped())
         .spawn()?;
-    if let Err(e) = wait_for_line(&mut daemon, "serving metrics") {
-        let _ = daemon.kill();
-        let _ = daemon.wait();
-        return Err(e);
-    }
-    Ok(daemon)
-}
-
-fn wait_for_line(child: &mut Child, needle: &str) -> Result<()> {
-    let stderr = child.stderr.take().context("daemon stderr")?;
-    for line in BufReader::new(stderr).lines() {
-        if line?.contains(needle) {
-            return Ok(());
+    match serving_address(&mut daemon) {
+        Ok(address) => Ok((daemon, address)),
+        Err(e) => {
+            let _ = daemon.kill();
+            let _ = daemon.wait();
+            Err(e)
         }
     }
-    bail!("the daemon exited before {needle:?}")
+}
+
+fn serving_address(child: &mut Child) -> Result<String> {
+    let stderr = child.stderr.take().context("daemon stderr")?;
+    for line in BufReader::new(stderr).lines() {
+        let line = line?;
+        if line.contains("serving metrics") {
+            let address = line.split("address=").nth(1).context("no address= in the log")?;
+            return Ok(address.split_whitespace().next().unwrap_or_default().to_string());
+        }
+    }
+    bail!("the daemon exited before serving metrics")
 }

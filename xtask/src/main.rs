@@ -1,5 +1,6 @@
-//! Developer and CI entry points: `cargo xtask setup | run | test | bench`.
+//! Developer and CI entry points: `cargo xtask setup | run | test | bench | load`.
 mod bench;
+mod load;
 mod setup;
 
 use std::process::{Command, ExitCode};
@@ -35,6 +36,16 @@ enum Task {
         /// Payload per transfer, in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
+    },
+    /// Set up, then run many short-lived processes doing I/O under a daemon scraped every second,
+    /// and report its memory, CPU, scrapes and series (a report, never a failure).
+    Load {
+        /// Processes to start, one after another, each under its own name.
+        #[arg(long, default_value_t = 500)]
+        processes: u32,
+        /// Seconds to spread them over.
+        #[arg(long, default_value_t = 60)]
+        seconds: u64,
     },
 }
 
@@ -75,6 +86,11 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             cargo(&["build", "--release", "--package", "zctrace"])?;
             bench::run(pairs, size_mib)
+        }
+        Task::Load { processes, seconds } => {
+            setup::ensure()?;
+            cargo(&["build", "--release", "--package", "zctrace"])?;
+            load::run(processes, seconds)
         }
     }
 }

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use zctrace_common::MapSlot;
 
 use crate::{
-    kernel::{current_task, filtered_out, offset, process_key, read},
+    kernel::{current_task, field, filtered_out, offset, process_key, read},
     maps::{add, count_error, current_process_entry, process_entry, OFFCPU_START, PENDING_SEND, PROCESSES},
 };
 
@@ -50,7 +50,11 @@ fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
             add(&raw mut (*entry).involuntary_switches, 1);
         }
     }
-    if OFFCPU_START.insert(pid_tgid as u32, now, 0).is_err() {
+    // In place when the thread has an entry: a hash update would swap in a fresh element.
+    if let Some(start) = OFFCPU_START.get_ptr_mut(pid_tgid as u32) {
+        // SAFETY: only this thread, switching out here, writes its own entry.
+        unsafe { *start = now };
+    } else if OFFCPU_START.insert(pid_tgid as u32, now, 0).is_err() {
         count_error(MapSlot::OffcpuStart);
     }
     Ok(0)
@@ -58,11 +62,11 @@ fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
 
 #[inline(always)]
 fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
-    let tgid: u32 = read(next, offset!(task_tgid))?;
+    let tgid: u32 = field(next, offset!(task_tgid));
     if filtered_out(tgid) {
         return Ok(0);
     }
-    let tid: u32 = read(next, offset!(task_pid))?;
+    let tid: u32 = field(next, offset!(task_pid));
     // SAFETY: a hash value read once; a concurrent update only changes which interval is counted.
     let Some(&since) = (unsafe { OFFCPU_START.get(tid) }) else {
         return Ok(0);

@@ -7,7 +7,9 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{current_task, current_tgid, fd_file, file_kind, filtered_out, offset, process_key, read},
+    kernel::{
+        current_task, current_tgid, fd_file, field, file_kind, filtered_out, offset, process_key, read,
+    },
     maps::{add, count_error, syscall_entry},
 };
 
@@ -36,7 +38,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     }
     let pt_regs: u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
-    let syscall: i64 = read(pt_regs, regs::ORIG_AX)?;
+    let syscall: i64 = field(pt_regs, regs::ORIG_AX);
     if !(0..=u16::MAX as i64).contains(&syscall) {
         return Ok(0);
     }
@@ -63,7 +65,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// Fills in the source/destination kinds of a data-path syscall and returns the bytes it moved.
 #[inline(always)]
 fn describe(key: &mut SyscallKey, task: u64, pt_regs: u64, ret: i64) -> u64 {
-    let arg = |offset: u64| read::<u64>(pt_regs, offset).unwrap_or(u64::MAX);
+    let arg = |offset: u64| field::<u64>(pt_regs, offset);
     let kind = |offset: u64| fd_kind(task, arg(offset)) as u8;
     let user = FdKind::User as u8;
     let moved = if ret > 0 { ret as u64 } else { 0 };

@@ -3,7 +3,7 @@ use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, progra
 use zctrace_common::{MapSlot, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG};
 
 use crate::{
-    kernel::{current_task, filtered_out, is_tcp, offset, process_key, read},
+    kernel::{current_task, field, filtered_out, is_tcp, offset, process_key, read},
     maps::{add, count_error, current_process_entry, PendingSend, PENDING_SEND},
 };
 
@@ -23,8 +23,8 @@ fn try_tcp_sendmsg_locked(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     }
     let sk: u64 = ctx.arg(0);
     let msg: u64 = ctx.arg(1);
-    let flags: u32 = read(msg, offset!(msghdr_flags))?;
-    let route_caps: u64 = read(sk, offset!(sock_route_caps))?;
+    let flags: u32 = field(msg, offset!(msghdr_flags));
+    let route_caps: u64 = field(sk, offset!(sock_route_caps));
     let scatter_gather = route_caps & NETIF_F_SG != 0;
     let path = if flags as u64 & MSG_ZEROCOPY != 0 && scatter_gather && zerocopy_allowed(sk, msg) {
         TcpPath::Zerocopy
@@ -50,8 +50,8 @@ fn try_tcp_sendmsg_locked(ctx: &BtfTracePointContext) -> Result<u32, u32> {
 /// MSG_ZEROCOPY is honoured for io_uring's buffers (msg_ubuf) or an `SO_ZEROCOPY` socket.
 #[inline(always)]
 fn zerocopy_allowed(sk: u64, msg: u64) -> bool {
-    let ubuf: u64 = read(msg, offset!(msghdr_ubuf)).unwrap_or(0);
-    let sk_flags: u64 = read(sk, offset!(sock_flags)).unwrap_or(0);
+    let ubuf: u64 = field(msg, offset!(msghdr_ubuf));
+    let sk_flags: u64 = field(sk, offset!(sock_flags));
     ubuf != 0 || sk_flags & (1 << offset!(sock_zerocopy_bit)) != 0
 }
 

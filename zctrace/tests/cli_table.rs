@@ -18,7 +18,10 @@ const CASES: &[(&[&str], &str)] = &[
         "--series.grace-period",
     ),
     (&["daemon", "--cgroup-label=yes"], "--cgroup-label"),
-    (&["daemon", "--probes", "sys_exit,kprobe"], "no probe named \"kprobe\""),
+    (
+        &["daemon", "--probes", "sys_exit,kprobe"],
+        "no probe named \"kprobe\"",
+    ),
     (&["daemon", "--probe.hook", "sys_exit"], "not PROBE=TRACEPOINT"),
     (&["attach", "--pid", "1", "--interval", "fast"], "--interval"),
     (&["attach", "--pid", "1", "--pid", "2"], "--pid"),

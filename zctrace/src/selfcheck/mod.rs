@@ -116,6 +116,11 @@ pub enum Workload {
     /// Bounce a byte between two processes through pipes ROUNDS times; print nanoseconds per
     /// context switch (each round trip is two).
     PingPong { rounds: u64 },
+    /// Bounce a byte over a loopback TCP connection between two processes on one CPU ROUNDS
+    /// times; print nanoseconds per message (one send and one receive).
+    TcpPingPong { rounds: u64 },
+    /// Start /bin/true COUNT times, one after another; print nanoseconds per process.
+    Spawn { count: u64 },
     /// `zctrace send`, bracketed so a checker sees only the transfer: print "ready", wait for
     /// SIGUSR1, send, stop with SIGSTOP, then (after SIGCONT) print the sender's report.
     Send(SendArgs),
@@ -182,6 +187,16 @@ pub fn run(workload: &Workload) -> Result<()> {
             return Ok(());
         }
         Workload::PingPong { rounds } => return ping_pong(rounds),
+        Workload::TcpPingPong { rounds } => return tcp_ping_pong(rounds),
+        Workload::Spawn { count } => {
+            let started = Instant::now();
+            for _ in 0..count {
+                let status = std::process::Command::new("/bin/true").status()?;
+                anyhow::ensure!(status.success(), "/bin/true failed: {status}");
+            }
+            println!("{:.1}", started.elapsed().as_nanos() as f64 / count.max(1) as f64);
+            return Ok(());
+        }
     }
     println!("ready");
     let mut rest = Vec::new();
@@ -228,6 +243,46 @@ fn ping_pong(rounds: u64) -> Result<()> {
             for _ in 0..rounds {
                 write(&to_child_w, &byte)?;
                 read(&to_parent_r, &mut byte)?;
+            }
+            let elapsed = started.elapsed();
+            nix::sys::wait::waitpid(child, None)?;
+            println!("{:.1}", elapsed.as_nanos() as f64 / (2 * rounds.max(1)) as f64);
+            Ok(())
+        }
+    }
+}
+
+fn tcp_ping_pong(rounds: u64) -> Result<()> {
+    use std::net::{Ipv4Addr, TcpListener, TcpStream};
+    let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?;
+    let mut parent = TcpStream::connect(listener.local_addr()?)?;
+    let (mut child_end, _) = listener.accept()?;
+    drop(listener);
+    parent.set_nodelay(true)?;
+    child_end.set_nodelay(true)?;
+    let mut byte = [0u8; 1];
+    // Both on one CPU, as in the pipe ping-pong: steadier, and every message is a switch.
+    let mut cpu0 = CpuSet::new();
+    cpu0.set(0)?;
+    sched_setaffinity(Pid::from_raw(0), &cpu0).context("pinning to CPU 0")?;
+    // SAFETY: the child only makes read/write syscalls and exits.
+    match unsafe { nix::unistd::fork() }? {
+        nix::unistd::ForkResult::Child => {
+            drop(parent);
+            for _ in 0..rounds {
+                if child_end.read_exact(&mut byte).is_err() || child_end.write_all(&byte).is_err() {
+                    break;
+                }
+            }
+            // SAFETY: leaving the forked child without running the parent's destructors.
+            unsafe { libc::_exit(0) }
+        }
+        nix::unistd::ForkResult::Parent { child } => {
+            drop(child_end);
+            let started = Instant::now();
+            for _ in 0..rounds {
+                parent.write_all(&byte)?;
+                parent.read_exact(&mut byte)?;
             }
             let elapsed = started.elapsed();
             nix::sys::wait::waitpid(child, None)?;
