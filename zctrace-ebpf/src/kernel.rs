@@ -148,10 +148,10 @@ fn socket_kind(file: u64) -> Result<FdKind, u32> {
     })
 }
 
-/// True when `sk` is an IPv4/IPv6 TCP socket.
+/// True when `sk` (BTF-typed: a tp_btf argument) is an IPv4/IPv6 TCP socket.
 #[inline(always)]
 pub fn is_tcp(sk: u64) -> bool {
-    let family: u16 = read(sk, offset!(sock_family)).unwrap_or(0);
-    let protocol: u16 = read(sk, offset!(sock_protocol)).unwrap_or(0);
+    let family: u16 = field(sk, offset!(sock_family));
+    let protocol: u16 = field(sk, offset!(sock_protocol));
     (family == AF_INET || family == AF_INET6) && protocol == IPPROTO_TCP
 }

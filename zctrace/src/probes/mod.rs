@@ -1,5 +1,6 @@
 //! Loading and attaching the eBPF programs, reporting what attached in which mode, and reading
 //! the maps.
+mod batch;
 pub mod offsets;
 pub mod privileges;
 
@@ -11,7 +12,10 @@ use aya::{
 };
 use zctrace_common::{MapSlot, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
 
-use std::collections::BTreeSet;
+use std::{
+    collections::BTreeSet,
+    os::fd::{BorrowedFd, OwnedFd},
+};
 
 use crate::{accounting::RawSnapshot, procfs};
 
@@ -122,6 +126,8 @@ pub struct MapUsage {
 pub struct Tracer {
     ebpf: Ebpf,
     statuses: Vec<ProbeStatus>,
+    /// Descriptors of the bounded maps, in [`SIZED_MAPS`] order, for batch reads.
+    map_fds: Vec<OwnedFd>,
 }
 
 impl Tracer {
@@ -185,7 +191,15 @@ impl Tracer {
                 mode,
             });
         }
-        Ok(Tracer { ebpf, statuses })
+        let map_fds = SIZED_MAPS
+            .iter()
+            .map(|name| map_fd(&ebpf, name))
+            .collect::<Result<_>>()?;
+        Ok(Tracer {
+            ebpf,
+            statuses,
+            map_fds,
+        })
     }
 
     pub fn statuses(&self) -> &[ProbeStatus] {
@@ -201,17 +215,14 @@ impl Tracer {
     }
 
     pub fn snapshot(&self) -> Result<RawSnapshot> {
-        let syscalls: HashMap<_, SyscallKey, SyscallStats> = HashMap::try_from(self.map("SYSCALLS")?)?;
-        let processes: HashMap<_, ProcessKey, ProcessStats> = HashMap::try_from(self.map("PROCESSES")?)?;
         let errors: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("MAP_UPDATE_ERRORS")?)?;
         let mut update_errors = [0u64; MAP_SLOTS as usize];
         for (slot, total) in update_errors.iter_mut().enumerate() {
             *total = errors.get(&(slot as u32), 0)?.iter().sum();
         }
         Ok(RawSnapshot {
-            // An entry deleted between key walk and lookup is skipped, not an error.
-            syscalls: syscalls.iter().filter_map(Result::ok).collect(),
-            processes: processes.iter().filter_map(Result::ok).collect(),
+            syscalls: self.read_all(MapSlot::Syscalls)?,
+            processes: self.read_all(MapSlot::Processes)?,
             update_errors,
         })
     }
@@ -257,12 +268,8 @@ impl Tracer {
         let entries = [
             snapshot.syscalls.len(),
             snapshot.processes.len(),
-            HashMap::<_, u32, u64>::try_from(self.map("OFFCPU_START")?)?
-                .keys()
-                .count(),
-            HashMap::<_, u64, [u32; 2]>::try_from(self.map("PENDING_SEND")?)?
-                .keys()
-                .count(),
+            self.read_all::<u32, u64>(MapSlot::OffcpuStart)?.len(),
+            self.read_all::<u64, [u32; 2]>(MapSlot::PendingSend)?.len(),
         ];
         SIZED_MAPS
             .iter()
@@ -281,11 +288,42 @@ impl Tracer {
             .collect()
     }
 
+    /// Every entry of one of the [`SIZED_MAPS`], whose slot is also its index there.
+    fn read_all<K: aya::Pod, V: aya::Pod>(&self, map: MapSlot) -> Result<Vec<(K, V)>> {
+        let index = map as usize;
+        batch::lookup_all(&self.map_fds[index])
+            .with_context(|| format!("reading the {} map", SIZED_MAPS[index]))
+    }
+
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)
             .with_context(|| format!("{name} map missing from the eBPF object"))
     }
+}
+
+/// A descriptor of our own for map `name`, found through /proc/self/fdinfo by the map's id:
+/// aya keeps its descriptor private, and asking the kernel by id would need CAP_SYS_ADMIN.
+fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
+    let map = ebpf.map(name).with_context(|| format!("{name} map missing"))?;
+    let aya::maps::Map::HashMap(data) = map else {
+        anyhow::bail!("{name} is not a hash map");
+    };
+    let wanted = format!("map_id:\t{}", data.info()?.id());
+    for entry in std::fs::read_dir("/proc/self/fd")? {
+        let fd: i32 = match entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
+            Some(fd) => fd,
+            None => continue,
+        };
+        let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
+            continue;
+        };
+        if info.lines().any(|line| line == wanted) {
+            // SAFETY: the descriptor is open (aya holds it) for as long as the borrow is used.
+            return Ok(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?);
+        }
+    }
+    anyhow::bail!("no descriptor of the {name} map in /proc/self/fdinfo")
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, probe: &str, hook: &str, btf: &Btf) -> Result<()> {
