@@ -85,11 +85,17 @@ const PING_PONG: [&str; 3] = ["workload", "ping-pong", "200000"];
 const TCP_PING_PONG: [&str; 3] = ["workload", "tcp-ping-pong", "50000"];
 const SPAWN: [&str; 3] = ["workload", "spawn", "300"];
 
-/// Each program alone, and the empty `floor` program at its hook, on a workload that hits it once
-/// per reported event: (label, daemon flags, workload).
+/// Each program alone, and the `floor` (empty) and `counting_floor` (one hash add per tgid)
+/// instruments at its hook, on a workload that hits it once per reported event:
+/// (label, daemon flags, workload).
 const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
     ("sys_exit, per syscall", &["--probes", "sys_exit"], GETPID),
     ("floor at sys_exit", &["--probes", "floor"], GETPID),
+    (
+        "counting floor at sys_exit",
+        &["--probes", "counting_floor"],
+        GETPID,
+    ),
     (
         "sched_switch, per switch",
         &["--probes", "sched_switch"],
@@ -98,6 +104,16 @@ const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
     (
         "floor at sched_switch",
         &["--probes", "floor", "--probe.hook", "floor=sched_switch"],
+        PING_PONG,
+    ),
+    (
+        "counting floor at sched_switch",
+        &[
+            "--probes",
+            "counting_floor",
+            "--probe.hook",
+            "counting_floor=sched_switch",
+        ],
         PING_PONG,
     ),
     (

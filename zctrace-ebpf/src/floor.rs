@@ -1,9 +1,34 @@
-//! The overhead benchmark's yardstick: a program that does nothing.
-use aya_ebpf::{macros::btf_tracepoint, programs::BtfTracePointContext};
+//! The overhead benchmark's yardsticks, attached only on request (`--probes floor` or
+//! `--probes counting_floor`, moved to another hook with `--probe.hook`).
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    macros::{btf_tracepoint, map},
+    maps::HashMap,
+    programs::BtfTracePointContext,
+};
 
-// Attached only on request (`--probes floor`, retargeted with `--probe.hook`): its cost at a hook
-// is what the kernel charges to run any program there, the floor under every counting probe.
+use crate::{kernel::current_tgid, maps::add};
+
+/// Hits per tgid for `counting_floor`; allocated only when used.
+#[map]
+static FLOOR_COUNTS: HashMap<u32, u64> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+// An empty program: its cost at a hook is what the kernel charges to run any program there.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn floor(_ctx: BtfTracePointContext) -> u32 {
+    0
+}
+
+// The least a per-process counter can do: one hash lookup and an atomic add per hit, by tgid.
+// Against it, a target that even this misses is out of reach for per-process counting.
+#[btf_tracepoint(function = "sys_exit")]
+pub fn counting_floor(_ctx: BtfTracePointContext) -> u32 {
+    let tgid = current_tgid();
+    match FLOOR_COUNTS.get_ptr_mut(tgid) {
+        Some(count) => add(count, 1),
+        None => {
+            let _ = FLOOR_COUNTS.insert(tgid, 1, BPF_NOEXIST as u64);
+        }
+    }
     0
 }

@@ -31,8 +31,9 @@ const TRACEPOINTS: &[(&str, &str)] = &[
 ];
 
 /// Measuring instruments, attached only when asked for by name (`--probes floor`): an empty
-/// program, whose cost is the kernel's own price for running any program at that hook.
-const INSTRUMENTS: &[(&str, &str)] = &[("floor", "sys_exit")];
+/// program, whose cost is the kernel's own price for running any program at that hook, and the
+/// least a per-process counter can do there (one hash add by tgid).
+const INSTRUMENTS: &[(&str, &str)] = &[("floor", "sys_exit"), ("counting_floor", "sys_exit")];
 
 /// Programs that observe the kernel's copy routines directly, where fexit is allowed.
 const COPY_OBSERVERS: &[(&str, &str)] = &[
