@@ -147,6 +147,7 @@ pub struct KernelOffsets {
     pub task_start_boottime: u32,
     pub task_files: u32,
     pub task_comm: u32,
+    pub task_flags: u32,
     pub files_fdt: u32,
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
@@ -197,6 +198,8 @@ pub const SOCK_STREAM: u16 = 1;
 pub const SOCK_DGRAM: u16 = 2;
 pub const IPPROTO_TCP: u16 = 6;
 pub const IPPROTO_UDP: u16 = 17;
+/// `task_struct.flags` bit set once a task has begun to exit (include/linux/sched.h).
+pub const PF_EXITING: u32 = 0x4;
 pub const S_IFMT: u16 = 0o170000;
 pub const S_IFSOCK: u16 = 0o140000;
 pub const S_IFREG: u16 = 0o100000;
@@ -253,7 +256,7 @@ mod tests {
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
         assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 4));
-        assert_eq!(size_of::<KernelOffsets>(), 26 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 27 * 4);
     }
 
     #[test]

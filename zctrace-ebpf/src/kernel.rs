@@ -2,7 +2,7 @@
 use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel};
 use zctrace_common::{
     FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, DEV_NULL, IPPROTO_TCP,
-    IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
+    IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
 };
 
 #[unsafe(no_mangle)]
@@ -13,6 +13,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_start_boottime: 0,
     task_files: 0,
     task_comm: 0,
+    task_flags: 0,
     files_fdt: 0,
     fdtable_max_fds: 0,
     fdtable_fd: 0,
@@ -86,6 +87,12 @@ pub fn current_task() -> u64 {
 #[inline(always)]
 pub fn current_tgid() -> u32 {
     (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
+/// True once the current task has begun to exit (past sched_process_exit or about to be).
+#[inline(always)]
+pub fn current_task_exiting() -> bool {
+    field::<u32>(current_task(), offset!(task_flags)) & PF_EXITING != 0
 }
 
 /// Key of the process `task` belongs to, given its tgid.

@@ -10,6 +10,8 @@ use aya_ebpf::{
 };
 use zctrace_common::{MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
 
+use crate::kernel::current_task_exiting;
+
 #[map]
 pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> = HashMap::with_max_entries(65536, 0);
 
@@ -87,18 +89,30 @@ pub fn process_entry(key: &ProcessKey, comm: [u8; 16]) -> Option<*mut ProcessSta
 }
 
 /// The process entry of the current task, with its cgroup recorded (an entry created for a task
-/// being switched in could not know it).
+/// being switched in could not know it). An exiting task gets none: its entry, marked at
+/// sched_process_exit, may already be folded and freed, and a new one would never be marked.
 #[inline(always)]
 pub fn current_process_entry(key: &ProcessKey) -> Option<*mut ProcessStats> {
-    let entry = match PROCESSES.get_ptr_mut(key) {
-        Some(entry) => entry,
-        None => process_entry(key, bpf_get_current_comm().unwrap_or_default())?,
-    };
+    match PROCESSES.get_ptr_mut(key) {
+        Some(entry) => Some(with_cgroup(entry)),
+        None if current_task_exiting() => None,
+        None => create_current_process_entry(key),
+    }
+}
+
+/// Creates the current task's process entry, named and with its cgroup, even while it exits.
+#[inline(always)]
+pub fn create_current_process_entry(key: &ProcessKey) -> Option<*mut ProcessStats> {
+    process_entry(key, bpf_get_current_comm().unwrap_or_default()).map(with_cgroup)
+}
+
+#[inline(always)]
+fn with_cgroup(entry: *mut ProcessStats) -> *mut ProcessStats {
     // SAFETY: `entry` points into a live map value; the helper has no preconditions.
     unsafe {
         if (*entry).cgroup_id == 0 {
             (*entry).cgroup_id = bpf_get_current_cgroup_id();
         }
     }
-    Some(entry)
+    entry
 }

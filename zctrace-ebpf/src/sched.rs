@@ -7,8 +7,11 @@ use aya_ebpf::{
 use zctrace_common::MapSlot;
 
 use crate::{
-    kernel::{current_task, field, filtered_out, offset, process_key, read},
-    maps::{add, count_error, current_process_entry, process_entry, OFFCPU_START, PENDING_SEND, PROCESSES},
+    kernel::{current_task, current_task_exiting, field, filtered_out, offset, process_key, read},
+    maps::{
+        add, count_error, create_current_process_entry, current_process_entry, process_entry, OFFCPU_START,
+        PENDING_SEND, PROCESSES,
+    },
 };
 
 /// Why sched_switch: it is where the kernel decides voluntary vs involuntary (the same test as its
@@ -49,6 +52,10 @@ fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
         } else {
             add(&raw mut (*entry).involuntary_switches, 1);
         }
+    }
+    // An exiting thread's entry was freed at sched_process_exit and must not come back.
+    if current_task_exiting() {
+        return Ok(0);
     }
     // In place when the thread has an entry: a hash update would swap in a fresh element.
     if let Some(start) = OFFCPU_START.get_ptr_mut(pid_tgid as u32) {
@@ -101,7 +108,12 @@ fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         return Ok(0);
     }
     let key = process_key(current_task(), tgid)?;
-    if let Some(entry) = PROCESSES.get_ptr_mut(key) {
+    // Created if missing (a process that never switched out has syscall entries only), so that
+    // user space sees the exit and frees everything at the next sweep.
+    let entry = PROCESSES
+        .get_ptr_mut(key)
+        .or_else(|| create_current_process_entry(&key));
+    if let Some(entry) = entry {
         // SAFETY: `entry` points into a live map value.
         unsafe { (*entry).exited = 1 };
     }

@@ -356,3 +356,41 @@ fn a_full_map_counts_its_drops() {
     let syscalls = usage.iter().find(|u| u.map == "SYSCALLS").unwrap();
     assert_eq!((syscalls.entries, syscalls.capacity), (8, 8));
 }
+
+#[test]
+fn every_exit_is_marked_and_leaves_no_per_thread_entry() {
+    if !privileged("every_exit_is_marked_and_leaves_no_per_thread_entry") {
+        return;
+    }
+    const PROCESSES: usize = 200;
+    let mut tracer = load_tracer();
+    let offcpu_entries = |tracer: &zctrace::probes::Tracer| {
+        let snapshot = tracer.snapshot().unwrap();
+        let usage = tracer.map_usage(&snapshot).unwrap();
+        usage.iter().find(|m| m.map == "OFFCPU_START").unwrap().entries
+    };
+    let before = offcpu_entries(&tracer);
+    let keys: Vec<ProcessKey> = (0..PROCESSES)
+        .map(|_| Traced::spawn(&mut Command::new("/bin/true")).wait_ok())
+        .collect();
+    let snapshot = tracer.snapshot().unwrap();
+    let gone = tracer.forget_exited(&snapshot, false).unwrap();
+    let unmarked: Vec<_> = keys
+        .iter()
+        .filter(|key| {
+            !gone
+                .iter()
+                .any(|g| g.tgid == key.tgid && procfs::start_ticks(g) == procfs::start_ticks(key))
+        })
+        .collect();
+    assert!(
+        unmarked.is_empty(),
+        "the kernel marked every exit, even of processes that never switched out: {} unmarked",
+        unmarked.len()
+    );
+    let grown = offcpu_entries(&tracer).saturating_sub(before);
+    assert!(
+        grown < PROCESSES as u64 / 2,
+        "dead threads keep no off-CPU entry: {grown} more after {PROCESSES} exits"
+    );
+}

@@ -21,6 +21,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         task_start_boottime: field("task_struct", "start_boottime")?,
         task_files: field("task_struct", "files")?,
         task_comm: field("task_struct", "comm")?,
+        task_flags: field("task_struct", "flags")?,
         files_fdt: field("files_struct", "fdt")?,
         fdtable_max_fds: field("fdtable", "max_fds")?,
         fdtable_fd: field("fdtable", "fd")?,
