@@ -21,49 +21,10 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
     let dir = std::env::temp_dir().join("zctrace-bench");
     std::fs::create_dir_all(&dir)?;
     let file = payload(&dir, size_mib << 20)?;
+    mount_tracefs()?;
     daemon_footprint(&zctrace)?;
     daemon_scrape(&zctrace, &dir)?;
-    println!(
-        "# traced vs untraced transfers: {pairs} pairs of {size_mib} MiB over loopback, alternating order"
-    );
-    println!(
-        "{:<22} {:>14} {:>14} {:>8} {:>16} {:>16} {:>8}",
-        "workload", "untraced MB/s", "traced MB/s", "ratio", "untraced CPU s/GB", "traced CPU s/GB", "ratio"
-    );
-    for (method, chunk) in [
-        ("sendfile", 128 << 10),
-        ("read-write", 64 << 10),
-        ("read-write", 4 << 10),
-    ] {
-        let (mut plain, mut traced) = (Vec::new(), Vec::new());
-        for pair in 0..pairs {
-            // Alternate which runs first so warm-up and drift do not favour one side.
-            if pair % 2 == 0 {
-                plain.push(transfer(&zctrace, method, &file, chunk)?);
-                traced.push(with_daemon(&zctrace, &[], || {
-                    transfer(&zctrace, method, &file, chunk)
-                })?);
-            } else {
-                traced.push(with_daemon(&zctrace, &[], || {
-                    transfer(&zctrace, method, &file, chunk)
-                })?);
-                plain.push(transfer(&zctrace, method, &file, chunk)?);
-            }
-        }
-        let rate = |runs: &[Transfer]| Stats::of(runs.iter().map(|t| t.bytes_per_second / 1e6).collect());
-        let cpu = |runs: &[Transfer]| Stats::of(runs.iter().map(|t| t.cpu_seconds_per_gb).collect());
-        let (pr, tr, pc, tc) = (rate(&plain), rate(&traced), cpu(&plain), cpu(&traced));
-        println!(
-            "{:<22} {:>14} {:>14} {:>8.3} {:>20} {:>20} {:>8.3}",
-            format!("{method} {}KiB", chunk >> 10),
-            pr.show(0),
-            tr.show(0),
-            tr.median / pr.median,
-            pc.show(2),
-            tc.show(2),
-            tc.median / pc.median
-        );
-    }
+    transfers(&zctrace, &file, pairs, size_mib)?;
     micro(&zctrace, pairs)?;
     per_program(&zctrace, pairs)?;
     println!("\n# scrape of 10,000 series (encode only, no maps)");
@@ -152,9 +113,68 @@ fn mount_tracefs() -> Result<()> {
     Ok(())
 }
 
+/// The reference sender untraced, under zctrace and under bpftrace: throughput and sender CPU.
+fn transfers(zctrace: &Path, file: &Path, rounds: u32, size_mib: u64) -> Result<()> {
+    println!(
+        "\n# transfers: {rounds} rounds of {size_mib} MiB over loopback, untraced / zctrace / bpftrace, rotating order"
+    );
+    println!(
+        "{:<18} {:>18} {:>18} {:>18} {:>7} {:>7} {:>18} {:>18} {:>18}",
+        "workload",
+        "untraced MB/s",
+        "zctrace MB/s",
+        "bpftrace MB/s",
+        "ratio",
+        "bpf",
+        "untraced CPU s/GB",
+        "zctrace CPU s/GB",
+        "bpftrace CPU s/GB"
+    );
+    for (method, chunk) in [
+        ("sendfile", 128 << 10),
+        ("read-write", 64 << 10),
+        ("read-write", 4 << 10),
+    ] {
+        let runs = three_ways(zctrace, rounds, || transfer(zctrace, method, file, chunk))?;
+        let rate = |runs: &[Transfer]| Stats::of(runs.iter().map(|t| t.bytes_per_second / 1e6).collect());
+        let cpu = |runs: &[Transfer]| Stats::of(runs.iter().map(|t| t.cpu_seconds_per_gb).collect());
+        let [plain, traced, peer] = runs.each_ref().map(|r| (rate(r), cpu(r)));
+        println!(
+            "{:<18} {:>18} {:>18} {:>18} {:>7.3} {:>7.3} {:>18} {:>18} {:>18}",
+            format!("{method} {}KiB", chunk >> 10),
+            plain.0.show(0),
+            traced.0.show(0),
+            peer.0.show(0),
+            traced.0.median / plain.0.median,
+            peer.0.median / plain.0.median,
+            plain.1.show(2),
+            traced.1.show(2),
+            peer.1.show(2),
+        );
+    }
+    Ok(())
+}
+
+/// `rounds` runs each of `run` untraced, under zctrace and under bpftrace, rotating which goes
+/// first so warm-up and drift favour none.
+fn three_ways<T>(zctrace: &Path, rounds: u32, run: impl Fn() -> Result<T>) -> Result<[Vec<T>; 3]> {
+    let mut results = [Vec::new(), Vec::new(), Vec::new()];
+    for round in 0..rounds {
+        for step in 0..3 {
+            let side = ((round + step) % 3) as usize;
+            let value = match side {
+                0 => run()?,
+                1 => with_daemon(zctrace, &[], &run)?,
+                _ => with_bpftrace(&run)?,
+            };
+            results[side].push(value);
+        }
+    }
+    Ok(results)
+}
+
 /// Nanoseconds per event of a workload that prints them, untraced, traced by zctrace, and by bpftrace.
 fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
-    mount_tracefs()?;
     println!("\n# per-event cost: {pairs} rounds of untraced / zctrace / bpftrace, rotating order");
     println!(
         "{:<36} {:>22} {:>22} {:>22} {:>9} {:>12} {:>12}",
@@ -167,17 +187,7 @@ fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
         ("spawn /bin/true, per process", SPAWN),
     ];
     for (name, args) in workloads {
-        let run = || ns_per_event(zctrace, &args);
-        let (mut plain, mut traced, mut peer) = (Vec::new(), Vec::new(), Vec::new());
-        for round in 0..pairs {
-            for step in 0..3 {
-                match (round + step) % 3 {
-                    0 => plain.push(run()?),
-                    1 => traced.push(with_daemon(zctrace, &[], run)?),
-                    _ => peer.push(with_bpftrace(run)?),
-                }
-            }
-        }
+        let [plain, traced, peer] = three_ways(zctrace, pairs, || ns_per_event(zctrace, &args))?;
         let (p, t, b) = (Stats::of(plain), Stats::of(traced), Stats::of(peer));
         println!(
             "{:<36} {:>22} {:>22} {:>22} {:>9.3} {:>12.1} {:>12.1}",
