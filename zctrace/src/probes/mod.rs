@@ -136,37 +136,9 @@ impl Tracer {
     /// reported in [`Tracer::statuses`] and the others keep working; the load fails only when no
     /// counting probe attached at all.
     pub fn load(options: &ProbeOptions) -> Result<Tracer> {
-        let offsets = offsets::resolve_from_sys_fs()?;
+        let mut ebpf = load_programs(options)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
-        let config = ProbeConfig {
-            filter_tgid: options.filter_tgid.unwrap_or(0),
-            reserved: 0,
-        };
-        let mut loader = EbpfLoader::new();
-        loader
-            .btf(Some(&btf))
-            .override_global("OFFSETS", &offsets, true)
-            .override_global("CONFIG", &config, true);
-        for (map, capacity) in &options.map_capacity {
-            loader.map_max_entries(map, *capacity);
-        }
-        let mut ebpf = loader
-            .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zctrace")))
-            .context(privilege_hint("loading zctrace's eBPF programs"))?;
-        let mut statuses = Vec::new();
-        for &(probe, hook) in TRACEPOINTS.iter().chain(INSTRUMENTS) {
-            let is_instrument = INSTRUMENTS.iter().any(|(p, _)| *p == probe);
-            let hook = options.hook(probe, hook).to_string();
-            let mode = match options.selected(probe) {
-                false if is_instrument => continue,
-                false => ProbeMode::Off,
-                true => match attach_tracepoint(&mut ebpf, probe, &hook, &btf) {
-                    Ok(()) => ProbeMode::TpBtf,
-                    Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
-                },
-            };
-            statuses.push(ProbeStatus { probe, hook, mode });
-        }
+        let mut statuses = attach_tracepoints(&mut ebpf, options, &btf);
         if !statuses.iter().any(|s| s.mode.is_attached()) {
             let reasons: Vec<String> = statuses
                 .iter()
@@ -177,21 +149,11 @@ impl Tracer {
                 privilege_hint(&format!("no probe attached ({})", reasons.join("; ")))
             );
         }
-        for &(probe, hook) in COPY_OBSERVERS {
-            let mode = if !options.observe_copies {
-                ProbeMode::Unavailable(NOT_REQUESTED.into())
-            } else {
-                match attach_fexit(&mut ebpf, probe, hook, &btf) {
-                    Ok(()) => ProbeMode::Fexit,
-                    Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
-                }
-            };
-            statuses.push(ProbeStatus {
-                probe,
-                hook: hook.to_string(),
-                mode,
-            });
-        }
+        statuses.extend(attach_copy_observers(&mut ebpf, options, &btf));
+        drop(btf);
+        // Parsing BTF leaves ~20 MiB of freed heap behind; hand it back to the system.
+        // SAFETY: malloc_trim only releases free memory.
+        unsafe { libc::malloc_trim(0) };
         let map_fds = SIZED_MAPS
             .iter()
             .map(|name| map_fd(&ebpf, name))
@@ -301,6 +263,69 @@ impl Tracer {
             .map(name)
             .with_context(|| format!("{name} map missing from the eBPF object"))
     }
+}
+
+/// Creates the maps and parses the programs, with the kernel's offsets and the options filled in.
+fn load_programs(options: &ProbeOptions) -> Result<Ebpf> {
+    let offsets = offsets::resolve_from_sys_fs()?;
+    let config = ProbeConfig {
+        filter_tgid: options.filter_tgid.unwrap_or(0),
+        reserved: 0,
+    };
+    let mut loader = EbpfLoader::new();
+    // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come
+    // from OFFSETS): drop that copy before parsing the one attaching needs, so two never coexist
+    // (about 20 MiB each).
+    loader
+        .btf(None)
+        .override_global("OFFSETS", &offsets, true)
+        .override_global("CONFIG", &config, true);
+    for (map, capacity) in &options.map_capacity {
+        loader.map_max_entries(map, *capacity);
+    }
+    loader
+        .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zctrace")))
+        .context(privilege_hint("loading zctrace's eBPF programs"))
+}
+
+/// Attaches the selected counting probes and instruments; a failure is a status, not an error.
+fn attach_tracepoints(ebpf: &mut Ebpf, options: &ProbeOptions, btf: &Btf) -> Vec<ProbeStatus> {
+    let mut statuses = Vec::new();
+    for &(probe, hook) in TRACEPOINTS.iter().chain(INSTRUMENTS) {
+        let is_instrument = INSTRUMENTS.iter().any(|(p, _)| *p == probe);
+        let hook = options.hook(probe, hook).to_string();
+        let mode = match options.selected(probe) {
+            false if is_instrument => continue,
+            false => ProbeMode::Off,
+            true => match attach_tracepoint(ebpf, probe, &hook, btf) {
+                Ok(()) => ProbeMode::TpBtf,
+                Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
+            },
+        };
+        statuses.push(ProbeStatus { probe, hook, mode });
+    }
+    statuses
+}
+
+fn attach_copy_observers(ebpf: &mut Ebpf, options: &ProbeOptions, btf: &Btf) -> Vec<ProbeStatus> {
+    COPY_OBSERVERS
+        .iter()
+        .map(|&(probe, hook)| {
+            let mode = if !options.observe_copies {
+                ProbeMode::Unavailable(NOT_REQUESTED.into())
+            } else {
+                match attach_fexit(ebpf, probe, hook, btf) {
+                    Ok(()) => ProbeMode::Fexit,
+                    Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
+                }
+            };
+            ProbeStatus {
+                probe,
+                hook: hook.to_string(),
+                mode,
+            }
+        })
+        .collect()
 }
 
 /// A descriptor of our own for map `name`, found through /proc/self/fdinfo by the map's id:
