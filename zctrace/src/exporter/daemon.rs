@@ -150,10 +150,11 @@ impl State {
             // A cgroup removed before it was seen stays unlabelled rather than rescanned per scrape.
             self.cgroups.entry(figures.cgroup_id).or_default().clone()
         });
-        SeriesKey {
-            comm: figures.comm.clone(),
-            pid,
-            cgroup,
-        }
+        // A process that has not switched out yet has no name in the maps: /proc knows it.
+        let comm = match figures.comm.as_str() {
+            "" if procfs::is_alive(&figures.key) => procfs::comm(figures.key.tgid).unwrap_or_default(),
+            comm => comm.to_string(),
+        };
+        SeriesKey { comm, pid, cgroup }
     }
 }

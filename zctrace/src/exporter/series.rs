@@ -3,13 +3,17 @@
 //! Each label set is assigned a bucket the first time it is seen, and keeps it: its own series
 //! while fewer than `top` exist, else the shared `comm="other"` series. Sticky buckets keep every
 //! counter monotonic. Counts of exited processes are kept in their bucket until no process has
-//! had that label set for the grace period; then the series disappears.
+//! had that label set for the grace period; then the series disappears. A process whose labels
+//! change while it runs (exec renames it; its name is learnt late) leaves what its old series
+//! showed there, and only what follows counts under the new one.
 use std::{
     collections::{BTreeMap, HashMap},
     time::{Duration, Instant},
 };
 
 use zctrace_common::FdKind;
+
+use zctrace_common::ProcessKey;
 
 use crate::accounting::{ProcessFigures, TcpSend};
 
@@ -126,6 +130,16 @@ struct Slot {
     last_live: Instant,
 }
 
+/// Where a live process's counts are shown.
+struct Attribution {
+    series: SeriesKey,
+    /// Counts shown under earlier label sets, not to be shown again.
+    shown_elsewhere: Option<ProcessFigures>,
+    /// The figures last rendered under `series`.
+    last: ProcessFigures,
+    last_seen: Instant,
+}
+
 pub struct SeriesBook {
     top: usize,
     /// Only comms matching get a series of their own (`--comm`).
@@ -136,6 +150,7 @@ pub struct SeriesBook {
     overflow: HashMap<SeriesKey, Instant>,
     other_retired: SeriesTotals,
     dropped: u64,
+    processes: HashMap<ProcessKey, Attribution>,
 }
 
 impl SeriesBook {
@@ -148,6 +163,7 @@ impl SeriesBook {
             overflow: HashMap::new(),
             other_retired: SeriesTotals::default(),
             dropped: 0,
+            processes: HashMap::new(),
         }
     }
 
@@ -158,6 +174,42 @@ impl SeriesBook {
 
     /// Keeps the final counts of a process that exited.
     pub fn retire(&mut self, key: SeriesKey, figures: &ProcessFigures, now: Instant) {
+        let share = self.attribute(key.clone(), figures, now);
+        self.processes.remove(&figures.key);
+        self.keep(key, &share, now);
+    }
+
+    /// The part of `figures` to show under `key`. When the process's labels changed since the
+    /// last render, what the old series showed stays there as retired counts.
+    fn attribute(&mut self, key: SeriesKey, figures: &ProcessFigures, now: Instant) -> ProcessFigures {
+        let Some(seen) = self.processes.get_mut(&figures.key) else {
+            self.processes.insert(
+                figures.key,
+                Attribution {
+                    series: key,
+                    shown_elsewhere: None,
+                    last: figures.clone(),
+                    last_seen: now,
+                },
+            );
+            return figures.clone();
+        };
+        let renamed = (seen.series != key).then(|| {
+            let shown = unshown(&seen.last, &seen.shown_elsewhere);
+            seen.shown_elsewhere = Some(seen.last.clone());
+            (std::mem::replace(&mut seen.series, key), shown)
+        });
+        seen.last = figures.clone();
+        seen.last_seen = now;
+        let share = unshown(figures, &seen.shown_elsewhere);
+        if let Some((old, shown)) = renamed {
+            self.keep(old, &shown, now);
+        }
+        share
+    }
+
+    /// Adds counts that no live process carries any more to `key`'s bucket.
+    fn keep(&mut self, key: SeriesKey, figures: &ProcessFigures, now: Instant) {
         if self.assign(key.clone(), now) {
             self.own
                 .get_mut(&key)
@@ -178,12 +230,13 @@ impl SeriesBook {
         self.expire(now);
         let mut totals: BTreeMap<SeriesKey, SeriesTotals> = BTreeMap::new();
         for (key, figures) in live {
+            let share = self.attribute(key.clone(), figures, now);
             let bucket = if self.assign(key.clone(), now) {
                 key.clone()
             } else {
                 SeriesKey::other()
             };
-            totals.entry(bucket).or_default().add_process(figures);
+            totals.entry(bucket).or_default().add_process(&share);
         }
         for (key, slot) in &self.own {
             totals.entry(key.clone()).or_default().merge(&slot.retired);
@@ -230,6 +283,15 @@ impl SeriesBook {
         self.own
             .retain(|_, slot| now.duration_since(slot.last_live) <= grace);
         self.overflow.retain(|_, seen| now.duration_since(*seen) <= grace);
+        self.processes
+            .retain(|_, process| now.duration_since(process.last_seen) <= grace);
+    }
+}
+
+fn unshown(figures: &ProcessFigures, shown_elsewhere: &Option<ProcessFigures>) -> ProcessFigures {
+    match shown_elsewhere {
+        Some(shown) => figures.since(shown),
+        None => figures.clone(),
     }
 }
 
@@ -247,14 +309,27 @@ mod tests {
         }
     }
 
+    /// A process of its own (a new pid each call) that wrote `bytes` to TCP.
     fn sender(bytes: u64) -> ProcessFigures {
+        static PIDS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+        let tgid = PIDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        sent_by(tgid, bytes)
+    }
+
+    /// Process `tgid` having written `bytes` to TCP so far, a byte per call.
+    fn sent_by(tgid: u32, bytes: u64) -> ProcessFigures {
         ProcessFigures {
+            key: ProcessKey {
+                tgid,
+                reserved: 0,
+                start_boottime_ns: 1,
+            },
             paths: vec![PathFigures {
                 syscall: "write",
                 src: FdKind::User,
                 dst: FdKind::Tcp,
                 zerocopy_flag: false,
-                calls: 1,
+                calls: bytes,
                 errors: 0,
                 bytes,
                 cpu_copy_bytes: bytes,
@@ -298,6 +373,30 @@ mod tests {
             bytes_of(&after, "a"),
             Some(101),
             "the exited process's bytes are kept"
+        );
+    }
+
+    #[test]
+    fn a_renamed_process_leaves_its_old_series_as_it_was() {
+        let mut book = SeriesBook::new(10, Duration::from_secs(60), None);
+        let t0 = Instant::now();
+        let at = |s| t0 + Duration::from_secs(s);
+        let before_exec = book.render(&[(key("bash"), sent_by(7, 10))], at(0));
+        assert_eq!(bytes_of(&before_exec, "bash"), Some(10));
+        let after_exec = book.render(&[(key("cat"), sent_by(7, 25))], at(1));
+        assert_eq!(bytes_of(&after_exec, "bash"), Some(10), "bash never goes down");
+        assert_eq!(
+            bytes_of(&after_exec, "cat"),
+            Some(15),
+            "cat counts from the rename"
+        );
+        book.retire(key("cat"), &sent_by(7, 30), at(2));
+        let exited = book.render(&[], at(3));
+        assert_eq!(bytes_of(&exited, "bash"), Some(10));
+        assert_eq!(
+            bytes_of(&exited, "cat"),
+            Some(20),
+            "all 30 bytes, each counted once"
         );
     }
 
