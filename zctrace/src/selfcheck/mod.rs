@@ -225,9 +225,7 @@ fn ping_pong(rounds: u64) -> Result<()> {
     let (to_parent_r, to_parent_w) = pipe()?;
     let mut byte = [0u8; 1];
     // Both on one CPU: every round trip is then exactly two context switches there.
-    let mut cpu0 = CpuSet::new();
-    cpu0.set(0)?;
-    sched_setaffinity(Pid::from_raw(0), &cpu0).context("pinning to CPU 0")?;
+    pin_to_cpu0()?;
     // SAFETY: the child only makes read/write syscalls and exits.
     match unsafe { fork() }? {
         ForkResult::Child => {
@@ -262,9 +260,7 @@ fn tcp_ping_pong(rounds: u64) -> Result<()> {
     child_end.set_nodelay(true)?;
     let mut byte = [0u8; 1];
     // Both on one CPU, as in the pipe ping-pong: steadier, and every message is a switch.
-    let mut cpu0 = CpuSet::new();
-    cpu0.set(0)?;
-    sched_setaffinity(Pid::from_raw(0), &cpu0).context("pinning to CPU 0")?;
+    pin_to_cpu0()?;
     // SAFETY: the child only makes read/write syscalls and exits.
     match unsafe { nix::unistd::fork() }? {
         nix::unistd::ForkResult::Child => {
@@ -292,10 +288,16 @@ fn tcp_ping_pong(rounds: u64) -> Result<()> {
     }
 }
 
-fn spin_on_cpu0(millis: u64) -> Result<()> {
+/// Pins the calling thread (and the children it forks after) to CPU 0.
+fn pin_to_cpu0() -> Result<()> {
     let mut cpu0 = CpuSet::new();
     cpu0.set(0)?;
     sched_setaffinity(Pid::from_raw(0), &cpu0).context("pinning to CPU 0")?;
+    Ok(())
+}
+
+fn spin_on_cpu0(millis: u64) -> Result<()> {
+    pin_to_cpu0()?;
     let until = Instant::now() + Duration::from_millis(millis);
     while Instant::now() < until {
         std::hint::spin_loop();
