@@ -301,32 +301,18 @@ fn daemon_footprint(zctrace: &Path) -> Result<()> {
 /// least 10,000 series: the time and size curl sees.
 fn daemon_scrape(zctrace: &Path, dir: &Path) -> Result<()> {
     let (mut daemon, address) = start_daemon_with(zctrace, &["--top", "5000"])?;
-    let url = format!("http://{address}/metrics");
-    let curl = || -> Result<(f64, f64, String)> {
-        let output = Command::new("curl")
-            .args(["-sf", "-w", "\n%{time_total} %{size_download}", &url])
-            .output()?;
-        let text = String::from_utf8(output.stdout)?;
-        let (body, timing) = text.rsplit_once('\n').context("curl output")?;
-        let (seconds, size) = timing.split_once(' ').context("curl timing")?;
-        Ok((seconds.parse()?, size.parse()?, body.to_string()))
-    };
     let samples = |body: &str| body.lines().filter(|l| !l.starts_with('#')).count();
     let mut spawned = 0;
-    while samples(&curl()?.2) < 10_000 {
+    while samples(&scrape(&address)?.body) < 10_000 {
         for _ in 0..50 {
-            let link = dir.join(format!("zcscrape-{spawned:04}"));
-            if !link.exists() {
-                std::os::unix::fs::symlink("/bin/true", &link)?;
-            }
-            Command::new(&link).status()?;
+            Command::new(alias(dir, &format!("zcscrape-{spawned:04}"), "/bin/true")?).status()?;
             spawned += 1;
         }
     }
-    let runs: Vec<(f64, f64, String)> = (0..20).map(|_| curl()).collect::<Result<_>>()?;
-    let millis = Stats::of(runs.iter().map(|r| r.0 * 1e3).collect());
-    let kib = runs.iter().map(|r| r.1).fold(0.0, f64::max) / 1024.0;
-    let series = runs.iter().map(|r| samples(&r.2)).max().unwrap_or(0);
+    let runs: Vec<Scrape> = (0..20).map(|_| scrape(&address)).collect::<Result<_>>()?;
+    let millis = Stats::of(runs.iter().map(|r| r.millis).collect());
+    let kib = runs.iter().map(|r| r.body.len()).max().unwrap_or(0) as f64 / 1024.0;
+    let series = runs.iter().map(|r| samples(&r.body)).max().unwrap_or(0);
     let rss = status_kib(daemon.id(), "VmRSS")?;
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     daemon.wait()?;
@@ -336,6 +322,43 @@ fn daemon_scrape(zctrace: &Path, dir: &Path) -> Result<()> {
         rss as f64 / 1024.0
     );
     Ok(())
+}
+
+/// One GET of a daemon's /metrics.
+pub(crate) struct Scrape {
+    /// As curl timed it, from connect to the last byte.
+    pub millis: f64,
+    pub body: String,
+}
+
+pub(crate) fn scrape(address: &str) -> Result<Scrape> {
+    let output = Command::new("curl")
+        .args([
+            "-sf",
+            "-w",
+            "\n%{time_total}",
+            &format!("http://{address}/metrics"),
+        ])
+        .output()
+        .context("curl")?;
+    if !output.status.success() {
+        bail!("scraping {address} failed: {}", output.status);
+    }
+    let text = String::from_utf8(output.stdout)?;
+    let (body, seconds) = text.rsplit_once('\n').context("curl output")?;
+    Ok(Scrape {
+        millis: seconds.parse::<f64>()? * 1e3,
+        body: body.to_string(),
+    })
+}
+
+/// `dir/name`, a symlink to `target`: running it gives the process `name` as its comm.
+pub(crate) fn alias(dir: &Path, name: &str, target: &str) -> Result<PathBuf> {
+    let link = dir.join(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(target, &link)?;
+    }
+    Ok(link)
 }
 
 /// User plus system CPU time of a process, in clock ticks (1/100 s).

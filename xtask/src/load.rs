@@ -7,10 +7,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, Result};
 
 use crate::{
-    bench::{cpu_ticks, payload, start_daemon_with, status_kib, Stats},
+    bench::{alias, cpu_ticks, payload, scrape, start_daemon_with, status_kib, Scrape, Stats},
     workspace_root,
 };
 
@@ -64,40 +64,14 @@ pub fn run(processes: u32, seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// A `cat` under a name of its own (a symlink), so each process has its own comm.
+/// A `cat` under a name of its own, so each process has its own comm.
 fn run_cat(dir: &Path, n: u32, file: &Path) -> Result<()> {
-    let link = dir.join(format!("{PREFIX}{n:03}"));
-    if !link.exists() {
-        std::os::unix::fs::symlink("/bin/cat", &link)?;
-    }
+    let link = alias(dir, &format!("{PREFIX}{n:03}"), "/bin/cat")?;
     let status = Command::new(&link).arg(file).stdout(Stdio::null()).status()?;
     if !status.success() {
         bail!("{} failed: {status}", link.display());
     }
     Ok(())
-}
-
-struct Scrape {
-    millis: f64,
-    bytes: usize,
-    body: String,
-}
-
-fn scrape(address: &str) -> Result<Scrape> {
-    let started = Instant::now();
-    let output = Command::new("curl")
-        .args(["-sf", &format!("http://{address}/metrics")])
-        .output()
-        .context("curl")?;
-    if !output.status.success() {
-        bail!("scraping {address} failed: {}", output.status);
-    }
-    let body = String::from_utf8(output.stdout)?;
-    Ok(Scrape {
-        millis: started.elapsed().as_secs_f64() * 1e3,
-        bytes: body.len(),
-        body,
-    })
 }
 
 /// Bytes each load comm wrote to /dev/null, as its own series last showed them.
@@ -124,7 +98,7 @@ fn total(body: &str, name: &str, filter: &[&str]) -> f64 {
 
 fn report(processes: u32, seconds: u64, scrapes: &[Scrape], end: &Scrape, after: &Scrape) {
     let millis = Stats::of(scrapes.iter().map(|s| s.millis).collect());
-    let largest = scrapes.iter().map(|s| s.bytes).max().unwrap_or(0);
+    let largest = scrapes.iter().map(|s| s.body.len()).max().unwrap_or(0);
     let mut last_seen = BTreeMap::new();
     let mut most_series = 0;
     for scrape in scrapes.iter().chain([end]) {
