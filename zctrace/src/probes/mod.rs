@@ -127,8 +127,8 @@ pub struct MapUsage {
 pub struct Tracer {
     ebpf: Ebpf,
     statuses: Vec<ProbeStatus>,
-    /// Descriptors of the bounded maps, in [`SIZED_MAPS`] order, for batch reads.
-    map_fds: Vec<OwnedFd>,
+    /// The bounded maps, in [`SIZED_MAPS`] order.
+    bounded: Vec<BoundedMap>,
 }
 
 impl Tracer {
@@ -154,14 +154,11 @@ impl Tracer {
         // Parsing BTF leaves ~20 MiB of freed heap behind; hand it back to the system.
         // SAFETY: malloc_trim only releases free memory.
         unsafe { libc::malloc_trim(0) };
-        let map_fds = SIZED_MAPS
-            .iter()
-            .map(|name| map_fd(&ebpf, name))
-            .collect::<Result<_>>()?;
+        let bounded = bounded_maps(&ebpf)?;
         Ok(Tracer {
             ebpf,
             statuses,
-            map_fds,
+            bounded,
         })
     }
 
@@ -234,27 +231,22 @@ impl Tracer {
             self.read_all::<u32, u64>(MapSlot::OffcpuStart)?.len(),
             self.read_all::<u64, [u32; 2]>(MapSlot::PendingSend)?.len(),
         ];
-        SIZED_MAPS
+        Ok(SIZED_MAPS
             .iter()
             .zip(entries)
-            .map(|(&map, entries)| {
-                let aya::maps::Map::HashMap(data) = self.map(map)? else {
-                    anyhow::bail!("{map} is not a hash map");
-                };
-                let capacity = data.info()?.max_entries() as u64;
-                Ok(MapUsage {
-                    map,
-                    entries: entries as u64,
-                    capacity,
-                })
+            .zip(&self.bounded)
+            .map(|((&map, entries), bounded)| MapUsage {
+                map,
+                entries: entries as u64,
+                capacity: bounded.capacity,
             })
-            .collect()
+            .collect())
     }
 
     /// Every entry of one of the [`SIZED_MAPS`], whose slot is also its index there.
     fn read_all<K: aya::Pod, V: aya::Pod>(&self, map: MapSlot) -> Result<Vec<(K, V)>> {
         let index = map as usize;
-        batch::lookup_all(&self.map_fds[index])
+        batch::lookup_all(&self.bounded[index].fd)
             .with_context(|| format!("reading the {} map", SIZED_MAPS[index]))
     }
 
@@ -328,28 +320,44 @@ fn attach_copy_observers(ebpf: &mut Ebpf, options: &ProbeOptions, btf: &Btf) -> 
         .collect()
 }
 
-/// A descriptor of our own for map `name`, found through /proc/self/fdinfo by the map's id:
-/// aya keeps its descriptor private, and asking the kernel by id would need CAP_SYS_ADMIN.
-fn map_fd(ebpf: &Ebpf, name: &str) -> Result<OwnedFd> {
-    let map = ebpf.map(name).with_context(|| format!("{name} map missing"))?;
-    let aya::maps::Map::HashMap(data) = map else {
-        anyhow::bail!("{name} is not a hash map");
-    };
-    let wanted = format!("map_id:\t{}", data.info()?.id());
+/// A bounded map: a descriptor of our own for batch reads, and its capacity, read once.
+struct BoundedMap {
+    fd: OwnedFd,
+    capacity: u64,
+}
+
+/// The [`SIZED_MAPS`], their descriptors found through /proc/self/fdinfo by map id: aya keeps
+/// its descriptors private, and asking the kernel by id would need CAP_SYS_ADMIN.
+fn bounded_maps(ebpf: &Ebpf) -> Result<Vec<BoundedMap>> {
+    let mut wanted = Vec::new();
+    for name in SIZED_MAPS {
+        let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) else {
+            anyhow::bail!("{name} is missing or not a hash map");
+        };
+        let info = data.info()?;
+        wanted.push((name, format!("map_id:\t{}", info.id()), info.max_entries() as u64));
+    }
+    let mut found: Vec<Option<OwnedFd>> = wanted.iter().map(|_| None).collect();
     for entry in std::fs::read_dir("/proc/self/fd")? {
-        let fd: i32 = match entry?.file_name().to_str().and_then(|n| n.parse().ok()) {
-            Some(fd) => fd,
-            None => continue,
+        let Some(fd) = entry?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
         };
         let Ok(info) = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")) else {
             continue;
         };
-        if info.lines().any(|line| line == wanted) {
+        if let Some(index) = wanted.iter().position(|(_, id, _)| info.lines().any(|l| l == id)) {
             // SAFETY: the descriptor is open (aya holds it) for as long as the borrow is used.
-            return Ok(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?);
+            found[index] = Some(unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?);
         }
     }
-    anyhow::bail!("no descriptor of the {name} map in /proc/self/fdinfo")
+    wanted
+        .into_iter()
+        .zip(found)
+        .map(|((name, _, capacity), fd)| {
+            let fd = fd.with_context(|| format!("no descriptor of the {name} map in /proc/self/fdinfo"))?;
+            Ok(BoundedMap { fd, capacity })
+        })
+        .collect()
 }
 
 fn attach_tracepoint(ebpf: &mut Ebpf, probe: &str, hook: &str, btf: &Btf) -> Result<()> {
