@@ -11,36 +11,28 @@ use std::{
         atomic::{AtomicBool, Ordering},
         Arc,
     },
-    thread::sleep,
-    time::{Duration, Instant},
+    time::Duration,
 };
 
 use common::*;
 
 /// Runs `binary ARGS` to completion with no input and returns its PID.
 fn run_to_exit(binary: &Path, args: &[&str]) -> u32 {
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("spawning");
-    let pid = child.id();
-    assert!(child.wait().unwrap().success(), "{binary:?} {args:?} failed");
-    pid
+    let mut command = Command::new(binary);
+    command.args(args).stdin(Stdio::null()).stdout(Stdio::null());
+    Traced::spawn(&mut command).wait_ok().tgid
 }
 
 /// Polls the daemon until `ready` accepts its metrics; returns them.
 fn metrics_once(daemon: &Daemon, what: &str, ready: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
+    eventually(what, Duration::from_secs(30), || {
         let metrics = daemon.metrics();
         if ready(&metrics) {
-            return metrics;
+            Ok(metrics)
+        } else {
+            Err(metrics)
         }
-        assert!(Instant::now() < deadline, "{what} never showed up:\n{metrics}");
-        sleep(Duration::from_millis(200));
-    }
+    })
 }
 
 fn getppid_calls(metrics: &str, comm: &str) -> Option<f64> {
@@ -101,11 +93,18 @@ fn a_restart_resets_counters_cleanly_for_prometheus() {
     let binary = renamed_zctrace("zc-restart");
     let series = r#"zctrace_syscalls_total{comm="zc-restart",syscall="getppid"}"#;
     let scraped = |value: f64| {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while prometheus.query(&format!("{series} == {value}")).is_empty() {
-            assert!(Instant::now() < deadline, "Prometheus never scraped {value}");
-            sleep(Duration::from_millis(300));
-        }
+        eventually(
+            &format!("Prometheus scraping {value}"),
+            Duration::from_secs(30),
+            || {
+                let result = prometheus.query(&format!("{series} == {value}"));
+                if result.is_empty() {
+                    Err(format!("{:?}", prometheus.query(series)))
+                } else {
+                    Ok(())
+                }
+            },
+        )
     };
     run_to_exit(&binary, &["workload", "getppid", "1000"]);
     scraped(1000.0);

@@ -41,6 +41,22 @@ pub fn privileged(test: &str) -> bool {
     false
 }
 
+/// Polls `check` every 200 ms until it gives a value. After `within`, panics naming `what` and
+/// showing what `check` last saw instead.
+pub fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Result<T, String>) -> T {
+    let deadline = Instant::now() + within;
+    loop {
+        match check() {
+            Ok(value) => return value,
+            Err(last) => assert!(
+                Instant::now() < deadline,
+                "{what} never happened; last seen:\n{last}"
+            ),
+        }
+        sleep(Duration::from_millis(200));
+    }
+}
+
 pub fn zctrace_bin() -> &'static str {
     env!("CARGO_BIN_EXE_zctrace")
 }
@@ -391,14 +407,12 @@ impl Prometheus {
             addr,
             _dir: dir,
         };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while ureq::get(&format!("http://{}/-/ready", prometheus.addr))
-            .call()
-            .is_err()
-        {
-            assert!(Instant::now() < deadline, "prometheus did not become ready");
-            sleep(Duration::from_millis(200));
-        }
+        eventually("prometheus getting ready", Duration::from_secs(30), || {
+            ureq::get(&format!("http://{}/-/ready", prometheus.addr))
+                .call()
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
         prometheus
     }
 
