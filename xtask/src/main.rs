@@ -1,7 +1,8 @@
-//! Developer and CI entry points: `cargo xtask setup | run | test | bench | load`.
+//! Developer and CI entry points: `cargo xtask setup | run | test | vmtest | bench | load`.
 mod bench;
 mod load;
 mod setup;
+mod vmtest;
 
 use std::process::{Command, ExitCode};
 
@@ -26,8 +27,14 @@ enum Task {
         args: Vec<String>,
     },
     /// Set up, then run formatting and lint checks and the whole test suite (privileged tests
-    /// included when run as root).
+    /// included when run as root), on this kernel and on every kernel of `vmtest`.
     Test,
+    /// Set up, then boot each kernel of the matrix under qemu and run the privileged suite in it.
+    Vmtest {
+        /// Boot only this kernel of the matrix.
+        #[arg(long)]
+        kernel: Option<String>,
+    },
     /// Set up, then measure tracing overhead and the sender's methods (a report, never a failure).
     Bench {
         /// Traced/untraced pairs per workload.
@@ -80,7 +87,12 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Test => {
             setup::ensure()?;
-            test()
+            test()?;
+            vmtest::run(None)
+        }
+        Task::Vmtest { kernel } => {
+            setup::ensure()?;
+            vmtest::run(kernel.as_deref())
         }
         Task::Bench { pairs, size_mib } => {
             setup::ensure()?;
@@ -138,7 +150,7 @@ fn clippy_ebpf() -> Result<()> {
     check(command)
 }
 
-fn cargo_command(args: &[&str]) -> Command {
+pub(crate) fn cargo_command(args: &[&str]) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.args(args).current_dir(workspace_root());
     command

@@ -6,7 +6,8 @@ use anyhow::{bail, Result};
 
 use crate::check;
 
-/// Debian packages: LLVM 22 for bpf-linker, and the real programs the tests and bench run.
+/// Debian packages: LLVM 22 for bpf-linker, the real programs the tests and bench run, and what
+/// `vmtest` boots other kernels with.
 const DEBIAN_PACKAGES: &[&str] = &[
     "llvm-22-dev",
     "libpolly-22-dev",
@@ -17,6 +18,9 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "systemd",
     "curl",
     "openssl",
+    "qemu-system-x86",
+    "busybox-static",
+    "cpio",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 

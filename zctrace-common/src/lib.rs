@@ -148,6 +148,9 @@ pub struct KernelOffsets {
     pub task_files: u32,
     pub task_comm: u32,
     pub task_flags: u32,
+    pub task_signal: u32,
+    /// `signal_struct.live`: threads of the group not yet past the start of `do_exit`.
+    pub signal_live: u32,
     pub files_fdt: u32,
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
@@ -256,7 +259,7 @@ mod tests {
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
         assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 4));
-        assert_eq!(size_of::<KernelOffsets>(), 27 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 29 * 4);
     }
 
     #[test]

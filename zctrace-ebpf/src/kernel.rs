@@ -14,6 +14,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_files: 0,
     task_comm: 0,
     task_flags: 0,
+    task_signal: 0,
+    signal_live: 0,
     files_fdt: 0,
     fdtable_max_fds: 0,
     fdtable_fd: 0,
@@ -93,6 +95,14 @@ pub fn current_tgid() -> u32 {
 #[inline(always)]
 pub fn current_task_exiting() -> bool {
     field::<u32>(current_task(), offset!(task_flags)) & PF_EXITING != 0
+}
+
+/// True when no thread of the current task's group is left running: `do_exit` decrements
+/// `signal->live` before sched_process_exit, whichever arguments that tracepoint has.
+#[inline(always)]
+pub fn current_group_dead() -> bool {
+    let signal: u64 = field(current_task(), offset!(task_signal));
+    field::<i32>(signal, offset!(signal_live)) == 0
 }
 
 /// Key of the process `task` belongs to, given its tgid.

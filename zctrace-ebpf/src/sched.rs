@@ -7,7 +7,10 @@ use aya_ebpf::{
 use zctrace_common::MapSlot;
 
 use crate::{
-    kernel::{current_task, current_task_exiting, field, filtered_out, offset, process_key, read},
+    kernel::{
+        current_group_dead, current_task, current_task_exiting, field, filtered_out, offset, process_key,
+        read,
+    },
     maps::{
         add, count_error, create_current_process_entry, current_process_entry, process_entry, OFFCPU_START,
         PENDING_SEND, PROCESSES,
@@ -91,20 +94,20 @@ fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
 
 /// Why sched_process_exit: a thread's last event, so its per-thread entries are freed here, and
 /// when its whole group is dead the process entry is marked for user space to fold and free.
+/// Its arguments differ between kernels (6.1 passes only the task), so it reads none.
 #[btf_tracepoint(function = "sched_process_exit")]
-pub fn sched_process_exit(ctx: BtfTracePointContext) -> u32 {
-    match try_sched_process_exit(&ctx) {
+pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
+    match try_sched_process_exit() {
         Ok(r) | Err(r) => r,
     }
 }
 
-fn try_sched_process_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+fn try_sched_process_exit() -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = OFFCPU_START.remove(pid_tgid as u32);
     let _ = PENDING_SEND.remove(pid_tgid);
-    let group_dead: u64 = ctx.arg(1);
     let tgid = (pid_tgid >> 32) as u32;
-    if group_dead & 1 == 0 || filtered_out(tgid) {
+    if filtered_out(tgid) || !current_group_dead() {
         return Ok(0);
     }
     let key = process_key(current_task(), tgid)?;

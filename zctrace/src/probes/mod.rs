@@ -259,7 +259,7 @@ impl Tracer {
 
 /// Creates the maps and parses the programs, with the kernel's offsets and the options filled in.
 fn load_programs(options: &ProbeOptions) -> Result<Ebpf> {
-    let offsets = offsets::resolve_from_sys_fs()?;
+    let offsets = offsets::resolve(&offsets::kernel_btf()?)?;
     let config = ProbeConfig {
         filter_tgid: options.filter_tgid.unwrap_or(0),
         reserved: 0,

@@ -6,13 +6,30 @@ use zctrace_common::KernelOffsets;
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
-pub fn resolve_from_sys_fs() -> Result<KernelOffsets> {
-    // Mmap: parsing it all would peak at about 40 MiB, twice the daemon's steady size.
-    let btf = Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap)
-        .with_context(|| format!("reading kernel BTF from {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)"))?;
-    resolve(&btf)
+/// The running kernel's BTF, mapped rather than parsed: parsing it all would peak at about
+/// 40 MiB, twice the daemon's steady size.
+pub fn kernel_btf() -> Result<Btf> {
+    let context = || format!("reading kernel BTF from {VMLINUX_BTF} (needs CONFIG_DEBUG_INFO_BTF)");
+    match Btf::from_file_with_backend(VMLINUX_BTF, Backend::Mmap) {
+        Ok(btf) => Ok(btf),
+        // Kernels before mmap support for this file (6.1 among them) refuse with ENODEV; a
+        // memfd holding a copy can be mapped instead, at the cost of the file's size (~5 MiB).
+        Err(btf_rs::Error::IO(e)) if e.raw_os_error() == Some(libc::ENODEV) => {
+            mapped_copy(VMLINUX_BTF).with_context(context)
+        }
+        Err(e) => Err(e).with_context(context),
+    }
 }
 
+fn mapped_copy(path: &str) -> Result<Btf> {
+    use nix::sys::memfd::{memfd_create, MFdFlags};
+    let memfd = std::fs::File::from(memfd_create("zctrace-btf", MFdFlags::MFD_CLOEXEC)?);
+    std::io::copy(&mut std::fs::File::open(path)?, &mut &memfd)?;
+    let through = format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&memfd));
+    Ok(Btf::from_file_with_backend(through, Backend::Mmap)?)
+}
+
+/// The offsets the programs read kernel structs at.
 pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
     let field = |s: &str, path: &str| field_offset(btf, s, path);
     Ok(KernelOffsets {
@@ -23,6 +40,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         task_files: field("task_struct", "files")?,
         task_comm: field("task_struct", "comm")?,
         task_flags: field("task_struct", "flags")?,
+        task_signal: field("task_struct", "signal")?,
+        signal_live: field("signal_struct", "live")?,
         files_fdt: field("files_struct", "fdt")?,
         fdtable_max_fds: field("fdtable", "max_fds")?,
         fdtable_fd: field("fdtable", "fd")?,

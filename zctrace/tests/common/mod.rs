@@ -57,8 +57,11 @@ pub fn eventually<T>(what: &str, within: Duration, mut check: impl FnMut() -> Re
     }
 }
 
+/// The zctrace binary: cargo's, or `ZCTRACE_BIN` where the tests run away from the build tree
+/// (`cargo xtask vmtest` boots them in other kernels).
 pub fn zctrace_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_zctrace")
+    static BIN: OnceLock<String> = OnceLock::new();
+    BIN.get_or_init(|| std::env::var("ZCTRACE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_zctrace").into()))
 }
 
 pub fn load_tracer() -> Tracer {
