@@ -35,6 +35,7 @@ pub const KERNELS: &[Kernel] = &[Kernel {
 }];
 
 /// The privileged tests that run in every VM: (test binary, test names; empty runs them all).
+/// `kernel_matrix` runs uncaptured, so the console shows each kernel's modes and copies.
 /// Left out: tests that need programs the VM does not carry (Prometheus, promtool, curl,
 /// openssl, systemd-analyze) and the host-only overhead and load benchmarks.
 const SUITE: &[(&str, &[&str])] = &[
@@ -291,13 +292,14 @@ ip link set lo up
 export PATH=/bin:{VM_BIN} HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
 export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1
 echo \"zctrace-vm: kernel $(uname -r)\"
+{VM_BIN}/zctrace probes 2>&1
 "
     );
     for (test, names) in SUITE {
-        let filter = if names.is_empty() {
-            String::new()
-        } else {
-            format!(" --exact {}", names.join(" "))
+        let filter = match (*test, names.is_empty()) {
+            ("kernel_matrix", _) => " --nocapture".to_string(),
+            (_, true) => String::new(),
+            (_, false) => format!(" --exact {}", names.join(" ")),
         };
         script += &format!(
             "echo \"zctrace-vm: {test} start\"\n{VM_BIN}/{test} --test-threads=1{filter} 2>&1\necho \"zctrace-vm: {test} exit=$?\"\n"

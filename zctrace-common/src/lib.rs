@@ -56,8 +56,9 @@ pub struct ProcessStats {
     pub tcp_send_bytes: [u64; TCP_PATHS],
     /// MSG_ZEROCOPY bytes sent to a loopback route, where the receiver forces a deferred copy.
     pub tcp_zerocopy_local_bytes: u64,
-    /// Bytes copied by the kernel's copy routines, when fexit on them is allowed (else 0).
-    pub observed_copy_bytes: u64,
+    /// Bytes copied by each kernel routine zctrace observes, indexed by [`CopyRoutine`] (all 0
+    /// where the kernel allows neither trampolines nor kprobes on them).
+    pub observed_copy_bytes: [u64; COPY_ROUTINES],
     /// Non-zero once the whole thread group has exited: user space may fold and free the entry.
     pub exited: u64,
     /// cgroup v2 id (the cgroup directory's inode number) of the process, for container labels.
@@ -78,6 +79,38 @@ pub enum TcpPath {
     Unclassified = 3,
 }
 pub const TCP_PATHS: usize = 4;
+
+/// A kernel routine whose copies are observed at its exit, where trampolines or kprobes reach it.
+/// TCP send copies and socket receive copies are observed by the TCP send path and
+/// `skb_copy_datagram_iovec` instead.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CopyRoutine {
+    /// `filemap_read`: page cache to a user (or kernel) buffer.
+    FilemapRead = 0,
+    /// `shmem_file_read_iter`: tmpfs pages to a buffer (tmpfs does not read through filemap_read).
+    ShmemRead = 1,
+    /// `generic_perform_write`: a buffer into the page cache.
+    PerformWrite = 2,
+    /// `pipe_read`: pipe buffers to a buffer.
+    PipeRead = 3,
+    /// `pipe_write`: a buffer into pipe buffers.
+    PipeWrite = 4,
+    /// `skb_copy_ubufs`: MSG_ZEROCOPY pages copied because a local receiver queues them.
+    ZerocopyDeferred = 5,
+}
+pub const COPY_ROUTINES: usize = 6;
+
+/// What `tcp_sendmsg_locked` decided about the send in progress on one thread, kept until its
+/// byte count is known (at `sock_send_length`, or the function's return for kprobes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PendingSend {
+    /// A [`TcpPath`].
+    pub path: u32,
+    /// Non-zero when the route is a loopback device.
+    pub loopback: u32,
+}
 
 /// What a file descriptor refers to, as far as the copy model cares.
 #[repr(u8)]
@@ -131,10 +164,11 @@ pub enum MapSlot {
     Processes = 1,
     OffcpuStart = 2,
     PendingSend = 3,
+    PendingCopy = 4,
     /// Not a map: sendmmsg/recvmmsg vectors longer than the programs walk (bytes undercounted).
-    MmsgTruncated = 4,
+    MmsgTruncated = 5,
 }
-pub const MAP_SLOTS: u32 = 5;
+pub const MAP_SLOTS: u32 = 6;
 
 /// Kernel struct field offsets, resolved from `/sys/kernel/btf/vmlinux` at load time (aya emits no
 /// CO-RE relocations from Rust) and handed to the programs as a global.
@@ -172,6 +206,12 @@ pub struct KernelOffsets {
     pub msghdr_ubuf: u32,
     /// Bit number of `SOCK_ZEROCOPY` in `sock::sk_flags` (an enum value, read from BTF too).
     pub sock_zerocopy_bit: u32,
+    pub iov_iter_type: u32,
+    /// `ITER_PIPE`: a splice into a pipe, which references pages rather than copying them. Only
+    /// kernels before 6.5 have it; elsewhere it is a value no iterator has.
+    pub iter_pipe: u32,
+    pub skb_data_len: u32,
+    pub reserved: u32,
 }
 
 /// Run-time configuration of the programs, set as a global before load.
@@ -246,6 +286,7 @@ mod pod {
     unsafe impl aya::Pod for ProcessStats {}
     unsafe impl aya::Pod for KernelOffsets {}
     unsafe impl aya::Pod for ProbeConfig {}
+    unsafe impl aya::Pod for PendingSend {}
 }
 
 #[cfg(test)]
@@ -258,8 +299,12 @@ mod tests {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
-        assert_eq!(size_of::<ProcessStats>(), 16 + 8 * (4 + TCP_PATHS + 4));
-        assert_eq!(size_of::<KernelOffsets>(), 29 * 4);
+        assert_eq!(
+            size_of::<ProcessStats>(),
+            16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2)
+        );
+        assert_eq!(size_of::<KernelOffsets>(), 33 * 4);
+        assert_eq!(size_of::<PendingSend>(), 8);
     }
 
     #[test]

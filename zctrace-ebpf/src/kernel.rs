@@ -36,6 +36,10 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     msghdr_flags: 0,
     msghdr_ubuf: 0,
     sock_zerocopy_bit: 0,
+    iov_iter_type: 0,
+    iter_pipe: 0,
+    skb_data_len: 0,
+    reserved: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -71,6 +75,31 @@ pub fn field<T: Copy>(base: u64, offset: u64) -> T {
     // SAFETY: the verifier checks the access against the type's BTF and turns it into a
     // fault-guarded load.
     unsafe { core::ptr::read_volatile((base + offset) as *const T) }
+}
+
+/// How a program reads the kernel objects its hook hands it.
+pub trait Access {
+    fn get<T: Copy>(base: u64, offset: u64) -> Result<T, u32>;
+}
+
+/// Through BTF-typed pointers (tp_btf, fentry and fexit arguments): guarded plain loads.
+pub struct Typed;
+
+/// Through untyped ones (kprobe registers): the probe-read helper.
+pub struct Untyped;
+
+impl Access for Typed {
+    #[inline(always)]
+    fn get<T: Copy>(base: u64, offset: u64) -> Result<T, u32> {
+        Ok(field(base, offset))
+    }
+}
+
+impl Access for Untyped {
+    #[inline(always)]
+    fn get<T: Copy>(base: u64, offset: u64) -> Result<T, u32> {
+        read(base, offset)
+    }
 }
 
 /// True when the process should be skipped because another one was asked for.

@@ -1,13 +1,14 @@
-//! zctrace's kernel side: thin tracepoint hooks that count, per process, what the data path did.
+//! zctrace's kernel side: thin hooks that count, per process, what the data path did.
 //!
-//! Every hook is a BTF tracepoint: this project's target kernels may lack kprobes and fentry, and
-//! BTF tracepoints are the cheapest hook that still runs everywhere BTF exists.
+//! BTF tracepoints come first: some target kernels lack kprobes and fentry, and they are the
+//! cheapest hook that runs everywhere BTF exists. Where a kernel lacks a tracepoint, fexit or
+//! kprobe twins of the program stand in; user space attaches the first that works.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
 #![allow(internal_features)]
 
-mod copy_observer;
+mod copies;
 mod floor;
 mod kernel;
 mod maps;

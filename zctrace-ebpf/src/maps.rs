@@ -8,7 +8,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use zctrace_common::{MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
+use zctrace_common::{MapSlot, PendingSend, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
 
 use crate::kernel::current_task_exiting;
 
@@ -27,14 +27,10 @@ pub static OFFCPU_START: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0)
 #[map]
 pub static PENDING_SEND: HashMap<u64, PendingSend> = HashMap::with_max_entries(16384, 0);
 
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct PendingSend {
-    /// A [`zctrace_common::TcpPath`].
-    pub path: u32,
-    /// Non-zero when the route is a loopback device.
-    pub loopback: u32,
-}
+/// Per thread (pid_tgid): the bytes of a read in progress that will not be copies, from its
+/// kprobe to its kretprobe (only where copies are observed with kprobes).
+#[map]
+pub static PENDING_COPY: HashMap<u64, i64> = HashMap::with_max_entries(16384, 0);
 
 /// Failed updates, indexed by [`MapSlot`].
 #[map]

@@ -13,7 +13,7 @@ use crate::{
     },
     maps::{
         add, count_error, create_current_process_entry, current_process_entry, process_entry, OFFCPU_START,
-        PENDING_SEND, PROCESSES,
+        PENDING_COPY, PENDING_SEND, PROCESSES,
     },
 };
 
@@ -106,6 +106,7 @@ fn try_sched_process_exit() -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let _ = OFFCPU_START.remove(pid_tgid as u32);
     let _ = PENDING_SEND.remove(pid_tgid);
+    let _ = PENDING_COPY.remove(pid_tgid);
     let tgid = (pid_tgid >> 32) as u32;
     if filtered_out(tgid) || !current_group_dead() {
         return Ok(0);

@@ -1,58 +1,125 @@
 //! The TCP send path (copied, spliced or zerocopy) and socket receive copies.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::btf_tracepoint, programs::BtfTracePointContext};
-use zctrace_common::{MapSlot, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG};
+//!
+//! The send path has three ways in, and user space attaches the first the kernel allows: the
+//! `tcp_sendmsg_locked` and `sock_send_length` tracepoints (recent kernels); fexit on the send
+//! functions (kernels with BPF trampolines but without those tracepoints, such as 6.1); kprobes
+//! on the same functions. All three share the classification and the counting below.
+use aya_ebpf::{
+    helpers::bpf_get_current_pid_tgid,
+    macros::{btf_tracepoint, fexit, kprobe, kretprobe},
+    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use zctrace_common::{
+    MapSlot, PendingSend, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG,
+};
 
 use crate::{
-    kernel::{current_task, field, filtered_out, is_tcp, offset, process_key, read},
-    maps::{add, count_error, current_process_entry, PendingSend, PENDING_SEND},
+    kernel::{current_task, filtered_out, is_tcp, offset, process_key, read, Access, Typed, Untyped},
+    maps::{add, count_error, current_process_entry, PENDING_SEND},
 };
 
 /// Why tcp_sendmsg_locked: it sees the send's msg_flags and the route's capabilities, the two
 /// things that decide whether TCP copies, references page cache pages, or pins user pages.
 #[btf_tracepoint(function = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: BtfTracePointContext) -> u32 {
-    match try_tcp_sendmsg_locked(&ctx) {
+    match remember_send::<Typed>(ctx.arg(0), ctx.arg(1)) {
         Ok(r) | Err(r) => r,
     }
 }
 
-fn try_tcp_sendmsg_locked(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    if filtered_out((pid_tgid >> 32) as u32) {
-        return Ok(0);
-    }
+/// Why sock_send_length: it reports the bytes each socket send really moved, sendfile and splice
+/// included, right after tcp_sendmsg returns.
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
     let sk: u64 = ctx.arg(0);
-    let msg: u64 = ctx.arg(1);
-    let flags: u32 = field(msg, offset!(msghdr_flags));
-    let route_caps: u64 = field(sk, offset!(sock_route_caps));
+    let sent: i32 = ctx.arg(1);
+    if !is_tcp(sk) {
+        return 0;
+    }
+    match count_pending_send(sent as i64) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Why fexit on tcp_sendmsg_locked: where the tracepoints are missing, one trampoline sees the
+/// send's flags and socket and, at exit, the bytes it moved.
+#[fexit(function = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
+    let sent: i32 = ctx.arg(3);
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let counted =
+        classify::<Typed>(ctx.arg(0), ctx.arg(1)).and_then(|send| count_send(tgid, send, sent as i64));
+    match counted {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Why fexit on do_tcp_sendpages: before 6.5, sendfile and splice reach TCP here instead of
+/// through tcp_sendmsg_locked, and only from a scatter-gather route, so every byte is a page
+/// reference.
+#[fexit(function = "do_tcp_sendpages")]
+pub fn tcp_sendpages_exit(ctx: FExitContext) -> u32 {
+    let sent: i64 = ctx.arg(5);
+    match count_spliced(sent) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Why a kprobe on tcp_sendmsg_locked: where trampolines are refused, its entry still sees the
+/// flags and socket; the bytes come at its return.
+#[kprobe]
+pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
+    let (Some(sk), Some(msg)) = (ctx.arg(0), ctx.arg(1)) else {
+        return 0;
+    };
+    match remember_send::<Untyped>(sk, msg) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Why a kretprobe on tcp_sendmsg_locked: its return value is the bytes the send moved.
+#[kretprobe]
+pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
+    let sent: i32 = ctx.ret();
+    match count_pending_send(sent as i64) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// Why a kretprobe on do_tcp_sendpages: as its fexit twin, where trampolines are refused.
+#[kretprobe]
+pub fn tcp_sendpages_return(ctx: RetProbeContext) -> u32 {
+    let sent: i64 = ctx.ret();
+    match count_spliced(sent) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+/// How TCP will move this send's payload, from its flags and the socket's route.
+#[inline(always)]
+fn classify<A: Access>(sk: u64, msg: u64) -> Result<PendingSend, u32> {
+    let flags: u32 = A::get(msg, offset!(msghdr_flags))?;
+    let route_caps: u64 = A::get(sk, offset!(sock_route_caps))?;
     let scatter_gather = route_caps & NETIF_F_SG != 0;
-    let path = if flags as u64 & MSG_ZEROCOPY != 0 && scatter_gather && zerocopy_allowed(sk, msg) {
+    let path = if flags as u64 & MSG_ZEROCOPY != 0 && scatter_gather && zerocopy_allowed::<A>(sk, msg)? {
         TcpPath::Zerocopy
     } else if flags & MSG_SPLICE_PAGES != 0 && scatter_gather {
         TcpPath::Splice
     } else {
         TcpPath::Copy
     };
-    let pending = PendingSend {
+    Ok(PendingSend {
         path: path as u32,
         loopback: (path == TcpPath::Zerocopy && routes_to_loopback(sk)) as u32,
-    };
-    // The hook fires once per segment of a send: overwrite in place after the first.
-    if let Some(slot) = PENDING_SEND.get_ptr_mut(pid_tgid) {
-        // SAFETY: only this thread writes its own entry.
-        unsafe { *slot = pending };
-    } else if PENDING_SEND.insert(pid_tgid, pending, 0).is_err() {
-        count_error(MapSlot::PendingSend);
-    }
-    Ok(0)
+    })
 }
 
 /// MSG_ZEROCOPY is honoured for io_uring's buffers (msg_ubuf) or an `SO_ZEROCOPY` socket.
 #[inline(always)]
-fn zerocopy_allowed(sk: u64, msg: u64) -> bool {
-    let ubuf: u64 = field(msg, offset!(msghdr_ubuf));
-    let sk_flags: u64 = field(sk, offset!(sock_flags));
-    ubuf != 0 || sk_flags & (1 << offset!(sock_zerocopy_bit)) != 0
+fn zerocopy_allowed<A: Access>(sk: u64, msg: u64) -> Result<bool, u32> {
+    let ubuf: u64 = A::get(msg, offset!(msghdr_ubuf))?;
+    let sk_flags: u64 = A::get(sk, offset!(sock_flags))?;
+    Ok(ubuf != 0 || sk_flags & (1 << offset!(sock_zerocopy_bit)) != 0)
 }
 
 /// A loopback receiver copies zerocopy pages when it queues them (skb_orphan_frags_rx).
@@ -64,21 +131,30 @@ fn routes_to_loopback(sk: u64) -> bool {
     matches!(dev_flags, Ok(flags) if flags & IFF_LOOPBACK != 0)
 }
 
-/// Why sock_send_length: it reports the bytes each socket send really moved, sendfile and splice
-/// included, right after tcp_sendmsg returns.
-#[btf_tracepoint(function = "sock_send_length")]
-pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
-    match try_sock_send_length(&ctx) {
-        Ok(r) | Err(r) => r,
+/// Keeps the classification of the current thread's send until its byte count is known.
+#[inline(always)]
+fn remember_send<A: Access>(sk: u64, msg: u64) -> Result<u32, u32> {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    if filtered_out((pid_tgid >> 32) as u32) {
+        return Ok(0);
     }
+    let pending = classify::<A>(sk, msg)?;
+    // The tracepoint fires once per segment of a send: overwrite in place after the first.
+    if let Some(slot) = PENDING_SEND.get_ptr_mut(pid_tgid) {
+        // SAFETY: only this thread writes its own entry.
+        unsafe { *slot = pending };
+    } else if PENDING_SEND.insert(pid_tgid, pending, 0).is_err() {
+        count_error(MapSlot::PendingSend);
+    }
+    Ok(0)
 }
 
-fn try_sock_send_length(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    let sk: u64 = ctx.arg(0);
-    let sent: i32 = ctx.arg(1);
+/// Counts `sent` bytes under the current thread's remembered classification.
+#[inline(always)]
+fn count_pending_send(sent: i64) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if sent <= 0 || filtered_out(tgid) || !is_tcp(sk) {
+    if sent <= 0 || filtered_out(tgid) {
         return Ok(0);
     }
     let unclassified = PendingSend {
@@ -92,13 +168,32 @@ fn try_sock_send_length(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         Some(slot) => unsafe { core::mem::replace(&mut *slot, unclassified) },
         None => unclassified,
     };
-    let path = pending.path;
+    count_send(tgid, pending, sent)
+}
+
+#[inline(always)]
+fn count_spliced(sent: i64) -> Result<u32, u32> {
+    let spliced = PendingSend {
+        path: TcpPath::Splice as u32,
+        loopback: 0,
+    };
+    count_send((bpf_get_current_pid_tgid() >> 32) as u32, spliced, sent)
+}
+
+#[inline(always)]
+fn count_send(tgid: u32, send: PendingSend, sent: i64) -> Result<u32, u32> {
+    if sent <= 0 || filtered_out(tgid) {
+        return Ok(0);
+    }
     let key = process_key(current_task(), tgid)?;
     let entry = current_process_entry(&key).ok_or(0u32)?;
-    // SAFETY: `entry` points into a live map value; `path` is below TCP_PATHS.
+    // SAFETY: `entry` points into a live map value; the index is masked below TCP_PATHS.
     unsafe {
-        add(&raw mut (*entry).tcp_send_bytes[(path & 3) as usize], sent as u64);
-        if path == TcpPath::Zerocopy as u32 && pending.loopback != 0 {
+        add(
+            &raw mut (*entry).tcp_send_bytes[(send.path & 3) as usize],
+            sent as u64,
+        );
+        if send.path == TcpPath::Zerocopy as u32 && send.loopback != 0 {
             add(&raw mut (*entry).tcp_zerocopy_local_bytes, sent as u64);
         }
     }

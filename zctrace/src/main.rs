@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use zctrace::{
     attach::{self, AttachArgs, TopArgs},
     exporter::{self, DaemonArgs},
-    probes::{ProbeOptions, Tracer},
+    probes::{args::ProbeArgs, ProbeMode, Role, Tracer},
     selfcheck::{self, SendArgs, Workload},
     sender::{
         self,
@@ -25,6 +25,8 @@ use zctrace::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    probe: ProbeArgs,
     /// Log level: error, warn, info, debug or trace.
     #[arg(long = "log.level", global = true, default_value = "info", value_parser = ["error", "warn", "info", "debug", "trace"])]
     log_level: String,
@@ -71,7 +73,7 @@ fn main() -> ExitCode {
         // Its fallback eprintln! panics when stderr is a closed pipe; a lost log line must not.
         .log_internal_errors(false)
         .init();
-    match run(cli.command) {
+    match run(cli.command, &cli.probe) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -80,14 +82,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> Result<()> {
+fn run(command: Command, probe: &ProbeArgs) -> Result<()> {
     match command {
-        Command::Daemon(args) => exporter::run(args),
-        Command::Attach(args) => attach::run(args),
-        Command::Top(args) => attach::run_top(args),
-        Command::Probes => probes(),
-        Command::Bench(args) => bench(&args),
-        Command::Doctor => doctor(),
+        Command::Daemon(args) => exporter::run(args, probe),
+        Command::Attach(args) => attach::run(args, probe),
+        Command::Top(args) => attach::run_top(args, probe),
+        Command::Probes => probes(probe),
+        Command::Bench(args) => bench(&args, probe),
+        Command::Doctor => doctor(probe),
         Command::Send(args) => {
             let bar = progress_bar(&args.file);
             let progress = |sent: u64| bar.set_position(sent);
@@ -106,29 +108,36 @@ fn run(command: Command) -> Result<()> {
     }
 }
 
-fn probes() -> Result<()> {
-    let tracer = Tracer::load(&ProbeOptions {
-        observe_copies: true,
-        ..Default::default()
-    })?;
+/// Every probe with the way it attached here, or each way's refusal; then what that means for
+/// the CPU copy figures.
+fn probes(probe: &ProbeArgs) -> Result<()> {
+    let tracer = Tracer::load(&probe.options())?;
+    println!("{:<26} {:<12} hooks", "probe", "mode");
     for status in tracer.statuses() {
-        let reason = match &status.mode {
-            zctrace::probes::ProbeMode::Unavailable(reason) => format!("  ({reason})"),
-            _ => String::new(),
-        };
         println!(
-            "{:<34} {:<28} {}{reason}",
+            "{:<26} {:<12} {}",
             status.probe,
-            status.hook,
-            status.mode.label()
+            status.mode.label(),
+            status.hooks
+        );
+        if let ProbeMode::Unavailable(reasons) = &status.mode {
+            println!("    {reasons}");
+        }
+    }
+    let hidden: Vec<&str> = tracer
+        .statuses()
+        .iter()
+        .filter(|s| s.role == Role::CopyObserver && !s.mode.is_attached())
+        .map(|s| s.probe)
+        .collect();
+    if hidden.is_empty() {
+        println!("cpu copies: modelled, and observed beside the model at every copy routine");
+    } else {
+        println!(
+            "cpu copies: modelled only; this kernel does not let zctrace observe {}",
+            hidden.join(", ")
         );
     }
-    let copies = if tracer.copies_observed() {
-        "observed (fexit)"
-    } else {
-        "model (fexit unavailable)"
-    };
-    println!("cpu copy figures: {copies}");
     Ok(())
 }
 
@@ -147,8 +156,8 @@ fn progress_bar(file: &std::path::Path) -> indicatif::ProgressBar {
     bar
 }
 
-fn bench(args: &BenchArgs) -> Result<()> {
-    let rows = method_bench::run(args)?;
+fn bench(args: &BenchArgs, probe: &ProbeArgs) -> Result<()> {
+    let rows = method_bench::run(args, probe)?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&rows)?);
     } else {
@@ -161,8 +170,8 @@ fn bench(args: &BenchArgs) -> Result<()> {
     Ok(())
 }
 
-fn doctor() -> Result<()> {
-    probes()?;
+fn doctor(probe: &ProbeArgs) -> Result<()> {
+    probes(probe)?;
     println!(
         "
 self-check: 8 MiB by every method, zctrace's counts against the sender's"
@@ -174,7 +183,7 @@ self-check: 8 MiB by every method, zctrace's counts against the sender's"
         json: false,
         plot: None,
     };
-    let rows = method_bench::run(&args)?;
+    let rows = method_bench::run(&args, probe)?;
     print!("{}", method_bench::table(&rows));
     let failed: Vec<&str> = rows
         .iter()

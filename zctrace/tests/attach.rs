@@ -133,7 +133,7 @@ fn a_process_that_exits_midway_is_reported_as_exited() {
     let reaper = std::thread::spawn(move || sleeper.wait());
     let started = std::time::Instant::now();
     let output = Command::new(zctrace_bin())
-        .args(["attach", "--json", "--duration", "20s", "--pid", &pid])
+        .args(["attach", "--json", "--duration", "120s", "--pid", &pid])
         .output()
         .unwrap();
     reaper.join().unwrap().unwrap();
@@ -142,8 +142,9 @@ fn a_process_that_exits_midway_is_reported_as_exited() {
         "{}",
         String::from_utf8_lossy(&output.stderr)
     );
+    // Far below --duration, even where loading the probes is slow (emulated VMs).
     assert!(
-        started.elapsed().as_secs() < 10,
+        started.elapsed().as_secs() < 60,
         "stopped when the process exited, not at --duration"
     );
     let r: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();

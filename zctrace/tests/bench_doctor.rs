@@ -64,9 +64,18 @@ fn doctor_reports_probe_modes_and_passes_its_self_check() {
         String::from_utf8_lossy(&output.stderr)
     );
     assert!(stdout.contains("sys_exit") && stdout.contains("tp_btf"));
-    assert!(
-        stdout.contains("cpu copy figures: model (fexit unavailable)"),
-        "this kernel refuses fexit: {stdout}"
-    );
+    let rows: Vec<&str> = stdout
+        .lines()
+        .skip_while(|l| !l.starts_with("method "))
+        .skip(1)
+        .take_while(|l| !l.starts_with("all methods"))
+        .collect();
+    assert_eq!(rows.len(), 8, "{stdout}");
+    let observed = stdout.contains("observed beside the model");
+    for row in rows {
+        assert!(row.ends_with("agrees"), "{row}");
+        let observed_column = row.split_whitespace().nth(5).unwrap();
+        assert_eq!(observed_column != "-", observed, "{row}");
+    }
     assert!(stdout.contains("all methods agree"));
 }

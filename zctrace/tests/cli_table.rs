@@ -22,7 +22,7 @@ const CASES: &[(&[&str], &str)] = &[
         &["daemon", "--probes", "sys_exit,kprobe"],
         "no probe named \"kprobe\"",
     ),
-    (&["daemon", "--probe.hook", "sys_exit"], "not PROBE=TRACEPOINT"),
+    (&["daemon", "--probe.hook", "sys_exit"], "not PROBE=TARGET"),
     (&["attach", "--pid", "1", "--interval", "fast"], "--interval"),
     (&["attach", "--pid", "1", "--pid", "2"], "--pid"),
     (&["attach", "--pid", "99999999999"], "--pid"),

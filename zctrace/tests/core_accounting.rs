@@ -5,7 +5,7 @@ mod common;
 use std::{fs, process::Command};
 
 use common::*;
-use zctrace::{accounting::Source, procfs};
+use zctrace::procfs;
 use zctrace_common::{
     FdKind::{self, *},
     ProcessKey,
@@ -57,11 +57,7 @@ fn sendfile_to_tcp_moves_every_byte_without_a_copy() {
         (HEADER_LEN, HEADER_LEN),
         "the header"
     );
-    assert_eq!(
-        f.cpu_copy_bytes(),
-        (HEADER_LEN, Source::Model),
-        "only the header copies"
-    );
+    assert_eq!(f.cpu_copy_bytes(), HEADER_LEN, "only the header copies");
     assert_eq!(f.tcp_send.splice, SIZE, "TCP saw the payload as spliced pages");
     assert_eq!(f.tcp_send.copy, HEADER_LEN);
     assert_eq!(f.tcp_send.unclassified, 0);
@@ -89,7 +85,7 @@ fn read_write_relay_copies_twice() {
         SIZE / chunk + 1,
         "one read per chunk and one at EOF"
     );
-    assert_eq!(f.cpu_copy_bytes().0, 2 * SIZE + HEADER_LEN);
+    assert_eq!(f.cpu_copy_bytes(), 2 * SIZE + HEADER_LEN);
     assert_eq!(f.tcp_send.copy, SIZE + HEADER_LEN);
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 }
@@ -106,7 +102,7 @@ fn mmap_write_copies_once() {
         f.path("read", Regular, User).is_none(),
         "the mapping is read without read()"
     );
-    assert_eq!(f.cpu_copy_bytes().0, SIZE + HEADER_LEN);
+    assert_eq!(f.cpu_copy_bytes(), SIZE + HEADER_LEN);
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 }
 
@@ -121,14 +117,14 @@ fn splice_vmsplice_and_tee_copy_nothing() {
     let (f, _, receiver) = transfer(&tracer, "splice", &file, 128 * 1024);
     assert_eq!(path_bytes(&f, "splice", Regular, Pipe), (SIZE, 0));
     assert_eq!(path_bytes(&f, "splice", Pipe, Tcp), (SIZE, 0));
-    assert_eq!(f.cpu_copy_bytes().0, HEADER_LEN);
+    assert_eq!(f.cpu_copy_bytes(), HEADER_LEN);
     assert_eq!(f.tcp_send.splice, SIZE);
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 
     let (f, _, receiver) = transfer(&tracer, "vmsplice", &file, 64 * 1024);
     assert_eq!(path_bytes(&f, "vmsplice", User, Pipe), (SIZE, 0));
     assert_eq!(path_bytes(&f, "splice", Pipe, Tcp), (SIZE, 0));
-    assert_eq!(f.cpu_copy_bytes().0, HEADER_LEN);
+    assert_eq!(f.cpu_copy_bytes(), HEADER_LEN);
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 
     let (f, _, receiver) = transfer(&tracer, "tee", &file, 64 * 1024);
@@ -139,7 +135,7 @@ fn splice_vmsplice_and_tee_copy_nothing() {
         (SIZE, 0),
         "the tee'd copy drained to /dev/null"
     );
-    assert_eq!(f.cpu_copy_bytes().0, HEADER_LEN, "tee copies nothing");
+    assert_eq!(f.cpu_copy_bytes(), HEADER_LEN, "tee copies nothing");
     assert_receiver_copied_everything(&tracer, &receiver, SIZE);
 }
 
@@ -196,7 +192,7 @@ fn msg_zerocopy_over_loopback_is_zerocopy_at_send_and_copied_later() {
         f.zerocopy_deferred_copy_bytes, SIZE,
         "the loopback receiver copies every pinned page"
     );
-    assert_eq!(f.cpu_copy_bytes(), (SIZE + HEADER_LEN, Source::Model));
+    assert_eq!(f.cpu_copy_bytes(), SIZE + HEADER_LEN);
     let (completions, copied) = (
         report["zerocopy_completions"].as_u64().unwrap(),
         report["zerocopy_copied"].as_u64().unwrap(),
@@ -387,6 +383,22 @@ fn every_exit_is_marked_and_leaves_no_per_thread_entry() {
         unmarked.is_empty(),
         "the kernel marked every exit, even of processes that never switched out: {} unmarked",
         unmarked.len()
+    );
+    let after = tracer.snapshot().unwrap();
+    let left: Vec<_> = after
+        .processes
+        .iter()
+        .map(|(key, _)| *key)
+        .chain(after.syscalls.iter().map(|(key, _)| key.process))
+        .filter(|left| {
+            keys.iter()
+                .any(|k| k.tgid == left.tgid && procfs::start_ticks(k) == procfs::start_ticks(left))
+        })
+        .collect();
+    assert!(
+        left.is_empty(),
+        "folded processes leave no entries: {} left",
+        left.len()
     );
     let grown = offcpu_entries(&tracer).saturating_sub(before);
     assert!(

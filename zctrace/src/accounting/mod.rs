@@ -5,7 +5,8 @@ mod syscall_names;
 use std::collections::BTreeMap;
 
 use zctrace_common::{
-    FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, Variant, MAP_SLOTS,
+    FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, Variant, COPY_ROUTINES,
+    MAP_SLOTS,
 };
 
 pub use copy_model::{kind_label, Source};
@@ -24,6 +25,23 @@ impl RawSnapshot {
         self.update_errors[slot as usize]
     }
 }
+
+/// The kernel routines whose copies are observed, as the `routine` label names them: the copy
+/// observers' (in [`zctrace_common::CopyRoutine`] order), then TCP sends down the copy path and
+/// socket receives, which the TCP probes observe.
+pub const OBSERVED_ROUTINES: [&str; COPY_ROUTINES + 2] = [
+    "filemap_read",
+    "shmem_file_read_iter",
+    "generic_perform_write",
+    "pipe_read",
+    "pipe_write",
+    "skb_copy_ubufs",
+    "tcp_sendmsg_locked",
+    "skb_copy_datagram_iter",
+];
+
+/// CPU-copied bytes seen in the kernel, by routine, in [`OBSERVED_ROUTINES`] order.
+pub type ObservedCopies = [u64; OBSERVED_ROUTINES.len()];
 
 /// One mechanism of one process: a data-path syscall between two kinds of endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -74,8 +92,8 @@ pub struct ProcessFigures {
     pub tcp_send: TcpSend,
     /// MSG_ZEROCOPY bytes sent over a loopback route: the receiver copies them (model).
     pub zerocopy_deferred_copy_bytes: u64,
-    /// Copies measured by fexit on the copy routines, where the kernel allowed it.
-    pub observed_copy_bytes: Option<u64>,
+    /// Copies seen at the kernel's copy routines, where every one of them could be observed.
+    pub observed_copies: Option<ObservedCopies>,
     /// cgroup v2 id of the process (0 when not yet known).
     pub cgroup_id: u64,
 }
@@ -138,17 +156,25 @@ impl ProcessFigures {
         (bytes, t.copy.saturating_sub(to_tcp(true)).min(bytes))
     }
 
-    /// The best CPU copy figure there is, and where it came from.
-    pub fn cpu_copy_bytes(&self) -> (u64, Source) {
-        match self.observed_copy_bytes {
-            Some(observed) => (observed, Source::Observed),
-            None => (self.modelled_cpu_copy_bytes(), Source::Model),
-        }
+    /// CPU-copied bytes by the copy model: the headline figure on every kernel, since the model
+    /// covers every data-path syscall and the observers only the routines a kernel lets them see.
+    pub fn cpu_copy_bytes(&self) -> u64 {
+        self.modelled_cpu_copy_bytes()
     }
 
-    /// CPU copies per delivered byte; `None` when nothing was delivered.
+    /// CPU copies per delivered byte, by the model; `None` when nothing was delivered.
     pub fn copies_per_byte(&self) -> Option<f64> {
-        ratio(self.cpu_copy_bytes().0, self.delivered_bytes())
+        ratio(self.cpu_copy_bytes(), self.delivered_bytes())
+    }
+
+    /// CPU-copied bytes seen in the kernel, where the copy routines could be observed.
+    pub fn observed_copy_bytes(&self) -> Option<u64> {
+        self.observed_copies.map(|copies| copies.iter().sum())
+    }
+
+    /// Observed CPU copies per delivered byte, where observed.
+    pub fn observed_copies_per_byte(&self) -> Option<f64> {
+        ratio(self.observed_copy_bytes()?, self.delivered_bytes())
     }
 
     pub fn path(&self, syscall: &str, src: FdKind, dst: FdKind) -> Option<&PathFigures> {
@@ -196,10 +222,11 @@ impl ProcessFigures {
             },
             zerocopy_deferred_copy_bytes: self.zerocopy_deferred_copy_bytes
                 - before.zerocopy_deferred_copy_bytes,
-            observed_copy_bytes: self
-                .observed_copy_bytes
-                .zip(before.observed_copy_bytes)
-                .map(|(a, b)| a - b),
+            // A process first seen after `before` was taken has copied nothing before it.
+            observed_copies: self.observed_copies.map(|now| {
+                let then = before.observed_copies.unwrap_or_default();
+                std::array::from_fn(|i| now[i] - then[i])
+            }),
             cgroup_id: self.cgroup_id,
         }
     }
@@ -272,7 +299,7 @@ fn apply_process_stats(figures: &mut ProcessFigures, stats: &ProcessStats, copie
         unclassified: tcp(TcpPath::Unclassified),
     };
     figures.zerocopy_deferred_copy_bytes = stats.tcp_zerocopy_local_bytes;
-    figures.observed_copy_bytes = copies_observed.then_some(stats.observed_copy_bytes);
+    figures.observed_copies = copies_observed.then(|| observed_copies(stats));
     figures.cgroup_id = stats.cgroup_id;
 }
 
@@ -302,6 +329,14 @@ fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &Syscall
         cpu_copy_bytes: stats.bytes * copies,
         source: Source::Model,
     });
+}
+
+fn observed_copies(stats: &ProcessStats) -> ObservedCopies {
+    let mut copies = [0; OBSERVED_ROUTINES.len()];
+    copies[..COPY_ROUTINES].copy_from_slice(&stats.observed_copy_bytes);
+    copies[COPY_ROUTINES] = stats.tcp_send_bytes[TcpPath::Copy as usize];
+    copies[COPY_ROUTINES + 1] = stats.recv_copy_bytes;
+    copies
 }
 
 /// A kernel `comm` (NUL-padded, not always UTF-8) as a string.

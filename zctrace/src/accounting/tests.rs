@@ -1,4 +1,4 @@
-use zctrace_common::nr;
+use zctrace_common::{nr, CopyRoutine};
 
 use super::*;
 
@@ -68,7 +68,7 @@ fn read_write_relay_copies_every_delivered_byte_twice() {
     assert_eq!(relay.comm, "relay");
     assert_eq!(relay.bytes(), 2 * size);
     assert_eq!(relay.delivered_bytes(), size);
-    assert_eq!(relay.cpu_copy_bytes(), (2 * size, Source::Model));
+    assert_eq!(relay.cpu_copy_bytes(), 2 * size);
     assert_eq!(relay.copies_per_byte(), Some(2.0));
     assert_eq!(relay.syscalls_total, 1025 + 1024 + 5);
     assert_eq!(relay.mode_switches(), 2 * (1025 + 1024 + 5));
@@ -113,31 +113,45 @@ fn zerocopy_deferred_copies_count_toward_the_model_total() {
     assert_eq!(sender.paths[0].cpu_copy_bytes, 0, "no copy at send time");
     assert!(sender.paths[0].zerocopy_flag);
     assert_eq!(sender.tcp_send.zerocopy, 1000);
-    assert_eq!(
-        sender.cpu_copy_bytes(),
-        (1000, Source::Model),
-        "the loopback receiver's copy"
-    );
+    assert_eq!(sender.cpu_copy_bytes(), 1000, "the loopback receiver's copy");
 }
 
 #[test]
-fn observed_copies_replace_the_model_only_when_traced() {
-    let process = ProcessStats {
-        observed_copy_bytes: 77,
+fn observed_copies_stand_beside_the_model_by_routine_only_when_traced() {
+    let mut process = ProcessStats {
+        recv_copy_bytes: 5,
         ..Default::default()
     };
+    process.observed_copy_bytes[CopyRoutine::FilemapRead as usize] = 70;
+    process.tcp_send_bytes[TcpPath::Copy as usize] = 100;
+    process.tcp_send_bytes[TcpPath::Splice as usize] = 900;
     let snapshot = RawSnapshot {
         syscalls: vec![syscall(SENDER, nr::WRITE, FdKind::User, FdKind::Tcp, 1, 100)],
         processes: vec![(SENDER, process)],
         ..Default::default()
     };
+    let traced = &per_process(&snapshot, true)[0];
+    assert_eq!(traced.cpu_copy_bytes(), 100, "the headline stays the model's");
     assert_eq!(
-        per_process(&snapshot, true)[0].cpu_copy_bytes(),
-        (77, Source::Observed)
+        traced.observed_copy_bytes(),
+        Some(70 + 100 + 5),
+        "spliced bytes are no copies"
     );
+    let by_routine = traced.observed_copies.unwrap();
+    let routine = |name| by_routine[OBSERVED_ROUTINES.iter().position(|r| *r == name).unwrap()];
     assert_eq!(
-        per_process(&snapshot, false)[0].cpu_copy_bytes(),
-        (100, Source::Model)
+        (
+            routine("filemap_read"),
+            routine("tcp_sendmsg_locked"),
+            routine("skb_copy_datagram_iter")
+        ),
+        (70, 100, 5)
+    );
+    assert_eq!(per_process(&snapshot, false)[0].observed_copy_bytes(), None);
+    assert_eq!(
+        traced.since(&ProcessFigures::default()).observed_copy_bytes(),
+        Some(175),
+        "a process unseen before copied everything since"
     );
 }
 
@@ -238,5 +252,5 @@ fn tcp_sends_without_syscalls_count_as_delivered_and_their_copies_as_copied() {
         "io_uring moved 1500 bytes, 500 of them copied"
     );
     assert_eq!(f.delivered_bytes(), 1524);
-    assert_eq!(f.cpu_copy_bytes().0, 524);
+    assert_eq!(f.cpu_copy_bytes(), 524);
 }

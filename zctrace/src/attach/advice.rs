@@ -121,7 +121,7 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
             "read()+write() copied {} through user space twice ({} of CPU copies); for a file-to-socket relay \
              sendfile() or splice() would move it with 0 CPU copies and about half the syscalls",
             mib(to_sockets),
-            mib(f.cpu_copy_bytes().0)
+            mib(f.cpu_copy_bytes())
         )),
         IoStyle::MmapWrite if to_sockets >= MEANINGFUL_BYTES => advice.push(format!(
             "write() from memory copied {} into socket buffers; if that memory maps a file, sendfile() avoids the copy \

@@ -19,7 +19,7 @@ pub use top::{run as run_top, TopArgs};
 
 use crate::{
     accounting::{kind_label, per_process, ProcessFigures},
-    probes::{privileges, ProbeOptions, Tracer},
+    probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     procfs,
 };
 use launch::Gated;
@@ -91,7 +91,7 @@ fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
-pub fn run(args: AttachArgs) -> Result<()> {
+pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     if let Some(pid) = args.pid {
         check_pid(pid)?;
     }
@@ -106,8 +106,7 @@ pub fn run(args: AttachArgs) -> Result<()> {
         .unwrap_or_else(|| launched.as_ref().expect("a command").pid.as_raw() as u32);
     let tracer = Tracer::load(&ProbeOptions {
         filter_tgid: Some(pid),
-        observe_copies: true,
-        ..Default::default()
+        ..probe.options()
     });
     let tracer = match (tracer, &mut launched) {
         (Ok(tracer), Some(child)) => child.release().map(|()| tracer)?,
@@ -226,7 +225,7 @@ impl Session {
             "{:>6.1}s  moved {} MB/s  CPU-copied {} MB/s  copies/byte {}  syscalls {:.0}/s  ctxsw {:.0}/s vol {:.0}/s invol  off-CPU {:.2} s",
             self.started.elapsed().as_secs_f64(),
             mb(per_second(last.bytes())),
-            mb(per_second(last.cpu_copy_bytes().0)),
+            mb(per_second(last.cpu_copy_bytes())),
             copies_per_byte_label(total),
             per_second(last.syscalls_total),
             per_second(last.voluntary_switches),

@@ -2,7 +2,7 @@
 use serde::Serialize;
 
 use super::advice::{advise, classify, IoStyle};
-use crate::accounting::{kind_label, ProcessFigures};
+use crate::accounting::{kind_label, ProcessFigures, Source, OBSERVED_ROUTINES};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -25,10 +25,13 @@ pub struct Report {
 pub struct Totals {
     pub bytes: u64,
     pub delivered_bytes: u64,
+    /// By the copy model (labelled by `cpu_copy_source`), which covers every data-path syscall.
     pub cpu_copy_bytes: u64,
-    /// "model" (from the copy model) or "observed" (fexit on the copy routines).
     pub cpu_copy_source: &'static str,
     pub copies_per_byte: Option<f64>,
+    /// Seen at the kernel's copy routines, where this kernel lets every one be observed.
+    pub observed_copy_bytes: Option<u64>,
+    pub observed_copies_per_byte: Option<f64>,
     pub syscalls: u64,
     pub mode_switches: u64,
     pub context_switches: ContextSwitches,
@@ -61,6 +64,8 @@ pub struct Observed {
     /// MSG_ZEROCOPY bytes sent to a loopback receiver, which copies them: inferred (model), and
     /// included in `totals.cpu_copy_bytes`.
     pub zerocopy_deferred_copy_bytes_model: u64,
+    /// CPU-copied bytes by the kernel routine that copied them, where observed.
+    pub copies_by_routine: Option<std::collections::BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -79,7 +84,6 @@ impl Report {
         exited: bool,
         exit_code: Option<i32>,
     ) -> Report {
-        let (cpu_copy_bytes, source) = f.cpu_copy_bytes();
         let io_style = classify(f);
         Report {
             pid,
@@ -90,9 +94,11 @@ impl Report {
             totals: Totals {
                 bytes: f.bytes(),
                 delivered_bytes: f.delivered_bytes(),
-                cpu_copy_bytes,
-                cpu_copy_source: source.label(),
+                cpu_copy_bytes: f.cpu_copy_bytes(),
+                cpu_copy_source: Source::Model.label(),
                 copies_per_byte: f.copies_per_byte(),
+                observed_copy_bytes: f.observed_copy_bytes(),
+                observed_copies_per_byte: f.observed_copies_per_byte(),
                 syscalls: f.syscalls_total,
                 mode_switches: f.mode_switches(),
                 context_switches: ContextSwitches {
@@ -125,6 +131,9 @@ impl Report {
                     unclassified: f.tcp_send.unclassified,
                 },
                 zerocopy_deferred_copy_bytes_model: f.zerocopy_deferred_copy_bytes,
+                copies_by_routine: f
+                    .observed_copies
+                    .map(|copies| OBSERVED_ROUTINES.into_iter().zip(copies).collect()),
             },
             io_style,
             advice: advise(f, io_style),
@@ -136,6 +145,7 @@ impl Report {
         let mut out = format!(
             "zctrace report for pid {} ({}) over {:.1} s{}\n\
              bytes moved {}  delivered {}  CPU-copied {} ({})  copies per delivered byte {}\n\
+             {}\n\
              syscalls {}  mode switches {}  context switches {} voluntary / {} involuntary  off-CPU {:.2} s\n\
              I/O style: {}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  source\n",
             self.pid,
@@ -147,6 +157,7 @@ impl Report {
             t.cpu_copy_bytes,
             t.cpu_copy_source,
             t.copies_per_byte.map_or("-".to_string(), |c| format!("{c:.2}")),
+            self.observed_line(),
             t.syscalls,
             t.mode_switches,
             t.context_switches.voluntary,
@@ -177,5 +188,29 @@ impl Report {
             out += &format!("\nadvice: {advice}");
         }
         out
+    }
+
+    fn observed_line(&self) -> String {
+        let Some(by_routine) = &self.observed.copies_by_routine else {
+            return "observed CPU copies: none here, this kernel hides its copy routines (see zctrace probes)"
+                .into();
+        };
+        let routines: Vec<String> = by_routine
+            .iter()
+            .filter(|(_, bytes)| **bytes > 0)
+            .map(|(routine, bytes)| format!("{routine} {bytes}"))
+            .collect();
+        format!(
+            "observed CPU copies {} ({} per delivered byte): {}",
+            self.totals.observed_copy_bytes.unwrap_or(0),
+            self.totals
+                .observed_copies_per_byte
+                .map_or("-".to_string(), |c| format!("{c:.2}")),
+            if routines.is_empty() {
+                "none".into()
+            } else {
+                routines.join(", ")
+            }
+        )
     }
 }

@@ -14,7 +14,7 @@ use super::{
 };
 use crate::{
     accounting::{per_process, ProcessFigures},
-    probes::{privileges, ProbeOptions, Tracer},
+    probes::{args::ProbeArgs, privileges, Tracer},
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -33,9 +33,9 @@ pub struct TopArgs {
     pub plain: bool,
 }
 
-pub fn run(args: TopArgs) -> Result<()> {
+pub fn run(args: TopArgs, probe: &ProbeArgs) -> Result<()> {
     privileges::require()?;
-    let tracer = Tracer::load(&ProbeOptions::default())?;
+    let tracer = Tracer::load(&probe.options())?;
     catch_interrupts()?;
     let started = Instant::now();
     let mut view = View::open(args.plain);
@@ -69,8 +69,8 @@ fn rank(
         .map(|f| (f, previous.get(&f.key).map_or_else(|| f.clone(), |p| f.since(p))))
         .filter(|(_, d)| d.syscalls_total > 0 || d.voluntary_switches + d.involuntary_switches > 0)
         .collect();
-    recent.sort_by_key(|(_, d)| std::cmp::Reverse((d.cpu_copy_bytes().0, d.bytes())));
-    let copied: u64 = recent.iter().map(|(_, d)| d.cpu_copy_bytes().0).sum();
+    recent.sort_by_key(|(_, d)| std::cmp::Reverse((d.cpu_copy_bytes(), d.bytes())));
+    let copied: u64 = recent.iter().map(|(_, d)| d.cpu_copy_bytes()).sum();
     let rows = recent
         .iter()
         .take(args.rows as usize)
@@ -78,7 +78,7 @@ fn rank(
             vec![
                 total.key.tgid.to_string(),
                 total.comm.clone(),
-                mb(d.cpu_copy_bytes().0 as f64 / seconds),
+                mb(d.cpu_copy_bytes() as f64 / seconds),
                 mb(d.bytes() as f64 / seconds),
                 copies_per_byte_label(d),
                 format!("{:.0}", d.syscalls_total as f64 / seconds),

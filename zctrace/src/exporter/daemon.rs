@@ -12,7 +12,7 @@ use super::{
     series::{SeriesBook, SeriesKey},
 };
 use crate::{
-    accounting::{per_process, ProcessFigures, Source},
+    accounting::{per_process, ProcessFigures},
     probes::{slot_label, Tracer},
     procfs,
 };
@@ -122,7 +122,7 @@ impl Daemon {
                 .map(|(slot, n)| (slot_label(slot).to_string(), *n))
                 .collect(),
             series_dropped: state.book.dropped(),
-            copy_source: Some(if observed { Source::Observed } else { Source::Model }),
+            copies_observed: observed,
             kernel: self.kernel.clone(),
             start_time_seconds: self
                 .started

@@ -14,7 +14,10 @@ use hyper_util::rt::TokioTimer;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 
 use crate::{
-    probes::{self, privileges, ProbeMode, ProbeOptions, Tracer},
+    probes::{
+        args::{log_statuses, parse_probe_name, ProbeArgs},
+        privileges, ProbeOptions, Tracer,
+    },
     procfs,
 };
 use daemon::{Daemon, SWEEP_INTERVAL};
@@ -47,34 +50,10 @@ pub struct DaemonArgs {
     /// How long the series of exited processes stay exported.
     #[arg(long = "series.grace-period", default_value = "5m", allow_hyphen_values = true, value_parser = humantime::parse_duration)]
     pub grace_period: Duration,
-    /// Attach only these probes, comma-separated (default: every counting probe); the rest are
-    /// exported as zctrace_probe_attached{mode="off"} 0.
+    /// Attach only these probes, comma-separated (default: every counting probe and copy
+    /// observer); the rest are exported as zctrace_probe_attached{mode="off"} 0.
     #[arg(long = "probes", value_delimiter = ',', value_parser = parse_probe_name)]
     pub probes: Option<Vec<String>>,
-    /// PROBE=TRACEPOINT: attach a probe at another tracepoint (tests attach failures; the overhead
-    /// bench moves the empty `floor` probe with it).
-    #[arg(long = "probe.hook", hide = true, value_parser = parse_retarget)]
-    pub retarget: Vec<(String, String)>,
-}
-
-fn parse_probe_name(name: &str) -> Result<String, String> {
-    match probes::probe_names().find(|known| *known == name) {
-        Some(known) => Ok(known.to_string()),
-        None => Err(format!(
-            "no probe named {name:?}; probes are: {}",
-            probes::probe_names().collect::<Vec<_>>().join(", ")
-        )),
-    }
-}
-
-fn parse_retarget(spec: &str) -> Result<(String, String), String> {
-    let (probe, hook) = spec
-        .split_once('=')
-        .ok_or_else(|| format!("{spec:?} is not PROBE=TRACEPOINT"))?;
-    if hook.is_empty() {
-        return Err(format!("{spec:?} names no tracepoint"));
-    }
-    Ok((parse_probe_name(probe)?, hook.to_string()))
 }
 
 fn parse_telemetry_path(path: &str) -> Result<String, String> {
@@ -89,7 +68,7 @@ fn parse_regex(pattern: &str) -> Result<regex::Regex, String> {
     regex::Regex::new(pattern).map_err(|e| format!("invalid regex: {e}"))
 }
 
-pub fn run(args: DaemonArgs) -> Result<()> {
+pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     for pid in &args.pids {
         if procfs::read_start_ticks(*pid).is_none() {
             bail!("--pid {pid}: no such process");
@@ -107,24 +86,9 @@ pub fn run(args: DaemonArgs) -> Result<()> {
     privileges::require()?;
     let tracer = Tracer::load(&ProbeOptions {
         only: args.probes.clone(),
-        retarget: args.retarget.clone(),
-        ..Default::default()
+        ..probe.options()
     })?;
-    for status in tracer.statuses() {
-        let (probe, hook, mode) = (status.probe, status.hook.as_str(), status.mode.label());
-        match &status.mode {
-            ProbeMode::Unavailable(reason) if reason != probes::NOT_REQUESTED => {
-                tracing::warn!(
-                    probe,
-                    hook,
-                    mode,
-                    reason,
-                    "probe not attached; the others count on"
-                )
-            }
-            _ => tracing::info!(probe, hook, mode, "probe"),
-        }
-    }
+    log_statuses(tracer.statuses());
     let dropped = privileges::drop_all().context("dropping capabilities")?;
     tracing::info!(
         "probes attached; dropped all {dropped} capabilities (open map and program descriptors need none)"

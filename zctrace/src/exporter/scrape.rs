@@ -10,7 +10,7 @@ use prometheus_client::{
 };
 
 use super::series::{SeriesKey, SeriesTotals};
-use crate::accounting::{kind_label, Source};
+use crate::accounting::{kind_label, Source, OBSERVED_ROUTINES};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -24,8 +24,8 @@ pub struct Scrape {
     /// (map or slot, failed updates).
     pub update_errors: Vec<(String, u64)>,
     pub series_dropped: u64,
-    /// Whether CPU copies were measured by fexit or inferred from the copy model.
-    pub copy_source: Option<Source>,
+    /// Whether every copy routine is observed on this kernel, so observed copies are exported.
+    pub copies_observed: bool,
     pub kernel: String,
     /// When the probes attached (Unix seconds): every counter counts from then.
     pub start_time_seconds: f64,
@@ -180,12 +180,22 @@ impl Scrape {
             "MSG_ZEROCOPY bytes sent to a loopback receiver, which copies them (model).",
             deferred,
         )?;
-        if self.copy_source == Some(Source::Observed) {
+        if self.copies_observed {
+            let observed = self
+                .series
+                .iter()
+                .flat_map(|(key, t)| {
+                    OBSERVED_ROUTINES
+                        .iter()
+                        .zip(t.observed_copies)
+                        .map(|(routine, bytes)| (Self::labels(key, &[("routine", routine)]), bytes))
+                })
+                .collect();
             counters(
                 encoder,
                 "zctrace_observed_copy_bytes",
-                "Bytes copied by the kernel copy routines (observed by fexit).",
-                self.per_series(|t| t.observed_copy_bytes),
+                "CPU-copied bytes seen at the kernel routine that copied them (observed).",
+                observed,
             )?;
         }
         counters(

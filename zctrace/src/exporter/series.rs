@@ -15,7 +15,7 @@ use zctrace_common::FdKind;
 
 use zctrace_common::ProcessKey;
 
-use crate::accounting::{ProcessFigures, TcpSend};
+use crate::accounting::{ObservedCopies, ProcessFigures, TcpSend};
 
 pub const OTHER_COMM: &str = "other";
 
@@ -67,7 +67,8 @@ pub struct SeriesTotals {
     pub recv_copy_bytes: u64,
     pub tcp_send: TcpSend,
     pub zerocopy_deferred_copy_bytes: u64,
-    pub observed_copy_bytes: u64,
+    /// Zero where the copy routines are not observed.
+    pub observed_copies: ObservedCopies,
 }
 
 impl SeriesTotals {
@@ -98,7 +99,7 @@ impl SeriesTotals {
         self.recv_copy_bytes += f.recv_copy_bytes;
         self.tcp_send += f.tcp_send;
         self.zerocopy_deferred_copy_bytes += f.zerocopy_deferred_copy_bytes;
-        self.observed_copy_bytes += f.observed_copy_bytes.unwrap_or(0);
+        add_each(&mut self.observed_copies, &f.observed_copies.unwrap_or_default());
     }
 
     pub fn merge(&mut self, other: &SeriesTotals) {
@@ -121,7 +122,13 @@ impl SeriesTotals {
         self.recv_copy_bytes += other.recv_copy_bytes;
         self.tcp_send += other.tcp_send;
         self.zerocopy_deferred_copy_bytes += other.zerocopy_deferred_copy_bytes;
-        self.observed_copy_bytes += other.observed_copy_bytes;
+        add_each(&mut self.observed_copies, &other.observed_copies);
+    }
+}
+
+fn add_each(into: &mut ObservedCopies, from: &ObservedCopies) {
+    for (total, more) in into.iter_mut().zip(from) {
+        *total += more;
     }
 }
 

@@ -1,16 +1,21 @@
-//! Loading and attaching the eBPF programs, reporting what attached in which mode, and reading
-//! the maps.
+//! Loading and attaching the eBPF programs, each probe in the best way the running kernel offers,
+//! reporting which way that was (or why none worked), and reading the maps.
+pub mod args;
 mod batch;
-pub mod offsets;
+pub mod btf;
+pub mod catalog;
 pub mod privileges;
 
-use anyhow::{Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{HashMap, PerCpuArray},
-    programs::{BtfTracePoint, FExit},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe},
     Btf, Ebpf, EbpfLoader,
 };
-use zctrace_common::{MapSlot, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
+use zctrace_common::{
+    KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats,
+    MAP_SLOTS,
+};
 
 use std::{
     collections::BTreeSet,
@@ -18,35 +23,17 @@ use std::{
 };
 
 use crate::{accounting::RawSnapshot, procfs};
-
-/// The BTF tracepoints zctrace counts with: (program, tracepoint).
-const TRACEPOINTS: &[(&str, &str)] = &[
-    ("sys_exit", "sys_exit"),
-    ("sched_switch", "sched_switch"),
-    ("sched_process_exit", "sched_process_exit"),
-    ("sched_process_exec", "sched_process_exec"),
-    ("tcp_sendmsg_locked", "tcp_sendmsg_locked"),
-    ("sock_send_length", "sock_send_length"),
-    ("skb_copy_datagram_iovec", "skb_copy_datagram_iovec"),
-];
-
-/// Measuring instruments, attached only when asked for by name (`--probes floor`): an empty
-/// program, whose cost is the kernel's own price for running any program at that hook, and the
-/// least a per-process counter can do there (one hash add by tgid).
-const INSTRUMENTS: &[(&str, &str)] = &[("floor", "sys_exit"), ("counting_floor", "sys_exit")];
-
-/// Programs that observe the kernel's copy routines directly, where fexit is allowed.
-const COPY_OBSERVERS: &[(&str, &str)] = &[
-    ("copy_to_iter_exit", "_copy_to_iter"),
-    ("copy_from_iter_exit", "_copy_from_iter"),
-    ("copy_page_from_iter_atomic_exit", "copy_page_from_iter_atomic"),
-];
-
-/// Why a copy observer is unavailable when fexit was not asked for.
-pub const NOT_REQUESTED: &str = "not requested";
+use catalog::{Hook, Probe, Program, PROBES};
+pub use catalog::{Mode, Role};
 
 /// The bounded maps, reported by [`Tracer::map_usage`]; their sizes are set in the eBPF crate.
-pub const SIZED_MAPS: [&str; 4] = ["SYSCALLS", "PROCESSES", "OFFCPU_START", "PENDING_SEND"];
+pub const SIZED_MAPS: [&str; 5] = [
+    "SYSCALLS",
+    "PROCESSES",
+    "OFFCPU_START",
+    "PENDING_SEND",
+    "PENDING_COPY",
+];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
@@ -54,56 +41,64 @@ pub struct ProbeOptions {
     pub filter_tgid: Option<u32>,
     /// Overrides of map sizes, by map name.
     pub map_capacity: Vec<(&'static str, u32)>,
-    /// Try fexit on the kernel's copy routines (falls back to the copy model when refused).
-    pub observe_copies: bool,
-    /// Attach only these probes (see [`probe_names`]); `None` attaches every counting probe.
+    /// Attach only these probes (see [`probe_names`]); `None` attaches every counting probe and
+    /// copy observer.
     pub only: Option<Vec<String>>,
-    /// (probe, tracepoint): attach a probe at another tracepoint than its own.
+    /// (probe, target): attach a probe's programs to another tracepoint or function.
     pub retarget: Vec<(String, String)>,
+    /// Modes not to try, as if the kernel refused them: shows the next way down each chain on
+    /// kernels that have the better one.
+    pub without: Vec<Mode>,
 }
 
 impl ProbeOptions {
-    fn selected(&self, probe: &str) -> bool {
+    fn selected(&self, probe: &Probe) -> bool {
         match &self.only {
-            Some(only) => only.iter().any(|p| p == probe),
-            None => TRACEPOINTS.iter().any(|(p, _)| *p == probe),
+            Some(only) => only.iter().any(|p| p == probe.name),
+            None => probe.role != Role::Instrument,
         }
     }
 
-    fn hook<'a>(&'a self, probe: &str, default: &'a str) -> &'a str {
-        self.retarget
+    /// Where `program` attaches here: the retargeted hook, else the first of its names the
+    /// kernel's BTF has.
+    fn target<'a>(&'a self, probe: &str, program: &'a Program, kernel: &btf_rs::Btf) -> &'a str {
+        if let Some((_, target)) = self.retarget.iter().find(|(p, _)| p == probe) {
+            return target;
+        }
+        program
+            .aliases
             .iter()
-            .find(|(p, _)| p == probe)
-            .map_or(default, |(_, hook)| hook)
+            .copied()
+            .find(|alias| {
+                btf::function_params(kernel, program.target).is_none()
+                    && btf::function_params(kernel, alias).is_some()
+            })
+            .unwrap_or(program.target)
     }
 }
 
 /// Every probe and instrument that `--probes` can name.
 pub fn probe_names() -> impl Iterator<Item = &'static str> {
-    TRACEPOINTS.iter().chain(INSTRUMENTS).map(|(probe, _)| *probe)
+    PROBES.iter().map(|probe| probe.name)
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ProbeMode {
-    /// Attached as a BTF tracepoint.
-    TpBtf,
-    /// Attached as fexit (BPF trampoline).
-    Fexit,
+    Attached(Mode),
     /// Left out by `--probes`.
     Off,
-    /// Not attached; the reason is the kernel's.
+    /// No way attached; the kernel's reason for each way tried.
     Unavailable(String),
 }
 
 impl ProbeMode {
     pub fn is_attached(&self) -> bool {
-        matches!(self, ProbeMode::TpBtf | ProbeMode::Fexit)
+        matches!(self, ProbeMode::Attached(_))
     }
 
     pub fn label(&self) -> &'static str {
         match self {
-            ProbeMode::TpBtf => "tp_btf",
-            ProbeMode::Fexit => "fexit",
+            ProbeMode::Attached(mode) => mode.label(),
             ProbeMode::Off => "off",
             ProbeMode::Unavailable(_) => "unavailable",
         }
@@ -113,7 +108,9 @@ impl ProbeMode {
 #[derive(Clone, Debug)]
 pub struct ProbeStatus {
     pub probe: &'static str,
-    pub hook: String,
+    pub role: Role,
+    /// What the attached way hooks (or the best way would have), comma-separated.
+    pub hooks: String,
     pub mode: ProbeMode,
 }
 
@@ -132,16 +129,19 @@ pub struct Tracer {
 }
 
 impl Tracer {
-    /// Loads the programs and attaches every probe the kernel allows. A probe that fails is
-    /// reported in [`Tracer::statuses`] and the others keep working; the load fails only when no
-    /// counting probe attached at all.
+    /// Loads the programs and attaches every selected probe in the best way the kernel allows.
+    /// A probe that cannot attach is reported in [`Tracer::statuses`] and the others keep
+    /// working; the load fails only when no counting probe attached at all.
     pub fn load(options: &ProbeOptions) -> Result<Tracer> {
-        let mut ebpf = load_programs(options)?;
+        let kernel = btf::kernel_btf()?;
+        let mut ebpf = load_programs(options, &btf::resolve(&kernel)?)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
-        let mut statuses = attach_tracepoints(&mut ebpf, options, &btf);
-        if !statuses.iter().any(|s| s.mode.is_attached()) {
+        let statuses = attach_probes(&mut ebpf, options, &btf, &kernel);
+        let counting = |s: &&ProbeStatus| s.role == Role::Counting;
+        if !statuses.iter().filter(counting).any(|s| s.mode.is_attached()) {
             let reasons: Vec<String> = statuses
                 .iter()
+                .filter(counting)
                 .map(|s| format!("{}: {:?}", s.probe, s.mode))
                 .collect();
             anyhow::bail!(
@@ -149,8 +149,7 @@ impl Tracer {
                 privilege_hint(&format!("no probe attached ({})", reasons.join("; ")))
             );
         }
-        statuses.extend(attach_copy_observers(&mut ebpf, options, &btf));
-        drop(btf);
+        drop((btf, kernel));
         // Parsing BTF leaves ~20 MiB of freed heap behind; hand it back to the system.
         // SAFETY: malloc_trim only releases free memory.
         unsafe { libc::malloc_trim(0) };
@@ -166,12 +165,12 @@ impl Tracer {
         &self.statuses
     }
 
-    /// True when every copy routine is observed, so CPU copies are measured rather than modelled.
+    /// True when every copy routine is observed, so the observed CPU copies are complete.
     pub fn copies_observed(&self) -> bool {
         self.statuses
             .iter()
-            .filter(|s| COPY_OBSERVERS.iter().any(|(p, _)| *p == s.probe))
-            .all(|s| s.mode == ProbeMode::Fexit)
+            .filter(|s| s.role == Role::CopyObserver)
+            .all(|s| s.mode.is_attached())
     }
 
     pub fn snapshot(&self) -> Result<RawSnapshot> {
@@ -229,7 +228,8 @@ impl Tracer {
             snapshot.syscalls.len(),
             snapshot.processes.len(),
             self.read_all::<u32, u64>(MapSlot::OffcpuStart)?.len(),
-            self.read_all::<u64, [u32; 2]>(MapSlot::PendingSend)?.len(),
+            self.read_all::<u64, PendingSend>(MapSlot::PendingSend)?.len(),
+            self.read_all::<u64, i64>(MapSlot::PendingCopy)?.len(),
         ];
         Ok(SIZED_MAPS
             .iter()
@@ -258,8 +258,7 @@ impl Tracer {
 }
 
 /// Creates the maps and parses the programs, with the kernel's offsets and the options filled in.
-fn load_programs(options: &ProbeOptions) -> Result<Ebpf> {
-    let offsets = offsets::resolve(&offsets::kernel_btf()?)?;
+fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf> {
     let config = ProbeConfig {
         filter_tgid: options.filter_tgid.unwrap_or(0),
         reserved: 0,
@@ -270,7 +269,7 @@ fn load_programs(options: &ProbeOptions) -> Result<Ebpf> {
     // (about 20 MiB each).
     loader
         .btf(None)
-        .override_global("OFFSETS", &offsets, true)
+        .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &config, true);
     for (map, capacity) in &options.map_capacity {
         loader.map_max_entries(map, *capacity);
@@ -280,44 +279,160 @@ fn load_programs(options: &ProbeOptions) -> Result<Ebpf> {
         .context(privilege_hint("loading zctrace's eBPF programs"))
 }
 
-/// Attaches the selected counting probes and instruments; a failure is a status, not an error.
-fn attach_tracepoints(ebpf: &mut Ebpf, options: &ProbeOptions, btf: &Btf) -> Vec<ProbeStatus> {
-    let mut statuses = Vec::new();
-    for &(probe, hook) in TRACEPOINTS.iter().chain(INSTRUMENTS) {
-        let is_instrument = INSTRUMENTS.iter().any(|(p, _)| *p == probe);
-        let hook = options.hook(probe, hook).to_string();
-        let mode = match options.selected(probe) {
-            false if is_instrument => continue,
-            false => ProbeMode::Off,
-            true => match attach_tracepoint(ebpf, probe, &hook, btf) {
-                Ok(()) => ProbeMode::TpBtf,
-                Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
-            },
-        };
-        statuses.push(ProbeStatus { probe, hook, mode });
-    }
-    statuses
-}
-
-fn attach_copy_observers(ebpf: &mut Ebpf, options: &ProbeOptions, btf: &Btf) -> Vec<ProbeStatus> {
-    COPY_OBSERVERS
+/// Attaches each selected probe; a probe no way attaches is a status, not an error.
+fn attach_probes(
+    ebpf: &mut Ebpf,
+    options: &ProbeOptions,
+    btf: &Btf,
+    kernel: &btf_rs::Btf,
+) -> Vec<ProbeStatus> {
+    PROBES
         .iter()
-        .map(|&(probe, hook)| {
-            let mode = if !options.observe_copies {
-                ProbeMode::Unavailable(NOT_REQUESTED.into())
-            } else {
-                match attach_fexit(ebpf, probe, hook, btf) {
-                    Ok(()) => ProbeMode::Fexit,
-                    Err(e) => ProbeMode::Unavailable(format!("{e:#}")),
-                }
-            };
-            ProbeStatus {
-                probe,
-                hook: hook.to_string(),
-                mode,
+        .filter_map(|probe| {
+            let selected = options.selected(probe);
+            if !selected && probe.role == Role::Instrument {
+                return None;
             }
+            let mut status = ProbeStatus {
+                probe: probe.name,
+                role: probe.role,
+                hooks: hooks(options, probe, &probe.ways[0], kernel),
+                mode: ProbeMode::Off,
+            };
+            if selected {
+                status.mode = attach_probe(ebpf, options, probe, btf, kernel, &mut status.hooks);
+            }
+            Some(status)
         })
         .collect()
+}
+
+/// Tries each way of `probe` in turn; the first that attaches wins, and `hooks` says what it hooks.
+fn attach_probe(
+    ebpf: &mut Ebpf,
+    options: &ProbeOptions,
+    probe: &Probe,
+    btf: &Btf,
+    kernel: &btf_rs::Btf,
+    hooks_out: &mut String,
+) -> ProbeMode {
+    let mut refusals = Vec::new();
+    for way in probe.ways {
+        let attached = if options.without.contains(&way.mode) {
+            Err(anyhow!("left out by --probe.without"))
+        } else {
+            attach_way(ebpf, options, probe, way, btf, kernel)
+        };
+        match attached {
+            Ok(()) => {
+                *hooks_out = hooks(options, probe, way, kernel);
+                return ProbeMode::Attached(way.mode);
+            }
+            Err(e) => refusals.push(format!("{}: {e:#}", way.mode.label())),
+        }
+    }
+    ProbeMode::Unavailable(refusals.join("; "))
+}
+
+/// The programs of `way` this kernel needs: optional ones only where BTF has their function.
+fn programs_here<'a>(
+    options: &'a ProbeOptions,
+    probe: &'a Probe,
+    way: &'a catalog::Way,
+    kernel: &'a btf_rs::Btf,
+) -> impl Iterator<Item = (&'static Program, &'a str)> + 'a {
+    way.programs
+        .iter()
+        .map(move |program| (program, options.target(probe.name, program, kernel)))
+        .filter(|(program, target)| !program.optional || btf::function_params(kernel, target).is_some())
+}
+
+fn hooks(options: &ProbeOptions, probe: &Probe, way: &catalog::Way, kernel: &btf_rs::Btf) -> String {
+    let mut targets: Vec<&str> = programs_here(options, probe, way, kernel)
+        .map(|(_, t)| t)
+        .collect();
+    targets.dedup();
+    targets.join(",")
+}
+
+/// Attaches every program of `way`, or none: a failure unloads what this way already attached.
+fn attach_way(
+    ebpf: &mut Ebpf,
+    options: &ProbeOptions,
+    probe: &Probe,
+    way: &catalog::Way,
+    btf: &Btf,
+    kernel: &btf_rs::Btf,
+) -> Result<()> {
+    let mut attached = Vec::new();
+    for (program, target) in programs_here(options, probe, way, kernel) {
+        let result =
+            check_params(kernel, program, target).and_then(|()| attach_program(ebpf, program, target, btf));
+        if let Err(e) = result {
+            for name in attached {
+                unload(ebpf, name);
+            }
+            return Err(e.context(target.to_string()));
+        }
+        attached.push(program.name);
+    }
+    Ok(())
+}
+
+/// Refuses a function whose parameters differ from what the program reads (another kernel's
+/// signature), rather than letting it read the wrong argument.
+fn check_params(kernel: &btf_rs::Btf, program: &Program, target: &str) -> Result<()> {
+    let Some(expected) = program.params else {
+        return Ok(());
+    };
+    match btf::function_params(kernel, target) {
+        None => Err(anyhow!("the kernel's BTF has no function {target}")),
+        Some(found) if found != expected => Err(anyhow!(
+            "{target} takes {found} parameters on this kernel, {} reads {expected}",
+            program.name
+        )),
+        Some(_) => Ok(()),
+    }
+}
+
+fn attach_program(ebpf: &mut Ebpf, program: &Program, target: &str, btf: &Btf) -> Result<()> {
+    let loaded = ebpf
+        .program_mut(program.name)
+        .with_context(|| format!("program {} missing", program.name))?;
+    let attached = match program.hook {
+        Hook::TpBtf => {
+            let p: &mut BtfTracePoint = loaded.try_into()?;
+            p.load(target, btf).and_then(|()| p.attach().map(drop))
+        }
+        Hook::Fentry => {
+            let p: &mut FEntry = loaded.try_into()?;
+            p.load(target, btf).and_then(|()| p.attach().map(drop))
+        }
+        Hook::Fexit => {
+            let p: &mut FExit = loaded.try_into()?;
+            p.load(target, btf).and_then(|()| p.attach().map(drop))
+        }
+        Hook::Kprobe | Hook::Kretprobe => {
+            let p: &mut KProbe = loaded.try_into()?;
+            p.load().and_then(|()| p.attach(target, 0).map(drop))
+        }
+    };
+    if attached.is_err() {
+        unload(ebpf, program.name);
+    }
+    Ok(attached?)
+}
+
+/// Detaches and unloads a program a failed way had attached.
+fn unload(ebpf: &mut Ebpf, name: &str) {
+    use aya::programs::Program as Loaded;
+    let _ = match ebpf.program_mut(name) {
+        Some(Loaded::BtfTracePoint(p)) => p.unload(),
+        Some(Loaded::FEntry(p)) => p.unload(),
+        Some(Loaded::FExit(p)) => p.unload(),
+        Some(Loaded::KProbe(p)) => p.unload(),
+        _ => Ok(()),
+    };
 }
 
 /// A bounded map: a descriptor of our own for batch reads, and its capacity, read once.
@@ -360,26 +475,6 @@ fn bounded_maps(ebpf: &Ebpf) -> Result<Vec<BoundedMap>> {
         .collect()
 }
 
-fn attach_tracepoint(ebpf: &mut Ebpf, probe: &str, hook: &str, btf: &Btf) -> Result<()> {
-    let program: &mut BtfTracePoint = ebpf
-        .program_mut(probe)
-        .with_context(|| format!("program {probe} missing"))?
-        .try_into()?;
-    program.load(hook, btf)?;
-    program.attach()?;
-    Ok(())
-}
-
-fn attach_fexit(ebpf: &mut Ebpf, probe: &str, hook: &str, btf: &Btf) -> Result<()> {
-    let program: &mut FExit = ebpf
-        .program_mut(probe)
-        .with_context(|| format!("program {probe} missing"))?
-        .try_into()?;
-    program.load(hook, btf)?;
-    program.attach()?;
-    Ok(())
-}
-
 /// Adds what to do about the usual cause of a load failure: missing privileges.
 fn privilege_hint(what: &str) -> String {
     if nix_is_root() {
@@ -401,6 +496,7 @@ pub fn slot_label(slot: usize) -> &'static str {
         s if s == MapSlot::Processes as usize => "PROCESSES",
         s if s == MapSlot::OffcpuStart as usize => "OFFCPU_START",
         s if s == MapSlot::PendingSend as usize => "PENDING_SEND",
+        s if s == MapSlot::PendingCopy as usize => "PENDING_COPY",
         _ => "MMSG_TRUNCATED",
     }
 }

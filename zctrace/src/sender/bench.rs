@@ -8,9 +8,10 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::{receiver, Method, HEADER_LEN};
+use super::{receiver, Method, SendReport, HEADER_LEN};
 use crate::{
-    probes::{privileges, ProbeOptions, Tracer},
+    accounting::{ProcessFigures, Source},
+    probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     selfcheck::BracketedSend,
 };
 
@@ -41,9 +42,15 @@ pub struct BenchRow {
     pub sender_cpu_seconds_per_gb: f64,
     /// zctrace's figures for the transfer alone (start-up excluded).
     pub traced_tcp_bytes: u64,
+    /// By the copy model.
     pub cpu_copy_bytes: u64,
     pub cpu_copy_source: &'static str,
     pub copies_per_byte: f64,
+    /// Seen at the kernel's copy routines, where this kernel lets all of them be observed.
+    pub observed_copy_bytes: Option<u64>,
+    pub observed_copies_per_byte: Option<f64>,
+    /// MSG_ZEROCOPY bytes zctrace counts as copied later by a loopback receiver.
+    pub zerocopy_deferred_copy_bytes: u64,
     pub syscalls: u64,
     pub mode_switches: u64,
     pub voluntary_switches: u64,
@@ -56,7 +63,7 @@ pub struct BenchRow {
     pub disagreement: Option<String>,
 }
 
-pub fn run(args: &BenchArgs) -> Result<Vec<BenchRow>> {
+pub fn run(args: &BenchArgs, probe: &ProbeArgs) -> Result<Vec<BenchRow>> {
     privileges::require()?;
     let dir = tempdir()?;
     let file = dir.join("payload");
@@ -68,13 +75,13 @@ pub fn run(args: &BenchArgs) -> Result<Vec<BenchRow>> {
     };
     let rows = methods
         .iter()
-        .map(|&m| one(m, &file, args.chunk))
+        .map(|&m| one(m, &file, args.chunk, probe))
         .collect::<Result<Vec<_>>>();
     let _ = std::fs::remove_dir_all(&dir);
     rows
 }
 
-fn one(method: Method, file: &Path, chunk: u64) -> Result<BenchRow> {
+fn one(method: Method, file: &Path, chunk: u64, probe: &ProbeArgs) -> Result<BenchRow> {
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let addr = listener.local_addr()?.to_string();
     // The receiver discards by splice, so throughput is the sender's, not the receiver's copy.
@@ -92,13 +99,46 @@ fn one(method: Method, file: &Path, chunk: u64) -> Result<BenchRow> {
     let sender = BracketedSend::spawn(&std::env::current_exe()?, &args)?;
     let tracer = Tracer::load(&ProbeOptions {
         filter_tgid: Some(sender.pid()),
-        ..Default::default()
+        ..probe.options()
     })?;
     let (f, report) = sender.run(&tracer)?;
     receiving
         .join()
         .map_err(|_| anyhow::anyhow!("receiver panicked"))??;
     let expected = report.bytes + HEADER_LEN as u64;
+    let problems = disagreements(&f, &report);
+    Ok(BenchRow {
+        method: method.name(),
+        bytes: report.bytes,
+        bytes_per_second: report.bytes as f64 / report.seconds.max(1e-9),
+        sender_cpu_seconds_per_gb: report.cpu_seconds / (report.bytes.max(1) as f64 / 1e9),
+        traced_tcp_bytes: f.tcp_delivered_bytes(),
+        cpu_copy_bytes: f.cpu_copy_bytes(),
+        cpu_copy_source: Source::Model.label(),
+        copies_per_byte: f.cpu_copy_bytes() as f64 / expected as f64,
+        observed_copy_bytes: f.observed_copy_bytes(),
+        observed_copies_per_byte: f.observed_copy_bytes().map(|o| o as f64 / expected as f64),
+        zerocopy_deferred_copy_bytes: f.zerocopy_deferred_copy_bytes,
+        syscalls: f.syscalls_total,
+        mode_switches: f.mode_switches(),
+        voluntary_switches: f.voluntary_switches,
+        involuntary_switches: f.involuntary_switches,
+        sender_data_syscalls: report.data_syscalls,
+        zerocopy_completions: report.zerocopy_completions,
+        zerocopy_copied: report.zerocopy_copied,
+        disagreement: (!problems.is_empty()).then(|| problems.join("; ")),
+    })
+}
+
+/// How far observed copies may stray from the model's, and zctrace's deferred zerocopy copies
+/// from what the kernel's completions imply, as a share of the bytes sent.
+pub const TOLERANCE: f64 = 0.02;
+
+/// Where zctrace's figures for one transfer (`f`) disagree with the sender's own counts, with
+/// the kernel's zerocopy completion report, or with each other (observed against modelled).
+pub fn disagreements(f: &ProcessFigures, report: &SendReport) -> Vec<String> {
+    let expected = report.bytes + HEADER_LEN as u64;
+    let slack = (expected as f64 * TOLERANCE) as u64;
     let mut problems = Vec::new();
     if f.tcp_delivered_bytes() != expected {
         problems.push(format!(
@@ -112,35 +152,38 @@ fn one(method: Method, file: &Path, chunk: u64) -> Result<BenchRow> {
             f.syscalls_total, report.data_syscalls
         ));
     }
-    let (copied, source) = f.cpu_copy_bytes();
-    Ok(BenchRow {
-        method: method.name(),
-        bytes: report.bytes,
-        bytes_per_second: report.bytes as f64 / report.seconds.max(1e-9),
-        sender_cpu_seconds_per_gb: report.cpu_seconds / (report.bytes.max(1) as f64 / 1e9),
-        traced_tcp_bytes: f.tcp_delivered_bytes(),
-        cpu_copy_bytes: copied,
-        cpu_copy_source: source.label(),
-        copies_per_byte: copied as f64 / expected as f64,
-        syscalls: f.syscalls_total,
-        mode_switches: f.mode_switches(),
-        voluntary_switches: f.voluntary_switches,
-        involuntary_switches: f.involuntary_switches,
-        sender_data_syscalls: report.data_syscalls,
-        zerocopy_completions: report.zerocopy_completions,
-        zerocopy_copied: report.zerocopy_copied,
-        disagreement: (!problems.is_empty()).then(|| problems.join("; ")),
-    })
+    if let Some(observed) = f.observed_copy_bytes() {
+        if observed.abs_diff(f.cpu_copy_bytes()) > slack {
+            problems.push(format!(
+                "observed copies ({observed} bytes) and the model's ({}) differ by more than {:.0}%",
+                f.cpu_copy_bytes(),
+                TOLERANCE * 100.0
+            ));
+        }
+    }
+    if report.zerocopy_completions > 0 {
+        let kernel_copied =
+            (report.bytes as f64 * report.zerocopy_copied as f64 / report.zerocopy_completions as f64) as u64;
+        if kernel_copied.abs_diff(f.zerocopy_deferred_copy_bytes) > slack {
+            problems.push(format!(
+                "the kernel reported {} of {} zerocopy sends copied (about {kernel_copied} bytes), \
+                 zctrace counted {} deferred copies",
+                report.zerocopy_copied, report.zerocopy_completions, f.zerocopy_deferred_copy_bytes
+            ));
+        }
+    }
+    problems
 }
 
 pub fn table(rows: &[BenchRow]) -> String {
     let mut out = format!(
-        "{:<11} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
+        "{:<11} {:>9} {:>10} {:>11} {:>9} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
         "method",
         "MB/s",
         "CPU s/GB",
         "bytes",
         "copies/B",
+        "observed",
         "syscalls",
         "switches",
         "ctxsw",
@@ -150,12 +193,14 @@ pub fn table(rows: &[BenchRow]) -> String {
     );
     for r in rows {
         out += &format!(
-            "{:<11} {:>9.0} {:>10.3} {:>11} {:>9.2} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
+            "{:<11} {:>9.0} {:>10.3} {:>11} {:>9.2} {:>9} {:>9} {:>9} {:>9} {:>8} {:>8}  {}\n",
             r.method,
             r.bytes_per_second / 1e6,
             r.sender_cpu_seconds_per_gb,
             r.bytes,
             r.copies_per_byte,
+            r.observed_copies_per_byte
+                .map_or("-".to_string(), |c| format!("{c:.2}")),
             r.syscalls,
             r.mode_switches,
             r.voluntary_switches + r.involuntary_switches,
@@ -237,6 +282,9 @@ mod tests {
             cpu_copy_bytes: 0,
             cpu_copy_source: "model",
             copies_per_byte: copies,
+            observed_copy_bytes: None,
+            observed_copies_per_byte: None,
+            zerocopy_deferred_copy_bytes: 0,
             syscalls: 1,
             mode_switches: 2,
             voluntary_switches: 0,
@@ -254,6 +302,57 @@ mod tests {
         assert!(svg.starts_with("<svg"));
         assert_eq!(svg.matches("<rect").count(), 4);
         assert!(svg.contains(">sendfile<") && svg.contains(">2.00<") && svg.contains(">6000<"));
+    }
+
+    const PAYLOAD: u64 = 1 << 20;
+
+    fn zerocopy_send(completions: u64, copied: u64) -> SendReport {
+        SendReport {
+            method: "zerocopy".into(),
+            bytes: PAYLOAD,
+            header_bytes: HEADER_LEN as u64,
+            checksum: 0,
+            data_syscalls: 8,
+            zerocopy_completions: completions,
+            zerocopy_copied: copied,
+            seconds: 1.0,
+            cpu_seconds: 1.0,
+        }
+    }
+
+    /// What zctrace saw of a zerocopy transfer, `deferred` bytes of it copied by the receiver.
+    fn seen(deferred: u64, observed: Option<u64>) -> ProcessFigures {
+        let mut f = ProcessFigures {
+            syscalls_total: 9,
+            zerocopy_deferred_copy_bytes: deferred,
+            observed_copies: observed.map(|o| {
+                let mut by_routine = [0; crate::accounting::OBSERVED_ROUTINES.len()];
+                by_routine[0] = o;
+                by_routine
+            }),
+            ..Default::default()
+        };
+        f.tcp_send.zerocopy = PAYLOAD + HEADER_LEN as u64;
+        f
+    }
+
+    #[test]
+    fn zerocopy_copies_must_match_the_kernels_completion_report() {
+        assert!(disagreements(&seen(PAYLOAD, None), &zerocopy_send(8, 8)).is_empty());
+        assert!(disagreements(&seen(0, None), &zerocopy_send(8, 0)).is_empty());
+        let missed = disagreements(&seen(0, None), &zerocopy_send(8, 8));
+        assert!(missed[0].contains("8 of 8 zerocopy sends copied"), "{missed:?}");
+        assert_eq!(disagreements(&seen(PAYLOAD, None), &zerocopy_send(8, 0)).len(), 1);
+    }
+
+    #[test]
+    fn observed_copies_must_stay_within_tolerance_of_the_model() {
+        let model = PAYLOAD;
+        let near = model + (model as f64 * TOLERANCE * 0.9) as u64;
+        assert!(disagreements(&seen(PAYLOAD, Some(near)), &zerocopy_send(8, 8)).is_empty());
+        let far = model + (model as f64 * TOLERANCE * 1.5) as u64;
+        let problems = disagreements(&seen(PAYLOAD, Some(far)), &zerocopy_send(8, 8));
+        assert!(problems[0].contains("differ by more than 2%"), "{problems:?}");
     }
 
     #[test]

@@ -50,7 +50,7 @@ fn fixture() -> Scrape {
         maps: vec![("SYSCALLS".into(), 10, 65536)],
         update_errors: vec![("SYSCALLS".into(), 0)],
         series_dropped: 1,
-        copy_source: Some(Source::Model),
+        copies_observed: false,
         kernel: "6.18.0-test".into(),
         start_time_seconds: 1_795_000_000.0,
         collect_seconds: 0.25,

@@ -1,5 +1,6 @@
-//! Kernel struct field offsets, resolved from the running kernel's BTF so that one binary reads
-//! the right bytes on every BTF-enabled kernel (aya cannot emit CO-RE relocations from Rust).
+//! What the running kernel's BTF says: the struct field offsets the programs read at, resolved
+//! so that one binary reads the right bytes on every BTF-enabled kernel (aya cannot emit CO-RE
+//! relocations from Rust), and which functions exist with how many parameters.
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Backend, Btf, BtfType, Struct, Type};
 use zctrace_common::KernelOffsets;
@@ -62,7 +63,26 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         msghdr_flags: field("msghdr", "msg_flags")?,
         msghdr_ubuf: field("msghdr", "msg_ubuf")?,
         sock_zerocopy_bit: enum_value(btf, "sock_flags", "SOCK_ZEROCOPY")?,
+        iov_iter_type: field("iov_iter", "iter_type")?,
+        // 6.5 removed pipe iterators: splices stopped reading through them.
+        iter_pipe: enum_value(btf, "iter_type", "ITER_PIPE").unwrap_or(u32::MAX),
+        skb_data_len: field("sk_buff", "data_len")?,
+        reserved: 0,
     })
+}
+
+/// How many parameters kernel function `name` takes, or `None` when BTF has no such function.
+pub fn function_params(btf: &Btf, name: &str) -> Option<usize> {
+    btf.resolve_types_by_name(name)
+        .ok()?
+        .into_iter()
+        .find_map(|t| match t {
+            Type::Func(func) => match btf.resolve_chained_type(&func).ok()? {
+                Type::FuncProto(proto) => Some(proto.parameters.len()),
+                _ => None,
+            },
+            _ => None,
+        })
 }
 
 /// Byte offset of `path` (members separated by dots) inside `struct_name`, looking through
