@@ -78,13 +78,8 @@ const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
         PING_PONG,
     ),
     (
-        "tcp_sendmsg_locked, per send",
-        &["--probes", "tcp_sendmsg_locked"],
-        TCP_PING_PONG,
-    ),
-    (
-        "sock_send_length, per send",
-        &["--probes", "sock_send_length"],
+        "tcp_send (as this kernel attaches it), per send",
+        &["--probes", "tcp_send"],
         TCP_PING_PONG,
     ),
     (
