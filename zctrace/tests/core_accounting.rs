@@ -373,11 +373,7 @@ fn every_exit_is_marked_and_leaves_no_per_thread_entry() {
     let gone = tracer.forget_exited(&snapshot, false).unwrap();
     let unmarked: Vec<_> = keys
         .iter()
-        .filter(|key| {
-            !gone
-                .iter()
-                .any(|g| g.tgid == key.tgid && procfs::start_ticks(g) == procfs::start_ticks(key))
-        })
+        .filter(|key| !gone.iter().any(|g| same_process(g, key)))
         .collect();
     assert!(
         unmarked.is_empty(),
@@ -390,10 +386,7 @@ fn every_exit_is_marked_and_leaves_no_per_thread_entry() {
         .iter()
         .map(|(key, _)| *key)
         .chain(after.syscalls.iter().map(|(key, _)| key.process))
-        .filter(|left| {
-            keys.iter()
-                .any(|k| k.tgid == left.tgid && procfs::start_ticks(k) == procfs::start_ticks(left))
-        })
+        .filter(|left| keys.iter().any(|k| same_process(k, left)))
         .collect();
     assert!(
         left.is_empty(),

@@ -131,12 +131,17 @@ pub fn key_of(pid: u32) -> ProcessKey {
     }
 }
 
+/// True when two keys name one process: the probes' start time and /proc's differ below a tick.
+pub fn same_process(a: &ProcessKey, b: &ProcessKey) -> bool {
+    a.tgid == b.tgid && procfs::start_ticks(a) == procfs::start_ticks(b)
+}
+
 /// Finds the figures of `key` (start time compared at /proc's tick resolution).
 pub fn figures_of(tracer: &Tracer, key: &ProcessKey) -> ProcessFigures {
     let snapshot = tracer.snapshot().expect("reading maps");
     per_process(&snapshot, tracer.copies_observed())
         .into_iter()
-        .find(|f| f.key.tgid == key.tgid && procfs::start_ticks(&f.key) == procfs::start_ticks(key))
+        .find(|f| same_process(&f.key, key))
         .unwrap_or_else(|| panic!("no figures for process {key:?}"))
 }
 
