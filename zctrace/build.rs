@@ -11,6 +11,10 @@ fn main() -> anyhow::Result<()> {
         "cargo:rerun-if-changed={}",
         manifest_dir.join("../zctrace-common/src").display()
     );
+    // aya-build echoes each line of the nested cargo's stderr as a `cargo:warning`, so every
+    // build printed ~90 "warning: zctrace@..." lines of progress. Quiet leaves only compiler
+    // diagnostics, which it forwards from cargo's JSON messages: real warnings still show.
+    std::env::set_var("CARGO_TERM_QUIET", "true");
     aya_build::build_ebpf(
         [Package {
             name: "zctrace-ebpf",

@@ -45,6 +45,7 @@ const GETPID: [&str; 3] = ["workload", "getpid-loop", "2000000"];
 const PING_PONG: [&str; 3] = ["workload", "ping-pong", "200000"];
 const TCP_PING_PONG: [&str; 3] = ["workload", "tcp-ping-pong", "50000"];
 const SPAWN: [&str; 3] = ["workload", "spawn", "300"];
+const RENAME: [&str; 3] = ["workload", "rename", "200000"];
 
 /// Each program alone, and the `floor` (empty) and `counting_floor` (one hash add per tgid)
 /// instruments at its hook, on a workload that hits it once per reported event:
@@ -88,8 +89,13 @@ const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
         TCP_PING_PONG,
     ),
     (
-        "sched_process_exec+exit, per process",
-        &["--probes", "sched_process_exec,sched_process_exit"],
+        "task_rename, per prctl rename",
+        &["--probes", "task_rename"],
+        RENAME,
+    ),
+    (
+        "task_rename+sched_process_exit, per process (exec renames)",
+        &["--probes", "task_rename,sched_process_exit"],
         SPAWN,
     ),
 ];

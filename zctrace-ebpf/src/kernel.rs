@@ -134,6 +134,14 @@ pub fn current_group_dead() -> bool {
     field::<i32>(signal, offset!(signal_live)) == 0
 }
 
+/// The name of the process `task` belongs to: its thread-group leader's, as `ps -o comm` shows;
+/// a thread's own name never names the process.
+#[inline(always)]
+pub fn leader_comm(task: u64) -> [u8; 16] {
+    let leader: u64 = field(task, offset!(task_group_leader));
+    read(leader, offset!(task_comm)).unwrap_or_default()
+}
+
 /// Key of the process `task` belongs to, given its tgid.
 #[inline(always)]
 pub fn process_key(task: u64, tgid: u32) -> Result<ProcessKey, u32> {

@@ -4,13 +4,13 @@ use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
     bindings::BPF_NOEXIST,
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm},
+    helpers::bpf_get_current_cgroup_id,
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
 use zctrace_common::{MapSlot, PendingSend, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
 
-use crate::kernel::current_task_exiting;
+use crate::kernel::{current_task, current_task_exiting, leader_comm};
 
 #[map]
 pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> = HashMap::with_max_entries(65536, 0);
@@ -99,7 +99,7 @@ pub fn current_process_entry(key: &ProcessKey) -> Option<*mut ProcessStats> {
 /// Creates the current task's process entry, named and with its cgroup, even while it exits.
 #[inline(always)]
 pub fn create_current_process_entry(key: &ProcessKey) -> Option<*mut ProcessStats> {
-    process_entry(key, bpf_get_current_comm().unwrap_or_default()).map(with_cgroup)
+    process_entry(key, leader_comm(current_task())).map(with_cgroup)
 }
 
 #[inline(always)]

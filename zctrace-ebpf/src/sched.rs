@@ -1,6 +1,7 @@
-//! Scheduler context switches per process, split as the kernel's nvcsw/nivcsw are, and off-CPU time.
+//! Scheduler context switches per process, split as the kernel's nvcsw/nivcsw are, off-CPU time,
+//! and the life events of a process: exit and rename.
 use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
@@ -8,8 +9,8 @@ use zctrace_common::MapSlot;
 
 use crate::{
     kernel::{
-        current_group_dead, current_task, current_task_exiting, field, filtered_out, offset, process_key,
-        read,
+        current_group_dead, current_task, current_task_exiting, field, filtered_out, leader_comm, offset,
+        process_key,
     },
     maps::{
         add, count_error, create_current_process_entry, current_process_entry, process_entry, OFFCPU_START,
@@ -85,7 +86,7 @@ fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
     // The name is read only when the entry has to be created.
     let entry = match PROCESSES.get_ptr_mut(key) {
         Some(entry) => entry,
-        None => process_entry(&key, read(next, offset!(task_comm)).unwrap_or_default()).ok_or(0u32)?,
+        None => process_entry(&key, leader_comm(next)).ok_or(0u32)?,
     };
     // SAFETY: `entry` points into a live map value.
     unsafe { add(&raw mut (*entry).offcpu_ns, now.saturating_sub(since)) };
@@ -124,20 +125,28 @@ fn try_sched_process_exit() -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Why sched_process_exec: exec renames the process; the entry its pre-exec syscalls created
-/// must carry the new name.
-#[btf_tracepoint(function = "sched_process_exec")]
-pub fn sched_process_exec(_ctx: BtfTracePointContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if filtered_out(tgid) {
-        return 0;
+/// Why task_rename: exec and prctl(PR_SET_NAME) both rename a task through it, with the new name
+/// in hand, as `ps` will show it. Only the thread-group leader's name names the process.
+#[btf_tracepoint(function = "task_rename")]
+pub fn task_rename(ctx: BtfTracePointContext) -> u32 {
+    match try_task_rename(&ctx) {
+        Ok(r) | Err(r) => r,
     }
-    let Ok(key) = process_key(current_task(), tgid) else {
-        return 0;
-    };
-    if let (Some(entry), Ok(comm)) = (PROCESSES.get_ptr_mut(key), bpf_get_current_comm()) {
-        // SAFETY: `entry` points into a live map value.
-        unsafe { (*entry).comm = comm };
+}
+
+fn try_task_rename(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let task: u64 = ctx.arg(0);
+    let new_name: u64 = ctx.arg(1);
+    let tgid: u32 = field(task, offset!(task_tgid));
+    if field::<u32>(task, offset!(task_pid)) != tgid || filtered_out(tgid) {
+        return Ok(0);
     }
-    0
+    // A process without an entry yet gets the new name when one is created.
+    let entry = PROCESSES.get_ptr_mut(process_key(task, tgid)?).ok_or(0u32)?;
+    let mut comm = [0u8; 16];
+    // SAFETY: the helper checks the kernel address and stops at the buffer's end.
+    unsafe { bpf_probe_read_kernel_str_bytes(new_name as *const u8, &mut comm) }.map_err(|_| 0u32)?;
+    // SAFETY: `entry` points into a live map value.
+    unsafe { (*entry).comm = comm };
+    Ok(0)
 }

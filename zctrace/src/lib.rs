@@ -1,6 +1,7 @@
 //! zctrace: per-process accounting of bytes moved, CPU copies, mode switches and context switches.
 pub mod accounting;
 pub mod attach;
+pub mod duration;
 pub mod exporter;
 #[cfg(test)]
 mod fuzz_tests;

@@ -5,7 +5,7 @@ mod common;
 use std::{
     collections::HashMap,
     fs,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
@@ -71,7 +71,7 @@ fn a_probe_the_kernel_lacks_is_reported_and_the_others_count() {
         "sys_exit",
         "sched_switch",
         "sched_process_exit",
-        "sched_process_exec",
+        "task_rename",
         "tcp_send",
     ] {
         assert_eq!(attached(probe), Some(1.0), "{probe}");
@@ -157,14 +157,6 @@ impl MonotonicCheck {
     }
 }
 
-fn cat_named(name: &str) -> PathBuf {
-    let link = scratch_path(name);
-    if !link.exists() {
-        std::os::unix::fs::symlink("/bin/cat", &link).expect("symlinking cat");
-    }
-    link
-}
-
 fn null_writes(metrics: &str, comm: &str) -> Option<f64> {
     sample(
         metrics,
@@ -212,7 +204,7 @@ fn processes_that_exit_or_recycle_a_pid_mid_scrape_lose_nothing() {
     assert!(recycled, "could not get PID {first} back in 50 attempts");
     let file = test_file(FILE);
     for n in 0..CHURN {
-        let status = Command::new(cat_named(&format!("zc-churn-{n:02}")))
+        let status = Command::new(named_link("/bin/cat", &format!("zc-churn-{n:02}")))
             .arg(&file)
             .stdout(fs::File::create("/dev/null").unwrap())
             .status()

@@ -17,6 +17,8 @@ pub enum IoStyle {
     IoUring,
     /// Mostly receives.
     Receiver,
+    /// Writes files, and sends little.
+    FileWriter,
     /// Too little moved to say.
     Idle,
 }
@@ -34,6 +36,7 @@ impl IoStyle {
             IoStyle::ZerocopySend => "zerocopy_send",
             IoStyle::IoUring => "io_uring",
             IoStyle::Receiver => "receiver",
+            IoStyle::FileWriter => "file_writer",
             IoStyle::Idle => "idle",
         }
     }
@@ -61,6 +64,32 @@ fn delivered_by(f: &ProcessFigures, pick: impl Fn(&str, FdKind, FdKind, bool) ->
         .sum()
 }
 
+/// Bytes that left for sockets and pipes: what an I/O style is about. File writes are not sends.
+fn sent_by(f: &ProcessFigures, pick: impl Fn(&str, FdKind, FdKind, bool) -> bool) -> u64 {
+    delivered_by(f, |syscall, src, dst, zc| {
+        is_outbound(dst) && pick(syscall, src, dst, zc)
+    })
+}
+
+fn is_outbound(kind: FdKind) -> bool {
+    matches!(
+        kind,
+        FdKind::Tcp | FdKind::Udp | FdKind::Unix | FdKind::OtherSocket | FdKind::Pipe
+    )
+}
+
+fn written_to_files(f: &ProcessFigures) -> u64 {
+    delivered_by(f, |_, _, dst, _| dst == FdKind::Regular)
+}
+
+fn read_from_files(f: &ProcessFigures) -> u64 {
+    f.paths
+        .iter()
+        .filter(|p| p.src == FdKind::Regular && p.dst == FdKind::User)
+        .map(|p| p.bytes)
+        .sum()
+}
+
 fn read_into_user(f: &ProcessFigures) -> u64 {
     f.paths
         .iter()
@@ -70,7 +99,6 @@ fn read_into_user(f: &ProcessFigures) -> u64 {
 }
 
 pub fn classify(f: &ProcessFigures) -> IoStyle {
-    let delivered = f.delivered_bytes();
     let tcp_sent = f.tcp_send.copy + f.tcp_send.splice + f.tcp_send.zerocopy + f.tcp_send.unclassified;
     let sent_by_syscalls = delivered_by(f, |_, _, dst, _| matches!(dst, FdKind::Tcp));
     if tcp_sent >= MEANINGFUL_BYTES
@@ -79,18 +107,21 @@ pub fn classify(f: &ProcessFigures) -> IoStyle {
     {
         return IoStyle::IoUring;
     }
-    if delivered < MEANINGFUL_BYTES {
-        return if read_into_user(f) >= MEANINGFUL_BYTES {
+    let sent = sent_by(f, |_, _, _, _| true);
+    if sent < MEANINGFUL_BYTES {
+        return if written_to_files(f) >= MEANINGFUL_BYTES {
+            IoStyle::FileWriter
+        } else if read_into_user(f) >= MEANINGFUL_BYTES {
             IoStyle::Receiver
         } else {
             IoStyle::Idle
         };
     }
-    let share = |bytes: u64| bytes as f64 / delivered as f64;
-    let sendfile = delivered_by(f, |s, _, _, _| s == "sendfile");
-    let spliced = delivered_by(f, |s, _, _, _| matches!(s, "splice" | "vmsplice" | "tee"));
-    let zerocopy = delivered_by(f, |_, _, _, zc| zc);
-    let copied_out = delivered_by(f, |s, src, _, zc| src == FdKind::User && !zc && s != "vmsplice");
+    let share = |bytes: u64| bytes as f64 / sent as f64;
+    let sendfile = sent_by(f, |s, _, _, _| s == "sendfile");
+    let spliced = sent_by(f, |s, _, _, _| matches!(s, "splice" | "vmsplice" | "tee"));
+    let zerocopy = sent_by(f, |_, _, _, zc| zc);
+    let copied_out = sent_by(f, |s, src, _, zc| src == FdKind::User && !zc && s != "vmsplice");
     let best = [
         (sendfile, IoStyle::Sendfile),
         (spliced, IoStyle::SplicePipeline),
@@ -127,6 +158,11 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
             "write() from memory copied {} into socket buffers; if that memory maps a file, sendfile() avoids the copy \
              and the SIGBUS a truncated file causes under mmap",
             mib(to_sockets)
+        )),
+        IoStyle::FileWriter if read_from_files(f) >= MEANINGFUL_BYTES => advice.push(format!(
+            "read() and write() copied {} from files into files through user space (two CPU copies a byte); \
+             copy_file_range() copies in the kernel, once, or not at all on a filesystem that shares extents",
+            mib(read_from_files(f).min(written_to_files(f)))
         )),
         _ => {}
     }
@@ -220,6 +256,41 @@ mod tests {
         };
         assert_eq!(classify(&f), IoStyle::MmapWrite);
         assert!(advise(&f, IoStyle::MmapWrite)[0].contains("SIGBUS"));
+    }
+
+    #[test]
+    fn writing_a_file_then_sendfiling_it_is_sendfile_not_mmap_write() {
+        let f = ProcessFigures {
+            paths: vec![
+                path("write", FdKind::User, FdKind::Regular, 256, 16 * MB, 1),
+                path("sendfile", FdKind::Regular, FdKind::Tcp, 128, 16 * MB, 0),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::Sendfile);
+        assert!(advise(&f, IoStyle::Sendfile).is_empty());
+    }
+
+    #[test]
+    fn file_writers_are_their_own_style_and_a_file_copy_is_told_about_copy_file_range() {
+        let writer = ProcessFigures {
+            paths: vec![path("write", FdKind::User, FdKind::Regular, 256, 16 * MB, 1)],
+            ..Default::default()
+        };
+        assert_eq!(classify(&writer), IoStyle::FileWriter);
+        assert!(
+            advise(&writer, IoStyle::FileWriter).is_empty(),
+            "nothing to say about a plain writer"
+        );
+        let copier = ProcessFigures {
+            paths: vec![
+                path("read", FdKind::Regular, FdKind::User, 256, 16 * MB, 1),
+                path("write", FdKind::User, FdKind::Regular, 256, 16 * MB, 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&copier), IoStyle::FileWriter);
+        assert!(advise(&copier, IoStyle::FileWriter)[0].contains("copy_file_range()"));
     }
 
     #[test]

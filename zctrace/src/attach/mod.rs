@@ -32,10 +32,10 @@ pub struct AttachArgs {
     #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "command", conflicts_with = "command")]
     pub pid: Option<u32>,
     /// Stop after this long (for example 30s); default: until Ctrl-C or the process exits.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub duration: Option<Duration>,
     /// Refresh interval of the live view.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub interval: Duration,
     /// Print the final report as one JSON object (and no live view).
     #[arg(long)]

@@ -15,15 +15,16 @@ use super::{
 use crate::{
     accounting::{per_process, ProcessFigures},
     probes::{args::ProbeArgs, privileges, Tracer},
+    procfs,
 };
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct TopArgs {
     /// Refresh interval.
-    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = "1s", allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub interval: Duration,
     /// Stop after this long; default: until q or Ctrl-C.
-    #[arg(long, value_parser = humantime::parse_duration)]
+    #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub duration: Option<Duration>,
     /// Rows shown.
     #[arg(long, default_value_t = 20, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=10_000))]
@@ -77,7 +78,11 @@ fn rank(
         .map(|(total, d)| {
             vec![
                 total.key.tgid.to_string(),
-                total.comm.clone(),
+                // A process with syscall entries only has no name in the maps yet.
+                match total.comm.as_str() {
+                    "" => procfs::comm(total.key.tgid).unwrap_or_else(|| procfs::UNKNOWN_COMM.into()),
+                    comm => comm.to_string(),
+                },
                 mb(d.cpu_copy_bytes() as f64 / seconds),
                 mb(d.bytes() as f64 / seconds),
                 copies_per_byte_label(d),

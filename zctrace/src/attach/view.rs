@@ -37,7 +37,21 @@ impl View {
     pub fn show(&mut self, frame: &Frame, wait: Duration) -> Result<bool> {
         match self {
             View::Plain => {
+                // As `top -b` does: every frame whole, its rows in aligned columns.
+                let line = |cells: &[String]| {
+                    let padded: Vec<String> = cells
+                        .iter()
+                        .zip(&frame.widths)
+                        .map(|(cell, width)| format!("{cell:<width$}", width = *width as usize))
+                        .collect();
+                    padded.join(" ").trim_end().to_string()
+                };
                 println!("{} | {}", frame.title, frame.summary);
+                println!(
+                    "{}",
+                    line(&frame.header.iter().map(|h| h.to_string()).collect::<Vec<_>>())
+                );
+                frame.rows.iter().for_each(|row| println!("{}", line(row)));
                 std::thread::sleep(wait);
                 Ok(false)
             }

@@ -150,9 +150,15 @@ impl State {
             // A cgroup removed before it was seen stays unlabelled rather than rescanned per scrape.
             self.cgroups.entry(figures.cgroup_id).or_default().clone()
         });
-        // A process that has not switched out yet has no name in the maps: /proc knows it.
+        // A process with syscall entries only has no name in the maps: /proc knows it while it
+        // lives, and the series book remembers it once seen. A process never seen alive and
+        // never named (its exit missed) is "unknown", never an empty label.
         let comm = match figures.comm.as_str() {
-            "" if procfs::is_alive(&figures.key) => procfs::comm(figures.key.tgid).unwrap_or_default(),
+            "" => procfs::is_alive(&figures.key)
+                .then(|| procfs::comm(figures.key.tgid))
+                .flatten()
+                .or_else(|| self.book.comm_of(&figures.key))
+                .unwrap_or_else(|| procfs::UNKNOWN_COMM.to_string()),
             comm => comm.to_string(),
         };
         SeriesKey { comm, pid, cgroup }

@@ -48,7 +48,7 @@ pub struct DaemonArgs {
     #[arg(long = "cgroup-label")]
     pub cgroup_label: bool,
     /// How long the series of exited processes stay exported.
-    #[arg(long = "series.grace-period", default_value = "5m", allow_hyphen_values = true, value_parser = humantime::parse_duration)]
+    #[arg(long = "series.grace-period", default_value = "5m", allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub grace_period: Duration,
     /// Attach only these probes, comma-separated (default: every counting probe and copy
     /// observer); the rest are exported as zctrace_probe_attached{mode="off"} 0.

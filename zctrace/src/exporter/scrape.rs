@@ -79,11 +79,25 @@ impl Scrape {
         labels
     }
 
-    /// One counter sample per series, from `value`.
+    /// One counter sample per series, from `value`, for the series where it is not zero.
     fn per_series(&self, value: impl Fn(&SeriesTotals) -> u64) -> Vec<(Labels, u64)> {
+        self.per_series_labelled(|totals| vec![(vec![], value(totals))])
+    }
+
+    /// Counter samples per series, each with its extra labels, leaving out zeros: a series
+    /// appears once its counter has something to say, and as counters never go down, stays.
+    fn per_series_labelled<V: Default + PartialEq>(
+        &self,
+        values: impl Fn(&SeriesTotals) -> Vec<(Vec<(&'static str, &str)>, V)>,
+    ) -> Vec<(Labels, V)> {
         self.series
             .iter()
-            .map(|(key, totals)| (Self::labels(key, &[]), value(totals)))
+            .flat_map(|(key, totals)| {
+                values(totals)
+                    .into_iter()
+                    .filter(|(_, value)| *value != V::default())
+                    .map(|(extra, value)| (Self::labels(key, &extra), value))
+            })
             .collect()
     }
 
@@ -114,15 +128,19 @@ impl Scrape {
             self.series
                 .iter()
                 .flat_map(|(key, t)| {
-                    t.paths.iter().map(move |(p, totals)| {
-                        let mut extra = vec![
-                            ("syscall", p.syscall),
-                            ("src", kind_label(p.src)),
-                            ("dst", kind_label(p.dst)),
-                        ];
-                        extra.extend(source.map(|s| ("source", s)));
-                        (Self::labels(key, &extra), value(totals))
-                    })
+                    // A path's series appear once it moved bytes; its copies then show even at 0.
+                    t.paths
+                        .iter()
+                        .filter(|(_, totals)| totals.bytes > 0)
+                        .map(move |(p, totals)| {
+                            let mut extra = vec![
+                                ("syscall", p.syscall),
+                                ("src", kind_label(p.src)),
+                                ("dst", kind_label(p.dst)),
+                            ];
+                            extra.extend(source.map(|s| ("source", s)));
+                            (Self::labels(key, &extra), value(totals))
+                        })
                 })
                 .collect::<Vec<_>>()
         };
@@ -138,20 +156,17 @@ impl Scrape {
             "Bytes the CPU copied, by syscall and endpoint kinds; source=model means inferred from the copy model.",
             per_path(|p| p.cpu_copy_bytes, Some(Source::Model.label())),
         )?;
-        let tcp = self
-            .series
-            .iter()
-            .flat_map(|(key, t)| {
-                let s = &t.tcp_send;
-                [
-                    ("copy", s.copy),
-                    ("splice", s.splice),
-                    ("zerocopy", s.zerocopy),
-                    ("unclassified", s.unclassified),
-                ]
-                .map(|(path, bytes)| (Self::labels(key, &[("path", path)]), bytes))
-            })
-            .collect();
+        let tcp = self.per_series_labelled(|t| {
+            let s = &t.tcp_send;
+            [
+                ("copy", s.copy),
+                ("splice", s.splice),
+                ("zerocopy", s.zerocopy),
+                ("unclassified", s.unclassified),
+            ]
+            .map(|(path, bytes)| (vec![("path", path)], bytes))
+            .to_vec()
+        });
         counters(
             encoder,
             "zctrace_tcp_send_bytes",
@@ -164,16 +179,12 @@ impl Scrape {
             "Socket-to-user receive copies, exact (observed).",
             self.per_series(|t| t.recv_copy_bytes),
         )?;
-        let deferred = self
-            .series
-            .iter()
-            .map(|(key, t)| {
-                (
-                    Self::labels(key, &[("source", Source::Model.label())]),
-                    t.zerocopy_deferred_copy_bytes,
-                )
-            })
-            .collect();
+        let deferred = self.per_series_labelled(|t| {
+            vec![(
+                vec![("source", Source::Model.label())],
+                t.zerocopy_deferred_copy_bytes,
+            )]
+        });
         counters(
             encoder,
             "zctrace_zerocopy_deferred_copy_bytes",
@@ -181,16 +192,13 @@ impl Scrape {
             deferred,
         )?;
         if self.copies_observed {
-            let observed = self
-                .series
-                .iter()
-                .flat_map(|(key, t)| {
-                    OBSERVED_ROUTINES
-                        .iter()
-                        .zip(t.observed_copies)
-                        .map(|(routine, bytes)| (Self::labels(key, &[("routine", routine)]), bytes))
-                })
-                .collect();
+            let observed = self.per_series_labelled(|t| {
+                OBSERVED_ROUTINES
+                    .iter()
+                    .zip(t.observed_copies)
+                    .map(|(routine, bytes)| (vec![("routine", *routine)], bytes))
+                    .collect()
+            });
             counters(
                 encoder,
                 "zctrace_observed_copy_bytes",
@@ -204,28 +212,19 @@ impl Scrape {
             "User/kernel mode switches from syscalls (two per syscall).",
             self.per_series(|t| 2 * t.syscalls_total),
         )?;
-        let switches = self
-            .series
-            .iter()
-            .flat_map(|(key, t)| {
-                [
-                    ("voluntary", t.voluntary_switches),
-                    ("involuntary", t.involuntary_switches),
-                ]
-                .map(|(kind, n)| (Self::labels(key, &[("kind", kind)]), n))
-            })
-            .collect();
+        let switches = self.per_series_labelled(|t| {
+            vec![
+                (vec![("kind", "voluntary")], t.voluntary_switches),
+                (vec![("kind", "involuntary")], t.involuntary_switches),
+            ]
+        });
         counters(
             encoder,
             "zctrace_context_switches",
             "Scheduler context switches, as the kernel's nvcsw/nivcsw split them.",
             switches,
         )?;
-        let offcpu = self
-            .series
-            .iter()
-            .map(|(key, t)| (Self::labels(key, &[]), t.offcpu_ns as f64 / 1e9))
-            .collect();
+        let offcpu = self.per_series_labelled(|t| vec![(vec![], t.offcpu_ns as f64 / 1e9)]);
         counters(
             encoder,
             "zctrace_offcpu_seconds",

@@ -174,6 +174,11 @@ impl SeriesBook {
         }
     }
 
+    /// The name a live process was last shown under.
+    pub fn comm_of(&self, process: &ProcessKey) -> Option<String> {
+        self.processes.get(process).map(|seen| seen.series.comm.clone())
+    }
+
     /// Label sets that did not get a series of their own, since start.
     pub fn dropped(&self) -> u64 {
         self.dropped

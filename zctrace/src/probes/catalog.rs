@@ -145,11 +145,11 @@ pub const PROBES: &[Probe] = &[
         }],
     },
     Probe {
-        name: "sched_process_exec",
+        name: "task_rename",
         role: Role::Counting,
         ways: &[Way {
             mode: TP_BTF,
-            programs: &[tp("sched_process_exec", "sched_process_exec")],
+            programs: &[tp("task_rename", "task_rename")],
         }],
     },
     Probe {

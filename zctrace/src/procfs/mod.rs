@@ -29,6 +29,9 @@ pub fn is_alive(key: &ProcessKey) -> bool {
     read_start_ticks(key.tgid) == Some(start_ticks(key))
 }
 
+/// The name of a process that exited before zctrace could learn it.
+pub const UNKNOWN_COMM: &str = "unknown";
+
 pub fn comm(pid: u32) -> Option<String> {
     let name = fs::read_to_string(format!("/proc/{pid}/comm")).ok()?;
     Some(name.trim_end_matches('\n').to_string())

@@ -124,6 +124,28 @@ pub enum Workload {
     /// `zctrace send`, bracketed so a checker sees only the transfer: print "ready", wait for
     /// SIGUSR1, send, stop with SIGSTOP, then (after SIGCONT) print the sender's report.
     Send(SendArgs),
+    /// Rename itself COUNT times with prctl(PR_SET_NAME); print nanoseconds per rename.
+    Rename { count: u64 },
+    /// After AFTER_MS (asleep, so it switches out, or with --spin on CPU), rename itself to NAME
+    /// with prctl(PR_SET_NAME) as daemons do after start-up, then send as `zctrace send` does.
+    RenameThenSend {
+        #[arg(long)]
+        name: String,
+        #[arg(long)]
+        after_ms: u64,
+        #[arg(long)]
+        spin: bool,
+        #[command(flatten)]
+        send: SendArgs,
+    },
+    /// Send from a worker thread that names itself WORKER, as thread pools do; the process keeps
+    /// its own name.
+    SendFromThread {
+        #[arg(long)]
+        worker: String,
+        #[command(flatten)]
+        send: SendArgs,
+    },
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -187,6 +209,35 @@ pub fn run(workload: &Workload) -> Result<()> {
             return Ok(());
         }
         Workload::PingPong { rounds } => return ping_pong(rounds),
+        Workload::Rename { count } => return rename_loop(count),
+        Workload::RenameThenSend {
+            ref name,
+            after_ms,
+            spin,
+            ref send,
+        } => {
+            let after = Duration::from_millis(after_ms);
+            if spin {
+                let until = Instant::now() + after;
+                while Instant::now() < until {
+                    std::hint::spin_loop();
+                }
+            } else {
+                std::thread::sleep(after);
+            }
+            set_name(name)?;
+            return sender::send(&send.options(None)).map(drop);
+        }
+        Workload::SendFromThread { ref worker, ref send } => {
+            let (worker, send) = (worker.clone(), send.clone());
+            let sending = std::thread::spawn(move || -> Result<()> {
+                set_name(&worker)?;
+                sender::send(&send.options(None)).map(drop)
+            });
+            return sending
+                .join()
+                .map_err(|_| anyhow::anyhow!("the worker thread panicked"))?;
+        }
         Workload::TcpPingPong { rounds } => return tcp_ping_pong(rounds),
         Workload::Spawn { count } => {
             let started = Instant::now();
@@ -216,6 +267,23 @@ fn bracketed_send(args: &SendArgs) -> Result<()> {
     let report = sender::send(&args.options(None));
     raise(Signal::SIGSTOP)?;
     println!("{}", serde_json::to_string(&report?)?);
+    Ok(())
+}
+
+/// Names the calling thread (the process, when called from its first thread).
+fn set_name(name: &str) -> Result<()> {
+    let name = std::ffi::CString::new(name).context("a name without NUL bytes")?;
+    nix::sys::prctl::set_name(&name).context("prctl(PR_SET_NAME)")?;
+    Ok(())
+}
+
+fn rename_loop(count: u64) -> Result<()> {
+    let names = [c"zc-rename-a", c"zc-rename-b"];
+    let started = Instant::now();
+    for i in 0..count {
+        nix::sys::prctl::set_name(names[(i & 1) as usize])?;
+    }
+    println!("{:.1}", started.elapsed().as_nanos() as f64 / count.max(1) as f64);
     Ok(())
 }
 

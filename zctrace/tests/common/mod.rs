@@ -355,6 +355,15 @@ pub fn renamed_zctrace(name: &str) -> PathBuf {
     path
 }
 
+/// A link to `target` under another name: its processes get that comm.
+pub fn named_link(target: &str, name: &str) -> PathBuf {
+    let link = scratch_path(name);
+    if !link.exists() {
+        std::os::unix::fs::symlink(target, &link).expect("symlinking");
+    }
+    link
+}
+
 /// `BINARY send ...` to a fresh receiver, to completion.
 pub fn send_as(binary: &Path, method: &str, file: &Path, chunk: u64) {
     let receiver = Receiver::start(&[]);
