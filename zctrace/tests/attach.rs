@@ -113,6 +113,47 @@ fn splice_report() {
 }
 
 #[test]
+fn a_file_writer_that_sends_by_sendfile_is_a_sendfile_sender() {
+    if !privileged("a_file_writer_that_sends_by_sendfile_is_a_sendfile_sender") {
+        return;
+    }
+    let receiver = Receiver::start(&[]);
+    let file = scratch_path("written-then-sent");
+    let output = Command::new(zctrace_bin())
+        .args([
+            "attach",
+            "--json",
+            "--",
+            zctrace_bin(),
+            "workload",
+            "write-file-then-send",
+        ])
+        .args([
+            "--size",
+            &SIZE.to_string(),
+            "--method",
+            "sendfile",
+            "--to",
+            &receiver.addr,
+            "--file",
+        ])
+        .arg(&file)
+        .output()
+        .expect("zctrace attach");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    receiver.finish();
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(u(&path(&r, "write", "user", "file")["bytes"]), SIZE);
+    assert_eq!(u(&path(&r, "sendfile", "file", "tcp")["bytes"]), SIZE);
+    assert_eq!(r["io_style"], "sendfile", "{r:#}");
+}
+
+#[test]
 fn attach_works_beside_a_running_daemon() {
     if !privileged("attach_works_beside_a_running_daemon") {
         return;
