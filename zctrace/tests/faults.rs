@@ -242,3 +242,22 @@ fn processes_that_exit_or_recycle_a_pid_mid_scrape_lose_nothing() {
         "comm=\"other\" keeps its counts"
     );
 }
+
+#[test]
+fn a_daemon_with_only_an_instrument_serves() {
+    if !privileged("a_daemon_with_only_an_instrument_serves") {
+        return;
+    }
+    // The overhead bench times each program alone, the empty `floor` among them.
+    let daemon = Daemon::start(&["--probes", "floor"]);
+    let metrics = daemon.metrics();
+    let attached = |probe, mode| {
+        sample(
+            &metrics,
+            "zctrace_probe_attached",
+            &[("probe", probe), ("mode", mode)],
+        )
+    };
+    assert_eq!(attached("floor", "tp_btf"), Some(1.0), "{metrics}");
+    assert_eq!(attached("sys_exit", "off"), Some(0.0), "{metrics}");
+}

@@ -131,17 +131,16 @@ pub struct Tracer {
 impl Tracer {
     /// Loads the programs and attaches every selected probe in the best way the kernel allows.
     /// A probe that cannot attach is reported in [`Tracer::statuses`] and the others keep
-    /// working; the load fails only when no counting probe attached at all.
+    /// working; the load fails only when no selected probe attached at all.
     pub fn load(options: &ProbeOptions) -> Result<Tracer> {
         let kernel = btf::kernel_btf()?;
         let mut ebpf = load_programs(options, &btf::resolve(&kernel)?)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
         let statuses = attach_probes(&mut ebpf, options, &btf, &kernel);
-        let counting = |s: &&ProbeStatus| s.role == Role::Counting;
-        if !statuses.iter().filter(counting).any(|s| s.mode.is_attached()) {
+        if !statuses.iter().any(|s| s.mode.is_attached()) {
             let reasons: Vec<String> = statuses
                 .iter()
-                .filter(counting)
+                .filter(|s| s.mode != ProbeMode::Off)
                 .map(|s| format!("{}: {:?}", s.probe, s.mode))
                 .collect();
             anyhow::bail!(
