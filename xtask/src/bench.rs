@@ -248,32 +248,42 @@ fn ns_per_event(zctrace: &Path, args: &[&str]) -> Result<f64> {
         .with_context(|| format!("{args:?} output"))
 }
 
+/// How long bpftrace may take to attach before the bench gives up on it rather than hang.
+const BPFTRACE_ATTACH_TIMEOUT: Duration = Duration::from_secs(60);
+
 fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
+    // Unbuffered: piped, bpftrace would hold "attached" in a full buffer.
     let mut bpftrace = Command::new("bpftrace")
-        .args(["-e", BPFTRACE_PEER])
+        .args(["-B", "none", "-e", BPFTRACE_PEER])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .context("bpftrace (installed by cargo xtask setup)")?;
     let stdout = bpftrace.stdout.take().context("bpftrace stdout")?;
-    let mut lines = BufReader::new(stdout).lines();
-    let mut attached = false;
-    while let Some(line) = lines.next().transpose()? {
-        if line.starts_with("attached") {
-            attached = true;
-            break;
+    // Read on a thread of its own, so that waiting for "attached" can time out; the thread
+    // also drains the maps bpftrace prints at exit.
+    let (attached_tx, attached_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if line.starts_with("attached") {
+                let _ = attached_tx.send(());
+            }
         }
-    }
-    if !attached {
+    });
+    let stop = |bpftrace: &mut std::process::Child| {
+        let _ = Command::new("kill")
+            .args(["-INT", &bpftrace.id().to_string()])
+            .status();
+    };
+    if attached_rx.recv_timeout(BPFTRACE_ATTACH_TIMEOUT).is_err() {
+        stop(&mut bpftrace);
+        let _ = bpftrace.kill();
         bpftrace.wait()?;
-        bail!("bpftrace exited without attaching its probes");
+        bail!("bpftrace did not attach its probes within {BPFTRACE_ATTACH_TIMEOUT:?}");
     }
     let result = work();
-    let _ = Command::new("kill")
-        .args(["-INT", &bpftrace.id().to_string()])
-        .status();
-    // Drain the printed maps so bpftrace can exit.
-    for _ in lines {}
+    stop(&mut bpftrace);
+    let _ = reader.join();
     bpftrace.wait()?;
     result
 }

@@ -37,7 +37,8 @@ pub const KERNELS: &[Kernel] = &[Kernel {
 /// The privileged tests that run in every VM: (test binary, test names; empty runs them all).
 /// `kernel_matrix` runs uncaptured, so the console shows each kernel's modes and copies.
 /// Left out: tests that need programs the VM does not carry (Prometheus, promtool, curl,
-/// openssl, systemd-analyze) and the host-only overhead and load benchmarks.
+/// openssl, systemd-analyze), the host-only overhead and load benchmarks, and, to keep CI within
+/// its time, the naming tests whose kernel side the daemon's already covers (attach and top).
 const SUITE: &[(&str, &[&str])] = &[
     ("kernel_matrix", &[]),
     ("core_accounting", &[]),
@@ -45,6 +46,14 @@ const SUITE: &[(&str, &[&str])] = &[
     ("bench_doctor", &[]),
     ("daemon", &["metrics_attribute_each_workload_to_its_process_name"]),
     ("daemon_shutdown", &[]),
+    (
+        "naming",
+        &[
+            "the_daemon_reports_a_prctl_renamed_process_under_its_new_name",
+            "a_process_is_named_by_its_leader_not_by_the_thread_that_works",
+            "idle_processes_get_no_series_at_zero_and_no_process_an_empty_name",
+        ],
+    ),
 ];
 
 /// How long one test binary's boot may take before qemu is stopped.

@@ -183,10 +183,14 @@ fn idle_processes_get_no_series_at_zero_and_no_process_an_empty_name() {
         return;
     }
     let daemon = Daemon::start(&["--series.grace-period", "60"]);
+    // zctrace's own sleeper rather than sleep(1), which is busybox in the VMs and would take its
+    // name for an applet's.
     let idle: Vec<_> = (0..50)
         .map(|_| {
-            Command::new(named_link("/bin/sleep", "zc-idle"))
-                .arg("2")
+            Command::new(renamed_zctrace("zc-idle"))
+                .args(["workload", "sleep-spin", "--sleeps", "1500", "--spin-ms", "0"])
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
                 .spawn()
                 .unwrap()
         })
