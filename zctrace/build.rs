@@ -15,10 +15,12 @@ fn main() -> anyhow::Result<()> {
     // build printed ~90 "warning: zctrace@..." lines of progress. Quiet leaves only compiler
     // diagnostics, which it forwards from cargo's JSON messages: real warnings still show.
     std::env::set_var("CARGO_TERM_QUIET", "true");
+    let instruments = std::env::var_os("CARGO_FEATURE_INSTRUMENTS").is_some();
     aya_build::build_ebpf(
         [Package {
             name: "zctrace-ebpf",
             root_dir,
+            features: if instruments { &["instruments"] } else { &[] },
             ..Default::default()
         }],
         Toolchain::Nightly,

@@ -270,7 +270,7 @@ fn with_bpftrace<T>(work: impl FnOnce() -> Result<T>) -> Result<T> {
             }
         }
     });
-    let stop = |bpftrace: &mut std::process::Child| {
+    let stop = |bpftrace: &mut Child| {
         let _ = Command::new("kill")
             .args(["-INT", &bpftrace.id().to_string()])
             .status();
@@ -296,7 +296,7 @@ fn daemon_footprint(zctrace: &Path) -> Result<()> {
     let idle = Duration::from_secs(20);
     std::thread::sleep(idle);
     let used = cpu_ticks(daemon.id())? - before;
-    let rss = status_kib(daemon.id(), "VmRSS")?;
+    let rss = memory_kib(daemon.id())?.rss;
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     daemon.wait()?;
     println!(
@@ -324,7 +324,7 @@ fn daemon_scrape(zctrace: &Path, dir: &Path) -> Result<()> {
     let millis = Stats::of(runs.iter().map(|r| r.millis).collect());
     let kib = runs.iter().map(|r| r.body.len()).max().unwrap_or(0) as f64 / 1024.0;
     let series = runs.iter().map(|r| samples(&r.body)).max().unwrap_or(0);
-    let rss = status_kib(daemon.id(), "VmRSS")?;
+    let rss = memory_kib(daemon.id())?.rss;
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     daemon.wait()?;
     println!(
@@ -374,21 +374,23 @@ pub(crate) fn alias(dir: &Path, name: &str, target: &str) -> Result<PathBuf> {
 
 /// User plus system CPU time of a process, in clock ticks (1/100 s).
 pub(crate) fn cpu_ticks(pid: u32) -> Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat[stat.rfind(')').context("stat")? + 2..]
-        .split_whitespace()
-        .collect();
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
+    let stat = procfs::process::Process::new(pid as i32)?.stat()?;
+    Ok(stat.utime + stat.stime)
 }
 
-/// A "kB" field of /proc/PID/status, such as VmRSS or VmHWM.
-pub(crate) fn status_kib(pid: u32, field: &str) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .with_context(|| format!("{field} missing from /proc/{pid}/status"))
+/// Resident memory now and at its peak, in KiB.
+pub(crate) struct Memory {
+    pub rss: u64,
+    pub peak: u64,
+}
+
+pub(crate) fn memory_kib(pid: u32) -> Result<Memory> {
+    let status = procfs::process::Process::new(pid as i32)?.status()?;
+    let (rss, peak) = status
+        .vmrss
+        .zip(status.vmhwm)
+        .context("no VmRSS or VmHWM in /proc/PID/status")?;
+    Ok(Memory { rss, peak })
 }
 
 /// Median, min and max.

@@ -10,7 +10,7 @@ use std::{
 use anyhow::{bail, Result};
 
 use crate::{
-    bench::{alias, cpu_ticks, payload, scrape, start_daemon_with, status_kib, Scrape, Stats},
+    bench::{alias, cpu_ticks, memory_kib, payload, scrape, start_daemon_with, Scrape, Stats},
     workspace_root,
 };
 
@@ -51,8 +51,8 @@ pub fn run(processes: u32, seconds: u64) -> Result<()> {
     let end = scrape(&address)?;
     std::thread::sleep(GRACE + Duration::from_secs(5));
     let after = scrape(&address)?;
-    let peak_rss = status_kib(pid, "VmHWM")?;
-    let rss = status_kib(pid, "VmRSS")?;
+    let memory = memory_kib(pid)?;
+    let (peak_rss, rss) = (memory.peak, memory.rss);
     let _ = Command::new("kill").arg(pid.to_string()).status();
     let exit = daemon.wait()?;
     report(processes, seconds, &scrapes, &end, &after);

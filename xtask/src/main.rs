@@ -1,12 +1,14 @@
-//! Developer and CI entry points: `cargo xtask setup | run | test | vmtest | bench | load`.
+//! Developer and CI entry points: `cargo xtask setup | run | test | fmt | image | vmtest | bench |
+//! load`.
 mod bench;
+mod image;
 mod load;
 mod setup;
 mod vmtest;
 
 use std::process::{Command, ExitCode};
 
-use anyhow::{bail, Context as _, Result};
+use anyhow::{bail, ensure, Context as _, Result};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,6 +28,9 @@ enum Task {
         #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
         args: Vec<String>,
     },
+    /// Format the workspace: rustfmt, with imports grouped std / external / crate (a nightly
+    /// rustfmt option, which `test` checks).
+    Fmt,
     /// Set up, then run formatting and lint checks and the whole test suite (privileged tests
     /// included when run as root), on this kernel and on every kernel of `vmtest`.
     Test,
@@ -34,6 +39,9 @@ enum Task {
         /// Boot only this kernel of the matrix.
         #[arg(long)]
         kernel: Option<String>,
+        /// Run only this test binary of the suite (kernel_matrix, bench_doctor, ...).
+        #[arg(long)]
+        test: Option<String>,
     },
     /// Set up, then measure tracing overhead and the sender's methods (a report, never a failure).
     Bench {
@@ -44,6 +52,8 @@ enum Task {
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
     },
+    /// Set up, then build the container image the DaemonSet runs (static binary, from scratch).
+    Image,
     /// Set up, then run many short-lived processes doing I/O under a daemon scraped every second,
     /// and report its memory, CPU, scrapes and series (a report, never a failure).
     Load {
@@ -69,6 +79,10 @@ fn main() -> ExitCode {
 fn run(task: Task) -> Result<()> {
     match task {
         Task::Setup => setup::ensure(),
+        Task::Fmt => {
+            setup::ensure()?;
+            check(rustfmt(false))
+        }
         Task::Run { args } => {
             setup::ensure()?;
             cargo(&["build", "--release", "--package", "zctrace"])?;
@@ -88,16 +102,27 @@ fn run(task: Task) -> Result<()> {
         Task::Test => {
             setup::ensure()?;
             test()?;
-            vmtest::run(None)
+            vmtest::run(None, None)
         }
-        Task::Vmtest { kernel } => {
+        Task::Vmtest { kernel, test } => {
             setup::ensure()?;
-            vmtest::run(kernel.as_deref())
+            vmtest::run(kernel.as_deref(), test.as_deref())
         }
         Task::Bench { pairs, size_mib } => {
             setup::ensure()?;
-            cargo(&["build", "--release", "--package", "zctrace"])?;
+            cargo(&[
+                "build",
+                "--release",
+                "--package",
+                "zctrace",
+                "--features",
+                "instruments",
+            ])?;
             bench::run(pairs, size_mib)
+        }
+        Task::Image => {
+            setup::ensure()?;
+            image::build()
         }
         Task::Load { processes, seconds } => {
             setup::ensure()?;
@@ -108,7 +133,7 @@ fn run(task: Task) -> Result<()> {
 }
 
 fn test() -> Result<()> {
-    cargo(&["fmt", "--all", "--check"])?;
+    check(rustfmt(true)).context("formatting or import grouping differs: run `cargo xtask fmt`")?;
     // The first build of a fresh clone runs zctrace's build script, which builds the eBPF crate:
     // its output must carry real warnings only, not the nested cargo's progress.
     without_build_script_echo(cargo_command(&[
@@ -121,13 +146,62 @@ fn test() -> Result<()> {
         "-D",
         "warnings",
     ]))?;
+    // The tests turn the `instruments` feature on; the released build, linted here, has it off.
+    cargo(&["clippy", "--package", "zctrace", "--", "-D", "warnings"])?;
     clippy_ebpf()?;
     let mut command = cargo_command(&["test", "--workspace", "--exclude", "zctrace-ebpf"]);
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         // CI runs as root: a privileged test that skips there is a failure.
         command.env("ZCTRACE_REQUIRE_PRIVILEGED", "1");
     }
-    check(command)
+    // The container test runs the image the DaemonSet names, as it names it; it needs root.
+    if procfs::process::Process::myself()?.uid()? == 0 {
+        image::build()?;
+    }
+    check(command)?;
+    released_build_has_no_instruments()
+}
+
+/// Builds zctrace as it is released (no `instruments`) and checks that its eBPF object holds no
+/// floor program and that it refuses the bench's workloads and `--probe.hook`.
+fn released_build_has_no_instruments() -> Result<()> {
+    cargo(&["build", "--package", "zctrace"])?;
+    let binary = workspace_root().join("target/debug/zctrace");
+    let bytes = std::fs::read(&binary)?;
+    for program in ["counting_floor", "FLOOR_COUNTS"] {
+        ensure!(
+            !bytes.windows(program.len()).any(|w| w == program.as_bytes()),
+            "the released build carries the bench instrument {program}"
+        );
+    }
+    for args in [
+        &["workload", "getppid", "1"][..],
+        &["--probe.hook", "floor=x", "probes"],
+    ] {
+        let output = Command::new(&binary).args(args).output()?;
+        ensure!(
+            !output.status.success(),
+            "the released build accepts the instrument `zctrace {}`",
+            args.join(" ")
+        );
+    }
+    eprintln!("xtask: the released build carries no floor program, workload or --probe.hook");
+    Ok(())
+}
+
+/// rustfmt through the nightly toolchain (which `setup` installs), for its import grouping.
+fn rustfmt(only_check: bool) -> Command {
+    let mut command = Command::new("rustup");
+    command
+        .args(["run", "nightly", "cargo", "fmt", "--all"])
+        .args(only_check.then_some("--check"))
+        .args([
+            "--",
+            "--config",
+            "group_imports=StdExternalCrate,imports_granularity=Crate",
+        ])
+        .current_dir(workspace_root());
+    command
 }
 
 /// Runs `command`, showing its stderr as it comes, and fails if a build script echoed lines as
@@ -151,7 +225,7 @@ fn without_build_script_echo(mut command: Command) -> Result<()> {
     Ok(())
 }
 
-/// Clippy on the eBPF crate, for the BPF target, as aya-build compiles it.
+/// Clippy on the eBPF crate, for the BPF target, as aya-build compiles it, instruments included.
 fn clippy_ebpf() -> Result<()> {
     let mut command = Command::new("rustup");
     command
@@ -163,6 +237,8 @@ fn clippy_ebpf() -> Result<()> {
             "--package",
             "zctrace-ebpf",
             "--release",
+            "--features",
+            "instruments",
         ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])

@@ -21,6 +21,10 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "busybox-static",
     "cpio",
+    "podman",
+    "buildah",
+    "runc",
+    "musl-tools",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -31,6 +35,7 @@ pub fn ensure() -> Result<()> {
     debian_packages()?;
     python_tools()?;
     nightly_rust_src()?;
+    musl_target()?;
     bpf_linker()
 }
 
@@ -81,31 +86,49 @@ fn dpkg_installed(package: &str) -> bool {
         .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("install ok installed"))
 }
 
+/// Nightly with rust-src (build-std=core for the BPF target) and rustfmt (import grouping).
 fn nightly_rust_src() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["component", "list", "--toolchain", "nightly", "--installed"])
         .output();
-    match installed {
-        Ok(out) if out.status.success() => {
-            if String::from_utf8_lossy(&out.stdout)
-                .lines()
-                .any(|l| l.starts_with("rust-src"))
-            {
-                say("present: nightly toolchain with rust-src");
-                return Ok(());
-            }
-        }
+    let listed = match installed {
+        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).into_owned(),
         _ => {
             say("installing: nightly toolchain");
             let mut toolchain = Command::new("rustup");
             toolchain.args(["toolchain", "install", "nightly", "--profile", "minimal"]);
             check(toolchain)?;
+            String::new()
         }
+    };
+    for component in ["rust-src", "rustfmt"] {
+        if listed.lines().any(|l| l.starts_with(component)) {
+            say(&format!("present: nightly {component}"));
+            continue;
+        }
+        say(&format!("installing: {component} for nightly"));
+        let mut add = Command::new("rustup");
+        add.args(["component", "add", component, "--toolchain", "nightly"]);
+        check(add)?;
     }
-    say("installing: rust-src for nightly (build-std=core for the BPF target)");
-    let mut component = Command::new("rustup");
-    component.args(["component", "add", "rust-src", "--toolchain", "nightly"]);
-    check(component)
+    Ok(())
+}
+
+/// The static target the container image's binary is built for.
+fn musl_target() -> Result<()> {
+    let installed = Command::new("rustup")
+        .args(["target", "list", "--installed"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    if installed.lines().any(|l| l == "x86_64-unknown-linux-musl") {
+        say("present: rust target x86_64-unknown-linux-musl");
+        return Ok(());
+    }
+    say("installing: rust target x86_64-unknown-linux-musl (the container image's static binary)");
+    let mut add = Command::new("rustup");
+    add.args(["target", "add", "x86_64-unknown-linux-musl"]);
+    check(add)
 }
 
 fn bpf_linker() -> Result<()> {

@@ -62,7 +62,9 @@ const VM_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 /// Where the binaries go inside the VM.
 const VM_BIN: &str = "/opt/zctrace";
 
-pub fn run(only: Option<&str>) -> Result<()> {
+/// Boots each kernel of the matrix (or only `only`) once per test binary of the suite (or only
+/// `test`).
+pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
     let kernels: Vec<&Kernel> = KERNELS
         .iter()
         .filter(|k| only.is_none_or(|name| k.name == name))
@@ -71,13 +73,25 @@ pub fn run(only: Option<&str>) -> Result<()> {
         let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
         bail!("no kernel named {only:?}; the matrix has {}", names.join(", "));
     }
+    let suite: Vec<&str> = SUITE
+        .iter()
+        .map(|(name, _)| *name)
+        .filter(|name| test.is_none_or(|t| t == *name))
+        .collect();
+    if suite.is_empty() {
+        let names: Vec<&str> = SUITE.iter().map(|(name, _)| *name).collect();
+        bail!(
+            "no test binary named {test:?} in the suite; it has {}",
+            names.join(", ")
+        );
+    }
     let binaries = build_suite()?;
     for kernel in kernels {
         let started = Instant::now();
         let dir = workspace_root().join("target/vmtest").join(kernel.name);
         let vmlinuz = fetch_kernel(kernel, &dir)?;
         let initramfs = pack_initramfs(&dir, &binaries)?;
-        for (test, _) in SUITE {
+        for test in &suite {
             run_with_one_retry_after_a_stall(kernel, &vmlinuz, &initramfs, test)?;
         }
         eprintln!(
@@ -92,13 +106,14 @@ pub fn run(only: Option<&str>) -> Result<()> {
 /// How a boot ended, when it did not fail.
 enum Outcome {
     Passed,
-    /// The guest kernel reported a soft lockup or an RCU stall (emulated timers and IPIs under
-    /// TCG can lose a wake-up); the boot was stopped at once rather than left to time out.
+    /// The guest kernel reported a soft lockup or an RCU stall, or the test binary printed nothing
+    /// for `QUIET_LIMIT` (emulated timers and IPIs under TCG can lose a wake-up); the boot was
+    /// stopped once the console showed where everything waited.
     Stalled,
 }
 
-/// Boots one test binary; after a stall the guest kernel reported, boots it once more, so that
-/// one emulation hiccup does not fail the matrix while a second one does.
+/// Boots one test binary; after a stall, boots it once more, so that one emulation hiccup does
+/// not fail the matrix while a second one does.
 fn run_with_one_retry_after_a_stall(
     kernel: &Kernel,
     vmlinuz: &Path,
@@ -109,14 +124,13 @@ fn run_with_one_retry_after_a_stall(
         match boot(kernel, vmlinuz, initramfs, test)? {
             Outcome::Passed => return Ok(()),
             Outcome::Stalled if attempt == 1 => eprintln!(
-                "vmtest: {}: the guest kernel reported a stall while running {test} (lines above); \
-                 booting once more",
+                "vmtest: {}: the guest stalled while running {test} (lines above); booting once more",
                 kernel.name
             ),
             Outcome::Stalled => {}
         }
     }
-    bail!("{}: {test}: the guest kernel stalled twice", kernel.name)
+    bail!("{}: {test}: the guest stalled twice", kernel.name)
 }
 
 /// The zctrace binary and the suite's test binaries, as `cargo test` builds them.
@@ -321,7 +335,9 @@ fn copy_libraries(binary: &Path, root: &Path) -> Result<()> {
 
 /// Mounts what zctrace needs, runs the test binary the kernel command line names
 /// (`zctrace.test=NAME`) one test at a time (some tests count what the whole kernel has loaded),
-/// reports its exit status, and powers off.
+/// reports its exit status, and powers off. A binary that prints nothing for `QUIET_LIMIT` has
+/// every task's state and kernel stack printed, then is killed: a hang shows where it waits
+/// instead of only timing out.
 fn init_script() -> String {
     let mut script = format!(
         "#!/bin/busybox sh
@@ -346,11 +362,42 @@ case $test in
             (_, true) => String::new(),
             (_, false) => format!(" --exact {}", names.join(" ")),
         };
-        script += &format!("{test}) {VM_BIN}/{test} --test-threads=1{filter} 2>&1 ;;\n");
+        script += &format!("{test}) set -- --test-threads=1{filter} ;;\n");
     }
     script
-        + "*) echo \"no test named $test\"; false ;;\nesac\necho \"zctrace-vm: $test exit=$?\"\npoweroff -f\n"
+        + &format!(
+            "*) echo \"zctrace-vm: no test named $test\"; poweroff -f ;;
+esac
+: > /tmp/output
+( {VM_BIN}/$test \"$@\"; echo $? > /tmp/status ) > /tmp/output 2>&1 &
+tail -f /tmp/output &
+quiet=0; size=0
+while [ ! -e /tmp/status ]; do
+  sleep 5
+  now=$(wc -c < /tmp/output)
+  if [ \"$now\" != \"$size\" ]; then size=$now; quiet=0; else quiet=$((quiet + 5)); fi
+  if [ $quiet -ge {quiet} ]; then
+    echo; echo \"{NO_PROGRESS} $quiet s; every user task, as the kernel sees it:\"
+    for task in /proc/[0-9]*/task/[0-9]*; do
+      [ -n \"$(tr -d '\\0' < $task/cmdline 2>/dev/null)\" ] || continue
+      echo \"$task $(cat $task/comm) $(sed -n 's/^State:\\t//p' $task/status) wchan=$(cat $task/wchan)\"
+      cat $task/stack
+    done 2>/dev/null
+    poweroff -f
+  fi
+done
+sleep 2
+echo \"zctrace-vm: $test exit=$(cat /tmp/status)\"
+poweroff -f
+",
+            quiet = QUIET_LIMIT.as_secs()
+        )
 }
+
+/// How long a test binary may print nothing before the guest shows where it waits and stops.
+/// The slowest single test prints within a minute or two under TCG.
+const QUIET_LIMIT: Duration = Duration::from_secs(240);
+const NO_PROGRESS: &str = "zctrace-vm: no output for";
 
 /// Kernel messages that mean the guest stopped making progress.
 const STALLS: [&str; 3] = ["soft lockup", "self-detected stall", "detected stalls on CPUs"];
@@ -387,6 +434,7 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, test: &str) -> Result
     let show = |line: &str| println!("[{}] {line}", kernel.name);
     let deadline = Instant::now() + VM_TIMEOUT;
     let mut console = Vec::new();
+    let mut stalled = false;
     let outcome = loop {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) if STALLS.iter().any(|stall| line.contains(stall)) => {
@@ -397,9 +445,12 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, test: &str) -> Result
                 break Some(Outcome::Stalled);
             }
             Ok(line) => {
+                // The guest prints every task's stack after this line, then powers off.
+                stalled |= line.starts_with(NO_PROGRESS);
                 show(&line);
                 console.push(line);
             }
+            Err(mpsc::RecvTimeoutError::Disconnected) if stalled => break Some(Outcome::Stalled),
             Err(mpsc::RecvTimeoutError::Disconnected) => break None,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();

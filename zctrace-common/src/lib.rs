@@ -170,6 +170,46 @@ pub enum MapSlot {
 }
 pub const MAP_SLOTS: u32 = 6;
 
+impl MapSlot {
+    pub const ALL: [MapSlot; MAP_SLOTS as usize] = [
+        MapSlot::Syscalls,
+        MapSlot::Processes,
+        MapSlot::OffcpuStart,
+        MapSlot::PendingSend,
+        MapSlot::PendingCopy,
+        MapSlot::MmsgTruncated,
+    ];
+    /// The bounded hash maps: full ones count failed updates, and their use is exported.
+    pub const SIZED: [MapSlot; 5] = [
+        MapSlot::Syscalls,
+        MapSlot::Processes,
+        MapSlot::OffcpuStart,
+        MapSlot::PendingSend,
+        MapSlot::PendingCopy,
+    ];
+
+    /// The map's name in the eBPF object (the label its drops are exported under).
+    pub const fn name(self) -> &'static str {
+        match self {
+            MapSlot::Syscalls => "SYSCALLS",
+            MapSlot::Processes => "PROCESSES",
+            MapSlot::OffcpuStart => "OFFCPU_START",
+            MapSlot::PendingSend => "PENDING_SEND",
+            MapSlot::PendingCopy => "PENDING_COPY",
+            MapSlot::MmsgTruncated => "MMSG_TRUNCATED",
+        }
+    }
+
+    /// Entries the map is created with, unless the loader overrides it.
+    pub const fn capacity(self) -> u32 {
+        match self {
+            MapSlot::Syscalls | MapSlot::OffcpuStart => 65536,
+            MapSlot::Processes | MapSlot::PendingSend | MapSlot::PendingCopy => 16384,
+            MapSlot::MmsgTruncated => 0,
+        }
+    }
+}
+
 /// Kernel struct field offsets, resolved from `/sys/kernel/btf/vmlinux` at load time (aya emits no
 /// CO-RE relocations from Rust) and handed to the programs as a global.
 #[repr(C)]
@@ -211,6 +251,12 @@ pub struct KernelOffsets {
     /// kernels before 6.5 have it; elsewhere it is a value no iterator has.
     pub iter_pipe: u32,
     pub skb_data_len: u32,
+    pub skb_head: u32,
+    /// `sk_buff.end`: on 64-bit kernels, the offset of `skb_shared_info` from `head`.
+    pub skb_end: u32,
+    pub skb_cb: u32,
+    pub skb_sk: u32,
+    pub shinfo_destructor_arg: u32,
     pub reserved: u32,
 }
 
@@ -274,25 +320,78 @@ pub mod nr {
     pub const COPY_FILE_RANGE: u16 = 326;
     pub const PREADV2: u16 = 327;
     pub const PWRITEV2: u16 = 328;
+
+    /// The syscalls whose bytes and descriptor kinds the programs decode.
+    pub const DATA_PATH: [u16; 21] = [
+        READ,
+        PREAD64,
+        READV,
+        PREADV,
+        PREADV2,
+        WRITE,
+        PWRITE64,
+        WRITEV,
+        PWRITEV,
+        PWRITEV2,
+        SENDTO,
+        SENDMSG,
+        SENDMMSG,
+        RECVFROM,
+        RECVMSG,
+        RECVMMSG,
+        SENDFILE,
+        SPLICE,
+        TEE,
+        VMSPLICE,
+        COPY_FILE_RANGE,
+    ];
+
+    pub fn is_data_path(nr: u16) -> bool {
+        DATA_PATH.contains(&nr)
+    }
 }
 
 #[cfg(feature = "user")]
 mod pod {
     use super::*;
-    // SAFETY: all are repr(C), contain only integers, and have no implicit padding.
+    // Each is repr(C), holds only integers, and has no implicit padding (see the layout tests).
+    // SAFETY: as above.
     unsafe impl aya::Pod for ProcessKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for SyscallKey {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for SyscallStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ProcessStats {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for KernelOffsets {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for ProbeConfig {}
+    // SAFETY: as above.
     unsafe impl aya::Pod for PendingSend {}
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use core::mem::size_of;
+
+    use super::*;
+
+    #[test]
+    fn only_decoded_syscalls_are_data_path() {
+        assert!(nr::is_data_path(nr::SENDFILE));
+        assert!(nr::is_data_path(nr::RECVMMSG));
+        assert!(!nr::is_data_path(39)); // getpid
+        assert!(!nr::is_data_path(110)); // getppid
+    }
+
+    #[test]
+    fn every_slot_sits_at_its_own_index() {
+        for (index, slot) in MapSlot::ALL.iter().enumerate() {
+            assert_eq!(*slot as usize, index, "{}", slot.name());
+        }
+        assert!(MapSlot::SIZED.iter().all(|slot| slot.capacity() > 0));
+    }
 
     #[test]
     fn shared_types_have_no_implicit_padding() {
@@ -303,7 +402,7 @@ mod tests {
             size_of::<ProcessStats>(),
             16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2)
         );
-        assert_eq!(size_of::<KernelOffsets>(), 33 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 38 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
     }
 

@@ -7,11 +7,11 @@ use aya_ebpf::{
     macros::{fentry, fexit, kprobe, kretprobe},
     programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use zctrace_common::{CopyRoutine, MapSlot};
+use zctrace_common::{CopyRoutine, MapSlot, ProcessKey};
 
 use crate::{
-    kernel::{current_task, filtered_out, offset, process_key, Access, Typed, Untyped},
-    maps::{add, count_error, current_process_entry, PENDING_COPY},
+    kernel::{current_task, filtered_out, offset, process_key, read, Access, Typed, Untyped},
+    maps::{add, count_error, current_process_entry, PENDING_COPY, PROCESSES, ZEROCOPY_SENDERS},
 };
 
 /// Bytes of a pending read that are not copies: the read fills a pipe (splice), or nothing is
@@ -58,7 +58,7 @@ pub fn pipe_write_exit(ctx: FExitContext) -> u32 {
 /// pages copied here, all its paged bytes at once.
 #[fentry(function = "skb_copy_ubufs")]
 pub fn zerocopy_copy_entry(ctx: FEntryContext) -> u32 {
-    count_copied(CopyRoutine::ZerocopyDeferred, paged_bytes::<Typed>(ctx.arg(0)))
+    count_deferred::<Typed>(ctx.arg(0))
 }
 
 /// Why kprobes on the same routines: kernels without BPF trampolines may still have kprobes.
@@ -100,10 +100,44 @@ pub fn pipe_write_return(ctx: RetProbeContext) -> u32 {
 
 #[kprobe]
 pub fn zerocopy_copy_kprobe(ctx: ProbeContext) -> u32 {
-    count_copied(
-        CopyRoutine::ZerocopyDeferred,
-        paged_bytes::<Untyped>(arg(&ctx, 0)),
-    )
+    count_deferred::<Untyped>(arg(&ctx, 0))
+}
+
+/// Counts a deferred zerocopy copy against the process that sent the pages. It runs in the
+/// receive softirq, on the sender only when the softirq runs at the end of its send, else on
+/// ksoftirqd or whatever task the CPU interrupted; the socket the pages came from names the sender.
+#[inline(always)]
+fn count_deferred<A: Access>(skb: u64) -> u32 {
+    let bytes = paged_bytes::<A>(skb);
+    let Some(sender) = zerocopy_sender(skb) else {
+        return count_copied(CopyRoutine::ZerocopyDeferred, bytes);
+    };
+    if bytes <= 0 || filtered_out(sender.tgid) {
+        return 0;
+    }
+    if let Some(entry) = PROCESSES.get_ptr_mut(sender) {
+        // SAFETY: `entry` points into a live map value; the index is below COPY_ROUTINES.
+        unsafe {
+            add(
+                &raw mut (*entry).observed_copy_bytes[CopyRoutine::ZerocopyDeferred as usize],
+                bytes as u64,
+            )
+        };
+    }
+    0
+}
+
+/// The sender of a zerocopy skb's pages: its `ubuf_info` (in `skb_shinfo(skb)->destructor_arg`)
+/// lives in the control block of a notification skb owned by the sending socket.
+#[inline(always)]
+fn zerocopy_sender(skb: u64) -> Option<ProcessKey> {
+    let head: u64 = read(skb, offset!(skb_head)).ok()?;
+    let end: u32 = read(skb, offset!(skb_end)).ok()?;
+    let ubuf: u64 = read(head + end as u64, offset!(shinfo_destructor_arg)).ok()?;
+    let notification = ubuf.checked_sub(offset!(skb_cb))?;
+    let sk: u64 = read(notification, offset!(skb_sk)).ok()?;
+    // SAFETY: the value is copied out at once; an LRU entry may be replaced concurrently.
+    unsafe { ZEROCOPY_SENDERS.get(sk) }.copied()
 }
 
 #[inline(always)]

@@ -39,6 +39,11 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     iov_iter_type: 0,
     iter_pipe: 0,
     skb_data_len: 0,
+    skb_head: 0,
+    skb_end: 0,
+    skb_cb: 0,
+    skb_sk: 0,
+    shinfo_destructor_arg: 0,
     reserved: 0,
 };
 
@@ -51,6 +56,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
 /// Reads one field of `OFFSETS`; volatile so the loader's value is used, not the zero above.
 macro_rules! offset {
     ($field:ident) => {
+        // SAFETY: a static, aligned and always initialised; the loader only rewrites its bytes.
         unsafe { core::ptr::read_volatile(&raw const $crate::kernel::OFFSETS.$field) } as u64
     };
 }
@@ -105,6 +111,7 @@ impl Access for Untyped {
 /// True when the process should be skipped because another one was asked for.
 #[inline(always)]
 pub fn filtered_out(tgid: u32) -> bool {
+    // SAFETY: a static, aligned and always initialised; volatile so the loader's value is read.
     let wanted = unsafe { core::ptr::read_volatile(&raw const CONFIG.filter_tgid) };
     tgid == 0 || (wanted != 0 && wanted != tgid)
 }

@@ -9,6 +9,7 @@
 #![allow(internal_features)]
 
 mod copies;
+#[cfg(feature = "instruments")]
 mod floor;
 mod kernel;
 mod maps;

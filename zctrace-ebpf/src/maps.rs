@@ -6,31 +6,41 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_cgroup_id,
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, LruHashMap, PerCpuArray},
 };
 use zctrace_common::{MapSlot, PendingSend, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
 
 use crate::kernel::{current_task, current_task_exiting, leader_comm};
 
 #[map]
-pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> = HashMap::with_max_entries(65536, 0);
+pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> =
+    HashMap::with_max_entries(MapSlot::Syscalls.capacity(), 0);
 
 #[map]
-pub static PROCESSES: HashMap<ProcessKey, ProcessStats> = HashMap::with_max_entries(16384, 0);
+pub static PROCESSES: HashMap<ProcessKey, ProcessStats> =
+    HashMap::with_max_entries(MapSlot::Processes.capacity(), 0);
 
 /// Per thread (tid): when it was last switched out, for off-CPU time.
 #[map]
-pub static OFFCPU_START: HashMap<u32, u64> = HashMap::with_max_entries(65536, 0);
+pub static OFFCPU_START: HashMap<u32, u64> = HashMap::with_max_entries(MapSlot::OffcpuStart.capacity(), 0);
 
 /// Per thread (pid_tgid): how `tcp_sendmsg_locked` classified the send in progress, until
 /// `sock_send_length` reports its bytes. Keyed by thread, not CPU: a send may sleep and migrate.
 #[map]
-pub static PENDING_SEND: HashMap<u64, PendingSend> = HashMap::with_max_entries(16384, 0);
+pub static PENDING_SEND: HashMap<u64, PendingSend> =
+    HashMap::with_max_entries(MapSlot::PendingSend.capacity(), 0);
 
 /// Per thread (pid_tgid): the bytes of a read in progress that will not be copies, from its
 /// kprobe to its kretprobe (only where copies are observed with kprobes).
 #[map]
-pub static PENDING_COPY: HashMap<u64, i64> = HashMap::with_max_entries(16384, 0);
+pub static PENDING_COPY: HashMap<u64, i64> = HashMap::with_max_entries(MapSlot::PendingCopy.capacity(), 0);
+
+/// Per socket (`struct sock *`): the process whose MSG_ZEROCOPY sends on it go to a loopback
+/// receiver, whose copy of them runs in a softirq on whatever task the CPU is running. LRU: a
+/// closed socket's entry ages out instead of filling the map; an evicted one only sends its
+/// copies to the task that runs them.
+#[map]
+pub static ZEROCOPY_SENDERS: LruHashMap<u64, ProcessKey> = LruHashMap::with_max_entries(4096, 0);
 
 /// Failed updates, indexed by [`MapSlot`].
 #[map]

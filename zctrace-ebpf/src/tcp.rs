@@ -15,7 +15,7 @@ use zctrace_common::{
 
 use crate::{
     kernel::{current_task, filtered_out, is_tcp, offset, process_key, read, Access, Typed, Untyped},
-    maps::{add, count_error, current_process_entry, PENDING_SEND},
+    maps::{add, count_error, current_process_entry, PENDING_SEND, ZEROCOPY_SENDERS},
 };
 
 /// Why tcp_sendmsg_locked: it sees the send's msg_flags and the route's capabilities, the two
@@ -108,10 +108,23 @@ fn classify<A: Access>(sk: u64, msg: u64) -> Result<PendingSend, u32> {
     } else {
         TcpPath::Copy
     };
+    let loopback = path == TcpPath::Zerocopy && routes_to_loopback(sk);
+    if loopback {
+        remember_zerocopy_sender(sk);
+    }
     Ok(PendingSend {
         path: path as u32,
-        loopback: (path == TcpPath::Zerocopy && routes_to_loopback(sk)) as u32,
+        loopback: loopback as u32,
     })
+}
+
+/// Names the current process as the sender on `sk`, for the deferred copy of its pages.
+#[inline(always)]
+fn remember_zerocopy_sender(sk: u64) {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if let Ok(key) = process_key(current_task(), tgid) {
+        let _ = ZEROCOPY_SENDERS.insert(sk, key, 0);
+    }
 }
 
 /// MSG_ZEROCOPY is honoured for io_uring's buffers (msg_ubuf) or an `SO_ZEROCOPY` socket.

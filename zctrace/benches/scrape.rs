@@ -5,7 +5,7 @@ use std::{
 };
 
 use zctrace::{
-    accounting::{PathFigures, ProcessFigures, Source},
+    accounting::{Basis, Counters, FlowFigures, ProcessFigures},
     exporter::{
         scrape::{Format, Scrape},
         series::{SeriesBook, SeriesKey},
@@ -17,7 +17,7 @@ use zctrace_common::FdKind;
 const PROCESSES: usize = 500;
 
 fn process(i: usize) -> (SeriesKey, ProcessFigures) {
-    let path = |syscall, src, dst, bytes| PathFigures {
+    let path = |syscall, src, dst, bytes| FlowFigures {
         syscall,
         src,
         dst,
@@ -26,10 +26,10 @@ fn process(i: usize) -> (SeriesKey, ProcessFigures) {
         errors: 0,
         bytes,
         cpu_copy_bytes: bytes,
-        source: Source::Model,
+        basis: Basis::Model,
     };
     let figures = ProcessFigures {
-        paths: vec![
+        flows: vec![
             path("read", FdKind::Regular, FdKind::User, i as u64 * 4096),
             path("write", FdKind::User, FdKind::Tcp, i as u64 * 4096),
             path("sendfile", FdKind::Regular, FdKind::Tcp, 1 << 20),
@@ -41,7 +41,10 @@ fn process(i: usize) -> (SeriesKey, ProcessFigures) {
             ("epoll_wait", 5),
             ("futex", 3),
         ]),
-        syscalls_total: 38,
+        counters: Counters {
+            syscalls_total: 38,
+            ..Default::default()
+        },
         ..Default::default()
     };
     (

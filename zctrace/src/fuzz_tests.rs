@@ -4,7 +4,6 @@ use proptest::prelude::*;
 
 use crate::{
     exporter::{scrape::to_prometheus_text, webconfig::WebConfig},
-    procfs,
     sender::{Header, HEADER_LEN},
 };
 
@@ -20,13 +19,6 @@ proptest! {
     ) {
         let text = if nested { format!("tls_server_config:\n  {key}: {value}\n") } else { format!("{key}: {value}\n") };
         let _ = WebConfig::parse(&text);
-    }
-
-    #[test]
-    fn proc_parsers_never_panic(text in "\\PC{0,300}") {
-        let _ = procfs::parse_start_ticks(&text);
-        let _ = procfs::parse_cgroup(&text);
-        let _ = procfs::parse_cgroup2_mount(&text);
     }
 
     #[test]

@@ -1,11 +1,11 @@
 //! zctrace: per-process accounting of bytes moved, CPU copies, mode switches and context switches.
 pub mod accounting;
 pub mod attach;
+pub mod check;
 pub mod duration;
 pub mod exporter;
 #[cfg(test)]
 mod fuzz_tests;
 pub mod probes;
 pub mod procfs;
-pub mod selfcheck;
 pub mod sender;

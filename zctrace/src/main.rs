@@ -8,14 +8,10 @@ use anyhow::{Context as _, Result};
 use clap::{Parser, Subcommand};
 use zctrace::{
     attach::{self, AttachArgs, TopArgs},
+    check::{self, bench::BenchArgs},
     exporter::{self, DaemonArgs},
-    probes::{args::ProbeArgs, ProbeMode, Role, Tracer},
-    selfcheck::{self, SendArgs, Workload},
-    sender::{
-        self,
-        bench::{self as method_bench, BenchArgs},
-        receiver, Method,
-    },
+    probes::args::ProbeArgs,
+    sender::{self, receiver, SendArgs},
 };
 
 /// How many times does your service copy each byte it sends? eBPF accounting of bytes moved,
@@ -59,9 +55,13 @@ enum Command {
         #[arg(long)]
         close_after: Option<u64>,
     },
-    /// Run a synthetic workload with known counts (used by the self-checks).
+    /// The transfer `bench` and `doctor` time: print "ready", send on SIGUSR1, then stop.
+    #[command(hide = true)]
+    BracketedSend(SendArgs),
+    /// Run a synthetic workload with known counts (for the tests and the overhead bench).
+    #[cfg(feature = "instruments")]
     #[command(hide = true, subcommand)]
-    Workload(Workload),
+    Workload(check::workload::Workload),
 }
 
 fn main() -> ExitCode {
@@ -87,9 +87,9 @@ fn run(command: Command, probe: &ProbeArgs) -> Result<()> {
         Command::Daemon(args) => exporter::run(args, probe),
         Command::Attach(args) => attach::run(args, probe),
         Command::Top(args) => attach::run_top(args, probe),
-        Command::Probes => probes(probe),
-        Command::Bench(args) => bench(&args, probe),
-        Command::Doctor => doctor(probe),
+        Command::Probes => check::probes(probe),
+        Command::Bench(args) => check::bench::print(&args, probe),
+        Command::Doctor => check::doctor(probe),
         Command::Send(args) => {
             let bar = progress_bar(&args.file);
             let progress = |sent: u64| bar.set_position(sent);
@@ -104,41 +104,10 @@ fn run(command: Command, probe: &ProbeArgs) -> Result<()> {
             once,
             close_after,
         } => serve(listen, once, close_after),
-        Command::Workload(workload) => selfcheck::run(&workload),
+        Command::BracketedSend(args) => check::bracketed::child(&args),
+        #[cfg(feature = "instruments")]
+        Command::Workload(workload) => check::workload::run(&workload),
     }
-}
-
-/// Every probe with the way it attached here, or each way's refusal; then what that means for
-/// the CPU copy figures.
-fn probes(probe: &ProbeArgs) -> Result<()> {
-    let tracer = Tracer::load(&probe.options())?;
-    println!("{:<26} {:<12} hooks", "probe", "mode");
-    for status in tracer.statuses() {
-        println!(
-            "{:<26} {:<12} {}",
-            status.probe,
-            status.mode.label(),
-            status.hooks
-        );
-        if let ProbeMode::Unavailable(reasons) = &status.mode {
-            println!("    {reasons}");
-        }
-    }
-    let hidden: Vec<&str> = tracer
-        .statuses()
-        .iter()
-        .filter(|s| s.role == Role::CopyObserver && !s.mode.is_attached())
-        .map(|s| s.probe)
-        .collect();
-    if hidden.is_empty() {
-        println!("cpu copies: modelled, and observed beside the model at every copy routine");
-    } else {
-        println!(
-            "cpu copies: modelled only; this kernel does not let zctrace observe {}",
-            hidden.join(", ")
-        );
-    }
-    Ok(())
 }
 
 /// A progress bar on stderr for long transfers, hidden when stderr is not a terminal.
@@ -154,49 +123,6 @@ fn progress_bar(file: &std::path::Path) -> indicatif::ProgressBar {
         bar.set_style(style);
     }
     bar
-}
-
-fn bench(args: &BenchArgs, probe: &ProbeArgs) -> Result<()> {
-    let rows = method_bench::run(args, probe)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&rows)?);
-    } else {
-        print!("{}", method_bench::table(&rows));
-    }
-    if let Some(path) = &args.plot {
-        std::fs::write(path, method_bench::svg(&rows))
-            .with_context(|| format!("writing {}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn doctor(probe: &ProbeArgs) -> Result<()> {
-    probes(probe)?;
-    println!(
-        "
-self-check: 8 MiB by every method, zctrace's counts against the sender's"
-    );
-    let args = BenchArgs {
-        size: 8 << 20,
-        methods: Method::ALL.to_vec(),
-        chunk: 128 * 1024,
-        json: false,
-        plot: None,
-    };
-    let rows = method_bench::run(&args, probe)?;
-    print!("{}", method_bench::table(&rows));
-    let failed: Vec<&str> = rows
-        .iter()
-        .filter(|r| r.disagreement.is_some())
-        .map(|r| r.method)
-        .collect();
-    anyhow::ensure!(
-        failed.is_empty(),
-        "zctrace disagrees with the sender for: {}",
-        failed.join(", ")
-    );
-    println!("all methods agree");
-    Ok(())
 }
 
 fn serve(listen: SocketAddr, once: bool, close_after: Option<u64>) -> Result<()> {

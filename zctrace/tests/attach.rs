@@ -11,26 +11,20 @@ const SIZE: u64 = 16 * MIB;
 fn attach_send(method: &str, extra: &[&str]) -> serde_json::Value {
     let receiver = Receiver::start(&[]);
     let file = test_file(SIZE);
-    let output = Command::new(zctrace_bin())
-        .args(["attach", "--json"])
-        .args(extra)
-        .args(["--", zctrace_bin(), "send", "--method", method, "--file"])
-        .arg(&file)
-        .args(["--to", &receiver.addr, "--chunk", "65536"])
-        .output()
-        .expect("zctrace attach");
-    assert!(
-        output.status.success(),
-        "attach failed: {}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = attach_report(
+        Command::new(zctrace_bin())
+            .args(["attach", "--json"])
+            .args(extra)
+            .args(["--", zctrace_bin(), "send", "--method", method, "--file"])
+            .arg(&file)
+            .args(["--to", &receiver.addr, "--chunk", "65536"]),
     );
     receiver.finish();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    serde_json::from_str(stdout.lines().last().expect("a report")).expect("report JSON")
+    report
 }
 
 fn path<'a>(report: &'a serde_json::Value, syscall: &str, src: &str, dst: &str) -> &'a serde_json::Value {
-    report["paths"]
+    report["flows"]
         .as_array()
         .unwrap()
         .iter()
@@ -51,7 +45,7 @@ fn sendfile_report() {
     assert_eq!(r["io_style"], "sendfile");
     assert_eq!(u(&path(&r, "sendfile", "file", "tcp")["bytes"]), SIZE);
     assert_eq!(u(&path(&r, "sendfile", "file", "tcp")["cpu_copy_bytes"]), 0);
-    assert_eq!(path(&r, "sendfile", "file", "tcp")["source"], "model");
+    assert_eq!(path(&r, "sendfile", "file", "tcp")["basis"], "model");
     assert!(r["totals"]["copies_per_byte"].as_f64().unwrap() < 0.01);
     assert_eq!(u(&r["observed"]["tcp_send_bytes"]["splice"]), SIZE);
     assert_eq!(
@@ -119,35 +113,28 @@ fn a_file_writer_that_sends_by_sendfile_is_a_sendfile_sender() {
     }
     let receiver = Receiver::start(&[]);
     let file = scratch_path("written-then-sent");
-    let output = Command::new(zctrace_bin())
-        .args([
-            "attach",
-            "--json",
-            "--",
-            zctrace_bin(),
-            "workload",
-            "write-file-then-send",
-        ])
-        .args([
-            "--size",
-            &SIZE.to_string(),
-            "--method",
-            "sendfile",
-            "--to",
-            &receiver.addr,
-            "--file",
-        ])
-        .arg(&file)
-        .output()
-        .expect("zctrace attach");
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let r = attach_report(
+        Command::new(zctrace_bin())
+            .args([
+                "attach",
+                "--json",
+                "--",
+                zctrace_bin(),
+                "workload",
+                "write-file-then-send",
+            ])
+            .args([
+                "--size",
+                &SIZE.to_string(),
+                "--method",
+                "sendfile",
+                "--to",
+                &receiver.addr,
+                "--file",
+            ])
+            .arg(&file),
     );
     receiver.finish();
-    let stdout = String::from_utf8(output.stdout).unwrap();
-    let r: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     assert_eq!(u(&path(&r, "write", "user", "file")["bytes"]), SIZE);
     assert_eq!(u(&path(&r, "sendfile", "file", "tcp")["bytes"]), SIZE);
     assert_eq!(r["io_style"], "sendfile", "{r:#}");

@@ -10,6 +10,22 @@ const CASES: &[(&[&str], &str)] = &[
         "--web.listen-address",
     ),
     (&["daemon", "--web.telemetry-path", ""], "--web.telemetry-path"),
+    (
+        &["daemon", "--web.telemetry-path", "/*rest"],
+        "\"/*rest\" is a route pattern, not a path",
+    ),
+    (
+        &["daemon", "--web.telemetry-path", "/{x}"],
+        "\"/{x}\" is a route pattern, not a path",
+    ),
+    (
+        &["daemon", "--web.telemetry-path", "/a/:id"],
+        "is a route pattern, not a path",
+    ),
+    (
+        &["--probe.without", "uprobe", "probes"],
+        "no mode named \"uprobe\"",
+    ),
     (&["daemon", "--top", "-1"], "--top"),
     (&["daemon", "--pid", "abc"], "--pid"),
     (&["daemon", "--comm", "a{2,1}"], "invalid regex"),

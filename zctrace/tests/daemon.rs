@@ -37,7 +37,7 @@ fn metrics_attribute_each_workload_to_its_process_name() {
                 ("syscall", syscall),
                 ("src", src),
                 ("dst", dst),
-                ("source", "model"),
+                ("basis", "model"),
             ],
         )
     };

@@ -10,15 +10,6 @@ use std::{
 
 use common::*;
 
-/// zctrace's programs loaded now, counted by one program of each zctrace, asking the kernel
-/// directly (the VMs of `cargo xtask vmtest` have no bpftool).
-fn loaded_zctrace_programs() -> usize {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .filter(|p| p.name_as_str() == Some("sys_exit"))
-        .count()
-}
-
 fn loaded_zctrace_maps() -> usize {
     aya::maps::loaded_maps()
         .filter_map(Result::ok)

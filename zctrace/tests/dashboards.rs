@@ -4,17 +4,12 @@ mod common;
 
 use std::{
     collections::BTreeSet,
-    path::{Path, PathBuf},
     process::Command,
     thread::sleep,
     time::{Duration, Instant},
 };
 
 use common::*;
-
-fn repo(path: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
-}
 
 fn dashboards() -> Vec<(String, serde_json::Value)> {
     ["zctrace-overview.json", "zctrace-process.json"]

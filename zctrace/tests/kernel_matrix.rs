@@ -161,7 +161,7 @@ fn observed_copies_agree_with_the_model_where_the_kernel_shows_them() {
         ("splice", 0),
     ] {
         let (f, _, _) = transfer(&tracer, method, &file, 64 * 1024);
-        let copies = f.observed_copies.expect("observed");
+        let copies = f.observed_copies().expect("observed");
         let observed = f.observed_copy_bytes().unwrap();
         println!(
             "{method}: observed {observed} by routine {copies:?}, model {}",

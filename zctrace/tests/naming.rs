@@ -83,22 +83,15 @@ fn attach_reports_a_prctl_renamed_process_under_its_new_name() {
     }
     for run in 0..RUNS {
         let receiver = Receiver::start(&[]);
-        let output = Command::new(zctrace_bin())
-            .args(["attach", "--json", "--"])
-            .arg(renamed_zctrace("zc-early-a"))
-            .args(rename_then_send(run, "zc-renamed-a", &receiver.addr))
-            .output()
-            .unwrap();
-        assert!(
-            output.status.success(),
-            "{}",
-            String::from_utf8_lossy(&output.stderr)
+        let report = attach_report(
+            Command::new(zctrace_bin())
+                .args(["attach", "--json", "--"])
+                .arg(renamed_zctrace("zc-early-a"))
+                .args(rename_then_send(run, "zc-renamed-a", &receiver.addr)),
         );
         receiver.finish();
-        let stdout = String::from_utf8(output.stdout).unwrap();
-        let report: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
         assert_eq!(report["comm"], "zc-renamed-a", "run {run}");
-        let written: u64 = report["paths"]
+        let written: u64 = report["flows"]
             .as_array()
             .unwrap()
             .iter()

@@ -4,6 +4,7 @@ mod common;
 use std::{io::Write as _, net::TcpStream, os::unix::fs::PermissionsExt as _, process::Command};
 
 use common::*;
+use zctrace::exporter::connections::IDLE_TIMEOUT;
 
 /// (HTTP status, body) of a curl request; status 0 when no HTTP response came back.
 fn curl(args: &[&str]) -> (u16, String) {
@@ -83,12 +84,56 @@ fn tls_and_basic_auth_guard_the_metrics() {
         "unknown user"
     );
     assert_eq!(curl(&["--cacert", cacert, &url]).0, 401, "no credentials");
+    sessions_idle_after_the_handshake_are_closed(&daemon.addr, cacert);
     let (plain, _) = curl(&[&format!("http://{}/metrics", daemon.addr)]);
     assert_ne!(plain, 200, "plain HTTP to the TLS port must not be served");
     assert_eq!(
         curl(&["--cacert", cacert, "--tls-max", "1.1", "-u", "alice:s3cret", &url]).0,
         0,
         "TLS 1.1 is refused"
+    );
+}
+
+/// TLS clients that finish the handshake and then send nothing are closed after the daemon's
+/// idle deadline.
+fn sessions_idle_after_the_handshake_are_closed(addr: &str, cacert: &str) {
+    let started = std::time::Instant::now();
+    let mut sessions: Vec<std::process::Child> = (0..5)
+        .map(|_| {
+            Command::new("openssl")
+                .args([
+                    "s_client",
+                    "-quiet",
+                    "-verify_return_error",
+                    "-CAfile",
+                    cacert,
+                    "-connect",
+                    addr,
+                ])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("openssl s_client")
+        })
+        .collect();
+    eventually(
+        "idle TLS sessions closed by the daemon",
+        IDLE_TIMEOUT + std::time::Duration::from_secs(5),
+        || {
+            let open = sessions
+                .iter_mut()
+                .filter_map(|s| s.try_wait().unwrap().is_none().then_some(()))
+                .count();
+            (open == 0)
+                .then_some(())
+                .ok_or(format!("{open} sessions still open"))
+        },
+    );
+    let took = started.elapsed();
+    assert!(
+        took >= IDLE_TIMEOUT - std::time::Duration::from_secs(1),
+        "closed after {took:?}: before the deadline, so not for idleness"
     );
 }
 

@@ -190,3 +190,85 @@ fn bad_send_arguments_are_refused() {
     fails_with(&["send", "--method", "sendfile", "--file", file], "--to");
     fails_with(&["serve", "--listen", "256.0.0.1:80"], "--listen");
 }
+
+#[test]
+fn sending_a_file_onto_itself_is_refused_and_leaves_it_whole() {
+    let original = std::fs::read(test_file(MIB)).unwrap();
+    let file = scratch_path("self-send");
+    std::fs::write(&file, &original).unwrap();
+    let link = scratch_path("self-send-symlink");
+    let hard = scratch_path("self-send-hardlink");
+    let _ = std::fs::remove_file(&link);
+    let _ = std::fs::remove_file(&hard);
+    std::os::unix::fs::symlink(&file, &link).unwrap();
+    std::fs::hard_link(&file, &hard).unwrap();
+    for method in ["read-write", "sendfile", "splice"] {
+        for to in [&file, &link, &hard] {
+            fails_with(
+                &[
+                    "send",
+                    "--method",
+                    method,
+                    "--file",
+                    file.to_str().unwrap(),
+                    "--to-file",
+                    to.to_str().unwrap(),
+                ],
+                "is the file being sent",
+            );
+            assert_eq!(
+                std::fs::read(&file).unwrap(),
+                original,
+                "{method} onto {}",
+                to.display()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_bench_killed_at_any_moment_leaves_no_payload_and_no_sender_behind() {
+    if !privileged("a_bench_killed_at_any_moment_leaves_no_payload_and_no_sender_behind") {
+        return;
+    }
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos() as u64;
+    for round in 0..5u64 {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut bench = Command::new(zctrace_bin())
+            .args([
+                "bench",
+                "--size",
+                &(256 * MIB).to_string(),
+                "--methods",
+                "read-write,sendfile",
+            ])
+            .env("TMPDIR", tmp.path())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let at = Duration::from_millis(50 + (seed + round * 337) % 1450);
+        sleep(at);
+        bench.kill().unwrap();
+        bench.wait().unwrap();
+        let own_fds = format!("/proc/{}/fd/", bench.id());
+        eventually(
+            "the bench's senders dying with it",
+            Duration::from_secs(5),
+            || {
+                let senders: Vec<String> = std::fs::read_dir("/proc")
+                    .unwrap()
+                    .filter_map(|e| std::fs::read(e.ok()?.path().join("cmdline")).ok())
+                    .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
+                    .filter(|c| c.contains(&own_fds))
+                    .collect();
+                senders.is_empty().then_some(()).ok_or(format!("{senders:?}"))
+            },
+        );
+        let left: Vec<_> = std::fs::read_dir(tmp.path()).unwrap().collect();
+        assert!(left.is_empty(), "killed after {at:?}, the bench left {left:?}");
+    }
+}

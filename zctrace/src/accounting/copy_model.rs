@@ -4,50 +4,22 @@ use zctrace_common::{nr, FdKind, Variant};
 
 /// Whether a figure was seen in the kernel or inferred from the copy model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Source {
+pub enum Basis {
     Observed,
     Model,
 }
 
-impl Source {
+impl Basis {
     pub fn label(self) -> &'static str {
         match self {
-            Source::Observed => "observed",
-            Source::Model => "model",
+            Basis::Observed => "observed",
+            Basis::Model => "model",
         }
     }
 }
 
-/// True for the syscalls whose bytes and descriptor kinds the probes decode.
-pub fn is_data_path(syscall: u16) -> bool {
-    matches!(
-        syscall,
-        nr::READ
-            | nr::PREAD64
-            | nr::READV
-            | nr::PREADV
-            | nr::PREADV2
-            | nr::WRITE
-            | nr::PWRITE64
-            | nr::WRITEV
-            | nr::PWRITEV
-            | nr::PWRITEV2
-            | nr::SENDTO
-            | nr::SENDMSG
-            | nr::SENDMMSG
-            | nr::RECVFROM
-            | nr::RECVMSG
-            | nr::RECVMMSG
-            | nr::SENDFILE
-            | nr::SPLICE
-            | nr::TEE
-            | nr::VMSPLICE
-            | nr::COPY_FILE_RANGE
-    )
-}
-
 /// CPU copies per byte for one data-path syscall between `src` and `dst`.
-pub fn copies_per_byte(syscall: u16, dst: FdKind, variant: Variant) -> u64 {
+pub fn copy_factor(syscall: u16, dst: FdKind, variant: Variant) -> u64 {
     use FdKind::*;
     match syscall {
         // The null device discards without looking at the bytes.
@@ -91,43 +63,36 @@ pub fn kind_label(kind: FdKind) -> &'static str {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use FdKind::*;
+
+    use super::*;
 
     #[test]
     fn seeds_table_sender_side() {
         let plain = Variant::Plain;
-        assert_eq!(copies_per_byte(nr::READ, User, plain), 1);
-        assert_eq!(copies_per_byte(nr::WRITE, Tcp, plain), 1);
-        assert_eq!(copies_per_byte(nr::SENDFILE, Tcp, plain), 0);
-        assert_eq!(copies_per_byte(nr::SENDFILE, Regular, plain), 1);
-        assert_eq!(copies_per_byte(nr::SPLICE, Pipe, plain), 0);
-        assert_eq!(copies_per_byte(nr::SPLICE, Tcp, plain), 0);
-        assert_eq!(copies_per_byte(nr::SPLICE, Pipe, plain), 0);
-        assert_eq!(copies_per_byte(nr::SPLICE, Regular, plain), 1);
-        assert_eq!(copies_per_byte(nr::TEE, Pipe, plain), 0);
-        assert_eq!(copies_per_byte(nr::VMSPLICE, Pipe, plain), 0);
-        assert_eq!(copies_per_byte(nr::VMSPLICE, User, plain), 1);
-        assert_eq!(copies_per_byte(nr::COPY_FILE_RANGE, Regular, plain), 1);
-        assert_eq!(copies_per_byte(nr::RECVFROM, User, plain), 1);
-        assert_eq!(copies_per_byte(nr::SPLICE, Null, plain), 0);
-        assert_eq!(copies_per_byte(nr::WRITE, Null, plain), 0);
-        assert_eq!(copies_per_byte(nr::SPLICE, Other, plain), 1);
+        assert_eq!(copy_factor(nr::READ, User, plain), 1);
+        assert_eq!(copy_factor(nr::WRITE, Tcp, plain), 1);
+        assert_eq!(copy_factor(nr::SENDFILE, Tcp, plain), 0);
+        assert_eq!(copy_factor(nr::SENDFILE, Regular, plain), 1);
+        assert_eq!(copy_factor(nr::SPLICE, Pipe, plain), 0);
+        assert_eq!(copy_factor(nr::SPLICE, Tcp, plain), 0);
+        assert_eq!(copy_factor(nr::SPLICE, Pipe, plain), 0);
+        assert_eq!(copy_factor(nr::SPLICE, Regular, plain), 1);
+        assert_eq!(copy_factor(nr::TEE, Pipe, plain), 0);
+        assert_eq!(copy_factor(nr::VMSPLICE, Pipe, plain), 0);
+        assert_eq!(copy_factor(nr::VMSPLICE, User, plain), 1);
+        assert_eq!(copy_factor(nr::COPY_FILE_RANGE, Regular, plain), 1);
+        assert_eq!(copy_factor(nr::RECVFROM, User, plain), 1);
+        assert_eq!(copy_factor(nr::SPLICE, Null, plain), 0);
+        assert_eq!(copy_factor(nr::WRITE, Null, plain), 0);
+        assert_eq!(copy_factor(nr::SPLICE, Other, plain), 1);
     }
 
     #[test]
     fn zerocopy_sends_are_free_only_on_sockets_that_support_them() {
-        assert_eq!(copies_per_byte(nr::SENDMSG, Tcp, Variant::Zerocopy), 0);
-        assert_eq!(copies_per_byte(nr::SENDTO, Udp, Variant::Zerocopy), 0);
-        assert_eq!(copies_per_byte(nr::SENDMSG, Unix, Variant::Zerocopy), 1);
-        assert_eq!(copies_per_byte(nr::SENDMSG, Tcp, Variant::Plain), 1);
-    }
-
-    #[test]
-    fn only_decoded_syscalls_are_data_path() {
-        assert!(is_data_path(nr::SENDFILE));
-        assert!(is_data_path(nr::RECVMMSG));
-        assert!(!is_data_path(39)); // getpid
-        assert!(!is_data_path(110)); // getppid
+        assert_eq!(copy_factor(nr::SENDMSG, Tcp, Variant::Zerocopy), 0);
+        assert_eq!(copy_factor(nr::SENDTO, Udp, Variant::Zerocopy), 0);
+        assert_eq!(copy_factor(nr::SENDMSG, Unix, Variant::Zerocopy), 1);
+        assert_eq!(copy_factor(nr::SENDMSG, Tcp, Variant::Plain), 1);
     }
 }

@@ -1,15 +1,15 @@
 //! Pure accounting: raw map contents in, per-process figures out. No BPF, no root, unit-tested.
 pub mod copy_model;
-mod syscall_names;
+mod counters;
 
 use std::collections::BTreeMap;
 
+pub use copy_model::{kind_label, Basis};
+pub use counters::{Counters, Family, Sum, Value, FAMILIES};
 use zctrace_common::{
-    FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, Variant, COPY_ROUTINES,
+    nr, FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, Variant, COPY_ROUTINES,
     MAP_SLOTS,
 };
-
-pub use copy_model::{kind_label, Source};
 
 /// Everything the maps held at one moment.
 #[derive(Clone, Debug, Default)]
@@ -45,7 +45,7 @@ pub type ObservedCopies = [u64; OBSERVED_ROUTINES.len()];
 
 /// One mechanism of one process: a data-path syscall between two kinds of endpoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PathFigures {
+pub struct FlowFigures {
     pub syscall: &'static str,
     pub src: FdKind,
     pub dst: FdKind,
@@ -54,25 +54,7 @@ pub struct PathFigures {
     pub errors: u64,
     pub bytes: u64,
     pub cpu_copy_bytes: u64,
-    pub source: Source,
-}
-
-/// TCP send bytes by the path the kernel took (observed at `tcp_sendmsg_locked`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct TcpSend {
-    pub copy: u64,
-    pub splice: u64,
-    pub zerocopy: u64,
-    pub unclassified: u64,
-}
-
-impl std::ops::AddAssign for TcpSend {
-    fn add_assign(&mut self, other: TcpSend) {
-        self.copy += other.copy;
-        self.splice += other.splice;
-        self.zerocopy += other.zerocopy;
-        self.unclassified += other.unclassified;
-    }
+    pub basis: Basis,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -80,40 +62,27 @@ pub struct ProcessFigures {
     pub key: ProcessKey,
     pub comm: String,
     /// Data-path mechanisms, largest byte count first.
-    pub paths: Vec<PathFigures>,
+    pub flows: Vec<FlowFigures>,
     /// Calls per syscall name, every syscall included.
     pub syscalls: BTreeMap<&'static str, u64>,
-    pub syscalls_total: u64,
-    pub voluntary_switches: u64,
-    pub involuntary_switches: u64,
-    pub offcpu_ns: u64,
-    /// Exact socket-to-user receive copies (observed).
-    pub recv_copy_bytes: u64,
-    pub tcp_send: TcpSend,
-    /// MSG_ZEROCOPY bytes sent over a loopback route: the receiver copies them (model).
-    pub zerocopy_deferred_copy_bytes: u64,
-    /// Copies seen at the kernel's copy routines, where every one of them could be observed.
-    pub observed_copies: Option<ObservedCopies>,
+    pub counters: Counters,
+    /// Every copy routine could be observed on this kernel: `counters.observed_copies` holds.
+    pub copies_observed: bool,
     /// cgroup v2 id of the process (0 when not yet known).
     pub cgroup_id: u64,
 }
 
 impl ProcessFigures {
-    /// Every syscall enters and leaves the kernel: two mode switches.
-    pub fn mode_switches(&self) -> u64 {
-        self.syscalls_total * 2
-    }
-
     /// Bytes moved by all data-path syscalls.
     pub fn bytes(&self) -> u64 {
-        self.paths.iter().map(|p| p.bytes).sum()
+        self.flows.iter().map(|p| p.bytes).sum()
     }
 
     /// Bytes that left the process: written to a file, pipe or socket, by syscalls or by
     /// io_uring.
     pub fn delivered_bytes(&self) -> u64 {
         let by_syscalls: u64 = self
-            .paths
+            .flows
             .iter()
             .filter(|p| p.dst != FdKind::User)
             .map(|p| p.bytes)
@@ -124,14 +93,14 @@ impl ProcessFigures {
     /// CPU-copied bytes by the copy model, the deferred zerocopy copies and the copies of TCP
     /// sends no syscall carried included.
     pub fn modelled_cpu_copy_bytes(&self) -> u64 {
-        let by_syscalls: u64 = self.paths.iter().map(|p| p.cpu_copy_bytes).sum();
-        by_syscalls + self.zerocopy_deferred_copy_bytes + self.tcp_without_syscalls().1
+        let by_syscalls: u64 = self.flows.iter().map(|p| p.cpu_copy_bytes).sum();
+        by_syscalls + self.counters.zerocopy_deferred_copy_bytes + self.tcp_without_syscalls().1
     }
 
     /// Bytes sent over TCP, by syscalls or by io_uring.
     pub fn tcp_delivered_bytes(&self) -> u64 {
         let by_syscalls: u64 = self
-            .paths
+            .flows
             .iter()
             .filter(|p| p.dst == FdKind::Tcp)
             .map(|p| p.bytes)
@@ -140,10 +109,10 @@ impl ProcessFigures {
     }
 
     /// TCP bytes sent, and of those copied, that no send syscall of the process carried (io_uring
-    /// requests): seen at `tcp_sendmsg`, beyond what the syscall paths account for.
+    /// requests): seen at `tcp_sendmsg`, beyond what the syscall flows account for.
     pub fn tcp_without_syscalls(&self) -> (u64, u64) {
         let to_tcp = |copied_only: bool| -> u64 {
-            self.paths
+            self.flows
                 .iter()
                 .filter(|p| {
                     p.dst == FdKind::Tcp && (!copied_only || (p.src == FdKind::User && !p.zerocopy_flag))
@@ -151,9 +120,9 @@ impl ProcessFigures {
                 .map(|p| p.bytes)
                 .sum()
         };
-        let t = &self.tcp_send;
-        let bytes = (t.copy + t.splice + t.zerocopy + t.unclassified).saturating_sub(to_tcp(false));
-        (bytes, t.copy.saturating_sub(to_tcp(true)).min(bytes))
+        let bytes = self.counters.tcp_sent().saturating_sub(to_tcp(false));
+        let copied = self.counters.tcp(TcpPath::Copy).saturating_sub(to_tcp(true));
+        (bytes, copied.min(bytes))
     }
 
     /// CPU-copied bytes by the copy model: the headline figure on every kernel, since the model
@@ -167,9 +136,14 @@ impl ProcessFigures {
         ratio(self.cpu_copy_bytes(), self.delivered_bytes())
     }
 
+    /// Copies by routine, where every copy routine could be observed.
+    pub fn observed_copies(&self) -> Option<ObservedCopies> {
+        self.copies_observed.then_some(self.counters.observed_copies)
+    }
+
     /// CPU-copied bytes seen in the kernel, where the copy routines could be observed.
     pub fn observed_copy_bytes(&self) -> Option<u64> {
-        self.observed_copies.map(|copies| copies.iter().sum())
+        self.observed_copies().map(|copies| copies.iter().sum())
     }
 
     /// Observed CPU copies per delivered byte, where observed.
@@ -177,8 +151,8 @@ impl ProcessFigures {
         ratio(self.observed_copy_bytes()?, self.delivered_bytes())
     }
 
-    pub fn path(&self, syscall: &str, src: FdKind, dst: FdKind) -> Option<&PathFigures> {
-        self.paths
+    pub fn flow(&self, syscall: &str, src: FdKind, dst: FdKind) -> Option<&FlowFigures> {
+        self.flows
             .iter()
             .find(|p| p.syscall == syscall && p.src == src && p.dst == dst)
     }
@@ -186,11 +160,11 @@ impl ProcessFigures {
     /// What happened between `before` (an earlier look at the same process) and `self`. Paths
     /// with no activity in between are left out.
     pub fn since(&self, before: &ProcessFigures) -> ProcessFigures {
-        let paths = self
-            .paths
+        let flows = self
+            .flows
             .iter()
             .filter_map(|now| {
-                let earlier = before.paths.iter().find(|p| p.same_mechanism(now));
+                let earlier = before.flows.iter().find(|p| p.same_mechanism(now));
                 let delta = match earlier {
                     Some(earlier) => now.since(earlier),
                     None => now.clone(),
@@ -207,39 +181,25 @@ impl ProcessFigures {
         ProcessFigures {
             key: self.key,
             comm: self.comm.clone(),
-            paths,
+            flows,
             syscalls,
-            syscalls_total: self.syscalls_total - before.syscalls_total,
-            voluntary_switches: self.voluntary_switches - before.voluntary_switches,
-            involuntary_switches: self.involuntary_switches - before.involuntary_switches,
-            offcpu_ns: self.offcpu_ns - before.offcpu_ns,
-            recv_copy_bytes: self.recv_copy_bytes - before.recv_copy_bytes,
-            tcp_send: TcpSend {
-                copy: self.tcp_send.copy - before.tcp_send.copy,
-                splice: self.tcp_send.splice - before.tcp_send.splice,
-                zerocopy: self.tcp_send.zerocopy - before.tcp_send.zerocopy,
-                unclassified: self.tcp_send.unclassified - before.tcp_send.unclassified,
-            },
-            zerocopy_deferred_copy_bytes: self.zerocopy_deferred_copy_bytes
-                - before.zerocopy_deferred_copy_bytes,
-            // A process first seen after `before` was taken has copied nothing before it.
-            observed_copies: self.observed_copies.map(|now| {
-                let then = before.observed_copies.unwrap_or_default();
-                std::array::from_fn(|i| now[i] - then[i])
-            }),
+            // A process first seen after `before` was taken counted nothing before it: its
+            // `before` is all zeros.
+            counters: self.counters.since(&before.counters),
+            copies_observed: self.copies_observed,
             cgroup_id: self.cgroup_id,
         }
     }
 }
 
-impl PathFigures {
-    fn same_mechanism(&self, other: &PathFigures) -> bool {
+impl FlowFigures {
+    fn same_mechanism(&self, other: &FlowFigures) -> bool {
         (self.syscall, self.src, self.dst, self.zerocopy_flag)
             == (other.syscall, other.src, other.dst, other.zerocopy_flag)
     }
 
-    fn since(&self, before: &PathFigures) -> PathFigures {
-        PathFigures {
+    fn since(&self, before: &FlowFigures) -> FlowFigures {
+        FlowFigures {
             calls: self.calls - before.calls,
             errors: self.errors - before.errors,
             bytes: self.bytes - before.bytes,
@@ -254,11 +214,9 @@ pub fn ratio(numerator: u64, denominator: u64) -> Option<f64> {
     (denominator != 0).then(|| numerator as f64 / denominator as f64)
 }
 
+/// The syscall's name on this architecture; "unknown" for numbers newer than the syscalls crate.
 pub fn syscall_name(nr: u16) -> &'static str {
-    syscall_names::SYSCALL_NAMES
-        .binary_search_by_key(&nr, |&(n, _)| n)
-        .map(|i| syscall_names::SYSCALL_NAMES[i].1)
-        .unwrap_or("unknown")
+    syscalls::Sysno::new(nr.into()).map_or("unknown", |sysno| sysno.name())
 }
 
 /// Per-process figures from a snapshot. `copies_observed` says the kernel's copy routines were
@@ -278,7 +236,7 @@ pub fn per_process(snapshot: &RawSnapshot, copies_observed: bool) -> Vec<Process
         .map(|(key, mut figures)| {
             figures.key = key;
             figures
-                .paths
+                .flows
                 .sort_by(|a, b| b.bytes.cmp(&a.bytes).then(a.syscall.cmp(b.syscall)));
             figures
         })
@@ -287,27 +245,25 @@ pub fn per_process(snapshot: &RawSnapshot, copies_observed: bool) -> Vec<Process
 
 fn apply_process_stats(figures: &mut ProcessFigures, stats: &ProcessStats, copies_observed: bool) {
     figures.comm = comm_from_bytes(&stats.comm);
-    figures.voluntary_switches = stats.voluntary_switches;
-    figures.involuntary_switches = stats.involuntary_switches;
-    figures.offcpu_ns = stats.offcpu_ns;
-    figures.recv_copy_bytes = stats.recv_copy_bytes;
-    let tcp = |path: TcpPath| stats.tcp_send_bytes[path as usize];
-    figures.tcp_send = TcpSend {
-        copy: tcp(TcpPath::Copy),
-        splice: tcp(TcpPath::Splice),
-        zerocopy: tcp(TcpPath::Zerocopy),
-        unclassified: tcp(TcpPath::Unclassified),
+    // Syscalls are counted from the syscall entries, which may be applied first.
+    let syscalls_total = figures.counters.syscalls_total;
+    figures.counters = Counters {
+        syscalls_total,
+        ..Counters::from_kernel(stats)
     };
-    figures.zerocopy_deferred_copy_bytes = stats.tcp_zerocopy_local_bytes;
-    figures.observed_copies = copies_observed.then(|| observed_copies(stats));
+    if !copies_observed {
+        // Part of them are TCP figures observed on any kernel; alone, they would mislead.
+        figures.counters.observed_copies = ObservedCopies::default();
+    }
+    figures.copies_observed = copies_observed;
     figures.cgroup_id = stats.cgroup_id;
 }
 
 fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &SyscallStats) {
     let name = syscall_name(key.nr);
     *figures.syscalls.entry(name).or_default() += stats.calls;
-    figures.syscalls_total += stats.calls;
-    if !copy_model::is_data_path(key.nr) {
+    figures.counters.syscalls_total += stats.calls;
+    if !nr::is_data_path(key.nr) {
         return;
     }
     let (src, dst) = (FdKind::from_u8(key.src), FdKind::from_u8(key.dst));
@@ -317,8 +273,8 @@ fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &Syscall
     } else {
         Variant::Plain
     };
-    let copies = copy_model::copies_per_byte(key.nr, dst, variant);
-    figures.paths.push(PathFigures {
+    let copies = copy_model::copy_factor(key.nr, dst, variant);
+    figures.flows.push(FlowFigures {
         syscall: name,
         src,
         dst,
@@ -327,16 +283,8 @@ fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &Syscall
         errors: stats.errors,
         bytes: stats.bytes,
         cpu_copy_bytes: stats.bytes * copies,
-        source: Source::Model,
+        basis: Basis::Model,
     });
-}
-
-fn observed_copies(stats: &ProcessStats) -> ObservedCopies {
-    let mut copies = [0; OBSERVED_ROUTINES.len()];
-    copies[..COPY_ROUTINES].copy_from_slice(&stats.observed_copy_bytes);
-    copies[COPY_ROUTINES] = stats.tcp_send_bytes[TcpPath::Copy as usize];
-    copies[COPY_ROUTINES + 1] = stats.recv_copy_bytes;
-    copies
 }
 
 /// A kernel `comm` (NUL-padded, not always UTF-8) as a string.

@@ -1,5 +1,5 @@
 //! What kind of I/O a process does, and what it could change: pure functions of its figures.
-use zctrace_common::FdKind;
+use zctrace_common::{FdKind, TcpPath};
 
 use crate::accounting::ProcessFigures;
 
@@ -57,7 +57,7 @@ pub fn copies_per_byte_label(f: &ProcessFigures) -> String {
 }
 
 fn delivered_by(f: &ProcessFigures, pick: impl Fn(&str, FdKind, FdKind, bool) -> bool) -> u64 {
-    f.paths
+    f.flows
         .iter()
         .filter(|p| p.dst != FdKind::User && pick(p.syscall, p.src, p.dst, p.zerocopy_flag))
         .map(|p| p.bytes)
@@ -83,7 +83,7 @@ fn written_to_files(f: &ProcessFigures) -> u64 {
 }
 
 fn read_from_files(f: &ProcessFigures) -> u64 {
-    f.paths
+    f.flows
         .iter()
         .filter(|p| p.src == FdKind::Regular && p.dst == FdKind::User)
         .map(|p| p.bytes)
@@ -91,7 +91,7 @@ fn read_from_files(f: &ProcessFigures) -> u64 {
 }
 
 fn read_into_user(f: &ProcessFigures) -> u64 {
-    f.paths
+    f.flows
         .iter()
         .filter(|p| p.dst == FdKind::User)
         .map(|p| p.bytes)
@@ -99,7 +99,7 @@ fn read_into_user(f: &ProcessFigures) -> u64 {
 }
 
 pub fn classify(f: &ProcessFigures) -> IoStyle {
-    let tcp_sent = f.tcp_send.copy + f.tcp_send.splice + f.tcp_send.zerocopy + f.tcp_send.unclassified;
+    let tcp_sent = f.counters.tcp_sent();
     let sent_by_syscalls = delivered_by(f, |_, _, dst, _| matches!(dst, FdKind::Tcp));
     if tcp_sent >= MEANINGFUL_BYTES
         && sent_by_syscalls < tcp_sent / 2
@@ -137,8 +137,9 @@ pub fn classify(f: &ProcessFigures) -> IoStyle {
     }
 }
 
-fn mib(bytes: u64) -> String {
-    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+/// Sizes in the view's unit (decimal megabytes), so advice and table agree.
+fn mb(bytes: u64) -> String {
+    format!("{} MB", super::view::mb(bytes as f64))
 }
 
 /// Advice grounded in the figures; empty when there is nothing to say.
@@ -151,30 +152,32 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
         IoStyle::ReadWriteRelay => advice.push(format!(
             "read()+write() copied {} through user space twice ({} of CPU copies); for a file-to-socket relay \
              sendfile() or splice() would move it with 0 CPU copies and about half the syscalls",
-            mib(to_sockets),
-            mib(f.cpu_copy_bytes())
+            mb(to_sockets),
+            mb(f.cpu_copy_bytes())
         )),
         IoStyle::MmapWrite if to_sockets >= MEANINGFUL_BYTES => advice.push(format!(
             "write() from memory copied {} into socket buffers; if that memory maps a file, sendfile() avoids the copy \
              and the SIGBUS a truncated file causes under mmap",
-            mib(to_sockets)
+            mb(to_sockets)
         )),
         IoStyle::FileWriter if read_from_files(f) >= MEANINGFUL_BYTES => advice.push(format!(
             "read() and write() copied {} from files into files through user space (two CPU copies a byte); \
              copy_file_range() copies in the kernel, once, or not at all on a filesystem that shares extents",
-            mib(read_from_files(f).min(written_to_files(f)))
+            mb(read_from_files(f).min(written_to_files(f)))
         )),
         _ => {}
     }
-    if f.tcp_send.zerocopy > 0 && f.zerocopy_deferred_copy_bytes * 10 >= f.tcp_send.zerocopy * 9 {
+    if f.counters.tcp(TcpPath::Zerocopy) > 0
+        && f.counters.zerocopy_deferred_copy_bytes * 10 >= f.counters.tcp(TcpPath::Zerocopy) * 9
+    {
         advice.push(format!(
             "all {} of MSG_ZEROCOPY sends went to a local receiver, which copies them anyway: the pinning and \
              completion handling cost more than a plain send() here",
-            mib(f.tcp_send.zerocopy)
+            mb(f.counters.tcp(TcpPath::Zerocopy))
         ));
     }
     let sends = f
-        .paths
+        .flows
         .iter()
         .filter(|p| p.dst != FdKind::User)
         .map(|p| p.calls)
@@ -186,17 +189,17 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
             f.delivered_bytes() / sends
         ));
     }
-    let switches = f.voluntary_switches + f.involuntary_switches;
-    if switches > 100 && f.involuntary_switches * 2 > switches {
+    let switches = f.counters.voluntary_switches + f.counters.involuntary_switches;
+    if switches > 100 && f.counters.involuntary_switches * 2 > switches {
         advice.push(format!(
             "{} of {switches} context switches were involuntary (preempted): the process competes for CPU",
-            f.involuntary_switches
+            f.counters.involuntary_switches
         ));
     }
-    if f.tcp_send.unclassified > 0 {
+    if f.counters.tcp(TcpPath::Unclassified) > 0 {
         advice.push(format!(
             "{} of TCP sends could not be classified (a map was full)",
-            mib(f.tcp_send.unclassified)
+            mb(f.counters.tcp(TcpPath::Unclassified))
         ));
     }
     advice
@@ -205,17 +208,17 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounting::{PathFigures, Source, TcpSend};
+    use crate::accounting::{Basis, Counters, FlowFigures};
 
-    fn path(
+    fn flow(
         syscall: &'static str,
         src: FdKind,
         dst: FdKind,
         calls: u64,
         bytes: u64,
         copies: u64,
-    ) -> PathFigures {
-        PathFigures {
+    ) -> FlowFigures {
+        FlowFigures {
             syscall,
             src,
             dst,
@@ -224,25 +227,25 @@ mod tests {
             errors: 0,
             bytes,
             cpu_copy_bytes: bytes * copies,
-            source: Source::Model,
+            basis: Basis::Model,
         }
     }
 
-    const MB: u64 = 1 << 20;
+    const MIB: u64 = 1 << 20;
 
     #[test]
     fn a_read_write_relay_is_told_about_sendfile() {
         let f = ProcessFigures {
-            paths: vec![
-                path("read", FdKind::Regular, FdKind::User, 1000, 64 * MB, 1),
-                path("write", FdKind::User, FdKind::Tcp, 1000, 64 * MB, 1),
+            flows: vec![
+                flow("read", FdKind::Regular, FdKind::User, 1000, 64 * MIB, 1),
+                flow("write", FdKind::User, FdKind::Tcp, 1000, 64 * MIB, 1),
             ],
             ..Default::default()
         };
         assert_eq!(classify(&f), IoStyle::ReadWriteRelay);
         let advice = advise(&f, IoStyle::ReadWriteRelay);
         assert!(
-            advice[0].contains("64.0 MiB through user space twice"),
+            advice[0].contains("67.1 MB through user space twice"),
             "{advice:?}"
         );
         assert!(advice[0].contains("sendfile()"));
@@ -251,7 +254,7 @@ mod tests {
     #[test]
     fn writes_without_reads_are_mmap_write() {
         let f = ProcessFigures {
-            paths: vec![path("write", FdKind::User, FdKind::Tcp, 512, 64 * MB, 1)],
+            flows: vec![flow("write", FdKind::User, FdKind::Tcp, 512, 64 * MIB, 1)],
             ..Default::default()
         };
         assert_eq!(classify(&f), IoStyle::MmapWrite);
@@ -261,9 +264,9 @@ mod tests {
     #[test]
     fn writing_a_file_then_sendfiling_it_is_sendfile_not_mmap_write() {
         let f = ProcessFigures {
-            paths: vec![
-                path("write", FdKind::User, FdKind::Regular, 256, 16 * MB, 1),
-                path("sendfile", FdKind::Regular, FdKind::Tcp, 128, 16 * MB, 0),
+            flows: vec![
+                flow("write", FdKind::User, FdKind::Regular, 256, 16 * MIB, 1),
+                flow("sendfile", FdKind::Regular, FdKind::Tcp, 128, 16 * MIB, 0),
             ],
             ..Default::default()
         };
@@ -274,7 +277,7 @@ mod tests {
     #[test]
     fn file_writers_are_their_own_style_and_a_file_copy_is_told_about_copy_file_range() {
         let writer = ProcessFigures {
-            paths: vec![path("write", FdKind::User, FdKind::Regular, 256, 16 * MB, 1)],
+            flows: vec![flow("write", FdKind::User, FdKind::Regular, 256, 16 * MIB, 1)],
             ..Default::default()
         };
         assert_eq!(classify(&writer), IoStyle::FileWriter);
@@ -283,9 +286,9 @@ mod tests {
             "nothing to say about a plain writer"
         );
         let copier = ProcessFigures {
-            paths: vec![
-                path("read", FdKind::Regular, FdKind::User, 256, 16 * MB, 1),
-                path("write", FdKind::User, FdKind::Regular, 256, 16 * MB, 1),
+            flows: vec![
+                flow("read", FdKind::Regular, FdKind::User, 256, 16 * MIB, 1),
+                flow("write", FdKind::User, FdKind::Regular, 256, 16 * MIB, 1),
             ],
             ..Default::default()
         };
@@ -296,15 +299,15 @@ mod tests {
     #[test]
     fn zero_copy_styles_are_recognised_and_left_alone() {
         let sendfile = ProcessFigures {
-            paths: vec![path("sendfile", FdKind::Regular, FdKind::Tcp, 512, 64 * MB, 0)],
+            flows: vec![flow("sendfile", FdKind::Regular, FdKind::Tcp, 512, 64 * MIB, 0)],
             ..Default::default()
         };
         assert_eq!(classify(&sendfile), IoStyle::Sendfile);
         assert!(advise(&sendfile, IoStyle::Sendfile).is_empty());
         let splice = ProcessFigures {
-            paths: vec![
-                path("splice", FdKind::Regular, FdKind::Pipe, 512, 64 * MB, 0),
-                path("splice", FdKind::Pipe, FdKind::Tcp, 512, 64 * MB, 0),
+            flows: vec![
+                flow("splice", FdKind::Regular, FdKind::Pipe, 512, 64 * MIB, 0),
+                flow("splice", FdKind::Pipe, FdKind::Tcp, 512, 64 * MIB, 0),
             ],
             ..Default::default()
         };
@@ -313,15 +316,15 @@ mod tests {
 
     #[test]
     fn zerocopy_to_a_local_receiver_is_called_out() {
-        let mut send = path("sendto", FdKind::User, FdKind::Tcp, 512, 64 * MB, 0);
+        let mut send = flow("sendto", FdKind::User, FdKind::Tcp, 512, 64 * MIB, 0);
         send.zerocopy_flag = true;
         let f = ProcessFigures {
-            paths: vec![send],
-            tcp_send: TcpSend {
-                zerocopy: 64 * MB,
+            flows: vec![send],
+            counters: Counters {
+                tcp_send: [0, 0, 64 * MIB, 0],
+                zerocopy_deferred_copy_bytes: 64 * MIB,
                 ..Default::default()
             },
-            zerocopy_deferred_copy_bytes: 64 * MB,
             ..Default::default()
         };
         assert_eq!(classify(&f), IoStyle::ZerocopySend);
@@ -333,8 +336,8 @@ mod tests {
     #[test]
     fn io_uring_sends_have_no_send_syscalls() {
         let f = ProcessFigures {
-            tcp_send: TcpSend {
-                splice: 64 * MB,
+            counters: Counters {
+                tcp_send: [0, 64 * MIB, 0, 0],
                 ..Default::default()
             },
             syscalls: [("io_uring_enter", 600)].into_iter().collect(),
@@ -346,9 +349,12 @@ mod tests {
     #[test]
     fn small_sends_and_preemption_get_advice() {
         let f = ProcessFigures {
-            paths: vec![path("write", FdKind::User, FdKind::Tcp, 100_000, 100 * MB, 1)],
-            voluntary_switches: 10,
-            involuntary_switches: 500,
+            flows: vec![flow("write", FdKind::User, FdKind::Tcp, 100_000, 100 * MIB, 1)],
+            counters: Counters {
+                voluntary_switches: 10,
+                involuntary_switches: 500,
+                ..Default::default()
+            },
             ..Default::default()
         };
         let advice = advise(&f, classify(&f));
@@ -365,7 +371,7 @@ mod tests {
     fn nothing_moved_is_idle_and_receiving_is_receiver() {
         assert_eq!(classify(&ProcessFigures::default()), IoStyle::Idle);
         let receiver = ProcessFigures {
-            paths: vec![path("recvfrom", FdKind::Tcp, FdKind::User, 100, 64 * MB, 1)],
+            flows: vec![flow("recvfrom", FdKind::Tcp, FdKind::User, 100, 64 * MIB, 1)],
             ..Default::default()
         };
         assert_eq!(classify(&receiver), IoStyle::Receiver);

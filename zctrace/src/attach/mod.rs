@@ -6,25 +6,20 @@ pub mod report;
 mod top;
 mod view;
 
-use std::{
-    sync::atomic::{AtomicBool, Ordering},
-    time::{Duration, Instant},
-};
-
-use anyhow::{bail, Context as _, Result};
-use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
+use std::time::{Duration, Instant};
 
 use advice::copies_per_byte_label;
+use anyhow::{bail, Context as _, Result};
+use launch::Gated;
+use report::Report;
 pub use top::{run as run_top, TopArgs};
+use view::{catch_interrupts, interrupted, mb, Frame, View};
 
 use crate::{
     accounting::{kind_label, per_process, ProcessFigures},
     probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     procfs,
 };
-use launch::Gated;
-use report::Report;
-use view::{mb, Frame, View};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AttachArgs {
@@ -48,41 +43,11 @@ pub struct AttachArgs {
     pub command: Vec<String>,
 }
 
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::SeqCst);
-}
-
-/// Ctrl-C ends tracing with a report instead of killing zctrace.
-pub(crate) fn catch_interrupts() -> Result<()> {
-    let action = SigAction::new(
-        SigHandler::Handler(on_interrupt),
-        SaFlags::empty(),
-        SigSet::empty(),
-    );
-    for signal in [Signal::SIGINT, Signal::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic.
-        unsafe { sigaction(signal, &action) }?;
-    }
-    Ok(())
-}
-
-pub(crate) fn interrupted() -> bool {
-    INTERRUPTED.load(Ordering::SeqCst)
-}
-
 /// Refuses PIDs that cannot be traced, with the reason.
 fn check_pid(pid: u32) -> Result<()> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|_| anyhow::anyhow!("--pid {pid}: no such process"))?;
-    const PF_KTHREAD: u64 = 0x0020_0000;
-    let flags: u64 = stat[stat.rfind(')').context("malformed /proc stat")? + 1..]
-        .split_whitespace()
-        .nth(6)
-        .and_then(|f| f.parse().ok())
-        .unwrap_or(0);
-    if flags & PF_KTHREAD != 0 {
+    let kernel_thread =
+        procfs::is_kernel_thread(pid).with_context(|| format!("--pid {pid}: no such process"))?;
+    if kernel_thread {
         bail!(
             "--pid {pid} ({}) is a kernel thread: it makes no syscalls to trace",
             procfs::comm(pid).unwrap_or_default()
@@ -112,7 +77,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         (Ok(tracer), Some(child)) => child.release().map(|()| tracer)?,
         (Ok(tracer), None) => tracer,
         (Err(e), Some(child)) => {
-            let _ = nix::sys::signal::kill(child.pid, Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(child.pid, nix::sys::signal::Signal::SIGKILL);
             return Err(e);
         }
         (Err(e), None) => return Err(e),
@@ -227,20 +192,20 @@ impl Session {
             mb(per_second(last.bytes())),
             mb(per_second(last.cpu_copy_bytes())),
             copies_per_byte_label(total),
-            per_second(last.syscalls_total),
-            per_second(last.voluntary_switches),
-            per_second(last.involuntary_switches),
-            total.offcpu_ns as f64 / 1e9,
+            per_second(last.counters.syscalls_total),
+            per_second(last.counters.voluntary_switches),
+            per_second(last.counters.involuntary_switches),
+            total.counters.offcpu_ns as f64 / 1e9,
         );
         let rows = total
-            .paths
+            .flows
             .iter()
             .map(|p| {
                 let recent = last
-                    .paths
+                    .flows
                     .iter()
                     .find(|l| l.syscall == p.syscall && l.src == p.src && l.dst == p.dst);
-                let rate = |pick: fn(&crate::accounting::PathFigures) -> u64| {
+                let rate = |pick: fn(&crate::accounting::FlowFigures) -> u64| {
                     recent.map_or(0.0, |r| per_second(pick(r)))
                 };
                 vec![
@@ -251,7 +216,7 @@ impl Session {
                     mb(rate(|r| r.cpu_copy_bytes)),
                     mb(p.bytes as f64),
                     mb(p.cpu_copy_bytes as f64),
-                    p.source.label().to_string(),
+                    p.basis.label().to_string(),
                 ]
             })
             .collect();
@@ -266,7 +231,7 @@ impl Session {
                 "copied MB/s",
                 "MB total",
                 "copied MB",
-                "source",
+                "basis",
             ],
             rows,
             widths: vec![16, 14, 9, 9, 12, 10, 10, 8],

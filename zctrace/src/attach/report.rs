@@ -1,8 +1,9 @@
 //! The attach report: what one process did, as JSON or as text. Pure.
 use serde::Serialize;
+use zctrace_common::TcpPath;
 
 use super::advice::{advise, classify, IoStyle};
-use crate::accounting::{kind_label, ProcessFigures, Source, OBSERVED_ROUTINES};
+use crate::accounting::{kind_label, Basis, ProcessFigures, OBSERVED_ROUTINES};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -14,7 +15,7 @@ pub struct Report {
     /// Exit code of a command zctrace launched, when it exited normally.
     pub exit_code: Option<i32>,
     pub totals: Totals,
-    pub paths: Vec<PathReport>,
+    pub flows: Vec<FlowReport>,
     /// Figures the probes saw in the kernel rather than inferred.
     pub observed: Observed,
     pub io_style: IoStyle,
@@ -25,9 +26,9 @@ pub struct Report {
 pub struct Totals {
     pub bytes: u64,
     pub delivered_bytes: u64,
-    /// By the copy model (labelled by `cpu_copy_source`), which covers every data-path syscall.
+    /// By the copy model (labelled by `cpu_copy_basis`), which covers every data-path syscall.
     pub cpu_copy_bytes: u64,
-    pub cpu_copy_source: &'static str,
+    pub cpu_copy_basis: &'static str,
     pub copies_per_byte: Option<f64>,
     /// Seen at the kernel's copy routines, where this kernel lets every one be observed.
     pub observed_copy_bytes: Option<u64>,
@@ -45,7 +46,7 @@ pub struct ContextSwitches {
 }
 
 #[derive(Debug, Serialize)]
-pub struct PathReport {
+pub struct FlowReport {
     pub syscall: &'static str,
     pub src: &'static str,
     pub dst: &'static str,
@@ -54,7 +55,7 @@ pub struct PathReport {
     pub errors: u64,
     pub bytes: u64,
     pub cpu_copy_bytes: u64,
-    pub source: &'static str,
+    pub basis: &'static str,
 }
 
 #[derive(Debug, Serialize)]
@@ -95,22 +96,22 @@ impl Report {
                 bytes: f.bytes(),
                 delivered_bytes: f.delivered_bytes(),
                 cpu_copy_bytes: f.cpu_copy_bytes(),
-                cpu_copy_source: Source::Model.label(),
+                cpu_copy_basis: Basis::Model.label(),
                 copies_per_byte: f.copies_per_byte(),
                 observed_copy_bytes: f.observed_copy_bytes(),
                 observed_copies_per_byte: f.observed_copies_per_byte(),
-                syscalls: f.syscalls_total,
-                mode_switches: f.mode_switches(),
+                syscalls: f.counters.syscalls_total,
+                mode_switches: f.counters.mode_switches(),
                 context_switches: ContextSwitches {
-                    voluntary: f.voluntary_switches,
-                    involuntary: f.involuntary_switches,
+                    voluntary: f.counters.voluntary_switches,
+                    involuntary: f.counters.involuntary_switches,
                 },
-                offcpu_seconds: f.offcpu_ns as f64 / 1e9,
+                offcpu_seconds: f.counters.offcpu_ns as f64 / 1e9,
             },
-            paths: f
-                .paths
+            flows: f
+                .flows
                 .iter()
-                .map(|p| PathReport {
+                .map(|p| FlowReport {
                     syscall: p.syscall,
                     src: kind_label(p.src),
                     dst: kind_label(p.dst),
@@ -119,20 +120,20 @@ impl Report {
                     errors: p.errors,
                     bytes: p.bytes,
                     cpu_copy_bytes: p.cpu_copy_bytes,
-                    source: p.source.label(),
+                    basis: p.basis.label(),
                 })
                 .collect(),
             observed: Observed {
-                recv_copy_bytes: f.recv_copy_bytes,
+                recv_copy_bytes: f.counters.recv_copy_bytes,
                 tcp_send_bytes: TcpSendBytes {
-                    copy: f.tcp_send.copy,
-                    splice: f.tcp_send.splice,
-                    zerocopy: f.tcp_send.zerocopy,
-                    unclassified: f.tcp_send.unclassified,
+                    copy: f.counters.tcp(TcpPath::Copy),
+                    splice: f.counters.tcp(TcpPath::Splice),
+                    zerocopy: f.counters.tcp(TcpPath::Zerocopy),
+                    unclassified: f.counters.tcp(TcpPath::Unclassified),
                 },
-                zerocopy_deferred_copy_bytes_model: f.zerocopy_deferred_copy_bytes,
+                zerocopy_deferred_copy_bytes_model: f.counters.zerocopy_deferred_copy_bytes,
                 copies_by_routine: f
-                    .observed_copies
+                    .observed_copies()
                     .map(|copies| OBSERVED_ROUTINES.into_iter().zip(copies).collect()),
             },
             io_style,
@@ -147,7 +148,7 @@ impl Report {
              bytes moved {}  delivered {}  CPU-copied {} ({})  copies per delivered byte {}\n\
              {}\n\
              syscalls {}  mode switches {}  context switches {} voluntary / {} involuntary  off-CPU {:.2} s\n\
-             I/O style: {}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  source\n",
+             I/O style: {}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  basis\n",
             self.pid,
             self.comm,
             self.duration_seconds,
@@ -155,7 +156,7 @@ impl Report {
             t.bytes,
             t.delivered_bytes,
             t.cpu_copy_bytes,
-            t.cpu_copy_source,
+            t.cpu_copy_basis,
             t.copies_per_byte.map_or("-".to_string(), |c| format!("{c:.2}")),
             self.observed_line(),
             t.syscalls,
@@ -171,7 +172,7 @@ impl Report {
             "bytes",
             "cpu copied",
         );
-        for p in &self.paths {
+        for p in &self.flows {
             let zc = if p.zerocopy_flag { "+zc" } else { "" };
             out += &format!(
                 "{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  {}\n",
@@ -181,7 +182,7 @@ impl Report {
                 p.calls,
                 p.bytes,
                 p.cpu_copy_bytes,
-                p.source
+                p.basis
             );
         }
         for advice in &self.advice {

@@ -9,8 +9,7 @@ use zctrace_common::ProcessKey;
 
 use super::{
     advice::{classify, copies_per_byte_label},
-    catch_interrupts, interrupted,
-    view::{mb, Frame, View},
+    view::{catch_interrupts, interrupted, mb, Frame, View},
 };
 use crate::{
     accounting::{per_process, ProcessFigures},
@@ -49,7 +48,10 @@ pub fn run(args: TopArgs, probe: &ProbeArgs) -> Result<()> {
                 .collect();
         let frame = rank(&now, &previous, &args, started);
         previous = now;
-        if view.show(&frame, args.interval)? {
+        let wait = args.duration.map_or(args.interval, |d| {
+            args.interval.min(d.saturating_sub(started.elapsed()))
+        });
+        if view.show(&frame, wait)? {
             break;
         }
     }
@@ -68,7 +70,10 @@ fn rank(
     let mut recent: Vec<(&ProcessFigures, ProcessFigures)> = now
         .values()
         .map(|f| (f, previous.get(&f.key).map_or_else(|| f.clone(), |p| f.since(p))))
-        .filter(|(_, d)| d.syscalls_total > 0 || d.voluntary_switches + d.involuntary_switches > 0)
+        .filter(|(_, d)| {
+            d.counters.syscalls_total > 0
+                || d.counters.voluntary_switches + d.counters.involuntary_switches > 0
+        })
         .collect();
     recent.sort_by_key(|(_, d)| std::cmp::Reverse((d.cpu_copy_bytes(), d.bytes())));
     let copied: u64 = recent.iter().map(|(_, d)| d.cpu_copy_bytes()).sum();
@@ -86,10 +91,10 @@ fn rank(
                 mb(d.cpu_copy_bytes() as f64 / seconds),
                 mb(d.bytes() as f64 / seconds),
                 copies_per_byte_label(d),
-                format!("{:.0}", d.syscalls_total as f64 / seconds),
+                format!("{:.0}", d.counters.syscalls_total as f64 / seconds),
                 format!(
                     "{:.0}",
-                    (d.voluntary_switches + d.involuntary_switches) as f64 / seconds
+                    (d.counters.voluntary_switches + d.counters.involuntary_switches) as f64 / seconds
                 ),
                 classify(total).label().to_string(),
             ]

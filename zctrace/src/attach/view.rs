@@ -1,7 +1,12 @@
 //! The live view: a terminal UI (ratatui) on a terminal, plain lines anywhere else.
-use std::{io::IsTerminal as _, time::Duration};
+use std::{
+    io::IsTerminal as _,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
 
 use anyhow::Result;
+use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
 use ratatui::{
     crossterm::event::{self, Event, KeyCode, KeyModifiers},
     layout::{Constraint, Layout},
@@ -9,6 +14,30 @@ use ratatui::{
     widgets::{Block, Paragraph, Row, Table},
     DefaultTerminal,
 };
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Ctrl-C ends tracing with a report instead of killing zctrace.
+pub(crate) fn catch_interrupts() -> Result<()> {
+    let action = SigAction::new(
+        SigHandler::Handler(on_interrupt),
+        SaFlags::empty(),
+        SigSet::empty(),
+    );
+    for signal in [Signal::SIGINT, Signal::SIGTERM] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { sigaction(signal, &action) }?;
+    }
+    Ok(())
+}
+
+pub(crate) fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
 
 /// One screenful: a title, a summary line, a table.
 pub struct Frame {
@@ -18,6 +47,9 @@ pub struct Frame {
     pub rows: Vec<Vec<String>>,
     pub widths: Vec<u16>,
 }
+
+/// How soon a wait notices a stop request.
+const RESPONSIVENESS: Duration = Duration::from_millis(100);
 
 pub enum View {
     Terminal(DefaultTerminal),
@@ -33,8 +65,20 @@ impl View {
         }
     }
 
-    /// Shows a frame; on a terminal, waits up to `wait` for q or Ctrl-C (true: asked to stop).
+    /// Shows a frame, then waits up to `wait` for q or Ctrl-C on a terminal, or for SIGINT or
+    /// SIGTERM anywhere (true: asked to stop), noticing either within 100 ms.
     pub fn show(&mut self, frame: &Frame, wait: Duration) -> Result<bool> {
+        let until = Instant::now() + wait;
+        self.draw(frame)?;
+        while let Some(left) = until.checked_duration_since(Instant::now()) {
+            if interrupted() || self.key_pressed(left.min(RESPONSIVENESS))? {
+                return Ok(true);
+            }
+        }
+        Ok(interrupted())
+    }
+
+    fn draw(&mut self, frame: &Frame) -> Result<()> {
         match self {
             View::Plain => {
                 // As `top -b` does: every frame whole, its rows in aligned columns.
@@ -47,26 +91,30 @@ impl View {
                     padded.join(" ").trim_end().to_string()
                 };
                 println!("{} | {}", frame.title, frame.summary);
-                println!(
-                    "{}",
-                    line(&frame.header.iter().map(|h| h.to_string()).collect::<Vec<_>>())
-                );
+                let header: Vec<String> = frame.header.iter().map(|h| h.to_string()).collect();
+                println!("{}", line(&header));
                 frame.rows.iter().for_each(|row| println!("{}", line(row)));
-                std::thread::sleep(wait);
-                Ok(false)
             }
             View::Terminal(terminal) => {
                 terminal.draw(|f| draw(f, frame))?;
-                if event::poll(wait)? {
-                    if let Event::Key(key) = event::read()? {
-                        let ctrl_c =
-                            key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
-                        return Ok(ctrl_c || key.code == KeyCode::Char('q'));
-                    }
-                }
-                Ok(false)
             }
         }
+        Ok(())
+    }
+
+    /// Waits up to `wait` for q or Ctrl-C on a terminal; elsewhere just waits.
+    fn key_pressed(&mut self, wait: Duration) -> Result<bool> {
+        if let View::Plain = self {
+            std::thread::sleep(wait);
+            return Ok(false);
+        }
+        if event::poll(wait)? {
+            if let Event::Key(key) = event::read()? {
+                let ctrl_c = key.code == KeyCode::Char('c') && key.modifiers.contains(KeyModifiers::CONTROL);
+                return Ok(ctrl_c || key.code == KeyCode::Char('q'));
+            }
+        }
+        Ok(false)
     }
 
     pub fn close(self) {

@@ -1,19 +1,21 @@
 //! The daemon's state: the loaded probes, the series book, and what one scrape reads.
 use std::{
     collections::{HashMap, HashSet},
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::{Context as _, Result};
+use zctrace_common::MapSlot;
 
 use super::{
+    connections::HttpStats,
     scrape::{Format, Scrape},
     series::{SeriesBook, SeriesKey},
 };
 use crate::{
     accounting::{per_process, ProcessFigures},
-    probes::{slot_label, Tracer},
+    probes::Tracer,
     procfs,
 };
 
@@ -26,6 +28,7 @@ pub struct Daemon {
     state: Mutex<State>,
     kernel: String,
     started: SystemTime,
+    http: Arc<HttpStats>,
 }
 
 /// Which extra labels a process's series carries.
@@ -46,7 +49,7 @@ struct State {
 }
 
 impl Daemon {
-    pub fn new(tracer: Tracer, book: SeriesBook, labels: Labels) -> Daemon {
+    pub fn new(tracer: Tracer, book: SeriesBook, labels: Labels, http: Arc<HttpStats>) -> Daemon {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
@@ -61,6 +64,7 @@ impl Daemon {
             }),
             kernel,
             started: SystemTime::now(),
+            http,
         }
     }
 
@@ -118,11 +122,15 @@ impl Daemon {
             update_errors: snapshot
                 .update_errors
                 .iter()
-                .enumerate()
-                .map(|(slot, n)| (slot_label(slot).to_string(), *n))
+                .zip(MapSlot::ALL)
+                .map(|(n, slot)| (slot.name().to_string(), *n))
                 .collect(),
             series_dropped: state.book.dropped(),
-            copies_observed: observed,
+            http_connections: self
+                .http
+                .open_connections
+                .load(std::sync::atomic::Ordering::Relaxed),
+            http_refused: self.http.refused(),
             kernel: self.kernel.clone(),
             start_time_seconds: self
                 .started

@@ -1,29 +1,86 @@
 //! The HTTP side: a landing page, the metrics endpoint with content negotiation, basic auth,
-//! and limits so that a slow or greedy client cannot starve Prometheus.
-use std::{sync::Arc, time::Duration};
+//! and limits so that neither a slow or greedy client nor a password guesser starves Prometheus.
+use std::{
+    collections::HashMap,
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
 
 use axum::{
-    extract::{Request, State},
+    extract::{ConnectInfo, Request, State},
     http::{header, HeaderMap, StatusCode},
     middleware::{self, Next},
     response::{Html, IntoResponse, Response},
     routing::get,
     Router,
 };
-use tower::ServiceBuilder;
+use tokio::sync::Semaphore;
+use tower::{limit::ConcurrencyLimitLayer, ServiceBuilder};
 
-use super::{daemon::Daemon, scrape::Format, webconfig::BasicAuth};
+use super::{
+    connections::{HttpStats, Refusal},
+    daemon::Daemon,
+    scrape::Format,
+    webconfig::BasicAuth,
+};
 
-/// Scrapes served at once; more wait their turn or are shed.
-pub const CONCURRENT_REQUESTS: usize = 4;
-/// A request not answered in this time gets 503.
+/// Scrapes encoded at once. More wait their turn, within the request timeout, rather than fail.
+pub const CONCURRENT_SCRAPES: usize = 4;
+/// bcrypt checks at once, apart from the scrapes' slots: a flood of wrong passwords queues here.
+pub const CONCURRENT_AUTH_CHECKS: usize = 2;
+/// After this many failed checks from one address within [`FAILURE_WINDOW`], its unremembered
+/// attempts are refused (429) without a check until the window ends.
+pub const FAILURES_PER_ADDRESS: u32 = 5;
+pub const FAILURE_WINDOW: Duration = Duration::from_secs(10);
+/// Addresses whose failures are remembered; past it, the oldest windows are forgotten first.
+const THROTTLED_ADDRESSES: usize = 4096;
+/// A request not answered in this time, waiting included, gets 503.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Failed credential checks per client address, over fixed windows. Pure, given the time.
+#[derive(Debug, Default)]
+pub struct Throttle {
+    /// Address -> (start of its window, failures in it).
+    failures: Mutex<HashMap<IpAddr, (Instant, u32)>>,
+}
+
+impl Throttle {
+    pub fn refuses(&self, client: IpAddr, now: Instant) -> bool {
+        let failures = self.failures.lock().expect("throttle");
+        failures.get(&client).is_some_and(|(since, n)| {
+            now.duration_since(*since) < FAILURE_WINDOW && *n >= FAILURES_PER_ADDRESS
+        })
+    }
+
+    pub fn failed(&self, client: IpAddr, now: Instant) {
+        let mut failures = self.failures.lock().expect("throttle");
+        if failures.len() >= THROTTLED_ADDRESSES {
+            failures.retain(|_, (since, _)| now.duration_since(*since) < FAILURE_WINDOW);
+        }
+        if failures.len() >= THROTTLED_ADDRESSES {
+            let oldest = failures
+                .iter()
+                .min_by_key(|(_, (since, _))| *since)
+                .map(|(ip, _)| *ip);
+            oldest.map(|ip| failures.remove(&ip));
+        }
+        let window = failures.entry(client).or_insert((now, 0));
+        if now.duration_since(window.0) >= FAILURE_WINDOW {
+            *window = (now, 0);
+        }
+        window.1 += 1;
+    }
+}
 
 #[derive(Clone)]
 struct App {
     daemon: Arc<Daemon>,
     telemetry_path: Arc<str>,
     auth: Option<Arc<BasicAuth>>,
+    auth_checks: Arc<Semaphore>,
+    throttle: Arc<Throttle>,
+    stats: Arc<HttpStats>,
     headers: Arc<Vec<(header::HeaderName, header::HeaderValue)>>,
 }
 
@@ -32,51 +89,58 @@ pub fn router(
     telemetry_path: &str,
     auth: Option<Arc<BasicAuth>>,
     headers: Vec<(header::HeaderName, header::HeaderValue)>,
+    stats: Arc<HttpStats>,
 ) -> Router {
     let app = App {
         daemon,
         telemetry_path: telemetry_path.into(),
         auth,
+        auth_checks: Arc::new(Semaphore::new(CONCURRENT_AUTH_CHECKS)),
+        throttle: Arc::default(),
+        stats: stats.clone(),
         headers: Arc::new(headers),
     };
-    let limits = ServiceBuilder::new()
+    let deadline = ServiceBuilder::new()
         .layer(axum::error_handling::HandleErrorLayer::new(
-            |_: tower::BoxError| async {
-                (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "zctrace is busy or the request took too long\n",
-                )
+            move |_: tower::BoxError| {
+                stats.refuse(Refusal::Timeout);
+                async {
+                    (
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "zctrace is busy or the request took too long\n",
+                    )
+                }
             },
         ))
-        .load_shed()
-        .concurrency_limit(CONCURRENT_REQUESTS)
         .timeout(REQUEST_TIMEOUT);
+    // Credentials are checked outside the scrape slots; the deadline covers both waits.
     Router::new()
         .route("/", get(landing))
-        .route(telemetry_path, get(metrics))
+        .route(
+            telemetry_path,
+            get(metrics).layer(ConcurrencyLimitLayer::new(CONCURRENT_SCRAPES)),
+        )
         .layer(middleware::from_fn_with_state(app.clone(), authenticate))
-        .layer(limits)
+        .layer(deadline)
         .with_state(app)
 }
 
-async fn authenticate(State(app): State<App>, request: Request, next: Next) -> Response {
+async fn authenticate(
+    State(app): State<App>,
+    ConnectInfo(client): ConnectInfo<SocketAddr>,
+    request: Request,
+    next: Next,
+) -> Response {
     if let Some(auth) = &app.auth {
         let credentials = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .map(str::to_string);
-        let checker = auth.clone();
-        let allowed = tokio::task::spawn_blocking(move || checker.allows(credentials.as_deref()))
-            .await
-            .unwrap_or(false);
-        if !allowed {
-            return (
-                StatusCode::UNAUTHORIZED,
-                [(header::WWW_AUTHENTICATE, "Basic realm=\"zctrace\"")],
-                "Unauthorized\n",
-            )
-                .into_response();
+        if !auth.remembers(credentials.as_deref()) {
+            if let Some(refused) = check(&app, auth.clone(), credentials, client.ip()).await {
+                return refused;
+            }
         }
     }
     let mut response = next.run(request).await;
@@ -84,6 +148,48 @@ async fn authenticate(State(app): State<App>, request: Request, next: Next) -> R
         response.headers_mut().insert(name.clone(), value.clone());
     }
     response
+}
+
+/// The bcrypt check of credentials not yet remembered, throttled per client address; `Some`
+/// response when refused.
+async fn check(
+    app: &App,
+    auth: Arc<BasicAuth>,
+    credentials: Option<String>,
+    client: IpAddr,
+) -> Option<Response> {
+    if app.throttle.refuses(client, Instant::now()) {
+        app.stats.refuse(Refusal::Throttled);
+        let retry = FAILURE_WINDOW.as_secs().to_string();
+        return Some(
+            (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, retry)],
+                "Too many failed logins from this address\n",
+            )
+                .into_response(),
+        );
+    }
+    let permit = app.auth_checks.clone().acquire_owned().await.ok()?;
+    let allowed = tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        auth.allows(credentials.as_deref())
+    })
+    .await
+    .unwrap_or(false);
+    if allowed {
+        return None;
+    }
+    app.throttle.failed(client, Instant::now());
+    app.stats.refuse(Refusal::Unauthorized);
+    Some(
+        (
+            StatusCode::UNAUTHORIZED,
+            [(header::WWW_AUTHENTICATE, "Basic realm=\"zctrace\"")],
+            "Unauthorized\n",
+        )
+            .into_response(),
+    )
 }
 
 async fn landing(State(app): State<App>) -> Html<String> {
@@ -113,5 +219,42 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
             format!("scrape panicked: {e}\n"),
         )
             .into_response(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_address_is_throttled_after_its_failures_until_its_window_ends() {
+        let throttle = Throttle::default();
+        let (attacker, scraper): (IpAddr, IpAddr) =
+            ("127.0.0.2".parse().unwrap(), "127.0.0.1".parse().unwrap());
+        let start = Instant::now();
+        for _ in 0..FAILURES_PER_ADDRESS {
+            assert!(!throttle.refuses(attacker, start));
+            throttle.failed(attacker, start);
+        }
+        assert!(throttle.refuses(attacker, start));
+        assert!(
+            !throttle.refuses(scraper, start),
+            "other addresses are not held to it"
+        );
+        assert!(throttle.refuses(attacker, start + FAILURE_WINDOW / 2));
+        assert!(
+            !throttle.refuses(attacker, start + FAILURE_WINDOW),
+            "a new window starts clean"
+        );
+    }
+
+    #[test]
+    fn remembered_addresses_stay_bounded() {
+        let throttle = Throttle::default();
+        let now = Instant::now();
+        for i in 0..(THROTTLED_ADDRESSES as u32 + 100) {
+            throttle.failed(IpAddr::from(i.to_be_bytes()), now);
+        }
+        assert!(throttle.failures.lock().unwrap().len() <= THROTTLED_ADDRESSES);
     }
 }

@@ -1,5 +1,6 @@
 //! The daemon: Prometheus metrics of every process's copy behaviour, read from the BPF maps at
 //! scrape time.
+pub mod connections;
 pub mod daemon;
 pub mod http;
 pub mod scrape;
@@ -10,8 +11,11 @@ use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time:
 
 use anyhow::{bail, Context as _, Result};
 use axum::http::{HeaderName, HeaderValue};
+use daemon::{Daemon, SWEEP_INTERVAL};
 use hyper_util::rt::TokioTimer;
+use series::SeriesBook;
 use tokio::signal::unix::{signal, Signal, SignalKind};
+use webconfig::{BasicAuth, WebConfig};
 
 use crate::{
     probes::{
@@ -20,9 +24,6 @@ use crate::{
     },
     procfs,
 };
-use daemon::{Daemon, SWEEP_INTERVAL};
-use series::SeriesBook;
-use webconfig::{BasicAuth, WebConfig};
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct DaemonArgs {
@@ -56,10 +57,22 @@ pub struct DaemonArgs {
     pub probes: Option<Vec<String>>,
 }
 
+/// A literal path: the router would read `{x}`, `{*rest}` or a segment starting with ':' or '*'
+/// as a pattern (matching any path) or refuse it by panicking.
 fn parse_telemetry_path(path: &str) -> Result<String, String> {
+    let pattern = path.contains(['{', '}'])
+        || path
+            .split('/')
+            .any(|segment| segment.starts_with(':') || segment.starts_with('*'));
     match path {
         p if !p.starts_with('/') => Err(format!("{p:?} must start with '/'")),
         "/" => Err("\"/\" is the landing page; pick another path such as /metrics".into()),
+        p if pattern => Err(format!(
+            "{p:?} is a route pattern, not a path: '{{', '}}' and segments starting with ':' or '*' are not allowed"
+        )),
+        p if p.chars().any(|c| c.is_control() || c.is_whitespace()) => {
+            Err(format!("{p:?} has spaces or control characters"))
+        }
         p => Ok(p.to_string()),
     }
 }
@@ -83,6 +96,9 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     let listener = std::net::TcpListener::bind(args.listen_address)
         .with_context(|| format!("--web.listen-address {}: cannot listen", args.listen_address))?;
     listener.set_nonblocking(true)?;
+    let nofile = connections::raise_descriptor_limit().context("raising the descriptor limit")?;
+    let cap = connections::cap_for(nofile);
+    tracing::info!(descriptors = nofile, connections = cap, "connection cap");
     privileges::require()?;
     let tracer = Tracer::load(&ProbeOptions {
         only: args.probes.clone(),
@@ -98,14 +114,24 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
         pids: args.pids.iter().copied().collect::<HashSet<_>>(),
         cgroup: args.cgroup_label,
     };
-    let daemon = Arc::new(Daemon::new(tracer, book, labels));
-    let auth = BasicAuth::new(web_config.basic_auth_users.clone());
-    let router = http::router(daemon.clone(), &args.telemetry_path, auth, headers);
+    let stats = Arc::new(connections::HttpStats::default());
+    let daemon = Arc::new(Daemon::new(tracer, book, labels, stats.clone()));
+    let auth = BasicAuth::new(web_config.basic_auth_users.clone())?;
+    let router = http::router(daemon.clone(), &args.telemetry_path, auth, headers, stats.clone());
+    // Blocking work is scrapes, bcrypt checks and sweeps, each with limits of its own: a few
+    // threads suffice, and an idle one's stack is memory given back.
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .max_blocking_threads(8)
         .enable_all()
         .build()?;
-    runtime.block_on(serve(listener, tls, router, daemon))
+    let acceptor = connections::Limited::new(stats, cap);
+    let stopped_by = runtime.block_on(serve(listener, tls, router, daemon, acceptor))?;
+    tracing::info!("{stopped_by}: shutting down");
+    // The sweep task holds the last reference to the probes: dropping the runtime detaches them.
+    drop(runtime);
+    tracing::info!("stopped; programs detached and maps freed");
+    Ok(())
 }
 
 fn response_headers(config: &WebConfig) -> Result<Vec<(HeaderName, HeaderValue)>> {
@@ -125,36 +151,45 @@ fn response_headers(config: &WebConfig) -> Result<Vec<(HeaderName, HeaderValue)>
         .collect()
 }
 
+/// Serves until SIGTERM or SIGINT, and returns which one.
 async fn serve(
     listener: std::net::TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: axum::Router,
     daemon: Arc<Daemon>,
-) -> Result<()> {
+    acceptor: connections::Limited,
+) -> Result<&'static str> {
     let address = listener.local_addr()?;
     let handle = axum_server::Handle::new();
     tokio::spawn(sweep_forever(daemon));
     // Registered before "serving metrics" is logged, so no SIGTERM can arrive unhandled after it.
-    let term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    tokio::spawn(shutdown_on_signal(handle.clone(), term, int));
-    let service = router.into_make_service();
+    let signals = Signals {
+        term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+        int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+    };
+    let stopped_by = tokio::spawn(shutdown_on_signal(handle.clone(), signals));
+    // Client addresses are what failed logins are throttled by.
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
     tracing::info!(%address, tls = tls.is_some(), "serving metrics");
     match tls {
         Some(config) => {
-            let config = axum_server::tls_rustls::RustlsConfig::from_config(config);
-            let mut server = axum_server::from_tcp_rustls(listener, config)?.handle(handle);
+            use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+            // TLS runs over the limited stream, so an idle handshake or session meets its deadline.
+            let tls = RustlsAcceptor::new(RustlsConfig::from_config(config))
+                .handshake_timeout(connections::IDLE_TIMEOUT)
+                .acceptor(acceptor);
+            let mut server = axum_server::from_tcp(listener)?.acceptor(tls).handle(handle);
             limit_header_reads(server.http_builder());
             server.serve(service).await?;
         }
         None => {
-            let mut server = axum_server::from_tcp(listener)?.handle(handle);
+            let mut server = axum_server::from_tcp(listener)?.acceptor(acceptor).handle(handle);
             limit_header_reads(server.http_builder());
             server.serve(service).await?;
         }
     }
-    tracing::info!("stopped; programs detached and maps freed");
-    Ok(())
+    Ok(stopped_by.await?)
 }
 
 /// A client that never finishes its request headers is dropped instead of holding a connection.
@@ -170,7 +205,14 @@ async fn sweep_forever(daemon: Arc<Daemon>) {
     loop {
         ticker.tick().await;
         let daemon = daemon.clone();
-        match tokio::task::spawn_blocking(move || daemon.sweep()).await {
+        let swept = tokio::task::spawn_blocking(move || {
+            let swept = daemon.sweep();
+            // Connection bursts leave freed buffers in glibc's per-thread arenas: give them back,
+            // so resident memory returns to its steady size.
+            crate::probes::give_back_freed_memory();
+            swept
+        });
+        match swept.await {
             Ok(Ok(0)) => {}
             Ok(Ok(freed)) => tracing::debug!(freed, "folded exited processes"),
             Ok(Err(e)) => tracing::warn!("sweep failed: {e:#}"),
@@ -179,12 +221,27 @@ async fn sweep_forever(daemon: Arc<Daemon>) {
     }
 }
 
-async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, mut term: Signal, mut int: Signal) {
-    let name = tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+/// Shuts the server down at SIGTERM or SIGINT and says which. SIGHUP, which would otherwise kill
+/// the daemon silently, is ignored: nothing is re-read while running (restart to apply a new web
+/// config).
+async fn shutdown_on_signal(handle: axum_server::Handle<SocketAddr>, mut signals: Signals) -> &'static str {
+    let name = loop {
+        tokio::select! {
+            _ = signals.term.recv() => break "SIGTERM",
+            _ = signals.int.recv() => break "SIGINT",
+            _ = signals.hup.recv() => {
+                tracing::info!("SIGHUP ignored: nothing is reloaded while running; restart to apply a new web config");
+            }
+        }
     };
-    // Shut down before logging: a log write must never stand between a signal and the exit.
+    // Shut down before logging anything: a log write must never stand between a signal and the
+    // exit. The caller says which signal it was, once the server has stopped.
     handle.graceful_shutdown(Some(Duration::from_secs(5)));
-    tracing::info!("{name}: shutting down");
+    name
 }

@@ -10,7 +10,7 @@ use prometheus_client::{
 };
 
 use super::series::{SeriesKey, SeriesTotals};
-use crate::accounting::{kind_label, Source, OBSERVED_ROUTINES};
+use crate::accounting::{kind_label, Basis, Family, Value, FAMILIES};
 
 type Labels = Vec<(&'static str, String)>;
 
@@ -24,8 +24,10 @@ pub struct Scrape {
     /// (map or slot, failed updates).
     pub update_errors: Vec<(String, u64)>,
     pub series_dropped: u64,
-    /// Whether every copy routine is observed on this kernel, so observed copies are exported.
-    pub copies_observed: bool,
+    /// HTTP connections open now.
+    pub http_connections: u64,
+    /// (reason, requests or connections refused for it).
+    pub http_refused: Vec<(&'static str, u64)>,
     pub kernel: String,
     /// When the probes attached (Unix seconds): every counter counts from then.
     pub start_time_seconds: f64,
@@ -79,23 +81,15 @@ impl Scrape {
         labels
     }
 
-    /// One counter sample per series, from `value`, for the series where it is not zero.
-    fn per_series(&self, value: impl Fn(&SeriesTotals) -> u64) -> Vec<(Labels, u64)> {
-        self.per_series_labelled(|totals| vec![(vec![], value(totals))])
-    }
-
-    /// Counter samples per series, each with its extra labels, leaving out zeros: a series
-    /// appears once its counter has something to say, and as counters never go down, stays.
-    fn per_series_labelled<V: Default + PartialEq>(
-        &self,
-        values: impl Fn(&SeriesTotals) -> Vec<(Vec<(&'static str, &str)>, V)>,
-    ) -> Vec<(Labels, V)> {
+    /// A family's samples per series, leaving out zeros: a series appears once its counter has
+    /// something to say, and as counters never go down, stays.
+    fn per_series(&self, family: &Family) -> Vec<(Labels, Value)> {
         self.series
             .iter()
             .flat_map(|(key, totals)| {
-                values(totals)
+                (family.samples)(&totals.counters)
                     .into_iter()
-                    .filter(|(_, value)| *value != V::default())
+                    .filter(|(_, value)| !value.is_zero())
                     .map(|(extra, value)| (Self::labels(key, &extra), value))
             })
             .collect()
@@ -124,12 +118,12 @@ impl Scrape {
             "Data-path syscalls that returned an error.",
             per_syscall(|t| &t.errors),
         )?;
-        let per_path = |value: fn(&super::series::PathTotals) -> u64, source: Option<&str>| {
+        let per_flow = |value: fn(&super::series::FlowTotals) -> u64, basis: Option<&str>| {
             self.series
                 .iter()
                 .flat_map(|(key, t)| {
                     // A path's series appear once it moved bytes; its copies then show even at 0.
-                    t.paths
+                    t.flows
                         .iter()
                         .filter(|(_, totals)| totals.bytes > 0)
                         .map(move |(p, totals)| {
@@ -138,7 +132,7 @@ impl Scrape {
                                 ("src", kind_label(p.src)),
                                 ("dst", kind_label(p.dst)),
                             ];
-                            extra.extend(source.map(|s| ("source", s)));
+                            extra.extend(basis.map(|s| ("basis", s)));
                             (Self::labels(key, &extra), value(totals))
                         })
                 })
@@ -148,89 +142,19 @@ impl Scrape {
             encoder,
             "zctrace_bytes",
             "Bytes moved by data-path syscalls, by syscall and endpoint kinds.",
-            per_path(|p| p.bytes, None),
+            per_flow(|p| p.bytes, None),
         )?;
         counters(
             encoder,
             "zctrace_cpu_copy_bytes",
-            "Bytes the CPU copied, by syscall and endpoint kinds; source=model means inferred from the copy model.",
-            per_path(|p| p.cpu_copy_bytes, Some(Source::Model.label())),
+            "Bytes the CPU copied, by syscall and endpoint kinds; basis=model means inferred from the copy model.",
+            per_flow(|p| p.cpu_copy_bytes, Some(Basis::Model.label())),
         )?;
-        let tcp = self.per_series_labelled(|t| {
-            let s = &t.tcp_send;
-            [
-                ("copy", s.copy),
-                ("splice", s.splice),
-                ("zerocopy", s.zerocopy),
-                ("unclassified", s.unclassified),
-            ]
-            .map(|(path, bytes)| (vec![("path", path)], bytes))
-            .to_vec()
-        });
-        counters(
-            encoder,
-            "zctrace_tcp_send_bytes",
-            "TCP send bytes by the path tcp_sendmsg took (observed).",
-            tcp,
-        )?;
-        counters(
-            encoder,
-            "zctrace_recv_copy_bytes",
-            "Socket-to-user receive copies, exact (observed).",
-            self.per_series(|t| t.recv_copy_bytes),
-        )?;
-        let deferred = self.per_series_labelled(|t| {
-            vec![(
-                vec![("source", Source::Model.label())],
-                t.zerocopy_deferred_copy_bytes,
-            )]
-        });
-        counters(
-            encoder,
-            "zctrace_zerocopy_deferred_copy_bytes",
-            "MSG_ZEROCOPY bytes sent to a loopback receiver, which copies them (model).",
-            deferred,
-        )?;
-        if self.copies_observed {
-            let observed = self.per_series_labelled(|t| {
-                OBSERVED_ROUTINES
-                    .iter()
-                    .zip(t.observed_copies)
-                    .map(|(routine, bytes)| (vec![("routine", *routine)], bytes))
-                    .collect()
-            });
-            counters(
-                encoder,
-                "zctrace_observed_copy_bytes",
-                "CPU-copied bytes seen at the kernel routine that copied them (observed).",
-                observed,
-            )?;
+        // Observed copies are all zero unless observed: their family is then left out whole.
+        for family in FAMILIES {
+            counters(encoder, family.metric, family.help, self.per_series(family))?;
         }
-        counters(
-            encoder,
-            "zctrace_mode_switches",
-            "User/kernel mode switches from syscalls (two per syscall).",
-            self.per_series(|t| 2 * t.syscalls_total),
-        )?;
-        let switches = self.per_series_labelled(|t| {
-            vec![
-                (vec![("kind", "voluntary")], t.voluntary_switches),
-                (vec![("kind", "involuntary")], t.involuntary_switches),
-            ]
-        });
-        counters(
-            encoder,
-            "zctrace_context_switches",
-            "Scheduler context switches, as the kernel's nvcsw/nivcsw split them.",
-            switches,
-        )?;
-        let offcpu = self.per_series_labelled(|t| vec![(vec![], t.offcpu_ns as f64 / 1e9)]);
-        counters(
-            encoder,
-            "zctrace_offcpu_seconds",
-            "Time threads spent switched out.",
-            offcpu,
-        )
+        Ok(())
     }
 
     fn health_families(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
@@ -306,6 +230,23 @@ impl Scrape {
             "Label sets folded into comm=\"other\" by --top or --comm.",
             dropped,
         )?;
+        gauges(
+            encoder,
+            "zctrace_http_connections",
+            "HTTP connections open now.",
+            vec![(vec![], self.http_connections)],
+        )?;
+        let refused = self
+            .http_refused
+            .iter()
+            .map(|(reason, n)| (vec![("reason", reason.to_string())], *n))
+            .collect();
+        counters(
+            encoder,
+            "zctrace_http_refusals",
+            "Requests and connections turned away: unauthorized, throttled (too many failed logins from the address), timeout, connection_limit.",
+            refused,
+        )?;
         let seconds: Vec<(Labels, f64)> = vec![(vec![], self.collect_seconds)];
         gauges(
             encoder,
@@ -313,6 +254,15 @@ impl Scrape {
             "Time spent reading the BPF maps for this scrape.",
             seconds,
         )
+    }
+}
+
+impl prometheus_client::encoding::EncodeCounterValue for Value {
+    fn encode(&self, encoder: &mut prometheus_client::encoding::CounterValueEncoder) -> fmt::Result {
+        match self {
+            Value::Count(n) => n.encode(encoder),
+            Value::Seconds(s) => s.encode(encoder),
+        }
     }
 }
 
@@ -334,7 +284,7 @@ fn counters<V: prometheus_client::encoding::EncodeCounterValue + Copy>(
     })
 }
 
-fn gauges<V: prometheus_client::encoding::EncodeGaugeValue + Copy + std::fmt::Debug>(
+fn gauges<V: prometheus_client::encoding::EncodeGaugeValue + Copy + fmt::Debug>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,

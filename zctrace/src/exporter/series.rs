@@ -11,11 +11,9 @@ use std::{
     time::{Duration, Instant},
 };
 
-use zctrace_common::FdKind;
+use zctrace_common::{FdKind, ProcessKey};
 
-use zctrace_common::ProcessKey;
-
-use crate::accounting::{ObservedCopies, ProcessFigures, TcpSend};
+use crate::accounting::{Counters, ProcessFigures, Sum};
 
 pub const OTHER_COMM: &str = "other";
 
@@ -41,17 +39,25 @@ impl SeriesKey {
 
 /// One mechanism, as labelled in metrics.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PathLabels {
+pub struct FlowLabels {
     pub syscall: &'static str,
     pub src: FdKind,
     pub dst: FdKind,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PathTotals {
+pub struct FlowTotals {
     pub calls: u64,
     pub bytes: u64,
     pub cpu_copy_bytes: u64,
+}
+
+impl FlowTotals {
+    fn add(&mut self, more: &FlowTotals) {
+        self.calls += more.calls;
+        self.bytes += more.bytes;
+        self.cpu_copy_bytes += more.cpu_copy_bytes;
+    }
 }
 
 /// Sums of [`ProcessFigures`] over the processes of one series.
@@ -59,76 +65,48 @@ pub struct PathTotals {
 pub struct SeriesTotals {
     pub syscalls: BTreeMap<&'static str, u64>,
     pub errors: BTreeMap<&'static str, u64>,
-    pub paths: BTreeMap<PathLabels, PathTotals>,
-    pub syscalls_total: u64,
-    pub voluntary_switches: u64,
-    pub involuntary_switches: u64,
-    pub offcpu_ns: u64,
-    pub recv_copy_bytes: u64,
-    pub tcp_send: TcpSend,
-    pub zerocopy_deferred_copy_bytes: u64,
-    /// Zero where the copy routines are not observed.
-    pub observed_copies: ObservedCopies,
+    pub flows: BTreeMap<FlowLabels, FlowTotals>,
+    /// Observed copies are exported only where every copy routine is observed.
+    pub counters: Counters,
 }
 
 impl SeriesTotals {
     pub fn add_process(&mut self, f: &ProcessFigures) {
-        for (name, calls) in &f.syscalls {
-            *self.syscalls.entry(name).or_default() += calls;
-        }
-        for path in &f.paths {
-            let totals = self
-                .paths
-                .entry(PathLabels {
-                    syscall: path.syscall,
-                    src: path.src,
-                    dst: path.dst,
-                })
-                .or_default();
-            totals.calls += path.calls;
-            totals.bytes += path.bytes;
-            totals.cpu_copy_bytes += path.cpu_copy_bytes;
+        let mut totals = SeriesTotals {
+            syscalls: f.syscalls.clone(),
+            counters: f.counters,
+            ..SeriesTotals::default()
+        };
+        for path in &f.flows {
+            let labels = FlowLabels {
+                syscall: path.syscall,
+                src: path.src,
+                dst: path.dst,
+            };
+            let moved = FlowTotals {
+                calls: path.calls,
+                bytes: path.bytes,
+                cpu_copy_bytes: path.cpu_copy_bytes,
+            };
+            totals.flows.entry(labels).or_default().add(&moved);
             if path.errors > 0 {
-                *self.errors.entry(path.syscall).or_default() += path.errors;
+                Sum::add(totals.errors.entry(path.syscall).or_default(), &path.errors);
             }
         }
-        self.syscalls_total += f.syscalls_total;
-        self.voluntary_switches += f.voluntary_switches;
-        self.involuntary_switches += f.involuntary_switches;
-        self.offcpu_ns += f.offcpu_ns;
-        self.recv_copy_bytes += f.recv_copy_bytes;
-        self.tcp_send += f.tcp_send;
-        self.zerocopy_deferred_copy_bytes += f.zerocopy_deferred_copy_bytes;
-        add_each(&mut self.observed_copies, &f.observed_copies.unwrap_or_default());
+        self.merge(&totals);
     }
 
     pub fn merge(&mut self, other: &SeriesTotals) {
         for (name, calls) in &other.syscalls {
-            *self.syscalls.entry(name).or_default() += calls;
+            Sum::add(self.syscalls.entry(name).or_default(), calls);
         }
         for (name, errors) in &other.errors {
-            *self.errors.entry(name).or_default() += errors;
+            Sum::add(self.errors.entry(name).or_default(), errors);
         }
-        for (labels, totals) in &other.paths {
-            let mine = self.paths.entry(*labels).or_default();
-            mine.calls += totals.calls;
-            mine.bytes += totals.bytes;
-            mine.cpu_copy_bytes += totals.cpu_copy_bytes;
+        for (labels, totals) in &other.flows {
+            self.flows.entry(*labels).or_default().add(totals);
         }
-        self.syscalls_total += other.syscalls_total;
-        self.voluntary_switches += other.voluntary_switches;
-        self.involuntary_switches += other.involuntary_switches;
-        self.offcpu_ns += other.offcpu_ns;
-        self.recv_copy_bytes += other.recv_copy_bytes;
-        self.tcp_send += other.tcp_send;
-        self.zerocopy_deferred_copy_bytes += other.zerocopy_deferred_copy_bytes;
-        add_each(&mut self.observed_copies, &other.observed_copies);
-    }
-}
-
-fn add_each(into: &mut ObservedCopies, from: &ObservedCopies) {
-    for (total, more) in into.iter_mut().zip(from) {
-        *total += more;
+        self.counters.add(&other.counters);
     }
 }
 
@@ -310,8 +288,7 @@ fn unshown(figures: &ProcessFigures, shown_elsewhere: &Option<ProcessFigures>) -
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::accounting::PathFigures;
-    use crate::accounting::Source;
+    use crate::accounting::{Basis, FlowFigures};
 
     fn key(comm: &str) -> SeriesKey {
         SeriesKey {
@@ -336,7 +313,7 @@ mod tests {
                 reserved: 0,
                 start_boottime_ns: 1,
             },
-            paths: vec![PathFigures {
+            flows: vec![FlowFigures {
                 syscall: "write",
                 src: FdKind::User,
                 dst: FdKind::Tcp,
@@ -345,9 +322,14 @@ mod tests {
                 errors: 0,
                 bytes,
                 cpu_copy_bytes: bytes,
-                source: Source::Model,
+                basis: Basis::Model,
             }],
-            syscalls_total: 1,
+            syscalls: BTreeMap::from([("write", bytes)]),
+            counters: Counters {
+                syscalls_total: bytes,
+                voluntary_switches: 1,
+                ..Default::default()
+            },
             ..Default::default()
         }
     }
@@ -356,7 +338,7 @@ mod tests {
         rendered
             .iter()
             .find(|(k, _)| k.comm == comm)
-            .map(|(_, t)| t.paths.values().map(|p| p.bytes).sum())
+            .map(|(_, t)| t.flows.values().map(|p| p.bytes).sum())
     }
 
     #[test]
@@ -366,6 +348,10 @@ mod tests {
         let rendered = book.render(&[(key("nginx"), sender(10)), (key("nginx"), sender(5))], now);
         assert_eq!(rendered.len(), 1);
         assert_eq!(bytes_of(&rendered, "nginx"), Some(15));
+        let totals = &rendered[0].1;
+        assert_eq!(totals.syscalls["write"], 15, "each call counted once");
+        assert_eq!(totals.counters.syscalls_total, 15);
+        assert_eq!(totals.counters.voluntary_switches, 2);
     }
 
     #[test]

@@ -53,14 +53,15 @@ pub enum TlsVersion {
 }
 
 impl WebConfig {
-    /// Reads and checks a web config file. A world-writable file is refused: anyone could turn
-    /// authentication off.
+    /// Reads and checks a web config file. A file that others than its owner may write is
+    /// refused: they could turn authentication off.
     pub fn load(path: &Path) -> Result<WebConfig> {
         let what = || format!("--web.config.file {}", path.display());
         let mode = fs::metadata(path).with_context(what)?.permissions().mode();
-        if mode & 0o002 != 0 {
+        if mode & 0o022 != 0 {
+            let who = if mode & 0o002 != 0 { "world" } else { "group" };
             bail!(
-                "{} is world-writable (mode {:o}); run chmod o-w on it",
+                "{} is {who}-writable (mode {:o}); run chmod go-w on it",
                 what(),
                 mode & 0o777
             );
@@ -78,8 +79,11 @@ impl WebConfig {
             serde_norway::from_str(text).context("invalid YAML for the exporter-toolkit web config schema")?
         };
         for (user, hash) in &config.basic_auth_users {
-            if !hash.starts_with("$2") {
-                bail!("basic_auth_users.{user}: the password must be a bcrypt hash (htpasswd -nBC 10 \"\" | tr -d ':\\n')");
+            if let Err(e) = hash.parse::<bcrypt::HashParts>() {
+                bail!(
+                    "basic_auth_users.{user}: the password must be a bcrypt hash, as htpasswd -nBC 10 \"\" | tr -d ':\\n' \
+                     prints ({e})"
+                );
             }
         }
         if let Some(tls) = &config.tls_server_config {
@@ -144,36 +148,58 @@ impl WebConfig {
 }
 
 /// Checks basic auth credentials against the bcrypt hashes, remembering pairs already verified
-/// (bcrypt is slow on purpose; a scrape every few seconds should not pay it each time).
+/// (bcrypt is slow on purpose; a scrape every few seconds should not pay it each time). Only
+/// correct pairs are remembered, so the cache grows no larger than the users' passwords.
 #[derive(Debug)]
 pub struct BasicAuth {
     users: BTreeMap<String, String>,
+    /// Checked for unknown users, so that they cost the same time as a wrong password and the
+    /// timing tells no one which users exist.
+    decoy: String,
     verified: Mutex<HashSet<(String, String)>>,
 }
 
 impl BasicAuth {
-    pub fn new(users: BTreeMap<String, String>) -> Option<Arc<BasicAuth>> {
-        (!users.is_empty()).then(|| {
-            Arc::new(BasicAuth {
-                users,
-                verified: Mutex::default(),
-            })
-        })
+    pub fn new(users: BTreeMap<String, String>) -> Result<Option<Arc<BasicAuth>>> {
+        let Some(cost) = users
+            .values()
+            .filter_map(|hash| hash.parse::<bcrypt::HashParts>().ok())
+            .map(|parts| parts.get_cost())
+            .max()
+        else {
+            return Ok(None);
+        };
+        Ok(Some(Arc::new(BasicAuth {
+            users,
+            decoy: bcrypt::hash("zctrace decoy", cost).context("hashing the decoy password")?,
+            verified: Mutex::default(),
+        })))
     }
 
-    /// Checks an `Authorization` header value.
+    /// True when an `Authorization` header value carries credentials already verified: no
+    /// bcrypt check needed.
+    pub fn remembers(&self, authorization: Option<&str>) -> bool {
+        authorization
+            .and_then(decode_basic)
+            .is_some_and(|pair| self.verified.lock().expect("auth cache").contains(&pair))
+    }
+
+    /// Checks an `Authorization` header value; slow (bcrypt) unless remembered.
     pub fn allows(&self, authorization: Option<&str>) -> bool {
-        let Some((user, password)) = authorization.and_then(decode_basic) else {
+        let Some(pair) = authorization.and_then(decode_basic) else {
             return false;
         };
-        let pair = (user, password);
         if self.verified.lock().expect("auth cache").contains(&pair) {
             return true;
         }
-        let ok = self
-            .users
-            .get(&pair.0)
-            .is_some_and(|hash| bcrypt::verify(&pair.1, hash).unwrap_or(false));
+        let ok = match self.users.get(&pair.0) {
+            Some(hash) => bcrypt::verify(&pair.1, hash).unwrap_or(false),
+            None => {
+                // Spend the time a known user's check costs, then refuse whatever it says.
+                let _ = std::hint::black_box(bcrypt::verify(&pair.1, &self.decoy));
+                false
+            }
+        };
         if ok {
             self.verified.lock().expect("auth cache").insert(pair);
         }
@@ -181,9 +207,13 @@ impl BasicAuth {
     }
 }
 
+/// User and password of a basic auth header; the scheme name is case-insensitive (RFC 9110).
 fn decode_basic(header: &str) -> Option<(String, String)> {
     use base64::Engine as _;
-    let encoded = header.strip_prefix("Basic ")?;
+    let (scheme, encoded) = header.trim_start().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(encoded.trim())
         .ok()?;
@@ -197,9 +227,10 @@ mod tests {
 
     #[test]
     fn exporter_toolkit_schema_parses() {
-        let config = WebConfig::parse(
-            "tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: TLS12\nbasic_auth_users:\n  alice: $2y$10$abcdefghijklmnopqrstuv\n",
-        )
+        let hash = bcrypt::hash("s3cret", 4).unwrap();
+        let config = WebConfig::parse(&format!(
+            "tls_server_config:\n  cert_file: c.pem\n  key_file: k.pem\n  min_version: TLS12\nbasic_auth_users:\n  alice: {hash}\n"
+        ))
         .unwrap();
         assert_eq!(
             config.tls_server_config.unwrap().min_version,
@@ -225,14 +256,20 @@ mod tests {
             "tls_server_config:\n  cert_file: c\n  key_file: k\n  min_version: TLS13\n  max_version: TLS12"
         )
         .contains("above max_version"));
-        assert!(reason("basic_auth_users:\n  bob: hunter2").contains("bcrypt hash"));
+        assert!(
+            reason("basic_auth_users:\n  bob: hunter2").contains("bob: the password must be a bcrypt hash")
+        );
+        assert!(reason("basic_auth_users:\n  carol: $2y$10$short")
+            .contains("carol: the password must be a bcrypt hash"));
         assert!(reason(": : :").contains("invalid YAML"));
     }
 
     #[test]
     fn basic_auth_checks_bcrypt_and_rejects_the_rest() {
         let hash = bcrypt::hash("s3cret", 4).unwrap();
-        let auth = BasicAuth::new(BTreeMap::from([("alice".to_string(), hash)])).unwrap();
+        let auth = BasicAuth::new(BTreeMap::from([("alice".to_string(), hash)]))
+            .unwrap()
+            .unwrap();
         use base64::Engine as _;
         let header = |creds: &str| {
             format!(
@@ -240,10 +277,17 @@ mod tests {
                 base64::engine::general_purpose::STANDARD.encode(creds)
             )
         };
+        assert!(!auth.remembers(Some(&header("alice:s3cret"))));
         assert!(auth.allows(Some(&header("alice:s3cret"))));
-        assert!(auth.allows(Some(&header("alice:s3cret"))), "cached");
+        assert!(auth.remembers(Some(&header("alice:s3cret"))), "cached");
+        let lower = header("alice:s3cret").replacen("Basic", "basic", 1);
+        assert!(auth.allows(Some(&lower)), "schemes are case-insensitive");
         assert!(!auth.allows(Some(&header("alice:wrong"))));
         assert!(!auth.allows(Some(&header("mallory:s3cret"))));
+        assert!(
+            !auth.allows(Some(&header("mallory:zctrace decoy"))),
+            "the decoy opens nothing"
+        );
         assert!(!auth.allows(Some("Bearer x")));
         assert!(!auth.allows(None));
     }
@@ -255,6 +299,8 @@ mod tests {
         fs::write(&path, "").unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o666)).unwrap();
         assert!(format!("{:#}", WebConfig::load(&path).unwrap_err()).contains("world-writable"));
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o660)).unwrap();
+        assert!(format!("{:#}", WebConfig::load(&path).unwrap_err()).contains("group-writable"));
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
         assert!(WebConfig::load(&path).is_ok());
         assert!(format!(

@@ -5,6 +5,7 @@ use super::{catalog::Mode, probe_names, ProbeMode, ProbeOptions, ProbeStatus, Ro
 pub struct ProbeArgs {
     /// PROBE=TARGET: attach a probe at another tracepoint or function (tests attach failures;
     /// the overhead bench moves the empty `floor` probe with it).
+    #[cfg(feature = "instruments")]
     #[arg(long = "probe.hook", hide = true, global = true, value_parser = parse_retarget)]
     pub retarget: Vec<(String, String)>,
     /// MODE: do not try this way of attaching (tp_btf, fentry, fexit, kprobe), as if the kernel
@@ -16,6 +17,7 @@ pub struct ProbeArgs {
 impl ProbeArgs {
     pub fn options(&self) -> ProbeOptions {
         ProbeOptions {
+            #[cfg(feature = "instruments")]
             retarget: self.retarget.clone(),
             without: self.without.clone(),
             ..ProbeOptions::default()
@@ -33,6 +35,7 @@ pub fn parse_probe_name(name: &str) -> Result<String, String> {
     }
 }
 
+#[cfg(feature = "instruments")]
 fn parse_retarget(spec: &str) -> Result<(String, String), String> {
     let (probe, hook) = spec
         .split_once('=')

@@ -67,6 +67,11 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         // 6.5 removed pipe iterators: splices stopped reading through them.
         iter_pipe: enum_value(btf, "iter_type", "ITER_PIPE").unwrap_or(u32::MAX),
         skb_data_len: field("sk_buff", "data_len")?,
+        skb_head: field("sk_buff", "head")?,
+        skb_end: field("sk_buff", "end")?,
+        skb_cb: field("sk_buff", "cb")?,
+        skb_sk: field("sk_buff", "sk")?,
+        shinfo_destructor_arg: field("skb_shared_info", "destructor_arg")?,
         reserved: 0,
     })
 }

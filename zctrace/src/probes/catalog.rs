@@ -68,7 +68,15 @@ pub enum Role {
     /// Observes a kernel copy routine; together they give the observed CPU copies.
     CopyObserver,
     /// A yardstick for the overhead bench, attached only when named.
+    #[cfg(feature = "instruments")]
     Instrument,
+}
+
+impl Role {
+    /// Attached unless `--probes` leaves it out; instruments only when named.
+    pub fn by_default(self) -> bool {
+        matches!(self, Role::Counting | Role::CopyObserver)
+    }
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -297,6 +305,7 @@ pub const PROBES: &[Probe] = &[
         ],
     },
     // An empty program: its cost at a hook is what the kernel charges to run any program there.
+    #[cfg(feature = "instruments")]
     Probe {
         name: "floor",
         role: Role::Instrument,
@@ -306,6 +315,7 @@ pub const PROBES: &[Probe] = &[
         }],
     },
     // The least a per-process counter can do: one hash add per hit, by tgid.
+    #[cfg(feature = "instruments")]
     Probe {
         name: "counting_floor",
         role: Role::Instrument,

@@ -6,34 +6,25 @@ pub mod btf;
 pub mod catalog;
 pub mod privileges;
 
+use std::{
+    collections::BTreeSet,
+    os::fd::{BorrowedFd, OwnedFd},
+};
+
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{HashMap, PerCpuArray},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
     Btf, Ebpf, EbpfLoader,
 };
+use catalog::{Hook, Probe, Program, PROBES};
+pub use catalog::{Mode, Role};
 use zctrace_common::{
     KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats,
     MAP_SLOTS,
 };
 
-use std::{
-    collections::BTreeSet,
-    os::fd::{BorrowedFd, OwnedFd},
-};
-
 use crate::{accounting::RawSnapshot, procfs};
-use catalog::{Hook, Probe, Program, PROBES};
-pub use catalog::{Mode, Role};
-
-/// The bounded maps, reported by [`Tracer::map_usage`]; their sizes are set in the eBPF crate.
-pub const SIZED_MAPS: [&str; 5] = [
-    "SYSCALLS",
-    "PROCESSES",
-    "OFFCPU_START",
-    "PENDING_SEND",
-    "PENDING_COPY",
-];
 
 #[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
@@ -55,7 +46,7 @@ impl ProbeOptions {
     fn selected(&self, probe: &Probe) -> bool {
         match &self.only {
             Some(only) => only.iter().any(|p| p == probe.name),
-            None => probe.role != Role::Instrument,
+            None => probe.role.by_default(),
         }
     }
 
@@ -124,7 +115,7 @@ pub struct MapUsage {
 pub struct Tracer {
     ebpf: Ebpf,
     statuses: Vec<ProbeStatus>,
-    /// The bounded maps, in [`SIZED_MAPS`] order.
+    /// The bounded maps, in [`MapSlot::SIZED`] order.
     bounded: Vec<BoundedMap>,
 }
 
@@ -150,8 +141,7 @@ impl Tracer {
         }
         drop((btf, kernel));
         // Parsing BTF leaves ~20 MiB of freed heap behind; hand it back to the system.
-        // SAFETY: malloc_trim only releases free memory.
-        unsafe { libc::malloc_trim(0) };
+        give_back_freed_memory();
         let bounded = bounded_maps(&ebpf)?;
         Ok(Tracer {
             ebpf,
@@ -230,23 +220,22 @@ impl Tracer {
             self.read_all::<u64, PendingSend>(MapSlot::PendingSend)?.len(),
             self.read_all::<u64, i64>(MapSlot::PendingCopy)?.len(),
         ];
-        Ok(SIZED_MAPS
+        Ok(MapSlot::SIZED
             .iter()
             .zip(entries)
             .zip(&self.bounded)
-            .map(|((&map, entries), bounded)| MapUsage {
-                map,
+            .map(|((slot, entries), bounded)| MapUsage {
+                map: slot.name(),
                 entries: entries as u64,
                 capacity: bounded.capacity,
             })
             .collect())
     }
 
-    /// Every entry of one of the [`SIZED_MAPS`], whose slot is also its index there.
+    /// Every entry of one of the [`MapSlot::SIZED`] maps, whose slot is also its index there.
     fn read_all<K: aya::Pod, V: aya::Pod>(&self, map: MapSlot) -> Result<Vec<(K, V)>> {
-        let index = map as usize;
-        batch::lookup_all(&self.bounded[index].fd)
-            .with_context(|| format!("reading the {} map", SIZED_MAPS[index]))
+        batch::lookup_all(&self.bounded[map as usize].fd)
+            .with_context(|| format!("reading the {} map", map.name()))
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -289,7 +278,7 @@ fn attach_probes(
         .iter()
         .filter_map(|probe| {
             let selected = options.selected(probe);
-            if !selected && probe.role == Role::Instrument {
+            if !selected && !probe.role.by_default() {
                 return None;
             }
             let mut status = ProbeStatus {
@@ -440,11 +429,11 @@ struct BoundedMap {
     capacity: u64,
 }
 
-/// The [`SIZED_MAPS`], their descriptors found through /proc/self/fdinfo by map id: aya keeps
-/// its descriptors private, and asking the kernel by id would need CAP_SYS_ADMIN.
+/// The [`MapSlot::SIZED`] maps, their descriptors found through /proc/self/fdinfo by map id: aya
+/// keeps its descriptors private, and asking the kernel by id would need CAP_SYS_ADMIN.
 fn bounded_maps(ebpf: &Ebpf) -> Result<Vec<BoundedMap>> {
     let mut wanted = Vec::new();
-    for name in SIZED_MAPS {
+    for name in MapSlot::SIZED.map(MapSlot::name) {
         let Some(aya::maps::Map::HashMap(data)) = ebpf.map(name) else {
             anyhow::bail!("{name} is missing or not a hash map");
         };
@@ -474,28 +463,20 @@ fn bounded_maps(ebpf: &Ebpf) -> Result<Vec<BoundedMap>> {
         .collect()
 }
 
-/// Adds what to do about the usual cause of a load failure: missing privileges.
-fn privilege_hint(what: &str) -> String {
-    if nix_is_root() {
-        what.to_string()
-    } else {
-        format!("{what}: zctrace needs root, or CAP_BPF and CAP_PERFMON (run it with sudo)")
+/// Returns freed heap that glibc keeps in its arenas to the system. musl (the container image's
+/// libc) gives freed memory back by itself and has no malloc_trim.
+pub(crate) fn give_back_freed_memory() {
+    #[cfg(target_env = "gnu")]
+    // SAFETY: malloc_trim only releases free memory.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
-fn nix_is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { libc::geteuid() == 0 }
-}
-
-/// Which [`MapSlot`] an error counter is, as a metric label.
-pub fn slot_label(slot: usize) -> &'static str {
-    match slot {
-        s if s == MapSlot::Syscalls as usize => "SYSCALLS",
-        s if s == MapSlot::Processes as usize => "PROCESSES",
-        s if s == MapSlot::OffcpuStart as usize => "OFFCPU_START",
-        s if s == MapSlot::PendingSend as usize => "PENDING_SEND",
-        s if s == MapSlot::PendingCopy as usize => "PENDING_COPY",
-        _ => "MMSG_TRUNCATED",
+/// Adds what to do about the usual cause of a load failure: missing privileges.
+fn privilege_hint(what: &str) -> String {
+    match privileges::require() {
+        Ok(()) => what.to_string(),
+        Err(missing) => format!("{what}: {missing}"),
     }
 }

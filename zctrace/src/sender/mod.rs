@@ -1,10 +1,10 @@
 //! The reference sender: moves a file over TCP (or into a file) by every method Linux offers, and
 //! keeps its own count of what it did, as ground truth for zctrace's probes.
-pub mod bench;
 mod header;
 mod mapping;
 mod methods;
 pub mod receiver;
+mod sys;
 mod uring;
 mod zerocopy;
 
@@ -17,9 +17,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use serde::Serialize;
-
 pub use header::{checksum_of, Header, HEADER_LEN};
+use serde::Serialize;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -102,6 +101,40 @@ pub(crate) struct Tally {
     pub zerocopy_copied: u64,
 }
 
+#[derive(Clone, Debug, clap::Args)]
+pub struct SendArgs {
+    #[arg(long, value_enum)]
+    pub method: Method,
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Receiver address, for example 127.0.0.1:9471.
+    #[arg(long, required_unless_present = "to_file", conflicts_with = "to_file")]
+    pub to: Option<SocketAddr>,
+    /// Write into this regular file instead of a socket (read-write, sendfile, splice).
+    #[arg(long)]
+    pub to_file: Option<PathBuf>,
+    /// Bytes per syscall.
+    #[arg(long, default_value_t = 128 * 1024, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    pub chunk: u64,
+}
+
+impl SendArgs {
+    pub fn options<'a>(&'a self, progress: Option<&'a dyn Fn(u64)>) -> SendOptions<'a> {
+        let destination = match (&self.to, &self.to_file) {
+            (Some(addr), _) => Destination::Tcp(*addr),
+            (None, Some(path)) => Destination::File(path.clone()),
+            (None, None) => unreachable!("clap requires --to or --to-file"),
+        };
+        SendOptions {
+            method: self.method,
+            file: &self.file,
+            destination,
+            chunk: self.chunk as usize,
+            progress,
+        }
+    }
+}
+
 pub struct SendOptions<'a> {
     pub method: Method,
     pub file: &'a Path,
@@ -140,7 +173,7 @@ pub fn send(options: &SendOptions) -> Result<SendReport> {
                 "--to-file supports read-write, sendfile and splice; {} needs a socket",
                 options.method.name()
             );
-            let out = File::create(path).with_context(|| format!("creating {}", path.display()))?;
+            let out = open_destination(path, &file, options.file)?;
             (methods::run(options, &file, size, out.into())?, 0, 0)
         }
     };
@@ -160,6 +193,29 @@ pub fn send(options: &SendOptions) -> Result<SendReport> {
         seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - cpu_before,
     })
+}
+
+/// Opens `path` for writing, truncated, unless it is the very file being sent (`source`, opened
+/// from `source_path`): compared by device and inode once both are open, so a symlink, a hard
+/// link or a swap between a check and the open cannot slip through.
+fn open_destination(path: &Path, source: &File, source_path: &Path) -> Result<File> {
+    use std::os::unix::fs::MetadataExt as _;
+    let out = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let (to, from) = (out.metadata()?, source.metadata()?);
+    anyhow::ensure!(
+        (to.dev(), to.ino()) != (from.dev(), from.ino()),
+        "--to-file {} is the file being sent ({}): refusing to overwrite it",
+        path.display(),
+        source_path.display()
+    );
+    out.set_len(0)
+        .with_context(|| format!("truncating {}", path.display()))?;
+    Ok(out)
 }
 
 /// User plus system CPU time of this process so far.

@@ -38,12 +38,12 @@ pub fn discard_one(listener: &TcpListener) -> Result<ReceiveReport> {
         .read_exact(&mut raw)
         .context("reading the 24-byte header")?;
     let header = Header::decode(&raw)?;
-    let (reader, writer, capacity) = super::methods::pipe_for(READ_BUFFER)?;
+    let (reader, writer, capacity) = super::sys::pipe_for(READ_BUFFER)?;
     let sink = std::fs::File::options().write(true).open("/dev/null")?;
     let started = Instant::now();
     let mut bytes = 0u64;
     loop {
-        let n = super::methods::retry(|| {
+        let n = super::sys::retry(|| {
             splice(
                 &stream,
                 None,
@@ -53,16 +53,15 @@ pub fn discard_one(listener: &TcpListener) -> Result<ReceiveReport> {
                 SpliceFFlags::SPLICE_F_MOVE,
             )
         })
-        .map_err(|e| super::methods::explain("splice from socket", e))?;
+        .map_err(|e| super::sys::explain("splice from socket", e))?;
         if n == 0 {
             break;
         }
         let mut left = n;
         while left > 0 {
-            left -= super::methods::retry(|| {
-                splice(&reader, None, &sink, None, left, SpliceFFlags::SPLICE_F_MOVE)
-            })
-            .map_err(|e| super::methods::explain("splice to /dev/null", e))?;
+            left -=
+                super::sys::retry(|| splice(&reader, None, &sink, None, left, SpliceFFlags::SPLICE_F_MOVE))
+                    .map_err(|e| super::sys::explain("splice to /dev/null", e))?;
         }
         bytes += n as u64;
     }

@@ -9,7 +9,7 @@ use io_uring::{opcode, squeue, types::Fd, IoUring};
 use nix::errno::Errno;
 
 use super::{
-    methods::{explain, pipe_for},
+    sys::{explain, pipe_for},
     Tally,
 };
 

@@ -13,7 +13,7 @@ use nix::{
     sys::socket::{recvmsg, send as send_on, ControlMessageOwned, MsgFlags, SockaddrStorage},
 };
 
-use super::{mapping::Mapping, methods::explain, Tally};
+use super::{mapping::Mapping, sys::explain, Tally};
 
 const SO_EE_ORIGIN_ZEROCOPY: u8 = 5;
 const SO_EE_CODE_ZEROCOPY_COPIED: u8 = 1;

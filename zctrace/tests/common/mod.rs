@@ -17,9 +17,9 @@ use nix::{
 };
 use zctrace::{
     accounting::{per_process, ProcessFigures},
+    check::bracketed::BracketedSend,
     probes::{ProbeOptions, Tracer},
     procfs,
-    selfcheck::BracketedSend,
 };
 use zctrace_common::ProcessKey;
 
@@ -98,6 +98,21 @@ pub fn scratch_path(name: &str) -> PathBuf {
     DIR.get_or_init(|| tempfile::tempdir().expect("tempdir"))
         .path()
         .join(name)
+}
+
+/// A file of this repository, by its path from the root.
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
+}
+
+/// zctrace's programs loaded now, as `bpftool prog list` would show them, counted by one program
+/// of each zctrace and asking the kernel directly (the VMs of `cargo xtask vmtest` have no
+/// bpftool).
+pub fn loaded_zctrace_programs() -> usize {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some("sys_exit"))
+        .count()
 }
 
 /// A running child whose process key is known.
@@ -180,7 +195,7 @@ impl Receiver {
     }
 }
 
-/// Runs a bracketed `zctrace workload send` and returns what zctrace saw of the transfer alone
+/// Runs a `zctrace bracketed-send` and returns what zctrace saw of the transfer alone
 /// (start-up excluded) and the sender's own report.
 pub fn send(
     tracer: &Tracer,
@@ -252,6 +267,18 @@ impl Workload {
     }
 }
 
+/// Runs `zctrace attach --json ...` to its end and returns its report, the last line of stdout.
+pub fn attach_report(attach: &mut Command) -> serde_json::Value {
+    let output = attach.output().expect("zctrace attach");
+    assert!(
+        output.status.success(),
+        "attach failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8(output.stdout).unwrap();
+    serde_json::from_str(stdout.lines().last().expect("a report")).expect("report JSON")
+}
+
 /// A `zctrace daemon` on a free loopback port, stopped (SIGTERM) when dropped.
 pub struct Daemon {
     pub child: Child,
@@ -265,12 +292,18 @@ impl Daemon {
     }
 
     pub fn start_at(listen: &str, extra: &[&str]) -> Daemon {
-        let mut child = Command::new(zctrace_bin())
+        Daemon::start_configured(listen, extra, |_| {})
+    }
+
+    /// Starts the daemon after `configure` has had its say on the command (limits, environment).
+    pub fn start_configured(listen: &str, extra: &[&str], configure: impl FnOnce(&mut Command)) -> Daemon {
+        let mut command = Command::new(zctrace_bin());
+        command
             .args(["daemon", "--web.listen-address", listen, "--log.level", "info"])
             .args(extra)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("starting the daemon");
+            .stderr(Stdio::piped());
+        configure(&mut command);
+        let mut child = command.spawn().expect("starting the daemon");
         let stderr = BufReader::new(child.stderr.take().expect("stderr"));
         let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
         let (tx, rx) = std::sync::mpsc::channel();
@@ -284,7 +317,7 @@ impl Daemon {
             }
         });
         let addr = rx
-            .recv_timeout(std::time::Duration::from_secs(30))
+            .recv_timeout(Duration::from_secs(30))
             .unwrap_or_else(|_| panic!("daemon did not start serving:\n{}", log.lock().unwrap()));
         Daemon { child, addr, log }
     }
@@ -389,13 +422,13 @@ pub fn free_port() -> u16 {
 /// A real Prometheus server (Debian's package) on a free loopback port, scraping `target` every
 /// second; stopped when dropped.
 pub struct Prometheus {
-    child: std::process::Child,
+    child: Child,
     addr: String,
     _dir: tempfile::TempDir,
 }
 
 impl Prometheus {
-    pub fn start(target: &str, rules: Option<&std::path::Path>) -> Prometheus {
+    pub fn start(target: &str, rules: Option<&Path>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rule_files = rules
             .map(|r| format!("rule_files: [\"{}\"]\n", r.display()))

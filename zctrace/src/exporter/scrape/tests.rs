@@ -4,33 +4,31 @@ use zctrace_common::FdKind;
 
 use super::*;
 use crate::{
-    accounting::TcpSend,
-    exporter::series::{PathLabels, PathTotals},
+    accounting::Counters,
+    exporter::series::{FlowLabels, FlowTotals},
 };
 
 fn fixture() -> Scrape {
     let mut totals = SeriesTotals {
         syscalls: BTreeMap::from([("sendfile", 512), ("getppid", 3)]),
-        syscalls_total: 515,
-        voluntary_switches: 40,
-        involuntary_switches: 2,
-        offcpu_ns: 1_500_000_000,
-        recv_copy_bytes: 24,
-        tcp_send: TcpSend {
-            copy: 24,
-            splice: 67_108_864,
-            zerocopy: 0,
-            unclassified: 0,
+        counters: Counters {
+            syscalls_total: 515,
+            voluntary_switches: 40,
+            involuntary_switches: 2,
+            offcpu_ns: 1_500_000_000,
+            recv_copy_bytes: 24,
+            tcp_send: [24, 67_108_864, 0, 0],
+            ..Default::default()
         },
         ..Default::default()
     };
-    totals.paths.insert(
-        PathLabels {
+    totals.flows.insert(
+        FlowLabels {
             syscall: "sendfile",
             src: FdKind::Regular,
             dst: FdKind::Tcp,
         },
-        PathTotals {
+        FlowTotals {
             calls: 512,
             bytes: 67_108_864,
             cpu_copy_bytes: 0,
@@ -50,7 +48,8 @@ fn fixture() -> Scrape {
         maps: vec![("SYSCALLS".into(), 10, 65536)],
         update_errors: vec![("SYSCALLS".into(), 0)],
         series_dropped: 1,
-        copies_observed: false,
+        http_connections: 3,
+        http_refused: vec![("unauthorized", 2), ("throttled", 0)],
         kernel: "6.18.0-test".into(),
         start_time_seconds: 1_795_000_000.0,
         collect_seconds: 0.25,

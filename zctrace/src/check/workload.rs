@@ -3,96 +3,16 @@
 //! read `/proc` and the maps while the process is alive and idle.
 use std::{
     io::{Read as _, Write as _},
-    net::SocketAddr,
-    path::PathBuf,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context as _, Result};
 use nix::{
     sched::{sched_setaffinity, CpuSet},
-    sys::signal::{raise, SigSet, Signal},
     unistd::{getppid, Pid},
 };
 
-use crate::{
-    accounting::{per_process, ProcessFigures},
-    probes::Tracer,
-    sender::{self, Destination, Method, SendOptions, SendReport},
-};
-
-/// A `zctrace workload send` child, waiting at its "ready" line for the go signal.
-pub struct BracketedSend {
-    child: std::process::Child,
-    stdout: std::io::BufReader<std::process::ChildStdout>,
-}
-
-impl BracketedSend {
-    /// Starts `zctrace_binary workload send ARGS...` and waits until it is ready.
-    pub fn spawn(zctrace_binary: &std::path::Path, args: &[String]) -> Result<BracketedSend> {
-        use std::io::BufRead as _;
-        let mut child = std::process::Command::new(zctrace_binary)
-            .args(["workload", "send"])
-            .args(args)
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .context("starting the sender")?;
-        let mut stdout = std::io::BufReader::new(child.stdout.take().context("sender stdout")?);
-        let mut line = String::new();
-        stdout.read_line(&mut line)?;
-        anyhow::ensure!(line.trim() == "ready", "the sender did not get ready: {line:?}");
-        Ok(BracketedSend { child, stdout })
-    }
-
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Lets the transfer run and returns what `tracer` saw of it alone, with the sender's report.
-    pub fn run(mut self, tracer: &Tracer) -> Result<(ProcessFigures, SendReport)> {
-        use nix::sys::{
-            signal::kill,
-            wait::{waitpid, WaitPidFlag, WaitStatus},
-        };
-        use std::io::BufRead as _;
-        let pid = Pid::from_raw(self.pid() as i32);
-        // A tracer attached after the sender got ready has seen nothing of it yet: all zeros.
-        let before = figures_of(tracer, self.pid()).unwrap_or_default();
-        kill(pid, Signal::SIGUSR1)?;
-        let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED))?;
-        anyhow::ensure!(
-            matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)),
-            "the sender ended early: {stopped:?}"
-        );
-        let during = figures_of(tracer, self.pid())?.since(&before);
-        kill(pid, Signal::SIGCONT)?;
-        let mut line = String::new();
-        self.stdout.read_line(&mut line)?;
-        let status = self.child.wait()?;
-        anyhow::ensure!(status.success(), "the sender failed ({status})");
-        let report = serde_json::from_str(&line).with_context(|| format!("sender report {line:?}"))?;
-        Ok((during, report))
-    }
-}
-
-impl Drop for BracketedSend {
-    /// A sender left behind by a failed run would wait for its signal forever.
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The figures of the newest process with this PID.
-pub fn figures_of(tracer: &Tracer, pid: u32) -> Result<ProcessFigures> {
-    per_process(&tracer.snapshot()?, tracer.copies_observed())
-        .into_iter()
-        .filter(|f| f.key.tgid == pid)
-        .max_by_key(|f| f.key.start_boottime_ns)
-        .with_context(|| format!("zctrace saw nothing of process {pid}"))
-}
+use crate::sender::{self, SendArgs};
 
 #[derive(Clone, Debug, clap::Subcommand)]
 pub enum Workload {
@@ -121,9 +41,6 @@ pub enum Workload {
     TcpPingPong { rounds: u64 },
     /// Start /bin/true COUNT times, one after another; print nanoseconds per process.
     Spawn { count: u64 },
-    /// `zctrace send`, bracketed so a checker sees only the transfer: print "ready", wait for
-    /// SIGUSR1, send, stop with SIGSTOP, then (after SIGCONT) print the sender's report.
-    Send(SendArgs),
     /// Rename itself COUNT times with prctl(PR_SET_NAME); print nanoseconds per rename.
     Rename { count: u64 },
     /// After AFTER_MS (asleep, so it switches out, or with --spin on CPU), rename itself to NAME
@@ -156,40 +73,6 @@ pub enum Workload {
     },
 }
 
-#[derive(Clone, Debug, clap::Args)]
-pub struct SendArgs {
-    #[arg(long, value_enum)]
-    pub method: Method,
-    #[arg(long)]
-    pub file: PathBuf,
-    /// Receiver address, for example 127.0.0.1:9471.
-    #[arg(long, required_unless_present = "to_file", conflicts_with = "to_file")]
-    pub to: Option<SocketAddr>,
-    /// Write into this regular file instead of a socket (read-write, sendfile, splice).
-    #[arg(long)]
-    pub to_file: Option<PathBuf>,
-    /// Bytes per syscall.
-    #[arg(long, default_value_t = 128 * 1024, allow_negative_numbers = true, value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
-    pub chunk: u64,
-}
-
-impl SendArgs {
-    pub fn options<'a>(&'a self, progress: Option<&'a dyn Fn(u64)>) -> SendOptions<'a> {
-        let destination = match (&self.to, &self.to_file) {
-            (Some(addr), _) => Destination::Tcp(*addr),
-            (None, Some(path)) => Destination::File(path.clone()),
-            (None, None) => unreachable!("clap requires --to or --to-file"),
-        };
-        SendOptions {
-            method: self.method,
-            file: &self.file,
-            destination,
-            chunk: self.chunk as usize,
-            progress,
-        }
-    }
-}
-
 pub fn run(workload: &Workload) -> Result<()> {
     match *workload {
         Workload::Getppid { count } => {
@@ -207,7 +90,6 @@ pub fn run(workload: &Workload) -> Result<()> {
             spin_on_cpu0(spin_ms)?;
             return Ok(());
         }
-        Workload::Send(ref args) => return bracketed_send(args),
         Workload::GetpidLoop { count } => {
             let started = Instant::now();
             for _ in 0..count {
@@ -275,19 +157,6 @@ pub fn run(workload: &Workload) -> Result<()> {
     std::io::stdin()
         .read_to_end(&mut rest)
         .context("waiting for stdin to close")?;
-    Ok(())
-}
-
-fn bracketed_send(args: &SendArgs) -> Result<()> {
-    let mut go = SigSet::empty();
-    go.add(Signal::SIGUSR1);
-    go.thread_block()?;
-    println!("ready");
-    std::io::stdout().flush()?;
-    go.wait()?;
-    let report = sender::send(&args.options(None));
-    raise(Signal::SIGSTOP)?;
-    println!("{}", serde_json::to_string(&report?)?);
     Ok(())
 }
 

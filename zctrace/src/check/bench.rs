@@ -8,11 +8,11 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::{receiver, Method, SendReport, HEADER_LEN};
+use super::bracketed::BracketedSend;
 use crate::{
-    accounting::{ProcessFigures, Source},
+    accounting::{Basis, ProcessFigures},
     probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
-    selfcheck::BracketedSend,
+    sender::{receiver, Method, SendReport, HEADER_LEN},
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -44,7 +44,7 @@ pub struct BenchRow {
     pub traced_tcp_bytes: u64,
     /// By the copy model.
     pub cpu_copy_bytes: u64,
-    pub cpu_copy_source: &'static str,
+    pub cpu_copy_basis: &'static str,
     pub copies_per_byte: f64,
     /// Seen at the kernel's copy routines, where this kernel lets all of them be observed.
     pub observed_copy_bytes: Option<u64>,
@@ -63,11 +63,29 @@ pub struct BenchRow {
     pub disagreement: Option<String>,
 }
 
+/// `zctrace bench`: runs the methods and prints their table, JSON rows or plot.
+pub fn print(args: &BenchArgs, probe: &ProbeArgs) -> Result<()> {
+    let rows = run(args, probe)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print!("{}", table(&rows));
+    }
+    if let Some(path) = &args.plot {
+        std::fs::write(path, svg(&rows)).with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(())
+}
+
 pub fn run(args: &BenchArgs, probe: &ProbeArgs) -> Result<Vec<BenchRow>> {
     privileges::require()?;
-    let dir = tempdir()?;
-    let file = dir.join("payload");
-    write_payload(&file, args.size)?;
+    let payload = unlinked_payload(args.size)?;
+    // The senders open it through this process's descriptor: the file has no name to leave behind.
+    let file = PathBuf::from(format!(
+        "/proc/{}/fd/{}",
+        std::process::id(),
+        std::os::fd::AsRawFd::as_raw_fd(&payload)
+    ));
     let methods = if args.methods.is_empty() {
         Method::ALL.to_vec()
     } else {
@@ -77,7 +95,7 @@ pub fn run(args: &BenchArgs, probe: &ProbeArgs) -> Result<Vec<BenchRow>> {
         .iter()
         .map(|&m| one(m, &file, args.chunk, probe))
         .collect::<Result<Vec<_>>>();
-    let _ = std::fs::remove_dir_all(&dir);
+    drop(payload);
     rows
 }
 
@@ -114,15 +132,15 @@ fn one(method: Method, file: &Path, chunk: u64, probe: &ProbeArgs) -> Result<Ben
         sender_cpu_seconds_per_gb: report.cpu_seconds / (report.bytes.max(1) as f64 / 1e9),
         traced_tcp_bytes: f.tcp_delivered_bytes(),
         cpu_copy_bytes: f.cpu_copy_bytes(),
-        cpu_copy_source: Source::Model.label(),
+        cpu_copy_basis: Basis::Model.label(),
         copies_per_byte: f.cpu_copy_bytes() as f64 / expected as f64,
         observed_copy_bytes: f.observed_copy_bytes(),
         observed_copies_per_byte: f.observed_copy_bytes().map(|o| o as f64 / expected as f64),
-        zerocopy_deferred_copy_bytes: f.zerocopy_deferred_copy_bytes,
-        syscalls: f.syscalls_total,
-        mode_switches: f.mode_switches(),
-        voluntary_switches: f.voluntary_switches,
-        involuntary_switches: f.involuntary_switches,
+        zerocopy_deferred_copy_bytes: f.counters.zerocopy_deferred_copy_bytes,
+        syscalls: f.counters.syscalls_total,
+        mode_switches: f.counters.mode_switches(),
+        voluntary_switches: f.counters.voluntary_switches,
+        involuntary_switches: f.counters.involuntary_switches,
         sender_data_syscalls: report.data_syscalls,
         zerocopy_completions: report.zerocopy_completions,
         zerocopy_copied: report.zerocopy_copied,
@@ -146,10 +164,10 @@ pub fn disagreements(f: &ProcessFigures, report: &SendReport) -> Vec<String> {
             f.tcp_delivered_bytes()
         ));
     }
-    if f.syscalls_total < report.data_syscalls {
+    if f.counters.syscalls_total < report.data_syscalls {
         problems.push(format!(
             "zctrace counted {} syscalls, fewer than the sender's {} data calls",
-            f.syscalls_total, report.data_syscalls
+            f.counters.syscalls_total, report.data_syscalls
         ));
     }
     if let Some(observed) = f.observed_copy_bytes() {
@@ -164,11 +182,11 @@ pub fn disagreements(f: &ProcessFigures, report: &SendReport) -> Vec<String> {
     if report.zerocopy_completions > 0 {
         let kernel_copied =
             (report.bytes as f64 * report.zerocopy_copied as f64 / report.zerocopy_completions as f64) as u64;
-        if kernel_copied.abs_diff(f.zerocopy_deferred_copy_bytes) > slack {
+        if kernel_copied.abs_diff(f.counters.zerocopy_deferred_copy_bytes) > slack {
             problems.push(format!(
                 "the kernel reported {} of {} zerocopy sends copied (about {kernel_copied} bytes), \
                  zctrace counted {} deferred copies",
-                report.zerocopy_copied, report.zerocopy_completions, f.zerocopy_deferred_copy_bytes
+                report.zerocopy_copied, report.zerocopy_completions, f.counters.zerocopy_deferred_copy_bytes
             ));
         }
     }
@@ -246,18 +264,36 @@ pub fn svg(rows: &[BenchRow]) -> String {
     )
 }
 
-fn tempdir() -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("zctrace-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
+/// A payload of `size` bytes in the temporary directory that no name points to, so a bench
+/// killed at any moment leaves nothing behind: O_TMPFILE, or where the filesystem lacks it, a
+/// file unlinked as soon as it is created (before any byte is written).
+fn unlinked_payload(size: u64) -> Result<std::fs::File> {
+    use nix::{fcntl::OFlag, sys::stat::Mode};
+    let dir = std::env::temp_dir();
+    let file = match nix::fcntl::open(
+        &dir,
+        OFlag::O_TMPFILE | OFlag::O_RDWR,
+        Mode::S_IRUSR | Mode::S_IWUSR,
+    ) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(_) => {
+            let path = dir.join(format!("zctrace-bench-payload-{}", std::process::id()));
+            let file =
+                std::fs::File::create_new(&path).with_context(|| format!("creating {}", path.display()))?;
+            std::fs::remove_file(&path)?;
+            file
+        }
+    };
+    write_payload(&file, size)?;
+    Ok(file)
 }
 
-fn write_payload(path: &Path, size: u64) -> Result<()> {
+fn write_payload(file: &std::fs::File, size: u64) -> Result<()> {
     use std::io::Write as _;
     let block: Vec<u8> = (0..1u32 << 20)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
         .collect();
-    let mut out = std::io::BufWriter::new(std::fs::File::create(path)?);
+    let mut out = std::io::BufWriter::new(file);
     let mut left = size;
     while left > 0 {
         let n = left.min(block.len() as u64) as usize;
@@ -280,7 +316,7 @@ mod tests {
             sender_cpu_seconds_per_gb: 0.5,
             traced_tcp_bytes: 25,
             cpu_copy_bytes: 0,
-            cpu_copy_source: "model",
+            cpu_copy_basis: "model",
             copies_per_byte: copies,
             observed_copy_bytes: None,
             observed_copies_per_byte: None,
@@ -323,16 +359,13 @@ mod tests {
     /// What zctrace saw of a zerocopy transfer, `deferred` bytes of it copied by the receiver.
     fn seen(deferred: u64, observed: Option<u64>) -> ProcessFigures {
         let mut f = ProcessFigures {
-            syscalls_total: 9,
-            zerocopy_deferred_copy_bytes: deferred,
-            observed_copies: observed.map(|o| {
-                let mut by_routine = [0; crate::accounting::OBSERVED_ROUTINES.len()];
-                by_routine[0] = o;
-                by_routine
-            }),
+            copies_observed: observed.is_some(),
             ..Default::default()
         };
-        f.tcp_send.zerocopy = PAYLOAD + HEADER_LEN as u64;
+        f.counters.syscalls_total = 9;
+        f.counters.zerocopy_deferred_copy_bytes = deferred;
+        f.counters.observed_copies[0] = observed.unwrap_or_default();
+        f.counters.tcp_send[zctrace_common::TcpPath::Zerocopy as usize] = PAYLOAD + HEADER_LEN as u64;
         f
     }
 

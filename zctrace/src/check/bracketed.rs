@@ -1,0 +1,109 @@
+//! A send with a bracket around it: the child gets ready, sends on a signal and stops itself,
+//! so a checker reads zctrace's maps before and after the transfer alone.
+use std::io::Write as _;
+
+use anyhow::{Context as _, Result};
+use nix::{
+    sys::signal::{raise, SigSet, Signal},
+    unistd::Pid,
+};
+
+use crate::{
+    accounting::{per_process, ProcessFigures},
+    probes::Tracer,
+    sender::{self, SendArgs, SendReport},
+};
+
+/// A `zctrace bracketed-send` child, waiting at its "ready" line for the go signal.
+pub struct BracketedSend {
+    child: std::process::Child,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl BracketedSend {
+    /// Starts `zctrace_binary bracketed-send ARGS...` and waits until it is ready.
+    pub fn spawn(zctrace_binary: &std::path::Path, args: &[String]) -> Result<BracketedSend> {
+        use std::{io::BufRead as _, os::unix::process::CommandExt as _};
+        let mut command = std::process::Command::new(zctrace_binary);
+        command
+            .arg("bracketed-send")
+            .args(args)
+            .stdout(std::process::Stdio::piped());
+        // SAFETY: between fork and exec the closure only makes one async-signal-safe syscall.
+        // A sender outlives a killed checker otherwise, stopped at its signal wait forever.
+        unsafe {
+            command.pre_exec(|| nix::sys::prctl::set_pdeathsig(Signal::SIGKILL).map_err(std::io::Error::from))
+        };
+        let mut child = command.spawn().context("starting the sender")?;
+        let mut stdout = std::io::BufReader::new(child.stdout.take().context("sender stdout")?);
+        let mut line = String::new();
+        stdout.read_line(&mut line)?;
+        anyhow::ensure!(line.trim() == "ready", "the sender did not get ready: {line:?}");
+        Ok(BracketedSend { child, stdout })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Lets the transfer run and returns what `tracer` saw of it alone, with the sender's report.
+    pub fn run(mut self, tracer: &Tracer) -> Result<(ProcessFigures, SendReport)> {
+        use std::io::BufRead as _;
+
+        use nix::sys::{
+            signal::kill,
+            wait::{waitpid, WaitPidFlag, WaitStatus},
+        };
+        let pid = Pid::from_raw(self.pid() as i32);
+        // A tracer attached after the sender got ready has seen nothing of it yet: all zeros.
+        let before = figures_of(tracer, self.pid()).unwrap_or_default();
+        kill(pid, Signal::SIGUSR1)?;
+        let stopped = waitpid(pid, Some(WaitPidFlag::WUNTRACED))?;
+        anyhow::ensure!(
+            matches!(stopped, WaitStatus::Stopped(_, Signal::SIGSTOP)),
+            "the sender ended early: {stopped:?}"
+        );
+        let during = figures_of(tracer, self.pid())?.since(&before);
+        kill(pid, Signal::SIGCONT)?;
+        let mut line = String::new();
+        self.stdout.read_line(&mut line)?;
+        let status = self.child.wait()?;
+        anyhow::ensure!(status.success(), "the sender failed ({status})");
+        let report = serde_json::from_str(&line).with_context(|| format!("sender report {line:?}"))?;
+        Ok((during, report))
+    }
+}
+
+impl Drop for BracketedSend {
+    /// A sender left behind by a failed run would wait for its signal forever.
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// The figures of the newest process with this PID.
+pub fn figures_of(tracer: &Tracer, pid: u32) -> Result<ProcessFigures> {
+    per_process(&tracer.snapshot()?, tracer.copies_observed())
+        .into_iter()
+        .filter(|f| f.key.tgid == pid)
+        .max_by_key(|f| f.key.start_boottime_ns)
+        .with_context(|| format!("zctrace saw nothing of process {pid}"))
+}
+
+/// The child's side: print "ready", wait for SIGUSR1, send, stop with SIGSTOP, then (after
+/// SIGCONT) print the sender's report.
+pub fn child(args: &SendArgs) -> Result<()> {
+    let mut go = SigSet::empty();
+    go.add(Signal::SIGUSR1);
+    go.thread_block()?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    go.wait()?;
+    let report = sender::send(&args.options(None));
+    raise(Signal::SIGSTOP)?;
+    println!("{}", serde_json::to_string(&report?)?);
+    Ok(())
+}

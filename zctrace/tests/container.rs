@@ -1,0 +1,233 @@
+//! The container image as the DaemonSet runs it: podman (runc) with exactly the pod's host
+//! namespaces, capabilities, filesystem and mounts, serving a host workload's figures, and
+//! leaving nothing loaded once stopped. `cargo xtask image` builds the image (`cargo xtask test`
+//! does, as root).
+mod common;
+
+use std::{
+    process::{Command, Output},
+    time::Duration,
+};
+
+use common::*;
+use serde::Deserialize as _;
+use serde_norway::Value;
+
+fn daemonset() -> Value {
+    let text = std::fs::read_to_string(repo("deploy/kubernetes/zctrace.yaml")).unwrap();
+    let daemonset = serde_norway::Deserializer::from_str(&text)
+        .map(|document| Value::deserialize(document).unwrap())
+        .find(|document| document["kind"] == "DaemonSet");
+    daemonset.expect("a DaemonSet in zctrace.yaml")
+}
+
+fn strings(value: &Value) -> Vec<String> {
+    value
+        .as_sequence()
+        .map(|s| s.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default()
+}
+
+/// The image, the unit and the pod run the same binary with the same flags.
+#[test]
+fn the_image_the_unit_and_the_daemonset_run_the_same_flags() {
+    let pod = &daemonset()["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let args = strings(&container["args"]);
+    let containerfile = std::fs::read_to_string(repo("deploy/container/Containerfile")).unwrap();
+    let cmd: Vec<String> = containerfile
+        .lines()
+        .find_map(|l| l.strip_prefix("CMD "))
+        .map(|json| serde_json::from_str(json).unwrap())
+        .expect("CMD in the Containerfile");
+    assert_eq!(args, cmd, "DaemonSet args against the image's CMD");
+    let unit = std::fs::read_to_string(repo("deploy/systemd/zctrace.service")).unwrap();
+    let exec: Vec<String> = unit
+        .lines()
+        .find_map(|l| l.strip_prefix("ExecStart="))
+        .expect("ExecStart")
+        .split_whitespace()
+        .skip(1)
+        .map(str::to_string)
+        .collect();
+    assert_eq!(exec, cmd, "the systemd unit's flags against the image's");
+    assert_eq!(
+        container["image"].as_str(),
+        Some(format!("ghcr.io/zctrace/zctrace:{}", env!("CARGO_PKG_VERSION")).as_str()),
+        "the DaemonSet names the tag `cargo xtask image` builds"
+    );
+}
+
+/// podman flags for every setting of the pod and its container that shapes what the process may
+/// do. A setting this does not know fails the test, so that what CI runs is what the cluster gets.
+fn podman_flags(pod: &Value) -> Vec<String> {
+    let mut flags = Vec::new();
+    let container = &pod["containers"][0];
+    assert_eq!(pod["hostPID"], true);
+    flags.push("--pid=host".to_string());
+    assert_eq!(pod["hostNetwork"], true);
+    flags.push("--network=host".to_string());
+    for (key, value) in container["securityContext"]
+        .as_mapping()
+        .expect("securityContext")
+    {
+        match (key.as_str().unwrap(), value) {
+            ("runAsUser", user) => flags.push(format!("--user={}", user.as_u64().unwrap())),
+            ("allowPrivilegeEscalation", Value::Bool(false)) => {
+                flags.push("--security-opt=no-new-privileges".into())
+            }
+            ("readOnlyRootFilesystem", Value::Bool(true)) => flags.push("--read-only".into()),
+            ("capabilities", caps) => {
+                flags.extend(strings(&caps["drop"]).iter().map(|c| format!("--cap-drop={c}")));
+                flags.extend(strings(&caps["add"]).iter().map(|c| format!("--cap-add=CAP_{c}")));
+            }
+            ("seccompProfile", profile) if profile["type"] == "Unconfined" => {
+                flags.push("--security-opt=seccomp=unconfined".into())
+            }
+            (other, value) => panic!("securityContext.{other}: {value:?} has no podman equivalent here"),
+        }
+    }
+    let volumes = pod["volumes"].as_sequence().expect("volumes");
+    for mount in container["volumeMounts"].as_sequence().expect("volumeMounts") {
+        let volume = volumes
+            .iter()
+            .find(|v| v["name"] == mount["name"])
+            .expect("the mount's volume");
+        let host = volume["hostPath"]["path"].as_str().expect("a hostPath volume");
+        let mode = if mount["readOnly"] == true { "ro" } else { "rw" };
+        flags.push(format!(
+            "--volume={host}:{}:{mode}",
+            mount["mountPath"].as_str().unwrap()
+        ));
+    }
+    flags
+}
+
+/// podman as `cargo xtask image` runs it, with no default ulimits (podman's exceed this host's
+/// hard limits).
+fn podman(args: &[&str]) -> Output {
+    let conf = scratch_path("containers.conf");
+    std::fs::write(&conf, "[containers]\ndefault_ulimits = []\n").unwrap();
+    Command::new("podman")
+        .args(["--storage-driver", "vfs", "--runtime", "runc"])
+        .args(args)
+        .env("CONTAINERS_CONF", &conf)
+        .output()
+        .expect("podman (cargo xtask setup installs it)")
+}
+
+/// A running container, removed when dropped.
+struct Container(String);
+
+impl Drop for Container {
+    fn drop(&mut self) {
+        let _ = podman(&["rm", "--force", "--time", "5", &self.0]);
+    }
+}
+
+#[test]
+fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
+    if !privileged("the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded") {
+        return;
+    }
+    let pod = &daemonset()["spec"]["template"]["spec"];
+    let image = pod["containers"][0]["image"].as_str().unwrap().to_string();
+    assert!(
+        podman(&["image", "exists", &image]).status.success(),
+        "{image} is not built: run `cargo xtask image` (cargo xtask test does)"
+    );
+    let annotations = podman(&["image", "inspect", "--format", "{{json .Annotations}}", &image]);
+    let annotations: serde_json::Value = serde_json::from_slice(&annotations.stdout).expect("annotations");
+    assert_eq!(
+        annotations["org.opencontainers.image.version"],
+        env!("CARGO_PKG_VERSION")
+    );
+    assert!(annotations["org.opencontainers.image.revision"]
+        .as_str()
+        .is_some_and(|r| r.len() == 40));
+    let before = loaded_zctrace_programs();
+    let port = free_port();
+    let name = format!("zctrace-test-{}", std::process::id());
+    let mut run: Vec<String> = ["run", "--detach", "--name", &name]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    run.extend(podman_flags(pod));
+    run.push(image);
+    // The pod's args, but served on loopback only, on a port no other test holds.
+    let args = strings(&pod["containers"][0]["args"]);
+    assert!(args.iter().any(|a| a.starts_with("--web.listen-address=")));
+    run.extend(
+        args.into_iter()
+            .map(|arg| match arg.starts_with("--web.listen-address=") {
+                true => format!("--web.listen-address=127.0.0.1:{port}"),
+                false => arg,
+            }),
+    );
+    let started = podman(&run.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(
+        started.status.success(),
+        "podman run: {}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let container = Container(name);
+    let logs = || String::from_utf8_lossy(&podman(&["logs", &container.0]).stderr).into_owned();
+    let metrics = || -> Result<String, String> {
+        let response = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
+            .call()
+            .map_err(|e| format!("{e}"))?;
+        response.into_body().read_to_string().map_err(|e| format!("{e}"))
+    };
+    eventually("the container serves /metrics", Duration::from_secs(60), || {
+        metrics().map_err(|e| format!("{e}\n{}", logs()))
+    });
+
+    let sender = renamed_zctrace("zc-podtest");
+    send_as(&sender, "read-write", &test_file(8 * MIB), 64 * 1024);
+    let flow = |syscall| [("comm", "zc-podtest"), ("syscall", syscall)];
+    let body = eventually(
+        "the host workload's bytes and copies",
+        Duration::from_secs(30),
+        || {
+            let body = metrics()?;
+            let moved = sample(&body, "zctrace_bytes_total", &flow("write")).unwrap_or(0.0);
+            (moved >= (8 * MIB) as f64)
+                .then_some(body)
+                .ok_or(format!("write bytes {moved}"))
+        },
+    );
+    assert_eq!(
+        sample(&body, "zctrace_cpu_copy_bytes_total", &flow("read")),
+        sample(&body, "zctrace_bytes_total", &flow("read")),
+        "the file read copies every byte it reads"
+    );
+    assert!(
+        sample(&body, "zctrace_cpu_copy_bytes_total", &flow("write")).unwrap_or(0.0) >= (8 * MIB) as f64,
+        "the socket write copies every byte"
+    );
+
+    let stopped = podman(&["stop", "--time", "10", &container.0]);
+    assert!(
+        stopped.status.success(),
+        "podman stop: {}",
+        String::from_utf8_lossy(&stopped.stderr)
+    );
+    let status = podman(&["inspect", "--format", "{{.State.ExitCode}}", &container.0]);
+    assert_eq!(
+        String::from_utf8_lossy(&status.stdout).trim(),
+        "0",
+        "zctrace exits cleanly on the runtime's SIGTERM:\n{}",
+        logs()
+    );
+    // The kernel frees a program once its last link and descriptor close, after a grace period.
+    eventually(
+        "no zctrace program loaded after the stop",
+        Duration::from_secs(10),
+        || {
+            let loaded = loaded_zctrace_programs();
+            (loaded == before)
+                .then_some(())
+                .ok_or(format!("{loaded} loaded, {before} before"))
+        },
+    );
+}
