@@ -26,9 +26,14 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
     daemon_scrape(&zctrace, &dir)?;
     transfers(&zctrace, &file, pairs, size_mib)?;
     micro(&zctrace, pairs)?;
-    per_program(&zctrace, pairs)?;
+    per_program(&zctrace, pairs, "")?;
     println!("\n# scrape of 10,000 series (encode only, no maps)");
     cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
+}
+
+/// The per-program A/B alone, for the programs whose label contains `only`.
+pub fn programs(pairs: u32, only: &str) -> Result<()> {
+    per_program(&workspace_root().join("target/release/zctrace"), pairs, only)
 }
 
 /// bpftrace counting the same per-process events as zctrace: the peer to beat.
@@ -205,13 +210,13 @@ fn micro(zctrace: &Path, pairs: u32) -> Result<()> {
 }
 
 /// Each program's cost per hit by A/B timing: the workload untraced, then with only that program.
-fn per_program(zctrace: &Path, pairs: u32) -> Result<()> {
+fn per_program(zctrace: &Path, pairs: u32, only: &str) -> Result<()> {
     println!("\n# cost per hit of each program alone (A/B, {pairs} alternating pairs); floor = an empty program at the same hook");
     println!(
         "{:<40} {:>22} {:>22} {:>12} {:>12}",
         "program", "untraced ns", "with it ns", "+ns per hit", "+ns (mins)"
     );
-    for (name, flags, args) in PROGRAMS {
+    for (name, flags, args) in PROGRAMS.iter().filter(|(name, ..)| name.contains(only)) {
         let run = || ns_per_event(zctrace, args);
         let (mut plain, mut traced) = (Vec::new(), Vec::new());
         for pair in 0..pairs {

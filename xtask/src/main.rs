@@ -51,6 +51,9 @@ enum Task {
         /// Payload per transfer, in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
+        /// Run only the per-program A/B, for the programs whose label contains this.
+        #[arg(long)]
+        only: Option<String>,
     },
     /// Set up, then build the container image the DaemonSet runs (static binary, from scratch).
     Image,
@@ -108,7 +111,11 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             vmtest::run(kernel.as_deref(), test.as_deref())
         }
-        Task::Bench { pairs, size_mib } => {
+        Task::Bench {
+            pairs,
+            size_mib,
+            only,
+        } => {
             setup::ensure()?;
             cargo(&[
                 "build",
@@ -118,7 +125,10 @@ fn run(task: Task) -> Result<()> {
                 "--features",
                 "instruments",
             ])?;
-            bench::run(pairs, size_mib)
+            match only {
+                Some(only) => bench::programs(pairs, &only),
+                None => bench::run(pairs, size_mib),
+            }
         }
         Task::Image => {
             setup::ensure()?;

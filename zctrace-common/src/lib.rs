@@ -162,11 +162,13 @@ pub enum Variant {
 pub enum MapSlot {
     Syscalls = 0,
     Processes = 1,
-    OffcpuStart = 2,
-    PendingSend = 3,
-    PendingCopy = 4,
+    PendingSend = 2,
+    PendingCopy = 3,
     /// Not a map: sendmmsg/recvmmsg vectors longer than the programs walk (bytes undercounted).
-    MmsgTruncated = 5,
+    MmsgTruncated = 4,
+    /// Task storage the kernel could not give a switching thread (out of memory, or in use on
+    /// that CPU): the switch is still counted, the off-CPU interval it starts is not.
+    ThreadSwitches = 5,
 }
 pub const MAP_SLOTS: u32 = 6;
 
@@ -174,16 +176,15 @@ impl MapSlot {
     pub const ALL: [MapSlot; MAP_SLOTS as usize] = [
         MapSlot::Syscalls,
         MapSlot::Processes,
-        MapSlot::OffcpuStart,
         MapSlot::PendingSend,
         MapSlot::PendingCopy,
         MapSlot::MmsgTruncated,
+        MapSlot::ThreadSwitches,
     ];
     /// The bounded hash maps: full ones count failed updates, and their use is exported.
-    pub const SIZED: [MapSlot; 5] = [
+    pub const SIZED: [MapSlot; 4] = [
         MapSlot::Syscalls,
         MapSlot::Processes,
-        MapSlot::OffcpuStart,
         MapSlot::PendingSend,
         MapSlot::PendingCopy,
     ];
@@ -193,19 +194,19 @@ impl MapSlot {
         match self {
             MapSlot::Syscalls => "SYSCALLS",
             MapSlot::Processes => "PROCESSES",
-            MapSlot::OffcpuStart => "OFFCPU_START",
             MapSlot::PendingSend => "PENDING_SEND",
             MapSlot::PendingCopy => "PENDING_COPY",
             MapSlot::MmsgTruncated => "MMSG_TRUNCATED",
+            MapSlot::ThreadSwitches => "THREAD_SWITCHES",
         }
     }
 
     /// Entries the map is created with, unless the loader overrides it.
     pub const fn capacity(self) -> u32 {
         match self {
-            MapSlot::Syscalls | MapSlot::OffcpuStart => 65536,
+            MapSlot::Syscalls => 65536,
             MapSlot::Processes | MapSlot::PendingSend | MapSlot::PendingCopy => 16384,
-            MapSlot::MmsgTruncated => 0,
+            MapSlot::MmsgTruncated | MapSlot::ThreadSwitches => 0,
         }
     }
 }
@@ -391,6 +392,11 @@ mod tests {
             assert_eq!(*slot as usize, index, "{}", slot.name());
         }
         assert!(MapSlot::SIZED.iter().all(|slot| slot.capacity() > 0));
+        // User space indexes its sized maps by slot.
+        assert!(MapSlot::SIZED
+            .iter()
+            .enumerate()
+            .all(|(i, slot)| *slot as usize == i));
     }
 
     #[test]

@@ -2,21 +2,31 @@
 //! and the life events of a process: exit and rename.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
-    macros::btf_tracepoint,
+    macros::{btf_map, btf_tracepoint},
     programs::BtfTracePointContext,
 };
-use zctrace_common::MapSlot;
+use zctrace_common::{MapSlot, ProcessKey, ProcessStats};
 
 use crate::{
     kernel::{
-        current_group_dead, current_task, current_task_exiting, field, filtered_out, leader_comm, offset,
-        process_key,
+        current_group_dead, current_task, current_task_exiting, field, filtered_out, offset, process_key,
     },
     maps::{
-        add, count_error, create_current_process_entry, current_process_entry, process_entry, OFFCPU_START,
-        PENDING_COPY, PENDING_SEND, PROCESSES,
+        add, count_error, create_current_process_entry, current_process_entry, TaskStorage, PENDING_COPY,
+        PENDING_SEND, PROCESSES,
     },
 };
+
+/// A thread's off-CPU bookkeeping, kept in the thread itself: when it last switched out, and
+/// the off-CPU time of its last interval until its next switch-out adds it to its process.
+#[repr(C)]
+pub struct OffCpu {
+    since_ns: u64,
+    unfolded_ns: u64,
+}
+
+#[btf_map]
+static THREAD_OFFCPU: TaskStorage<OffCpu> = TaskStorage::new();
 
 /// Why sched_switch: it is where the kernel decides voluntary vs involuntary (the same test as its
 /// nvcsw/nivcsw accounting), and where every off-CPU interval starts and ends.
@@ -39,15 +49,16 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     switch_in(next, now)
 }
 
-/// `current` is still the task being switched out.
+/// `current` is still the task being switched out. One process-entry update per switch: the
+/// off-CPU time that ended at the thread's last switch-in rides along with its count.
 #[inline(always)]
 fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if filtered_out(tgid) {
         return Ok(0);
     }
-    let key = process_key(current_task(), tgid)?;
+    let task = current_task();
+    let key = process_key(task, tgid)?;
     let entry = current_process_entry(&key).ok_or(0u32)?;
     // SAFETY: `entry` points into a live map value.
     unsafe {
@@ -57,16 +68,19 @@ fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
             add(&raw mut (*entry).involuntary_switches, 1);
         }
     }
-    // An exiting thread's entry was freed at sched_process_exit and must not come back.
+    // An exiting thread's last interval never ends, and its storage is about to be freed.
     if current_task_exiting() {
         return Ok(0);
     }
-    // In place when the thread has an entry: a hash update would swap in a fresh element.
-    if let Some(start) = OFFCPU_START.get_ptr_mut(pid_tgid as u32) {
-        // SAFETY: only this thread, switching out here, writes its own entry.
-        unsafe { *start = now };
-    } else if OFFCPU_START.insert(pid_tgid as u32, now, 0).is_err() {
-        count_error(MapSlot::OffcpuStart);
+    let Some(offcpu) = THREAD_OFFCPU.get(task, true) else {
+        count_error(MapSlot::ThreadSwitches);
+        return Ok(0);
+    };
+    // SAFETY: `offcpu` is this thread's storage, written only where the thread switches.
+    unsafe {
+        add(&raw mut (*entry).offcpu_ns, (*offcpu).unfolded_ns);
+        (*offcpu).unfolded_ns = 0;
+        (*offcpu).since_ns = now;
     }
     Ok(0)
 }
@@ -77,20 +91,27 @@ fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
     if filtered_out(tgid) {
         return Ok(0);
     }
-    let tid: u32 = field(next, offset!(task_pid));
-    // SAFETY: a hash value read once; a concurrent update only changes which interval is counted.
-    let Some(&since) = (unsafe { OFFCPU_START.get(tid) }) else {
-        return Ok(0);
-    };
-    let key = process_key(next, tgid)?;
-    // The name is read only when the entry has to be created.
-    let entry = match PROCESSES.get_ptr_mut(key) {
-        Some(entry) => entry,
-        None => process_entry(&key, leader_comm(next)).ok_or(0u32)?,
-    };
-    // SAFETY: `entry` points into a live map value.
-    unsafe { add(&raw mut (*entry).offcpu_ns, now.saturating_sub(since)) };
+    let offcpu = THREAD_OFFCPU.get(next, false).ok_or(0u32)?;
+    // SAFETY: `offcpu` is the storage of `next`, which is not running anywhere else.
+    unsafe {
+        if (*offcpu).since_ns != 0 {
+            (*offcpu).unfolded_ns += now.saturating_sub((*offcpu).since_ns);
+            (*offcpu).since_ns = 0;
+        }
+    }
     Ok(0)
+}
+
+/// Adds the current thread's last off-CPU interval, not yet folded, to its process entry.
+#[inline(always)]
+fn fold_offcpu(entry: *mut ProcessStats) {
+    if let Some(offcpu) = THREAD_OFFCPU.get(current_task(), false) {
+        // SAFETY: the current thread's storage and a live map value.
+        unsafe {
+            add(&raw mut (*entry).offcpu_ns, (*offcpu).unfolded_ns);
+            (*offcpu).unfolded_ns = 0;
+        }
+    }
 }
 
 /// Why sched_process_exit: a thread's last event, so its per-thread entries are freed here, and
@@ -105,24 +126,34 @@ pub fn sched_process_exit(_ctx: BtfTracePointContext) -> u32 {
 
 fn try_sched_process_exit() -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
-    let _ = OFFCPU_START.remove(pid_tgid as u32);
     let _ = PENDING_SEND.remove(pid_tgid);
     let _ = PENDING_COPY.remove(pid_tgid);
     let tgid = (pid_tgid >> 32) as u32;
-    if filtered_out(tgid) || !current_group_dead() {
+    if filtered_out(tgid) {
         return Ok(0);
     }
     let key = process_key(current_task(), tgid)?;
-    // Created if missing (a process that never switched out has syscall entries only), so that
-    // user space sees the exit and frees everything at the next sweep.
-    let entry = PROCESSES
-        .get_ptr_mut(key)
-        .or_else(|| create_current_process_entry(&key));
-    if let Some(entry) = entry {
+    let group_dead = current_group_dead();
+    // Created if missing for the last thread (a process that never switched out has syscall
+    // entries only), so that user space sees the exit and frees everything at the next sweep.
+    let Some(entry) = exiting_process_entry(&key, group_dead) else {
+        return Ok(0);
+    };
+    fold_offcpu(entry);
+    if group_dead {
         // SAFETY: `entry` points into a live map value.
         unsafe { (*entry).exited = 1 };
     }
     Ok(0)
+}
+
+#[inline(always)]
+fn exiting_process_entry(key: &ProcessKey, group_dead: bool) -> Option<*mut ProcessStats> {
+    if group_dead {
+        create_current_process_entry(key)
+    } else {
+        PROCESSES.get_ptr_mut(key)
+    }
 }
 
 /// Why task_rename: exec and prctl(PR_SET_NAME) both rename a task through it, with the new name

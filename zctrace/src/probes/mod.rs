@@ -216,7 +216,6 @@ impl Tracer {
         let entries = [
             snapshot.syscalls.len(),
             snapshot.processes.len(),
-            self.read_all::<u32, u64>(MapSlot::OffcpuStart)?.len(),
             self.read_all::<u64, PendingSend>(MapSlot::PendingSend)?.len(),
             self.read_all::<u64, i64>(MapSlot::PendingCopy)?.len(),
         ];
@@ -255,8 +254,10 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
     // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come
     // from OFFSETS): drop that copy before parsing the one attaching needs, so two never coexist
     // (about 20 MiB each).
+    // aya 0.14 has no user-space type for task storage, which only the programs use.
     loader
         .btf(None)
+        .allow_unsupported_maps()
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &config, true);
     for (map, capacity) in &options.map_capacity {
