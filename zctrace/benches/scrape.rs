@@ -11,7 +11,7 @@ use zctrace::{
         series::{SeriesBook, SeriesKey},
     },
 };
-use zctrace_common::FdKind;
+use zctrace_common::{FdKind, ProcessKey};
 
 /// Each process series yields this many samples with the paths below.
 const PROCESSES: usize = 500;
@@ -43,6 +43,10 @@ fn process(i: usize) -> (SeriesKey, ProcessFigures) {
         ]),
         counters: Counters {
             syscalls_total: 38,
+            ..Default::default()
+        },
+        key: ProcessKey {
+            tgid: i as u32 + 1,
             ..Default::default()
         },
         ..Default::default()

@@ -1,6 +1,9 @@
 //! One scrape's worth of figures, encoded as const metrics (read from the maps at scrape time,
 //! never kept in counters), in OpenMetrics or the Prometheus text format.
-use std::fmt::{self, Write as _};
+use std::{
+    borrow::Cow,
+    fmt::{self, Write as _},
+};
 
 use prometheus_client::{
     collector::Collector,
@@ -12,7 +15,9 @@ use prometheus_client::{
 use super::series::{SeriesKey, SeriesTotals};
 use crate::accounting::{kind_label, Basis, Family, Value, FAMILIES};
 
-type Labels = Vec<(&'static str, String)>;
+/// Label values borrow from the scrape: a 10,000-series scrape would otherwise copy every comm,
+/// syscall and endpoint name once per sample.
+type Labels<'a> = Vec<(&'static str, Cow<'a, str>)>;
 
 #[derive(Debug, Default)]
 pub struct Scrape {
@@ -69,21 +74,22 @@ impl Scrape {
         })
     }
 
-    fn labels(key: &SeriesKey, extra: &[(&'static str, &str)]) -> Labels {
-        let mut labels = vec![("comm", key.comm.clone())];
+    fn labels<'a>(key: &'a SeriesKey, extra: &[(&'static str, &'a str)]) -> Labels<'a> {
+        let mut labels = Vec::with_capacity(3 + extra.len());
+        labels.push(("comm", Cow::Borrowed(key.comm.as_str())));
         if let Some(pid) = key.pid {
-            labels.push(("pid", pid.to_string()));
+            labels.push(("pid", Cow::Owned(pid.to_string())));
         }
         if let Some(cgroup) = &key.cgroup {
-            labels.push(("cgroup", cgroup.clone()));
+            labels.push(("cgroup", Cow::Borrowed(cgroup.as_str())));
         }
-        labels.extend(extra.iter().map(|(k, v)| (*k, v.to_string())));
+        labels.extend(extra.iter().map(|(k, v)| (*k, Cow::Borrowed(*v))));
         labels
     }
 
     /// A family's samples per series, leaving out zeros: a series appears once its counter has
     /// something to say, and as counters never go down, stays.
-    fn per_series(&self, family: &Family) -> Vec<(Labels, Value)> {
+    fn per_series(&self, family: &Family) -> Vec<(Labels<'_>, Value)> {
         self.series
             .iter()
             .flat_map(|(key, totals)| {
@@ -118,7 +124,7 @@ impl Scrape {
             "Data-path syscalls that returned an error.",
             per_syscall(|t| &t.errors),
         )?;
-        let per_flow = |value: fn(&super::series::FlowTotals) -> u64, basis: Option<&str>| {
+        let per_flow = |value: fn(&super::series::FlowTotals) -> u64, basis: Option<&'static str>| {
             self.series
                 .iter()
                 .flat_map(|(key, t)| {
@@ -127,13 +133,14 @@ impl Scrape {
                         .iter()
                         .filter(|(_, totals)| totals.bytes > 0)
                         .map(move |(p, totals)| {
-                            let mut extra = vec![
+                            let extra = [
                                 ("syscall", p.syscall),
                                 ("src", kind_label(p.src)),
                                 ("dst", kind_label(p.dst)),
+                                ("basis", basis.unwrap_or_default()),
                             ];
-                            extra.extend(basis.map(|s| ("basis", s)));
-                            (Self::labels(key, &extra), value(totals))
+                            let labels = if basis.is_some() { &extra[..] } else { &extra[..3] };
+                            (Self::labels(key, labels), value(totals))
                         })
                 })
                 .collect::<Vec<_>>()
@@ -160,8 +167,8 @@ impl Scrape {
     fn health_families(&self, encoder: &mut DescriptorEncoder) -> fmt::Result {
         let build = vec![(
             vec![
-                ("version", env!("CARGO_PKG_VERSION").to_string()),
-                ("kernel", self.kernel.clone()),
+                ("version", Cow::Borrowed(env!("CARGO_PKG_VERSION"))),
+                ("kernel", Cow::Borrowed(self.kernel.as_str())),
             ],
             1u64,
         )];
@@ -171,7 +178,7 @@ impl Scrape {
             "zctrace's version and the kernel it runs on.",
             build,
         )?;
-        let started: Vec<(Labels, f64)> = vec![(vec![], self.start_time_seconds)];
+        let started: Vec<(Labels<'_>, f64)> = vec![(vec![], self.start_time_seconds)];
         gauges(
             encoder,
             "zctrace_start_time_seconds",
@@ -183,7 +190,10 @@ impl Scrape {
             .iter()
             .map(|(probe, mode, attached)| {
                 (
-                    vec![("probe", probe.clone()), ("mode", mode.clone())],
+                    vec![
+                        ("probe", Cow::Borrowed(probe.as_str())),
+                        ("mode", Cow::Borrowed(mode.as_str())),
+                    ],
                     u64::from(*attached),
                 )
             })
@@ -197,7 +207,7 @@ impl Scrape {
         let map_gauge = |pick: fn(&(String, u64, u64)) -> u64| {
             self.maps
                 .iter()
-                .map(|m| (vec![("map", m.0.clone())], pick(m)))
+                .map(|m| (vec![("map", Cow::Borrowed(m.0.as_str()))], pick(m)))
                 .collect::<Vec<_>>()
         };
         gauges(
@@ -215,7 +225,7 @@ impl Scrape {
         let errors = self
             .update_errors
             .iter()
-            .map(|(map, n)| (vec![("map", map.clone())], *n))
+            .map(|(map, n)| (vec![("map", Cow::Borrowed(map.as_str()))], *n))
             .collect();
         counters(
             encoder,
@@ -223,7 +233,7 @@ impl Scrape {
             "BPF map updates that failed (a full map): events not counted.",
             errors,
         )?;
-        let dropped: Vec<(Labels, u64)> = vec![(vec![], self.series_dropped)];
+        let dropped: Vec<(Labels<'_>, u64)> = vec![(vec![], self.series_dropped)];
         counters(
             encoder,
             "zctrace_series_dropped",
@@ -239,7 +249,7 @@ impl Scrape {
         let refused = self
             .http_refused
             .iter()
-            .map(|(reason, n)| (vec![("reason", reason.to_string())], *n))
+            .map(|(reason, n)| (vec![("reason", Cow::Borrowed(*reason))], *n))
             .collect();
         counters(
             encoder,
@@ -247,7 +257,7 @@ impl Scrape {
             "Requests and connections turned away: unauthorized, throttled (too many failed logins from the address), timeout, connection_limit.",
             refused,
         )?;
-        let seconds: Vec<(Labels, f64)> = vec![(vec![], self.collect_seconds)];
+        let seconds: Vec<(Labels<'_>, f64)> = vec![(vec![], self.collect_seconds)];
         gauges(
             encoder,
             "zctrace_scrape_duration_seconds",
@@ -277,7 +287,7 @@ fn counters<V: prometheus_client::encoding::EncodeCounterValue + Copy>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: Vec<(Labels, V)>,
+    samples: Vec<(Labels<'_>, V)>,
 ) -> fmt::Result {
     family(encoder, name, help, MetricType::Counter, samples, |v, e| {
         ConstCounter::new(v).encode(e)
@@ -288,7 +298,7 @@ fn gauges<V: prometheus_client::encoding::EncodeGaugeValue + Copy + fmt::Debug>(
     encoder: &mut DescriptorEncoder,
     name: &str,
     help: &str,
-    samples: Vec<(Labels, V)>,
+    samples: Vec<(Labels<'_>, V)>,
 ) -> fmt::Result
 where
     ConstGauge<V>: EncodeMetric,
@@ -303,7 +313,7 @@ fn family<V: Copy>(
     name: &str,
     help: &str,
     metric_type: MetricType,
-    samples: Vec<(Labels, V)>,
+    samples: Vec<(Labels<'_>, V)>,
     encode: impl Fn(V, MetricEncoder) -> fmt::Result,
 ) -> fmt::Result {
     if samples.is_empty() {
@@ -324,7 +334,18 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         .filter_map(|l| l.strip_prefix("# TYPE ")?.strip_suffix(" counter"))
         .collect();
     let mut out = String::with_capacity(openmetrics.len());
-    for line in openmetrics.lines() {
+    // Samples are most of the body and pass through unchanged: copied in runs, not line by line.
+    let mut run_start = 0;
+    let mut offset = 0;
+    for line in openmetrics.split_inclusive('\n') {
+        let line_start = offset;
+        offset += line.len();
+        if !line.starts_with('#') {
+            continue;
+        }
+        out.push_str(&openmetrics[run_start..line_start]);
+        run_start = offset;
+        let line = line.trim_end_matches('\n');
         if line == "# EOF" || line.starts_with("# UNIT ") {
             continue;
         }
@@ -337,6 +358,7 @@ pub fn to_prometheus_text(openmetrics: &str) -> String {
         });
         let _ = writeln!(out, "{}", renamed.as_deref().unwrap_or(line));
     }
+    out.push_str(&openmetrics[run_start..]);
     out
 }
 

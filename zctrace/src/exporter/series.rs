@@ -72,11 +72,9 @@ pub struct SeriesTotals {
 
 impl SeriesTotals {
     pub fn add_process(&mut self, f: &ProcessFigures) {
-        let mut totals = SeriesTotals {
-            syscalls: f.syscalls.clone(),
-            counters: f.counters,
-            ..SeriesTotals::default()
-        };
+        for (name, calls) in &f.syscalls {
+            Sum::add(self.syscalls.entry(name).or_default(), calls);
+        }
         for path in &f.flows {
             let labels = FlowLabels {
                 syscall: path.syscall,
@@ -88,12 +86,12 @@ impl SeriesTotals {
                 bytes: path.bytes,
                 cpu_copy_bytes: path.cpu_copy_bytes,
             };
-            totals.flows.entry(labels).or_default().add(&moved);
+            self.flows.entry(labels).or_default().add(&moved);
             if path.errors > 0 {
-                Sum::add(totals.errors.entry(path.syscall).or_default(), &path.errors);
+                Sum::add(self.errors.entry(path.syscall).or_default(), &path.errors);
             }
         }
-        self.merge(&totals);
+        self.counters.add(&f.counters);
     }
 
     pub fn merge(&mut self, other: &SeriesTotals) {
@@ -229,7 +227,13 @@ impl SeriesBook {
             totals.entry(bucket).or_default().add_process(&share);
         }
         for (key, slot) in &self.own {
-            totals.entry(key.clone()).or_default().merge(&slot.retired);
+            // Most own series of a busy host are retired only: a copy beats entry-by-entry adds.
+            match totals.get_mut(key) {
+                Some(live) => live.merge(&slot.retired),
+                None => {
+                    totals.insert(key.clone(), slot.retired.clone());
+                }
+            }
         }
         if !self.overflow.is_empty() || totals.contains_key(&SeriesKey::other()) {
             totals
