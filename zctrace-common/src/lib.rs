@@ -101,6 +101,21 @@ pub enum CopyRoutine {
 }
 pub const COPY_ROUTINES: usize = 6;
 
+/// One thread's context switches and off-CPU time, kept per thread so that a switch touches one
+/// entry. User space adds live threads' counts to their process; a thread's exit folds them in.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ThreadSwitches {
+    pub process: ProcessKey,
+    pub voluntary: u64,
+    pub involuntary: u64,
+    pub offcpu_ns: u64,
+    /// When the thread last switched out (0 until it has), and its CPU time then: the next
+    /// switch-out's wall time since, less the CPU time since, was spent off CPU.
+    pub last_out_ns: u64,
+    pub last_runtime_ns: u64,
+}
+
 /// What `tcp_sendmsg_locked` decided about the send in progress on one thread, kept until its
 /// byte count is known (at `sock_send_length`, or the function's return for kprobes).
 #[repr(C)]
@@ -162,13 +177,13 @@ pub enum Variant {
 pub enum MapSlot {
     Syscalls = 0,
     Processes = 1,
-    PendingSend = 2,
-    PendingCopy = 3,
+    /// A full THREADS map: the thread's switches are counted in its process entry instead, its
+    /// off-CPU time is not.
+    Threads = 2,
+    PendingSend = 3,
+    PendingCopy = 4,
     /// Not a map: sendmmsg/recvmmsg vectors longer than the programs walk (bytes undercounted).
-    MmsgTruncated = 4,
-    /// Task storage the kernel could not give a switching thread (out of memory, or in use on
-    /// that CPU): the switch is still counted, the off-CPU interval it starts is not.
-    ThreadSwitches = 5,
+    MmsgTruncated = 5,
 }
 pub const MAP_SLOTS: u32 = 6;
 
@@ -176,15 +191,16 @@ impl MapSlot {
     pub const ALL: [MapSlot; MAP_SLOTS as usize] = [
         MapSlot::Syscalls,
         MapSlot::Processes,
+        MapSlot::Threads,
         MapSlot::PendingSend,
         MapSlot::PendingCopy,
         MapSlot::MmsgTruncated,
-        MapSlot::ThreadSwitches,
     ];
     /// The bounded hash maps: full ones count failed updates, and their use is exported.
-    pub const SIZED: [MapSlot; 4] = [
+    pub const SIZED: [MapSlot; 5] = [
         MapSlot::Syscalls,
         MapSlot::Processes,
+        MapSlot::Threads,
         MapSlot::PendingSend,
         MapSlot::PendingCopy,
     ];
@@ -194,19 +210,19 @@ impl MapSlot {
         match self {
             MapSlot::Syscalls => "SYSCALLS",
             MapSlot::Processes => "PROCESSES",
+            MapSlot::Threads => "THREADS",
             MapSlot::PendingSend => "PENDING_SEND",
             MapSlot::PendingCopy => "PENDING_COPY",
             MapSlot::MmsgTruncated => "MMSG_TRUNCATED",
-            MapSlot::ThreadSwitches => "THREAD_SWITCHES",
         }
     }
 
     /// Entries the map is created with, unless the loader overrides it.
     pub const fn capacity(self) -> u32 {
         match self {
-            MapSlot::Syscalls => 65536,
+            MapSlot::Syscalls | MapSlot::Threads => 65536,
             MapSlot::Processes | MapSlot::PendingSend | MapSlot::PendingCopy => 16384,
-            MapSlot::MmsgTruncated | MapSlot::ThreadSwitches => 0,
+            MapSlot::MmsgTruncated => 0,
         }
     }
 }
@@ -258,7 +274,8 @@ pub struct KernelOffsets {
     pub skb_cb: u32,
     pub skb_sk: u32,
     pub shinfo_destructor_arg: u32,
-    pub reserved: u32,
+    /// `task_struct.se.sum_exec_runtime`: the thread's CPU time, in nanoseconds.
+    pub task_runtime: u32,
 }
 
 /// Run-time configuration of the programs, set as a global before load.
@@ -370,6 +387,8 @@ mod pod {
     unsafe impl aya::Pod for ProbeConfig {}
     // SAFETY: as above.
     unsafe impl aya::Pod for PendingSend {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for ThreadSwitches {}
 }
 
 #[cfg(test)]
@@ -410,6 +429,7 @@ mod tests {
         );
         assert_eq!(size_of::<KernelOffsets>(), 38 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
+        assert_eq!(size_of::<ThreadSwitches>(), 16 + 5 * 8);
     }
 
     #[test]

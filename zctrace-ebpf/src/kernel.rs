@@ -44,7 +44,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     skb_cb: 0,
     skb_sk: 0,
     shinfo_destructor_arg: 0,
-    reserved: 0,
+    task_runtime: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -1,21 +1,16 @@
 //! Maps and the helpers that update them. Fixed-size hashes, so a full map is a counted failure
 //! (never a silent eviction); user space frees the entries of exited processes.
-use core::{
-    ffi::c_void,
-    intrinsics::{atomic_xadd, AtomicOrdering},
-    ptr,
-};
+use core::intrinsics::{atomic_xadd, AtomicOrdering};
 
 use aya_ebpf::{
-    bindings::{
-        bpf_map_type::BPF_MAP_TYPE_TASK_STORAGE, task_struct, BPF_F_NO_PREALLOC,
-        BPF_LOCAL_STORAGE_GET_F_CREATE, BPF_NOEXIST,
-    },
-    helpers::{bpf_get_current_cgroup_id, bpf_task_storage_get},
+    bindings::BPF_NOEXIST,
+    helpers::bpf_get_current_cgroup_id,
     macros::map,
     maps::{HashMap, LruHashMap, PerCpuArray},
 };
-use zctrace_common::{MapSlot, PendingSend, ProcessKey, ProcessStats, SyscallKey, SyscallStats, MAP_SLOTS};
+use zctrace_common::{
+    MapSlot, PendingSend, ProcessKey, ProcessStats, SyscallKey, SyscallStats, ThreadSwitches, MAP_SLOTS,
+};
 
 use crate::kernel::{current_task, current_task_exiting, leader_comm};
 
@@ -26,6 +21,10 @@ pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> =
 #[map]
 pub static PROCESSES: HashMap<ProcessKey, ProcessStats> =
     HashMap::with_max_entries(MapSlot::Processes.capacity(), 0);
+
+/// Per thread (tid): its switches and off-CPU time, until its exit folds them into its process.
+#[map]
+pub static THREADS: HashMap<u32, ThreadSwitches> = HashMap::with_max_entries(MapSlot::Threads.capacity(), 0);
 
 /// Per thread (pid_tgid): how `tcp_sendmsg_locked` classified the send in progress, until
 /// `sock_send_length` reports its bytes. Keyed by thread, not CPU: a send may sleep and migrate.
@@ -48,46 +47,6 @@ pub static ZEROCOPY_SENDERS: LruHashMap<u64, ProcessKey> = LruHashMap::with_max_
 /// Failed updates, indexed by [`MapSlot`].
 #[map]
 pub static MAP_UPDATE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_SLOTS, 0);
-
-/// A task-local storage map (aya-ebpf 0.2 declares none): one value per task, reached from the
-/// task itself rather than by hashing a key, and freed by the kernel with the task. Declared the
-/// way the kernel reads BTF map definitions: each attribute is the length of an array type.
-#[repr(C)]
-pub struct TaskStorage<T> {
-    r#type: *const [i32; BPF_MAP_TYPE_TASK_STORAGE as usize],
-    key: *const i32,
-    value: *const T,
-    max_entries: *const [i32; 0],
-    map_flags: *const [i32; BPF_F_NO_PREALLOC as usize],
-}
-
-// SAFETY: the fields are type placeholders for the loader and are never dereferenced.
-unsafe impl<T> Sync for TaskStorage<T> {}
-
-impl<T> TaskStorage<T> {
-    pub const fn new() -> Self {
-        Self {
-            r#type: ptr::null(),
-            key: ptr::null(),
-            value: ptr::null(),
-            max_entries: ptr::null(),
-            map_flags: ptr::null(),
-        }
-    }
-
-    /// The value of `task` (a BTF-typed `task_struct` pointer), created zeroed when `create`;
-    /// none when it has none yet or the kernel cannot give one.
-    #[inline(always)]
-    pub fn get(&self, task: u64, create: bool) -> Option<*mut T> {
-        let flags = if create { BPF_LOCAL_STORAGE_GET_F_CREATE } else { 0 };
-        let map = ptr::from_ref(self).cast_mut().cast::<c_void>();
-        // SAFETY: `map` is this map's definition, which the loader relocates to the map, and the
-        // verifier checks that `task` is a task_struct pointer.
-        let value =
-            unsafe { bpf_task_storage_get(map, task as *mut task_struct, ptr::null_mut(), flags.into()) };
-        (!value.is_null()).then_some(value.cast())
-    }
-}
 
 #[inline(always)]
 pub fn add(counter: *mut u64, value: u64) {

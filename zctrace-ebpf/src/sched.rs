@@ -2,34 +2,25 @@
 //! and the life events of a process: exit and rename.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
-    macros::{btf_map, btf_tracepoint},
+    macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use zctrace_common::{MapSlot, ProcessKey, ProcessStats};
+use zctrace_common::{MapSlot, ProcessKey, ProcessStats, ThreadSwitches};
 
 use crate::{
     kernel::{
         current_group_dead, current_task, current_task_exiting, field, filtered_out, offset, process_key,
     },
     maps::{
-        add, count_error, create_current_process_entry, current_process_entry, TaskStorage, PENDING_COPY,
-        PENDING_SEND, PROCESSES,
+        add, count_error, create_current_process_entry, current_process_entry, PENDING_COPY, PENDING_SEND,
+        PROCESSES, THREADS,
     },
 };
 
-/// A thread's off-CPU bookkeeping, kept in the thread itself: when it last switched out, and
-/// the off-CPU time of its last interval until its next switch-out adds it to its process.
-#[repr(C)]
-pub struct OffCpu {
-    since_ns: u64,
-    unfolded_ns: u64,
-}
-
-#[btf_map]
-static THREAD_OFFCPU: TaskStorage<OffCpu> = TaskStorage::new();
-
 /// Why sched_switch: it is where the kernel decides voluntary vs involuntary (the same test as its
-/// nvcsw/nivcsw accounting), and where every off-CPU interval starts and ends.
+/// nvcsw/nivcsw accounting). Off-CPU time needs no switch-in: between two switch-outs of a
+/// thread, the wall time less its CPU time was spent off CPU. So only the task going out is
+/// touched, once, in its own entry.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
     match try_sched_switch(&ctx) {
@@ -39,27 +30,75 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let preempt: u64 = ctx.arg(0);
-    let next: u64 = ctx.arg(2);
     let prev_state: u64 = ctx.arg(3);
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
-    // A task that blocks (state not TASK_RUNNING) without being preempted switched voluntarily.
-    let voluntary = preempt & 1 == 0 && prev_state as u32 != 0;
-    let _ = switch_out(voluntary, now);
-    switch_in(next, now)
-}
-
-/// `current` is still the task being switched out. One process-entry update per switch: the
-/// off-CPU time that ended at the thread's last switch-in rides along with its count.
-#[inline(always)]
-fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
     if filtered_out(tgid) {
         return Ok(0);
     }
+    // A task that blocks (state not TASK_RUNNING) without being preempted switched voluntarily.
+    let voluntary = preempt & 1 == 0 && prev_state as u32 != 0;
     let task = current_task();
     let key = process_key(task, tgid)?;
-    let entry = current_process_entry(&key).ok_or(0u32)?;
+    let tid = pid_tgid as u32;
+    match THREADS.get_ptr_mut(tid) {
+        Some(thread) if same_process(thread, &key) => {
+            count_switch(thread, voluntary, task);
+            Ok(0)
+        }
+        _ => first_switch(tid, &key, voluntary),
+    }
+}
+
+/// A tid that is reused keeps no counts of the thread that had it.
+#[inline(always)]
+fn same_process(thread: *mut ThreadSwitches, key: &ProcessKey) -> bool {
+    // SAFETY: `thread` points into a live map value.
+    unsafe { (*thread).process == *key }
+}
+
+/// Counts a switch-out of the current thread, in its own entry: only it writes there.
+#[inline(always)]
+fn count_switch(thread: *mut ThreadSwitches, voluntary: bool, task: u64) {
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let runtime: u64 = field(task, offset!(task_runtime));
+    // SAFETY: `thread` points into a live map value that only this thread writes.
+    unsafe {
+        if voluntary {
+            (*thread).voluntary += 1;
+        } else {
+            (*thread).involuntary += 1;
+        }
+        if (*thread).last_out_ns != 0 {
+            let wall = now.saturating_sub((*thread).last_out_ns);
+            let on_cpu = runtime.saturating_sub((*thread).last_runtime_ns);
+            (*thread).offcpu_ns += wall.saturating_sub(on_cpu);
+        }
+        (*thread).last_out_ns = now;
+        (*thread).last_runtime_ns = runtime;
+    }
+}
+
+/// The thread's first switch seen: its process entry is made now (named, with its cgroup) and
+/// its own entry starts timing. An exiting thread, whose entry was folded at its exit, and one
+/// the full map has no room for are counted in the process entry directly.
+#[inline(always)]
+fn first_switch(tid: u32, key: &ProcessKey, voluntary: bool) -> Result<u32, u32> {
+    let entry = current_process_entry(key).ok_or(0u32)?;
+    if !current_task_exiting() {
+        let fresh = ThreadSwitches {
+            process: *key,
+            ..ThreadSwitches::default()
+        };
+        if THREADS.insert(tid, fresh, 0).is_ok() {
+            if let Some(thread) = THREADS.get_ptr_mut(tid) {
+                count_switch(thread, voluntary, current_task());
+                return Ok(0);
+            }
+        }
+        count_error(MapSlot::Threads);
+    }
     // SAFETY: `entry` points into a live map value.
     unsafe {
         if voluntary {
@@ -68,50 +107,25 @@ fn switch_out(voluntary: bool, now: u64) -> Result<u32, u32> {
             add(&raw mut (*entry).involuntary_switches, 1);
         }
     }
-    // An exiting thread's last interval never ends, and its storage is about to be freed.
-    if current_task_exiting() {
-        return Ok(0);
-    }
-    let Some(offcpu) = THREAD_OFFCPU.get(task, true) else {
-        count_error(MapSlot::ThreadSwitches);
-        return Ok(0);
+    Ok(0)
+}
+
+/// Moves the exiting thread's counts into its process entry, where it has one, and frees its
+/// entry either way.
+#[inline(always)]
+fn fold_thread(tid: u32, key: &ProcessKey, entry: Option<*mut ProcessStats>) {
+    let Some(thread) = THREADS.get_ptr_mut(tid) else {
+        return;
     };
-    // SAFETY: `offcpu` is this thread's storage, written only where the thread switches.
-    unsafe {
-        add(&raw mut (*entry).offcpu_ns, (*offcpu).unfolded_ns);
-        (*offcpu).unfolded_ns = 0;
-        (*offcpu).since_ns = now;
-    }
-    Ok(0)
-}
-
-#[inline(always)]
-fn switch_in(next: u64, now: u64) -> Result<u32, u32> {
-    let tgid: u32 = field(next, offset!(task_tgid));
-    if filtered_out(tgid) {
-        return Ok(0);
-    }
-    let offcpu = THREAD_OFFCPU.get(next, false).ok_or(0u32)?;
-    // SAFETY: `offcpu` is the storage of `next`, which is not running anywhere else.
-    unsafe {
-        if (*offcpu).since_ns != 0 {
-            (*offcpu).unfolded_ns += now.saturating_sub((*offcpu).since_ns);
-            (*offcpu).since_ns = 0;
-        }
-    }
-    Ok(0)
-}
-
-/// Adds the current thread's last off-CPU interval, not yet folded, to its process entry.
-#[inline(always)]
-fn fold_offcpu(entry: *mut ProcessStats) {
-    if let Some(offcpu) = THREAD_OFFCPU.get(current_task(), false) {
-        // SAFETY: the current thread's storage and a live map value.
+    if let Some(entry) = entry.filter(|_| same_process(thread, key)) {
+        // SAFETY: the exiting thread's own entry and a live map value.
         unsafe {
-            add(&raw mut (*entry).offcpu_ns, (*offcpu).unfolded_ns);
-            (*offcpu).unfolded_ns = 0;
+            add(&raw mut (*entry).voluntary_switches, (*thread).voluntary);
+            add(&raw mut (*entry).involuntary_switches, (*thread).involuntary);
+            add(&raw mut (*entry).offcpu_ns, (*thread).offcpu_ns);
         }
     }
+    let _ = THREADS.remove(tid);
 }
 
 /// Why sched_process_exit: a thread's last event, so its per-thread entries are freed here, and
@@ -136,11 +150,9 @@ fn try_sched_process_exit() -> Result<u32, u32> {
     let group_dead = current_group_dead();
     // Created if missing for the last thread (a process that never switched out has syscall
     // entries only), so that user space sees the exit and frees everything at the next sweep.
-    let Some(entry) = exiting_process_entry(&key, group_dead) else {
-        return Ok(0);
-    };
-    fold_offcpu(entry);
-    if group_dead {
+    let entry = exiting_process_entry(&key, group_dead);
+    fold_thread(pid_tgid as u32, &key, entry);
+    if let Some(entry) = entry.filter(|_| group_dead) {
         // SAFETY: `entry` points into a live map value.
         unsafe { (*entry).exited = 1 };
     }

@@ -357,12 +357,18 @@ fn a_full_map_counts_its_drops() {
 }
 
 #[test]
-fn every_exit_is_marked_and_folded() {
-    if !privileged("every_exit_is_marked_and_folded") {
+fn every_exit_is_marked_and_leaves_no_per_thread_entry() {
+    if !privileged("every_exit_is_marked_and_leaves_no_per_thread_entry") {
         return;
     }
     const PROCESSES: usize = 200;
     let mut tracer = load_tracer();
+    let thread_entries = |tracer: &zctrace::probes::Tracer| {
+        let snapshot = tracer.snapshot().unwrap();
+        let usage = tracer.map_usage(&snapshot).unwrap();
+        usage.iter().find(|m| m.map == "THREADS").unwrap().entries
+    };
+    let before = thread_entries(&tracer);
     let keys: Vec<ProcessKey> = (0..PROCESSES)
         .map(|_| Traced::spawn(&mut Command::new("/bin/true")).wait_ok())
         .collect();
@@ -389,5 +395,10 @@ fn every_exit_is_marked_and_folded() {
         left.is_empty(),
         "folded processes leave no entries: {} left",
         left.len()
+    );
+    let grown = thread_entries(&tracer).saturating_sub(before);
+    assert!(
+        grown < PROCESSES as u64 / 2,
+        "dead threads keep no entry: {grown} more after {PROCESSES} exits"
     );
 }

@@ -2,25 +2,60 @@
 pub mod copy_model;
 mod counters;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 pub use copy_model::{kind_label, Basis};
 pub use counters::{Counters, Family, Sum, Value, FAMILIES};
 use zctrace_common::{
-    nr, FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, Variant, COPY_ROUTINES,
-    MAP_SLOTS,
+    nr, FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, ThreadSwitches,
+    Variant, COPY_ROUTINES, MAP_SLOTS,
 };
 
 /// Everything the maps held at one moment.
 #[derive(Clone, Debug, Default)]
 pub struct RawSnapshot {
     pub syscalls: Vec<(SyscallKey, SyscallStats)>,
+    /// With their live threads' switches and off-CPU time added (see [`RawSnapshot::read`]).
     pub processes: Vec<(ProcessKey, ProcessStats)>,
+    /// Live threads, as read: their counts are already in `processes`.
+    pub threads: Vec<(u32, ThreadSwitches)>,
     /// Failed updates by [`MapSlot`], summed over CPUs.
     pub update_errors: [u64; MAP_SLOTS as usize],
 }
 
 impl RawSnapshot {
+    /// The maps as read. Each process gets its live threads' counts on top of what its entry
+    /// holds (the folded counts of its exited threads); a process known from its threads alone
+    /// gets an entry of its own.
+    pub fn read(
+        syscalls: Vec<(SyscallKey, SyscallStats)>,
+        mut processes: Vec<(ProcessKey, ProcessStats)>,
+        threads: Vec<(u32, ThreadSwitches)>,
+        update_errors: [u64; MAP_SLOTS as usize],
+    ) -> RawSnapshot {
+        let mut index: HashMap<ProcessKey, usize> = processes
+            .iter()
+            .enumerate()
+            .map(|(i, (key, _))| (*key, i))
+            .collect();
+        for (_, thread) in &threads {
+            let slot = *index.entry(thread.process).or_insert_with(|| {
+                processes.push((thread.process, ProcessStats::default()));
+                processes.len() - 1
+            });
+            let stats = &mut processes[slot].1;
+            stats.voluntary_switches += thread.voluntary;
+            stats.involuntary_switches += thread.involuntary;
+            stats.offcpu_ns += thread.offcpu_ns;
+        }
+        RawSnapshot {
+            syscalls,
+            processes,
+            threads,
+            update_errors,
+        }
+    }
+
     pub fn update_errors(&self, slot: MapSlot) -> u64 {
         self.update_errors[slot as usize]
     }

@@ -252,3 +252,40 @@ fn tcp_sends_without_syscalls_count_as_delivered_and_their_copies_as_copied() {
     assert_eq!(f.delivered_bytes(), 1524);
     assert_eq!(f.cpu_copy_bytes(), 524);
 }
+
+#[test]
+fn live_threads_add_to_their_process_and_a_process_of_threads_alone_is_kept() {
+    let thread = |process, voluntary, offcpu_ns| ThreadSwitches {
+        process,
+        voluntary,
+        involuntary: 1,
+        offcpu_ns,
+        ..ThreadSwitches::default()
+    };
+    let folded = ProcessStats {
+        comm: comm("server"),
+        voluntary_switches: 10,
+        offcpu_ns: 1_000,
+        ..Default::default()
+    };
+    let snapshot = RawSnapshot::read(
+        vec![],
+        vec![(SENDER, folded)],
+        vec![
+            (100, thread(SENDER, 5, 200)),
+            (101, thread(SENDER, 7, 300)),
+            (200, thread(RECYCLED, 3, 50)),
+        ],
+        [0; MAP_SLOTS as usize],
+    );
+    let stats = |key| snapshot.processes.iter().find(|(k, _)| *k == key).unwrap().1;
+    let sender = stats(SENDER);
+    assert_eq!(
+        (sender.voluntary_switches, sender.involuntary_switches, sender.offcpu_ns),
+        (22, 2, 1_500)
+    );
+    assert_eq!(sender.comm, comm("server"));
+    let recycled = stats(RECYCLED);
+    assert_eq!((recycled.voluntary_switches, recycled.offcpu_ns), (3, 50));
+    assert_eq!(snapshot.threads.len(), 3, "the threads read are kept for their sweep");
+}

@@ -72,7 +72,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         skb_cb: field("sk_buff", "cb")?,
         skb_sk: field("sk_buff", "sk")?,
         shinfo_destructor_arg: field("skb_shared_info", "destructor_arg")?,
-        reserved: 0,
+        task_runtime: field("task_struct", "se.sum_exec_runtime")?,
     })
 }
 

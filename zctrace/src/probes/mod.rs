@@ -21,7 +21,7 @@ use catalog::{Hook, Probe, Program, PROBES};
 pub use catalog::{Mode, Role};
 use zctrace_common::{
     KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats,
-    MAP_SLOTS,
+    ThreadSwitches, MAP_SLOTS,
 };
 
 use crate::{accounting::RawSnapshot, procfs};
@@ -168,11 +168,15 @@ impl Tracer {
         for (slot, total) in update_errors.iter_mut().enumerate() {
             *total = errors.get(&(slot as u32), 0)?.iter().sum();
         }
-        Ok(RawSnapshot {
-            syscalls: self.read_all(MapSlot::Syscalls)?,
-            processes: self.read_all(MapSlot::Processes)?,
+        // Processes before threads: a thread folded in between is missed this once, never
+        // counted twice.
+        let processes = self.read_all(MapSlot::Processes)?;
+        Ok(RawSnapshot::read(
+            self.read_all(MapSlot::Syscalls)?,
+            processes,
+            self.read_all(MapSlot::Threads)?,
             update_errors,
-        })
+        ))
     }
 
     /// Frees the entries of the snapshot's processes that have exited (fold their counts in from
@@ -207,15 +211,22 @@ impl Tracer {
         for key in &gone {
             let _ = processes.remove(key);
         }
+        // Threads whose exit went unseen (sched_process_exit off) would otherwise stay.
+        let mut threads: HashMap<_, u32, ThreadSwitches> =
+            HashMap::try_from(self.ebpf.map_mut("THREADS").context("THREADS map missing")?)?;
+        for (tid, _) in snapshot.threads.iter().filter(|(_, t)| gone.contains(&t.process)) {
+            let _ = threads.remove(tid);
+        }
         Ok(gone.into_iter().collect())
     }
 
     /// Entries and capacity of each bounded map.
     pub fn map_usage(&self, snapshot: &RawSnapshot) -> Result<Vec<MapUsage>> {
-        // The snapshot has just walked SYSCALLS and PROCESSES; only the per-thread maps need a walk.
+        // The snapshot has just walked SYSCALLS, PROCESSES and THREADS; the pending maps need a walk.
         let entries = [
             snapshot.syscalls.len(),
             snapshot.processes.len(),
+            snapshot.threads.len(),
             self.read_all::<u64, PendingSend>(MapSlot::PendingSend)?.len(),
             self.read_all::<u64, i64>(MapSlot::PendingCopy)?.len(),
         ];
@@ -254,10 +265,8 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
     // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come
     // from OFFSETS): drop that copy before parsing the one attaching needs, so two never coexist
     // (about 20 MiB each).
-    // aya 0.14 has no user-space type for task storage, which only the programs use.
     loader
         .btf(None)
-        .allow_unsupported_maps()
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &config, true);
     for (map, capacity) in &options.map_capacity {
