@@ -96,6 +96,21 @@ const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
         TCP_PING_PONG,
     ),
     (
+        "floor at tcp_sendmsg_locked",
+        &["--probes", "floor", "--probe.hook", "floor=tcp_sendmsg_locked"],
+        TCP_PING_PONG,
+    ),
+    (
+        "counting floor at sock_send_length",
+        &[
+            "--probes",
+            "counting_floor",
+            "--probe.hook",
+            "counting_floor=sock_send_length",
+        ],
+        TCP_PING_PONG,
+    ),
+    (
         "skb_copy_datagram_iovec, per receive",
         &["--probes", "skb_copy_datagram_iovec"],
         TCP_PING_PONG,

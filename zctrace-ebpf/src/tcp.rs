@@ -144,11 +144,16 @@ fn routes_to_loopback(sk: u64) -> bool {
     matches!(dev_flags, Ok(flags) if flags & IFF_LOOPBACK != 0)
 }
 
-/// Keeps the classification of the current thread's send until its byte count is known.
+/// Keeps the classification of the current thread's send until its byte count is known. A
+/// plain send is a copy and is not written down: the thread's entry already says so.
 #[inline(always)]
 fn remember_send<A: Access>(sk: u64, msg: u64) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     if filtered_out((pid_tgid >> 32) as u32) {
+        return Ok(0);
+    }
+    let flags: u32 = A::get(msg, offset!(msghdr_flags))?;
+    if flags as u64 & (MSG_ZEROCOPY | MSG_SPLICE_PAGES as u64) == 0 {
         return Ok(0);
     }
     let pending = classify::<A>(sk, msg)?;
@@ -162,24 +167,30 @@ fn remember_send<A: Access>(sk: u64, msg: u64) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Counts `sent` bytes under the current thread's remembered classification.
+/// Counts `sent` bytes under the current thread's remembered classification, which it spends:
+/// each thread's entry says copy between its other sends.
 #[inline(always)]
 fn count_pending_send(sent: i64) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    if sent <= 0 || filtered_out(tgid) {
+    if filtered_out(tgid) {
         return Ok(0);
     }
-    let unclassified = PendingSend {
-        path: TcpPath::Unclassified as u32,
+    let copy = PendingSend {
+        path: TcpPath::Copy as u32,
         loopback: 0,
     };
-    // Consumed in place rather than deleted (a delete costs more than the lookup); the entry is
-    // freed when the thread exits.
     let pending = match PENDING_SEND.get_ptr_mut(pid_tgid) {
         // SAFETY: only this thread reads and writes its own entry.
-        Some(slot) => unsafe { core::mem::replace(&mut *slot, unclassified) },
-        None => unclassified,
+        Some(slot) => unsafe { core::mem::replace(&mut *slot, copy) },
+        // The thread's first send, which was plain, or else one the full map has no room for.
+        None => match PENDING_SEND.insert(pid_tgid, copy, 0) {
+            Ok(()) => copy,
+            Err(_) => PendingSend {
+                path: TcpPath::Unclassified as u32,
+                loopback: 0,
+            },
+        },
     };
     count_send(tgid, pending, sent)
 }

@@ -281,11 +281,19 @@ fn live_threads_add_to_their_process_and_a_process_of_threads_alone_is_kept() {
     let stats = |key| snapshot.processes.iter().find(|(k, _)| *k == key).unwrap().1;
     let sender = stats(SENDER);
     assert_eq!(
-        (sender.voluntary_switches, sender.involuntary_switches, sender.offcpu_ns),
+        (
+            sender.voluntary_switches,
+            sender.involuntary_switches,
+            sender.offcpu_ns
+        ),
         (22, 2, 1_500)
     );
     assert_eq!(sender.comm, comm("server"));
     let recycled = stats(RECYCLED);
     assert_eq!((recycled.voluntary_switches, recycled.offcpu_ns), (3, 50));
-    assert_eq!(snapshot.threads.len(), 3, "the threads read are kept for their sweep");
+    assert_eq!(
+        snapshot.threads.len(),
+        3,
+        "the threads read are kept for their sweep"
+    );
 }
