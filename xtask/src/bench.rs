@@ -54,6 +54,7 @@ const BPFTRACE_PEER: &str = "BEGIN { printf(\"attached\\n\"); } \
 
 /// Micro-workloads that print nanoseconds per event.
 const GETPID: [&str; 3] = ["workload", "getpid-loop", "2000000"];
+const PIPE_LOOP: [&str; 3] = ["workload", "pipe-loop", "1000000"];
 const PING_PONG: [&str; 3] = ["workload", "ping-pong", "200000"];
 const TCP_PING_PONG: [&str; 3] = ["workload", "tcp-ping-pong", "50000"];
 const SPAWN: [&str; 3] = ["workload", "spawn", "300"];
@@ -69,6 +70,16 @@ const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
         "counting floor at sys_exit",
         &["--probes", "counting_floor"],
         GETPID,
+    ),
+    (
+        "sys_exit, per data-path call (1-byte pipe write or read)",
+        &["--probes", "sys_exit"],
+        PIPE_LOOP,
+    ),
+    (
+        "counting floor at sys_exit, pipe calls",
+        &["--probes", "counting_floor"],
+        PIPE_LOOP,
     ),
     (
         "sched_switch, per switch",

@@ -33,6 +33,9 @@ pub enum Workload {
     },
     /// Time COUNT getpid() calls and print nanoseconds per call (a syscall the probes do not decode).
     GetpidLoop { count: u64 },
+    /// Write one byte into a pipe and read it back, ROUNDS times in one process; print
+    /// nanoseconds per call (data-path syscalls the probes decode, without a context switch).
+    PipeLoop { rounds: u64 },
     /// Bounce a byte between two processes through pipes ROUNDS times; print nanoseconds per
     /// context switch (each round trip is two).
     PingPong { rounds: u64 },
@@ -98,6 +101,7 @@ pub fn run(workload: &Workload) -> Result<()> {
             println!("{:.1}", started.elapsed().as_nanos() as f64 / count.max(1) as f64);
             return Ok(());
         }
+        Workload::PipeLoop { rounds } => return pipe_loop(rounds),
         Workload::PingPong { rounds } => return ping_pong(rounds),
         Workload::Rename { count } => return rename_loop(count),
         Workload::RenameThenSend {
@@ -174,6 +178,22 @@ fn rename_loop(count: u64) -> Result<()> {
         nix::sys::prctl::set_name(names[(i & 1) as usize])?;
     }
     println!("{:.1}", started.elapsed().as_nanos() as f64 / count.max(1) as f64);
+    Ok(())
+}
+
+fn pipe_loop(rounds: u64) -> Result<()> {
+    use nix::unistd::{pipe, read, write};
+    let (reader, writer) = pipe()?;
+    let mut byte = [0u8; 1];
+    let started = Instant::now();
+    for _ in 0..rounds {
+        write(&writer, &byte)?;
+        read(&reader, &mut byte)?;
+    }
+    println!(
+        "{:.1}",
+        started.elapsed().as_nanos() as f64 / (2 * rounds.max(1)) as f64
+    );
     Ok(())
 }
 
