@@ -61,6 +61,38 @@ impl RawSnapshot {
     }
 }
 
+/// Context switches and off-CPU time as last read for each process, so that none goes down
+/// between reads: a thread that exits between the reads of PROCESSES and THREADS is in neither
+/// for that one read.
+#[derive(Debug, Default)]
+pub struct SwitchFloor(HashMap<ProcessKey, [u64; 3]>);
+
+impl SwitchFloor {
+    /// Raises each process's figures to what an earlier read showed; forgets processes no longer
+    /// in the maps.
+    pub fn hold(&mut self, processes: &mut [(ProcessKey, ProcessStats)]) {
+        let mut held = HashMap::with_capacity(processes.len());
+        for (key, stats) in processes.iter_mut() {
+            let mut floor = self.0.get(key).copied().unwrap_or_default();
+            let read = [
+                stats.voluntary_switches,
+                stats.involuntary_switches,
+                stats.offcpu_ns,
+            ];
+            for (floor, read) in floor.iter_mut().zip(read) {
+                *floor = (*floor).max(read);
+            }
+            [
+                stats.voluntary_switches,
+                stats.involuntary_switches,
+                stats.offcpu_ns,
+            ] = floor;
+            held.insert(*key, floor);
+        }
+        self.0 = held;
+    }
+}
+
 /// The kernel routines whose copies are observed, as the `routine` label names them: the copy
 /// observers' (in [`zctrace_common::CopyRoutine`] order), then TCP sends down the copy path and
 /// socket receives, which the TCP probes observe.

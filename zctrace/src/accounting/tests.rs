@@ -297,3 +297,35 @@ fn live_threads_add_to_their_process_and_a_process_of_threads_alone_is_kept() {
         "the threads read are kept for their sweep"
     );
 }
+
+#[test]
+fn switch_figures_never_go_down_between_reads_and_gone_processes_are_forgotten() {
+    let stats = |voluntary, offcpu_ns| ProcessStats {
+        voluntary_switches: voluntary,
+        offcpu_ns,
+        ..Default::default()
+    };
+    let mut floor = SwitchFloor::default();
+    let mut first = vec![(SENDER, stats(30, 5_000))];
+    floor.hold(&mut first);
+    // A thread exited between the two map reads: its counts are in neither.
+    let mut dipped = vec![(SENDER, stats(20, 4_000)), (RECYCLED, stats(1, 10))];
+    floor.hold(&mut dipped);
+    assert_eq!(
+        (dipped[0].1.voluntary_switches, dipped[0].1.offcpu_ns),
+        (30, 5_000)
+    );
+    assert_eq!(dipped[1].1.voluntary_switches, 1);
+    let mut folded = vec![(SENDER, stats(35, 6_000))];
+    floor.hold(&mut folded);
+    assert_eq!(
+        (folded[0].1.voluntary_switches, folded[0].1.offcpu_ns),
+        (35, 6_000)
+    );
+    let mut recycled_again = vec![(RECYCLED, stats(0, 0))];
+    floor.hold(&mut recycled_again);
+    assert_eq!(
+        recycled_again[0].1.voluntary_switches, 0,
+        "RECYCLED was absent from the last read, so it was forgotten"
+    );
+}

@@ -9,6 +9,7 @@ pub mod privileges;
 use std::{
     collections::BTreeSet,
     os::fd::{BorrowedFd, OwnedFd},
+    sync::Mutex,
 };
 
 use anyhow::{anyhow, Context as _, Result};
@@ -24,7 +25,10 @@ use zctrace_common::{
     ThreadSwitches, MAP_SLOTS,
 };
 
-use crate::{accounting::RawSnapshot, procfs};
+use crate::{
+    accounting::{RawSnapshot, SwitchFloor},
+    procfs,
+};
 
 #[derive(Clone, Debug, Default)]
 pub struct ProbeOptions {
@@ -117,6 +121,7 @@ pub struct Tracer {
     statuses: Vec<ProbeStatus>,
     /// The bounded maps, in [`MapSlot::SIZED`] order.
     bounded: Vec<BoundedMap>,
+    switch_floor: Mutex<SwitchFloor>,
 }
 
 impl Tracer {
@@ -147,6 +152,7 @@ impl Tracer {
             ebpf,
             statuses,
             bounded,
+            switch_floor: Mutex::default(),
         })
     }
 
@@ -169,14 +175,19 @@ impl Tracer {
             *total = errors.get(&(slot as u32), 0)?.iter().sum();
         }
         // Processes before threads: a thread folded in between is missed this once, never
-        // counted twice.
+        // counted twice, and the switch floor holds its figures where the last read left them.
         let processes = self.read_all(MapSlot::Processes)?;
-        Ok(RawSnapshot::read(
+        let mut snapshot = RawSnapshot::read(
             self.read_all(MapSlot::Syscalls)?,
             processes,
             self.read_all(MapSlot::Threads)?,
             update_errors,
-        ))
+        );
+        self.switch_floor
+            .lock()
+            .expect("switch floor")
+            .hold(&mut snapshot.processes);
+        Ok(snapshot)
     }
 
     /// Frees the entries of the snapshot's processes that have exited (fold their counts in from
