@@ -72,9 +72,7 @@ pub struct SeriesTotals {
 
 impl SeriesTotals {
     pub fn add_process(&mut self, f: &ProcessFigures) {
-        for (name, calls) in &f.syscalls {
-            Sum::add(self.syscalls.entry(name).or_default(), calls);
-        }
+        add_by_syscall(&mut self.syscalls, &f.syscalls);
         for path in &f.flows {
             let labels = FlowLabels {
                 syscall: path.syscall,
@@ -95,16 +93,18 @@ impl SeriesTotals {
     }
 
     pub fn merge(&mut self, other: &SeriesTotals) {
-        for (name, calls) in &other.syscalls {
-            Sum::add(self.syscalls.entry(name).or_default(), calls);
-        }
-        for (name, errors) in &other.errors {
-            Sum::add(self.errors.entry(name).or_default(), errors);
-        }
+        add_by_syscall(&mut self.syscalls, &other.syscalls);
+        add_by_syscall(&mut self.errors, &other.errors);
         for (labels, totals) in &other.flows {
             self.flows.entry(*labels).or_default().add(totals);
         }
         self.counters.add(&other.counters);
+    }
+}
+
+fn add_by_syscall(into: &mut BTreeMap<&'static str, u64>, more: &BTreeMap<&'static str, u64>) {
+    for (name, n) in more {
+        Sum::add(into.entry(name).or_default(), n);
     }
 }
 
