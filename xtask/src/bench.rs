@@ -31,11 +31,11 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
     cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
 }
 
-/// Only the parts named by `only`: the daemon scrape when it names `scrape`, and the per-program
-/// A/B of the programs whose label contains it.
+/// Only the part named by `only`: the daemon scrape for `scrape`, else the per-program A/B of
+/// the programs whose label contains it.
 pub fn only(pairs: u32, only: &str) -> Result<()> {
     let zctrace = workspace_root().join("target/release/zctrace");
-    if "scrape".contains(only) {
+    if only == "scrape" {
         let dir = std::env::temp_dir().join("zctrace-bench");
         std::fs::create_dir_all(&dir)?;
         return daemon_scrape(&zctrace, &dir);
