@@ -46,7 +46,7 @@ fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
             count_switch(thread, voluntary, task);
             Ok(0)
         }
-        _ => first_switch(tid, &key, voluntary),
+        _ => first_switch(tid, &key, voluntary, task),
     }
 }
 
@@ -84,7 +84,7 @@ fn count_switch(thread: *mut ThreadSwitches, voluntary: bool, task: u64) {
 /// its own entry starts timing. An exiting thread, whose entry was folded at its exit, and one
 /// the full map has no room for are counted in the process entry directly.
 #[inline(always)]
-fn first_switch(tid: u32, key: &ProcessKey, voluntary: bool) -> Result<u32, u32> {
+fn first_switch(tid: u32, key: &ProcessKey, voluntary: bool, task: u64) -> Result<u32, u32> {
     let entry = current_process_entry(key).ok_or(0u32)?;
     if !current_task_exiting() {
         let fresh = ThreadSwitches {
@@ -93,7 +93,7 @@ fn first_switch(tid: u32, key: &ProcessKey, voluntary: bool) -> Result<u32, u32>
         };
         if THREADS.insert(tid, fresh, 0).is_ok() {
             if let Some(thread) = THREADS.get_ptr_mut(tid) {
-                count_switch(thread, voluntary, current_task());
+                count_switch(thread, voluntary, task);
                 return Ok(0);
             }
         }
