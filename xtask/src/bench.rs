@@ -26,19 +26,22 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
     daemon_scrape(&zctrace, &dir)?;
     transfers(&zctrace, &file, pairs, size_mib)?;
     micro(&zctrace, pairs)?;
+    whole_workloads(&zctrace, &file, pairs)?;
     per_program(&zctrace, pairs, "")?;
     println!("\n# scrape of 10,000 series (encode only, no maps)");
     cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
 }
 
-/// Only the part named by `only`: the daemon scrape for `scrape`, else the per-program A/B of
-/// the programs whose label contains it.
-pub fn only(pairs: u32, only: &str) -> Result<()> {
+/// Only the part named by `only`: the daemon scrape for `scrape`, the whole workloads against
+/// their floors for `whole`, else the per-program A/B of the programs whose label contains it.
+pub fn only(pairs: u32, size_mib: u64, only: &str) -> Result<()> {
     let zctrace = workspace_root().join("target/release/zctrace");
-    if only == "scrape" {
-        let dir = std::env::temp_dir().join("zctrace-bench");
-        std::fs::create_dir_all(&dir)?;
-        return daemon_scrape(&zctrace, &dir);
+    let dir = std::env::temp_dir().join("zctrace-bench");
+    std::fs::create_dir_all(&dir)?;
+    match only {
+        "scrape" => return daemon_scrape(&zctrace, &dir),
+        "whole" => return whole_workloads(&zctrace, &payload(&dir, size_mib << 20)?, pairs),
+        _ => {}
     }
     per_program(&zctrace, pairs, only)
 }
@@ -197,19 +200,89 @@ fn transfers(zctrace: &Path, file: &Path, rounds: u32, size_mib: u64) -> Result<
 /// `rounds` runs each of `run` untraced, under zctrace and under bpftrace, rotating which goes
 /// first so warm-up and drift favour none.
 fn three_ways<T>(zctrace: &Path, rounds: u32, run: impl Fn() -> Result<T>) -> Result<[Vec<T>; 3]> {
-    let mut results = [Vec::new(), Vec::new(), Vec::new()];
-    for round in 0..rounds {
-        for step in 0..3 {
-            let side = ((round + step) % 3) as usize;
-            let value = match side {
-                0 => run()?,
-                1 => with_daemon(zctrace, &[], &run)?,
-                _ => with_bpftrace(&run)?,
-            };
-            results[side].push(value);
+    rotating(rounds, |side| match side {
+        0 => run(),
+        1 => with_daemon(zctrace, &[], &run),
+        _ => with_bpftrace(&run),
+    })
+}
+
+/// `rounds` runs of each of `N` sides, the side going first rotating round by round.
+fn rotating<T, const N: usize>(rounds: u32, run: impl Fn(usize) -> Result<T>) -> Result<[Vec<T>; N]> {
+    let mut results = std::array::from_fn(|_| Vec::new());
+    for round in 0..rounds as usize {
+        for step in 0..N {
+            let side = (round + step) % N;
+            results[side].push(run(side)?);
         }
     }
     Ok(results)
+}
+
+/// Which way a workload's figure moves when it runs faster.
+enum Faster {
+    Smaller,
+    Larger,
+}
+
+/// Whole workloads untraced, under the full daemon, and under only the counting floors at the
+/// hooks it counts at. What the floors alone cost a workload, no design that counts the same
+/// events per process can avoid: a target they miss is out of reach.
+fn whole_workloads(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
+    println!("\n# whole workloads: untraced / full daemon / counting floors only (`--probes counting_floors`), {rounds} rounds, rotating order");
+    println!(
+        "{:<32} {:>22} {:>22} {:>22} {:>13} {:>13}",
+        "workload", "untraced", "full daemon", "counting floors", "daemon ratio", "floors ratio"
+    );
+    let ping_pong = || ns_per_event(zctrace, &PING_PONG);
+    whole_workload(
+        zctrace,
+        rounds,
+        "pipe ping-pong, ns per switch",
+        Faster::Smaller,
+        &ping_pong,
+    )?;
+    let relay = || transfer(zctrace, "read-write", file, 4 << 10).map(|t| t.bytes_per_second / 1e6);
+    whole_workload(
+        zctrace,
+        rounds,
+        "read-write 4 KiB relay, MB/s",
+        Faster::Larger,
+        &relay,
+    )?;
+    Ok(())
+}
+
+/// One row of [`whole_workloads`]: a workload's figure untraced, under the daemon and under the
+/// floors, and the speed of each traced side relative to untraced (below 1 is slower).
+fn whole_workload(
+    zctrace: &Path,
+    rounds: u32,
+    name: &str,
+    faster: Faster,
+    run: &dyn Fn() -> Result<f64>,
+) -> Result<()> {
+    let floors: &[&str] = &["--probes", "counting_floors"];
+    let sides: [Vec<f64>; 3] = rotating(rounds, |side| match side {
+        0 => run(),
+        1 => with_daemon(zctrace, &[], run),
+        _ => with_daemon(zctrace, floors, run),
+    })?;
+    let [plain, daemon, floor] = sides.map(Stats::of);
+    let speed = |traced: &Stats| match faster {
+        Faster::Larger => traced.median / plain.median,
+        Faster::Smaller => plain.median / traced.median,
+    };
+    println!(
+        "{:<32} {:>22} {:>22} {:>22} {:>13.3} {:>13.3}",
+        name,
+        plain.show(1),
+        daemon.show(1),
+        floor.show(1),
+        speed(&daemon),
+        speed(&floor)
+    );
+    Ok(())
 }
 
 /// Nanoseconds per event of a workload that prints them, untraced, traced by zctrace, and by bpftrace.

@@ -51,8 +51,8 @@ enum Task {
         /// Payload per transfer, in MiB.
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
-        /// Run only the daemon scrape (`scrape`), or the per-program A/B of the programs whose
-        /// label contains this.
+        /// Run only the daemon scrape (`scrape`), the whole workloads against their floors
+        /// (`whole`), or the per-program A/B of the programs whose label contains this.
         #[arg(long)]
         only: Option<String>,
     },
@@ -127,7 +127,7 @@ fn run(task: Task) -> Result<()> {
                 "instruments",
             ])?;
             match only {
-                Some(only) => bench::only(pairs, &only),
+                Some(only) => bench::only(pairs, size_mib, &only),
                 None => bench::run(pairs, size_mib),
             }
         }

@@ -276,6 +276,8 @@ pub struct KernelOffsets {
     pub shinfo_destructor_arg: u32,
     /// `task_struct.se.sum_exec_runtime`: the thread's CPU time, in nanoseconds.
     pub task_runtime: u32,
+    /// `task_struct.se.nr_migrations`: how often the thread has changed CPU.
+    pub task_migrations: u32,
 }
 
 /// Run-time configuration of the programs, set as a global before load.

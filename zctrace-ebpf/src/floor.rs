@@ -1,5 +1,6 @@
 //! The overhead benchmark's yardsticks, attached only on request (`--probes floor` or
-//! `--probes counting_floor`, moved to another hook with `--probe.hook`).
+//! `--probes counting_floor`, moved to another hook with `--probe.hook`, or `--probes
+//! counting_floors` at every hook the daemon counts at).
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     macros::{btf_tracepoint, map},
@@ -23,6 +24,28 @@ pub fn floor(_ctx: BtfTracePointContext) -> u32 {
 // Against it, a target that even this misses is out of reach for per-process counting.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn counting_floor(_ctx: BtfTracePointContext) -> u32 {
+    count_hit()
+}
+
+// The counting floor at the other hooks the daemon counts at, so that all four can run at once
+// (`--probes counting_floors`): the least a per-process tracer of the same events costs.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn switch_counting_floor(_ctx: BtfTracePointContext) -> u32 {
+    count_hit()
+}
+
+#[btf_tracepoint(function = "sock_send_length")]
+pub fn send_counting_floor(_ctx: BtfTracePointContext) -> u32 {
+    count_hit()
+}
+
+#[btf_tracepoint(function = "skb_copy_datagram_iovec")]
+pub fn receive_counting_floor(_ctx: BtfTracePointContext) -> u32 {
+    count_hit()
+}
+
+#[inline(always)]
+fn count_hit() -> u32 {
     let tgid = current_tgid();
     match FLOOR_COUNTS.get_ptr_mut(tgid) {
         Some(count) => add(count, 1),

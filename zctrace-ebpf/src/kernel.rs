@@ -45,6 +45,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     skb_sk: 0,
     shinfo_destructor_arg: 0,
     task_runtime: 0,
+    task_migrations: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -26,11 +26,24 @@ pub static PROCESSES: HashMap<ProcessKey, ProcessStats> =
 #[map]
 pub static THREADS: HashMap<u32, ThreadSwitches> = HashMap::with_max_entries(MapSlot::Threads.capacity(), 0);
 
-/// Per thread (pid_tgid): how `tcp_sendmsg_locked` classified the send in progress, until
-/// `sock_send_length` reports its bytes. Keyed by thread, not CPU: a send may sleep and migrate.
+/// Per thread (pid_tgid): how `tcp_sendmsg_locked` classified a spliced or zerocopy send in
+/// progress, until `sock_send_length` reports its bytes, for a send that changed CPU meanwhile.
 #[map]
 pub static PENDING_SEND: HashMap<u64, PendingSend> =
     HashMap::with_max_entries(MapSlot::PendingSend.capacity(), 0);
+
+/// The last send classified on a CPU, tagged with its thread and that thread's migration count:
+/// a send that ends where it began finds its classification here, without a hash lookup.
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct StagedSend {
+    pub pid_tgid: u64,
+    pub migrations: u64,
+    pub pending: PendingSend,
+}
+
+#[map]
+pub static STAGED_SEND: PerCpuArray<StagedSend> = PerCpuArray::with_max_entries(1, 0);
 
 /// Per thread (pid_tgid): the bytes of a read in progress that will not be copies, from its
 /// kprobe to its kretprobe (only where copies are observed with kprobes).

@@ -14,8 +14,10 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{current_task, filtered_out, is_tcp, offset, process_key, read, Access, Typed, Untyped},
-    maps::{add, count_error, current_process_entry, PENDING_SEND, ZEROCOPY_SENDERS},
+    kernel::{current_task, field, filtered_out, is_tcp, offset, process_key, read, Access, Typed, Untyped},
+    maps::{
+        add, count_error, current_process_entry, StagedSend, PENDING_SEND, STAGED_SEND, ZEROCOPY_SENDERS,
+    },
 };
 
 /// Why tcp_sendmsg_locked: it sees the send's msg_flags and the route's capabilities, the two
@@ -144,8 +146,10 @@ fn routes_to_loopback(sk: u64) -> bool {
     matches!(dev_flags, Ok(flags) if flags & IFF_LOOPBACK != 0)
 }
 
-/// Keeps the classification of the current thread's send until its byte count is known. A
-/// plain send is a copy and is not written down: the thread's entry already says so.
+/// Keeps the classification of the current thread's send until its byte count is known: on
+/// this CPU for every send, and by thread for the spliced and zerocopy ones, in case the send
+/// sleeps and resumes elsewhere. A plain send is a copy, which a thread's kept entry says
+/// between its other sends, so only this CPU's slot is written for it.
 #[inline(always)]
 fn remember_send<A: Access>(sk: u64, msg: u64) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -153,10 +157,15 @@ fn remember_send<A: Access>(sk: u64, msg: u64) -> Result<u32, u32> {
         return Ok(0);
     }
     let flags: u32 = A::get(msg, offset!(msghdr_flags))?;
-    if flags as u64 & (MSG_ZEROCOPY | MSG_SPLICE_PAGES as u64) == 0 {
+    let pending = if flags as u64 & (MSG_ZEROCOPY | MSG_SPLICE_PAGES as u64) == 0 {
+        COPY
+    } else {
+        classify::<A>(sk, msg)?
+    };
+    stage_send(pid_tgid, pending);
+    if pending == COPY {
         return Ok(0);
     }
-    let pending = classify::<A>(sk, msg)?;
     // The tracepoint fires once per segment of a send: overwrite in place after the first.
     if let Some(slot) = PENDING_SEND.get_ptr_mut(pid_tgid) {
         // SAFETY: only this thread writes its own entry.
@@ -167,8 +176,64 @@ fn remember_send<A: Access>(sk: u64, msg: u64) -> Result<u32, u32> {
     Ok(0)
 }
 
-/// Counts `sent` bytes under the current thread's remembered classification, which it spends:
-/// each thread's entry says copy between its other sends.
+const COPY: PendingSend = PendingSend {
+    path: TcpPath::Copy as u32,
+    loopback: 0,
+};
+
+#[inline(always)]
+fn migrations() -> u64 {
+    field(current_task(), offset!(task_migrations))
+}
+
+#[inline(always)]
+fn stage_send(pid_tgid: u64, pending: PendingSend) {
+    if let Some(staged) = STAGED_SEND.get_ptr_mut(0) {
+        // SAFETY: this CPU's slot; the send hooks run with preemption disabled.
+        unsafe {
+            *staged = StagedSend {
+                pid_tgid,
+                migrations: migrations(),
+                pending,
+            }
+        };
+    }
+}
+
+/// The classification staged on this CPU, if the current thread staged it and has not moved
+/// since: a thread that stayed put overwrote any older one of its own.
+#[inline(always)]
+fn take_staged(pid_tgid: u64) -> Option<PendingSend> {
+    let staged = STAGED_SEND.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot; the send hooks run with preemption disabled.
+    unsafe {
+        if (*staged).pid_tgid != pid_tgid || (*staged).migrations != migrations() {
+            return None;
+        }
+        (*staged).pid_tgid = 0;
+        Some((*staged).pending)
+    }
+}
+
+/// The current thread's kept classification, spent: its entry says copy until its next
+/// spliced or zerocopy send. A thread without one gets one, so that a full map, which may have
+/// refused its classification, shows as unclassified rather than as a copy.
+#[inline(always)]
+fn spend_kept(pid_tgid: u64) -> PendingSend {
+    match PENDING_SEND.get_ptr_mut(pid_tgid) {
+        // SAFETY: only this thread reads and writes its own entry.
+        Some(slot) => unsafe { core::mem::replace(&mut *slot, COPY) },
+        None => match PENDING_SEND.insert(pid_tgid, COPY, 0) {
+            Ok(()) => COPY,
+            Err(_) => PendingSend {
+                path: TcpPath::Unclassified as u32,
+                ..COPY
+            },
+        },
+    }
+}
+
+/// Counts `sent` bytes under the classification of the current thread's send.
 #[inline(always)]
 fn count_pending_send(sent: i64) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
@@ -176,21 +241,14 @@ fn count_pending_send(sent: i64) -> Result<u32, u32> {
     if filtered_out(tgid) {
         return Ok(0);
     }
-    let copy = PendingSend {
-        path: TcpPath::Copy as u32,
-        loopback: 0,
-    };
-    let pending = match PENDING_SEND.get_ptr_mut(pid_tgid) {
-        // SAFETY: only this thread reads and writes its own entry.
-        Some(slot) => unsafe { core::mem::replace(&mut *slot, copy) },
-        // The thread's first send, which was plain, or else one the full map has no room for.
-        None => match PENDING_SEND.insert(pid_tgid, copy, 0) {
-            Ok(()) => copy,
-            Err(_) => PendingSend {
-                path: TcpPath::Unclassified as u32,
-                loopback: 0,
-            },
-        },
+    // Spent even by a failed send, so that no classification outlives its send.
+    let pending = match take_staged(pid_tgid) {
+        Some(staged) if staged == COPY => staged,
+        Some(staged) => {
+            spend_kept(pid_tgid);
+            staged
+        }
+        None => spend_kept(pid_tgid),
     };
     count_send(tgid, pending, sent)
 }
@@ -199,7 +257,7 @@ fn count_pending_send(sent: i64) -> Result<u32, u32> {
 fn count_spliced(sent: i64) -> Result<u32, u32> {
     let spliced = PendingSend {
         path: TcpPath::Splice as u32,
-        loopback: 0,
+        ..COPY
     };
     count_send((bpf_get_current_pid_tgid() >> 32) as u32, spliced, sent)
 }

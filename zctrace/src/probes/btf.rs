@@ -73,6 +73,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         skb_sk: field("sk_buff", "sk")?,
         shinfo_destructor_arg: field("skb_shared_info", "destructor_arg")?,
         task_runtime: field("task_struct", "se.sum_exec_runtime")?,
+        task_migrations: field("task_struct", "se.nr_migrations")?,
     })
 }
 

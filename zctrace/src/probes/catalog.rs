@@ -324,6 +324,22 @@ pub const PROBES: &[Probe] = &[
             programs: &[tp("counting_floor", "sys_exit")],
         }],
     },
+    // The counting floor at each hook the daemon counts syscalls, switches, sends and receives
+    // at: a yardstick for whole workloads.
+    #[cfg(feature = "instruments")]
+    Probe {
+        name: "counting_floors",
+        role: Role::Instrument,
+        ways: &[Way {
+            mode: TP_BTF,
+            programs: &[
+                tp("counting_floor", "sys_exit"),
+                tp("switch_counting_floor", "sched_switch"),
+                tp("send_counting_floor", "sock_send_length"),
+                tp("receive_counting_floor", "skb_copy_datagram_iovec"),
+            ],
+        }],
+    },
 ];
 
 pub fn probe(name: &str) -> Option<&'static Probe> {
