@@ -105,6 +105,11 @@ const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
         PING_PONG,
     ),
     (
+        "timing floor at sched_switch",
+        &["--probes", "timing_floor"],
+        PING_PONG,
+    ),
+    (
         "tcp_send (as this kernel attaches it), per send",
         &["--probes", "tcp_send"],
         TCP_PING_PONG,

@@ -187,7 +187,7 @@ fn released_build_has_no_instruments() -> Result<()> {
     cargo(&["build", "--package", "zctrace"])?;
     let binary = workspace_root().join("target/debug/zctrace");
     let bytes = std::fs::read(&binary)?;
-    for program in ["counting_floor", "FLOOR_COUNTS"] {
+    for program in ["counting_floor", "timing_floor", "FLOOR_COUNTS", "FLOOR_TIMES"] {
         ensure!(
             !bytes.windows(program.len()).any(|w| w == program.as_bytes()),
             "the released build carries the bench instrument {program}"

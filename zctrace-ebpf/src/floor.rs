@@ -1,8 +1,9 @@
 //! The overhead benchmark's yardsticks, attached only on request (`--probes floor` or
 //! `--probes counting_floor`, moved to another hook with `--probe.hook`, or `--probes
-//! counting_floors` at every hook the daemon counts at).
+//! counting_floors` at every hook the daemon counts at, and `--probes timing_floor`).
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
+    helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{btf_tracepoint, map},
     maps::HashMap,
     programs::BtfTracePointContext,
@@ -10,9 +11,13 @@ use aya_ebpf::{
 
 use crate::{kernel::current_tgid, maps::add};
 
-/// Hits per tgid for `counting_floor`; allocated only when used.
+/// Hits per tgid for the counting floors; allocated only when used.
 #[map]
 static FLOOR_COUNTS: HashMap<u32, u64> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
+
+/// Switch-outs and the time of the last, per tid, for `timing_floor`.
+#[map]
+static FLOOR_TIMES: HashMap<u32, [u64; 2]> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 // An empty program: its cost at a hook is what the kernel charges to run any program there.
 #[btf_tracepoint(function = "sys_exit")]
@@ -42,6 +47,23 @@ pub fn send_counting_floor(_ctx: BtfTracePointContext) -> u32 {
 #[btf_tracepoint(function = "skb_copy_datagram_iovec")]
 pub fn receive_counting_floor(_ctx: BtfTracePointContext) -> u32 {
     count_hit()
+}
+
+// The least a per-thread off-CPU timer can do at a switch: the counting floor keyed by thread,
+// and the clock read and the store of the switch-out time that any such timing needs.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn timing_floor(_ctx: BtfTracePointContext) -> u32 {
+    let tid = bpf_get_current_pid_tgid() as u32;
+    // SAFETY: the helper has no preconditions.
+    let now = unsafe { bpf_ktime_get_ns() };
+    match FLOOR_TIMES.get_ptr_mut(tid) {
+        // SAFETY: only this thread writes its own entry.
+        Some(times) => unsafe { *times = [(*times)[0] + 1, now] },
+        None => {
+            let _ = FLOOR_TIMES.insert(tid, [1, now], BPF_NOEXIST as u64);
+        }
+    }
+    0
 }
 
 #[inline(always)]

@@ -324,6 +324,16 @@ pub const PROBES: &[Probe] = &[
             programs: &[tp("counting_floor", "sys_exit")],
         }],
     },
+    // The least per-thread off-CPU timing can do at a switch.
+    #[cfg(feature = "instruments")]
+    Probe {
+        name: "timing_floor",
+        role: Role::Instrument,
+        ways: &[Way {
+            mode: TP_BTF,
+            programs: &[tp("timing_floor", "sched_switch")],
+        }],
+    },
     // The counting floor at each hook the daemon counts syscalls, switches, sends and receives
     // at: a yardstick for whole workloads.
     #[cfg(feature = "instruments")]
