@@ -107,6 +107,9 @@ pub const COPY_ROUTINES: usize = 6;
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ThreadSwitches {
     pub process: ProcessKey,
+    /// The thread's own start time: with its tid, it names the thread, so an entry left by a
+    /// thread whose tid is reused is never taken for the new one's.
+    pub thread_start_ns: u64,
     pub voluntary: u64,
     pub involuntary: u64,
     pub offcpu_ns: u64,
@@ -431,7 +434,7 @@ mod tests {
         );
         assert_eq!(size_of::<KernelOffsets>(), 39 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
-        assert_eq!(size_of::<ThreadSwitches>(), 16 + 5 * 8);
+        assert_eq!(size_of::<ThreadSwitches>(), 16 + 6 * 8);
     }
 
     #[test]

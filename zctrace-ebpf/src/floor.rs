@@ -9,7 +9,7 @@ use aya_ebpf::{
     programs::BtfTracePointContext,
 };
 
-use crate::{kernel::current_tgid, maps::add};
+use crate::maps::add;
 
 /// Hits per tgid for the counting floors; allocated only when used.
 #[map]
@@ -68,7 +68,7 @@ pub fn timing_floor(_ctx: BtfTracePointContext) -> u32 {
 
 #[inline(always)]
 fn count_hit() -> u32 {
-    let tgid = current_tgid();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     match FLOOR_COUNTS.get_ptr_mut(tgid) {
         Some(count) => add(count, 1),
         None => {

@@ -1,5 +1,5 @@
 //! Reading kernel structs through offsets resolved from BTF at load time.
-use aya_ebpf::helpers::{bpf_get_current_pid_tgid, bpf_get_current_task_btf, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel};
 use zctrace_common::{
     FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, DEV_NULL, IPPROTO_TCP,
     IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
@@ -121,11 +121,6 @@ pub fn filtered_out(tgid: u32) -> bool {
 pub fn current_task() -> u64 {
     // SAFETY: the helper has no preconditions; its result is BTF-typed, so `field` can read it.
     unsafe { bpf_get_current_task_btf() as u64 }
-}
-
-#[inline(always)]
-pub fn current_tgid() -> u32 {
-    (bpf_get_current_pid_tgid() >> 32) as u32
 }
 
 /// True once the current task has begun to exit (past sched_process_exit or about to be).

@@ -30,23 +30,24 @@ pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
 
 fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let preempt: u64 = ctx.arg(0);
+    // The task going out is the one running: its own fields name it, without a helper call.
+    let task: u64 = ctx.arg(1);
     let prev_state: u64 = ctx.arg(3);
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
+    let tgid: u32 = field(task, offset!(task_tgid));
     if filtered_out(tgid) {
         return Ok(0);
     }
     // A task that blocks (state not TASK_RUNNING) without being preempted switched voluntarily.
     let voluntary = preempt & 1 == 0 && prev_state as u32 != 0;
-    let task = current_task();
-    let key = process_key(task, tgid)?;
-    let tid = pid_tgid as u32;
+    let tid: u32 = field(task, offset!(task_pid));
+    let started: u64 = field(task, offset!(task_start_boottime));
     match THREADS.get_ptr_mut(tid) {
-        Some(thread) if same_process(thread, &key) => {
+        // SAFETY: `thread` points into a live map value.
+        Some(thread) if unsafe { (*thread).thread_start_ns } == started => {
             count_switch(thread, voluntary, task);
             Ok(0)
         }
-        _ => first_switch(tid, &key, voluntary, task),
+        _ => first_switch(tid, started, process_key(task, tgid)?, voluntary, task),
     }
 }
 
@@ -80,15 +81,16 @@ fn count_switch(thread: *mut ThreadSwitches, voluntary: bool, task: u64) {
     }
 }
 
-/// The thread's first switch seen: its process entry is made now (named, with its cgroup) and
-/// its own entry starts timing. An exiting thread, whose entry was folded at its exit, and one
+/// The thread's first switch seen: its process entry is made now (named, with its cgroup) and its
+/// own entry starts timing, replacing any a gone thread with its tid left. An exiting thread, whose entry was folded at its exit, and one
 /// the full map has no room for are counted in the process entry directly.
 #[inline(always)]
-fn first_switch(tid: u32, key: &ProcessKey, voluntary: bool, task: u64) -> Result<u32, u32> {
-    let entry = current_process_entry(key).ok_or(0u32)?;
+fn first_switch(tid: u32, started: u64, key: ProcessKey, voluntary: bool, task: u64) -> Result<u32, u32> {
+    let entry = current_process_entry(&key).ok_or(0u32)?;
     if !current_task_exiting() {
         let fresh = ThreadSwitches {
-            process: *key,
+            process: key,
+            thread_start_ns: started,
             ..ThreadSwitches::default()
         };
         if THREADS.insert(tid, fresh, 0).is_ok() {

@@ -7,9 +7,7 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{
-        current_task, current_tgid, fd_file, field, file_kind, filtered_out, offset, process_key, read,
-    },
+    kernel::{current_task, fd_file, field, file_kind, filtered_out, offset, process_key, read},
     maps::{add, count_error, syscall_entry},
 };
 
@@ -32,7 +30,9 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
-    let tgid = current_tgid();
+    // The task's own field, not a helper call: the task is needed anyway.
+    let task = current_task();
+    let tgid: u32 = field(task, offset!(task_tgid));
     if filtered_out(tgid) {
         return Ok(0);
     }
@@ -42,7 +42,6 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if !(0..=u16::MAX as i64).contains(&syscall) {
         return Ok(0);
     }
-    let task = current_task();
     let mut key = SyscallKey {
         process: process_key(task, tgid)?,
         nr: syscall as u16,
