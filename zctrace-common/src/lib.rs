@@ -187,8 +187,11 @@ pub enum MapSlot {
     PendingCopy = 4,
     /// Not a map: sendmmsg/recvmmsg vectors longer than the programs walk (bytes undercounted).
     MmsgTruncated = 5,
+    /// A call site `attach --stacks` could not record whole: the stack map or its count map was
+    /// full (the call is still counted in SYSCALLS).
+    Stacks = 6,
 }
-pub const MAP_SLOTS: u32 = 6;
+pub const MAP_SLOTS: u32 = 7;
 
 impl MapSlot {
     pub const ALL: [MapSlot; MAP_SLOTS as usize] = [
@@ -198,6 +201,7 @@ impl MapSlot {
         MapSlot::PendingSend,
         MapSlot::PendingCopy,
         MapSlot::MmsgTruncated,
+        MapSlot::Stacks,
     ];
     /// The bounded hash maps: full ones count failed updates, and their use is exported.
     pub const SIZED: [MapSlot; 5] = [
@@ -217,6 +221,7 @@ impl MapSlot {
             MapSlot::PendingSend => "PENDING_SEND",
             MapSlot::PendingCopy => "PENDING_COPY",
             MapSlot::MmsgTruncated => "MMSG_TRUNCATED",
+            MapSlot::Stacks => "STACKS",
         }
     }
 
@@ -225,7 +230,7 @@ impl MapSlot {
         match self {
             MapSlot::Syscalls | MapSlot::Threads => 65536,
             MapSlot::Processes | MapSlot::PendingSend | MapSlot::PendingCopy => 16384,
-            MapSlot::MmsgTruncated => 0,
+            MapSlot::MmsgTruncated | MapSlot::Stacks => 0,
         }
     }
 }
@@ -289,7 +294,25 @@ pub struct KernelOffsets {
 pub struct ProbeConfig {
     /// Trace only this tgid; 0 traces every process.
     pub filter_tgid: u32,
-    pub reserved: u32,
+    /// Non-zero: record the user stack of each data-path syscall (`attach --stacks`).
+    pub record_stacks: u32,
+}
+
+/// A stack id that was not recorded (the stack map refused it, or none was asked for).
+pub const NO_STACK: i32 = -1;
+
+/// One call site of one mechanism, for `attach --stacks`: the stack a data-path syscall was
+/// made from, and the syscall and kinds that say what it moved between.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StackKey {
+    /// Id in the `STACKS` map, or [`NO_STACK`].
+    pub user_stack: i32,
+    pub nr: u16,
+    pub src: u8,
+    pub dst: u8,
+    pub variant: u8,
+    pub reserved: [u8; 3],
 }
 
 /// Longest mmsghdr vector whose `msg_len` fields the programs sum; the rest is counted as truncated.
@@ -394,6 +417,8 @@ mod pod {
     unsafe impl aya::Pod for PendingSend {}
     // SAFETY: as above.
     unsafe impl aya::Pod for ThreadSwitches {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for StackKey {}
 }
 
 #[cfg(test)]
@@ -427,6 +452,7 @@ mod tests {
     fn shared_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
+        assert_eq!(size_of::<StackKey>(), 4 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
         assert_eq!(
             size_of::<ProcessStats>(),

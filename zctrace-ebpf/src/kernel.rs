@@ -51,7 +51,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 #[unsafe(no_mangle)]
 static CONFIG: ProbeConfig = ProbeConfig {
     filter_tgid: 0,
-    reserved: 0,
+    record_stacks: 0,
 };
 
 /// Reads one field of `OFFSETS`; volatile so the loader's value is used, not the zero above.
@@ -115,6 +115,13 @@ pub fn filtered_out(tgid: u32) -> bool {
     // SAFETY: a static, aligned and always initialised; volatile so the loader's value is read.
     let wanted = unsafe { core::ptr::read_volatile(&raw const CONFIG.filter_tgid) };
     tgid == 0 || (wanted != 0 && wanted != tgid)
+}
+
+/// True when `attach --stacks` asked for the call sites of data-path syscalls.
+#[inline(always)]
+pub fn stacks_wanted() -> bool {
+    // SAFETY: as in `filtered_out`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.record_stacks) != 0 }
 }
 
 #[inline(always)]

@@ -7,8 +7,11 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{current_task, fd_file, field, file_kind, filtered_out, offset, process_key, read},
+    kernel::{
+        current_task, fd_file, field, file_kind, filtered_out, offset, process_key, read, stacks_wanted,
+    },
     maps::{add, count_error, syscall_entry},
+    stacks,
 };
 
 /// x86_64 `struct pt_regs` offsets: a stable ABI (ptrace exposes it), so no BTF lookup is needed.
@@ -48,6 +51,10 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         ..SyscallKey::default()
     };
     let bytes = describe(&mut key, task, pt_regs, ret);
+    // Only data-path calls have kinds: the call sites `attach --stacks` is after.
+    if stacks_wanted() && key.src != FdKind::None as u8 {
+        stacks::record(ctx, &key, ret < 0, bytes);
+    }
     let entry = syscall_entry(&key).ok_or(0u32)?;
     // SAFETY: `entry` points into a live map value.
     unsafe {

@@ -9,3 +9,4 @@ mod fuzz_tests;
 pub mod probes;
 pub mod procfs;
 pub mod sender;
+pub mod stacks;

@@ -6,19 +6,26 @@ pub mod report;
 mod top;
 mod view;
 
-use std::time::{Duration, Instant};
+use std::{
+    cell::RefCell,
+    io::Write as _,
+    path::PathBuf,
+    time::{Duration, Instant},
+};
 
 use advice::copies_per_byte_label;
 use anyhow::{bail, Context as _, Result};
 use launch::Gated;
-use report::Report;
+use report::{top_sites_lines, Report, StacksReport};
 pub use top::{run as run_top, TopArgs};
 use view::{catch_interrupts, interrupted, mb, Frame, View};
+use zctrace_common::MapSlot;
 
 use crate::{
     accounting::{kind_label, per_process, ProcessFigures},
     probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     procfs,
+    stacks::{self, symbols::Frames, Site, Weight},
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -38,6 +45,19 @@ pub struct AttachArgs {
     /// Plain lines instead of the terminal UI.
     #[arg(long)]
     pub plain: bool,
+    /// Record the user stack of each data-path syscall, to show which code path copies: the
+    /// report lists the top call sites, the live view the top three.
+    #[arg(long)]
+    pub stacks: bool,
+    /// Write the call sites as folded stacks (the input of flame graph tools) to this new file.
+    #[arg(long, requires = "stacks")]
+    pub stacks_out: Option<PathBuf>,
+    /// Write an SVG flame graph of the call sites to this new file.
+    #[arg(long, requires = "stacks")]
+    pub flamegraph: Option<PathBuf>,
+    /// What folded stacks and the flame graph are weighted by.
+    #[arg(long, value_enum, default_value = "copied", requires = "stacks")]
+    pub stack_weight: Weight,
     /// A command to start and trace until it exits.
     #[arg(last = true)]
     pub command: Vec<String>,
@@ -56,10 +76,24 @@ fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
+/// Refuses output files that exist before any tracing starts: zctrace never overwrites one.
+fn check_outputs(args: &AttachArgs) -> Result<()> {
+    for path in [&args.stacks_out, &args.flamegraph].into_iter().flatten() {
+        if path.exists() {
+            bail!(
+                "{} exists: zctrace never overwrites a file; name a new one",
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
 pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     if let Some(pid) = args.pid {
         check_pid(pid)?;
     }
+    check_outputs(&args)?;
     privileges::require()?;
     let mut launched = if args.command.is_empty() {
         None
@@ -71,6 +105,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         .unwrap_or_else(|| launched.as_ref().expect("a command").pid.as_raw() as u32);
     let tracer = Tracer::load(&ProbeOptions {
         filter_tgid: Some(pid),
+        record_stacks: args.stacks,
         ..probe.options()
     });
     let tracer = match (tracer, &mut launched) {
@@ -84,6 +119,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     };
     catch_interrupts()?;
     let session = Session {
+        frames: args.stacks.then(|| RefCell::new(Frames::watch(pid))),
         tracer,
         pid,
         started: Instant::now(),
@@ -97,6 +133,8 @@ struct Session {
     pid: u32,
     started: Instant,
     launched: Option<Gated>,
+    /// With `--stacks`: names for the traced process's frames.
+    frames: Option<RefCell<Frames>>,
 }
 
 /// Why tracing stopped.
@@ -115,6 +153,21 @@ impl Session {
             comm: procfs::comm(self.pid).unwrap_or_default(),
             ..Default::default()
         }))
+    }
+
+    /// The recorded call sites, named and merged; none without `--stacks`.
+    fn sites(&self) -> Result<Vec<Site>> {
+        let Some(frames) = &self.frames else {
+            return Ok(Vec::new());
+        };
+        let mut frames = frames.borrow_mut();
+        let sites = self
+            .tracer
+            .stack_sites()?
+            .into_iter()
+            .map(|(key, stats, ips)| Site::new(&key, &stats, frames.names(&ips)))
+            .collect();
+        Ok(stacks::merge(sites))
     }
 
     fn ended(&self) -> Option<End> {
@@ -146,7 +199,10 @@ impl Session {
             match &mut view {
                 Some(view) => {
                     let now = self.figures()?;
-                    let frame = self.frame(&now, &now.since(&previous), args.interval);
+                    let mut frame = self.frame(&now, &now.since(&previous), args.interval);
+                    if self.frames.is_some() {
+                        frame.footer = top_sites_lines(&stacks::top(&self.sites()?, 3));
+                    }
                     previous = now;
                     if view.show(&frame, wait)? {
                         break End::Asked;
@@ -163,13 +219,19 @@ impl Session {
             End::Exited(code) => (true, code),
             End::Asked => (false, None),
         };
-        let report = Report::new(
+        let mut report = Report::new(
             self.pid,
             &figures,
             self.started.elapsed().as_secs_f64(),
             exited,
             code,
         );
+        if args.stacks {
+            let sites = self.sites()?;
+            self.write_stacks(args, &sites)?;
+            let dropped = self.tracer.snapshot()?.update_errors(MapSlot::Stacks);
+            report = report.with_stacks(StacksReport::new(&sites, dropped));
+        }
         if exited {
             eprintln!(
                 "zctrace: process {} exited; the report covers what was seen until then",
@@ -180,6 +242,20 @@ impl Session {
             println!("{}", serde_json::to_string(&report)?);
         } else {
             println!("{}", report.text());
+        }
+        Ok(())
+    }
+
+    fn write_stacks(&self, args: &AttachArgs, sites: &[Site]) -> Result<()> {
+        let lines = stacks::folded(sites, args.stack_weight);
+        if let Some(path) = &args.stacks_out {
+            let mut file = stacks::create_output(path)?;
+            for line in &lines {
+                writeln!(file, "{line}")?;
+            }
+        }
+        if let Some(path) = &args.flamegraph {
+            stacks::flamegraph(&lines, args.stack_weight, stacks::create_output(path)?)?;
         }
         Ok(())
     }
@@ -235,6 +311,7 @@ impl Session {
             ],
             rows,
             widths: vec![16, 14, 9, 9, 12, 10, 10, 8],
+            footer: Vec::new(),
         }
     }
 }

@@ -3,7 +3,10 @@ use serde::Serialize;
 use zctrace_common::TcpPath;
 
 use super::advice::{advise, classify, IoStyle};
-use crate::accounting::{kind_label, Basis, ProcessFigures, OBSERVED_ROUTINES};
+use crate::{
+    accounting::{kind_label, Basis, ProcessFigures, OBSERVED_ROUTINES},
+    stacks::{self, Site, TopSite},
+};
 
 #[derive(Debug, Serialize)]
 pub struct Report {
@@ -20,6 +23,60 @@ pub struct Report {
     pub observed: Observed,
     pub io_style: IoStyle,
     pub advice: Vec<String>,
+    /// With `--stacks`: where the copies happen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stacks: Option<StacksReport>,
+}
+
+/// The call sites `attach --stacks` recorded.
+#[derive(Debug, Serialize)]
+pub struct StacksReport {
+    /// Copied bytes per call site come from the copy model: the kernel counts the bytes each
+    /// stack moved, and the model says how often the CPU copied them.
+    pub cpu_copy_basis: &'static str,
+    pub call_sites: usize,
+    /// Calls whose stack or call site the bounded maps could not take. Each is still in the totals;
+    /// a call whose stack alone was refused is under a site with no frames.
+    pub dropped: u64,
+    /// The heaviest call sites by CPU-copied bytes.
+    pub top: Vec<TopSite>,
+}
+
+impl StacksReport {
+    pub fn new(sites: &[Site], dropped: u64) -> StacksReport {
+        StacksReport {
+            cpu_copy_basis: Basis::Model.label(),
+            call_sites: sites.len(),
+            dropped,
+            top: stacks::top(sites, TOP_SITES),
+        }
+    }
+}
+
+/// Call sites the report lists.
+const TOP_SITES: usize = 10;
+
+/// Innermost frames a one-line call site shows.
+const SITE_FRAMES: usize = 4;
+
+/// One line per call site: its share of copied bytes, its mechanism, its innermost frames.
+pub fn top_sites_lines(sites: &[TopSite]) -> Vec<String> {
+    sites
+        .iter()
+        .map(|s| {
+            let inner = &s.frames[s.frames.len().saturating_sub(SITE_FRAMES)..];
+            format!(
+                "{:>5.1}%  {:<24} {}",
+                s.cpu_copy_share * 100.0,
+                s.mechanism,
+                if inner.is_empty() {
+                    "[stack not recorded]".to_string()
+                } else {
+                    inner.join(" > ")
+                }
+            )
+        })
+        .collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -138,6 +195,14 @@ impl Report {
             },
             io_style,
             advice: advise(f, io_style),
+            stacks: None,
+        }
+    }
+
+    pub fn with_stacks(self, stacks: StacksReport) -> Report {
+        Report {
+            stacks: Some(stacks),
+            ..self
         }
     }
 
@@ -184,6 +249,15 @@ impl Report {
                 p.cpu_copy_bytes,
                 p.basis
             );
+        }
+        if let Some(stacks) = &self.stacks {
+            out += &format!(
+                "\ntop call sites by CPU-copied bytes ({}; {} sites, {} calls dropped):\n",
+                stacks.cpu_copy_basis, stacks.call_sites, stacks.dropped
+            );
+            top_sites_lines(&stacks.top)
+                .iter()
+                .for_each(|l| out += &format!("{l}\n"));
         }
         for advice in &self.advice {
             out += &format!("\nadvice: {advice}");

@@ -119,5 +119,6 @@ fn rank(
         ],
         rows,
         widths: vec![8, 16, 12, 11, 9, 11, 9, 16],
+        footer: Vec::new(),
     }
 }

@@ -46,6 +46,8 @@ pub struct Frame {
     pub header: Vec<&'static str>,
     pub rows: Vec<Vec<String>>,
     pub widths: Vec<u16>,
+    /// Lines under the table (with `--stacks`: the top call sites).
+    pub footer: Vec<String>,
 }
 
 /// How soon a wait notices a stop request.
@@ -94,6 +96,7 @@ impl View {
                 let header: Vec<String> = frame.header.iter().map(|h| h.to_string()).collect();
                 println!("{}", line(&header));
                 frame.rows.iter().for_each(|row| println!("{}", line(row)));
+                frame.footer.iter().for_each(|l| println!("{l}"));
             }
             View::Terminal(terminal) => {
                 terminal.draw(|f| draw(f, frame))?;
@@ -125,7 +128,23 @@ impl View {
 }
 
 fn draw(f: &mut ratatui::Frame, frame: &Frame) {
-    let [top, table] = Layout::vertical([Constraint::Length(3), Constraint::Min(3)]).areas(f.area());
+    let footer_height = if frame.footer.is_empty() {
+        0
+    } else {
+        frame.footer.len() as u16 + 2
+    };
+    let [top, table, footer] = Layout::vertical([
+        Constraint::Length(3),
+        Constraint::Min(3),
+        Constraint::Length(footer_height),
+    ])
+    .areas(f.area());
+    if !frame.footer.is_empty() {
+        f.render_widget(
+            Paragraph::new(frame.footer.join("\n")).block(Block::bordered().title("top call sites")),
+            footer,
+        );
+    }
     f.render_widget(
         Paragraph::new(frame.summary.as_str()).block(Block::bordered().title(frame.title.as_str())),
         top,

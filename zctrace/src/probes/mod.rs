@@ -14,15 +14,15 @@ use std::{
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{HashMap, PerCpuArray, StackTraceMap},
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
     Btf, Ebpf, EbpfLoader,
 };
 use catalog::{Hook, Probe, Program, PROBES};
 pub use catalog::{Mode, Role};
 use zctrace_common::{
-    KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey, ProcessStats, SyscallKey, SyscallStats,
-    ThreadSwitches, MAP_SLOTS,
+    KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey, ProcessStats, StackKey, SyscallKey,
+    SyscallStats, ThreadSwitches, MAP_SLOTS,
 };
 
 use crate::{
@@ -44,7 +44,14 @@ pub struct ProbeOptions {
     /// Modes not to try, as if the kernel refused them: shows the next way down each chain on
     /// kernels that have the better one.
     pub without: Vec<Mode>,
+    /// Record the user stack of each data-path syscall (`attach --stacks`).
+    pub record_stacks: bool,
 }
+
+/// Distinct user stacks `attach --stacks` keeps (about 1 KiB of kernel memory each), and call
+/// sites (a stack with one mechanism) it counts; past either, calls are counted as drops.
+pub const STACK_CAPACITY: u32 = 4096;
+pub const STACK_SITE_CAPACITY: u32 = 16384;
 
 impl ProbeOptions {
     fn selected(&self, probe: &Probe) -> bool {
@@ -259,6 +266,24 @@ impl Tracer {
             .with_context(|| format!("reading the {} map", map.name()))
     }
 
+    /// The call sites `attach --stacks` recorded: each one's counts, and its user stack's
+    /// addresses, leaf first (none when the stack could not be recorded).
+    pub fn stack_sites(&self) -> Result<Vec<(StackKey, SyscallStats, Vec<u64>)>> {
+        let counts: HashMap<_, StackKey, SyscallStats> = HashMap::try_from(self.map("STACK_COUNTS")?)?;
+        let stacks = StackTraceMap::try_from(self.map("STACKS")?)?;
+        let mut sites = Vec::new();
+        for entry in counts.iter() {
+            let (key, stats) = entry.context("reading STACK_COUNTS")?;
+            let ips = u32::try_from(key.user_stack)
+                .ok()
+                .and_then(|id| stacks.get(&id, 0).ok())
+                .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
+                .unwrap_or_default();
+            sites.push((key, stats, ips));
+        }
+        Ok(sites)
+    }
+
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
         self.ebpf
             .map(name)
@@ -270,7 +295,7 @@ impl Tracer {
 fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf> {
     let config = ProbeConfig {
         filter_tgid: options.filter_tgid.unwrap_or(0),
-        reserved: 0,
+        record_stacks: u32::from(options.record_stacks),
     };
     let mut loader = EbpfLoader::new();
     // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come
@@ -280,6 +305,11 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
         .btf(None)
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &config, true);
+    if options.record_stacks {
+        loader
+            .map_max_entries("STACKS", STACK_CAPACITY)
+            .map_max_entries("STACK_COUNTS", STACK_SITE_CAPACITY);
+    }
     for (map, capacity) in &options.map_capacity {
         loader.map_max_entries(map, *capacity);
     }

@@ -1,0 +1,62 @@
+//! Call sites for `attach --stacks`: the user stack of each data-path syscall, with the mechanism
+//! it used, and the calls and bytes moved made from it. Aggregated here, in two bounded maps,
+//! because an event per call would cost more than the call.
+use aya_ebpf::{
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    macros::map,
+    maps::{HashMap, StackTrace},
+    programs::{tracing::StackIdContext, BtfTracePointContext},
+};
+use zctrace_common::{MapSlot, StackKey, SyscallKey, SyscallStats, NO_STACK};
+
+use crate::maps::{add, count_error};
+
+/// One entry until `attach --stacks` sizes it: the daemon never records stacks.
+#[map]
+static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
+
+#[map]
+static STACK_COUNTS: HashMap<StackKey, SyscallStats> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+
+/// Counts one data-path call against the user stack it was made from. A stack the map cannot
+/// take is counted as a drop, and its call under [`NO_STACK`], so no bytes go missing.
+#[inline(always)]
+pub fn record(ctx: &BtfTracePointContext, key: &SyscallKey, failed: bool, bytes: u64) {
+    let user_stack = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
+        Ok(id) => id as i32,
+        Err(_) => {
+            count_error(MapSlot::Stacks);
+            NO_STACK
+        }
+    };
+    let site = StackKey {
+        user_stack,
+        nr: key.nr,
+        src: key.src,
+        dst: key.dst,
+        variant: key.variant,
+        reserved: [0; 3],
+    };
+    let Some(entry) = site_entry(&site) else {
+        count_error(MapSlot::Stacks);
+        return;
+    };
+    // SAFETY: `entry` points into a live map value.
+    unsafe {
+        add(&raw mut (*entry).calls, 1);
+        if failed {
+            add(&raw mut (*entry).errors, 1);
+        } else {
+            add(&raw mut (*entry).bytes, bytes);
+        }
+    }
+}
+
+#[inline(always)]
+fn site_entry(site: &StackKey) -> Option<*mut SyscallStats> {
+    if let Some(entry) = STACK_COUNTS.get_ptr_mut(site) {
+        return Some(entry);
+    }
+    let _ = STACK_COUNTS.insert(site, SyscallStats::default(), BPF_NOEXIST as u64);
+    STACK_COUNTS.get_ptr_mut(site)
+}

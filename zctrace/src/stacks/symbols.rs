@@ -1,0 +1,122 @@
+//! Frame names for one process's user stacks, by blazesym. Addresses are turned into file offsets
+//! through the process's mappings, which a thread re-reads while it lives (an exec, a library
+//! loaded), so stacks recorded just before it exited are still named. A frame no symbol covers is
+//! `module+0xoffset`.
+use std::{
+    collections::HashMap,
+    path::PathBuf,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use blazesym::symbolize::{
+    source::{Elf, Source},
+    Input, Symbolized, Symbolizer,
+};
+
+/// One file-backed mapping of the process.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Mapping {
+    start: u64,
+    end: u64,
+    file_offset: u64,
+    path: PathBuf,
+}
+
+/// How often the mappings are re-read: short enough to see a brief command's exec.
+const WATCH_EVERY: Duration = Duration::from_millis(20);
+
+pub struct Frames {
+    mappings: Arc<Mutex<Vec<Mapping>>>,
+    names: HashMap<u64, String>,
+    symbolizer: Symbolizer,
+}
+
+impl Frames {
+    /// Names for `pid`'s frames; its mappings are watched until it exits.
+    pub fn watch(pid: u32) -> Frames {
+        let mappings = Arc::new(Mutex::new(Vec::new()));
+        let watched = Arc::clone(&mappings);
+        std::thread::spawn(move || {
+            // A zombie has no mappings left: the last ones seen are the ones its stacks used.
+            while let Some(latest) = read_mappings(pid).filter(|m| !m.is_empty()) {
+                *watched.lock().unwrap_or_else(|e| e.into_inner()) = latest;
+                std::thread::sleep(WATCH_EVERY);
+            }
+        });
+        Frames {
+            mappings,
+            names: HashMap::new(),
+            symbolizer: Symbolizer::new(),
+        }
+    }
+
+    /// Names of a stack's frames, root first, from the kernel's addresses (leaf first).
+    pub fn names(&mut self, ips: &[u64]) -> Vec<String> {
+        // Past the leaf, each address is a return address: the call is the byte before it.
+        let lookups: Vec<u64> = ips
+            .iter()
+            .enumerate()
+            .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
+            .collect();
+        let missing: Vec<u64> = lookups
+            .iter()
+            .copied()
+            .filter(|ip| !self.names.contains_key(ip))
+            .collect();
+        self.name_all(&missing);
+        lookups.iter().rev().map(|ip| self.names[ip].clone()).collect()
+    }
+
+    fn name_all(&mut self, ips: &[u64]) {
+        let mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut by_file: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
+        for &ip in ips {
+            match mappings.iter().find(|m| (m.start..m.end).contains(&ip)) {
+                Some(m) => by_file
+                    .entry(m.path.clone())
+                    .or_default()
+                    .push((ip, ip - m.start + m.file_offset)),
+                None => {
+                    self.names.insert(ip, format!("[unknown] {ip:#x}"));
+                }
+            }
+        }
+        for (path, ips) in by_file {
+            let offsets: Vec<u64> = ips.iter().map(|(_, offset)| *offset).collect();
+            let symbolized = self
+                .symbolizer
+                .symbolize(&Source::Elf(Elf::new(&path)), Input::FileOffset(&offsets))
+                .unwrap_or_default();
+            let module = path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            for (i, (ip, offset)) in ips.into_iter().enumerate() {
+                let name = match symbolized.get(i) {
+                    Some(Symbolized::Sym(sym)) => sym.name.to_string(),
+                    _ => format!("{module}+{offset:#x}"),
+                };
+                self.names.insert(ip, name);
+            }
+        }
+    }
+}
+
+/// The process's file-backed mappings, or `None` once it is gone.
+fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
+    let maps = procfs::process::Process::new(pid as i32).ok()?.maps().ok()?;
+    Some(
+        maps.into_iter()
+            .filter_map(|m| match m.pathname {
+                procfs::process::MMapPath::Path(path) => Some(Mapping {
+                    start: m.address.0,
+                    end: m.address.1,
+                    file_offset: m.offset,
+                    path,
+                }),
+                _ => None,
+            })
+            .collect(),
+    )
+}

@@ -1,0 +1,157 @@
+use zctrace_common::{nr, FdKind, StackKey, SyscallStats, Variant};
+
+use super::*;
+
+fn key(nr: u16, src: FdKind, dst: FdKind, variant: Variant) -> StackKey {
+    StackKey {
+        user_stack: 7,
+        nr,
+        src: src as u8,
+        dst: dst as u8,
+        variant: variant as u8,
+        reserved: [0; 3],
+    }
+}
+
+fn stats(calls: u64, bytes: u64) -> SyscallStats {
+    SyscallStats {
+        calls,
+        errors: 0,
+        bytes,
+    }
+}
+
+fn frames(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+#[test]
+fn a_site_weighs_its_bytes_by_the_copy_model() {
+    let write = Site::new(
+        &key(nr::WRITE, FdKind::User, FdKind::Tcp, Variant::Plain),
+        &stats(4, 4096),
+        frames(&["main", "send_body"]),
+    );
+    assert_eq!(
+        (write.mechanism.as_str(), write.copied_bytes),
+        ("write user->tcp", 4096)
+    );
+    let sendfile = Site::new(
+        &key(nr::SENDFILE, FdKind::Regular, FdKind::Tcp, Variant::Plain),
+        &stats(1, 1 << 20),
+        frames(&["main"]),
+    );
+    assert_eq!(sendfile.copied_bytes, 0);
+    let zerocopy = Site::new(
+        &key(nr::SENDMSG, FdKind::User, FdKind::Tcp, Variant::Zerocopy),
+        &stats(1, 100),
+        frames(&["main"]),
+    );
+    assert_eq!(
+        (zerocopy.mechanism.as_str(), zerocopy.copied_bytes),
+        ("sendmsg+zc user->tcp", 0)
+    );
+}
+
+#[test]
+fn sites_with_the_same_frames_and_mechanism_merge() {
+    let site = |bytes| Site {
+        frames: frames(&["main", "relay"]),
+        mechanism: "read file->user".into(),
+        calls: 1,
+        bytes,
+        copied_bytes: bytes,
+    };
+    let other = Site {
+        mechanism: "write user->file".into(),
+        ..site(5)
+    };
+    let merged = merge(vec![site(10), other.clone(), site(20)]);
+    assert_eq!(merged.len(), 2);
+    assert_eq!(
+        (merged[0].calls, merged[0].bytes, merged[0].copied_bytes),
+        (2, 30, 30)
+    );
+    assert_eq!(merged[1], other);
+}
+
+#[test]
+fn folded_lines_put_the_mechanism_at_the_leaf_heaviest_first() {
+    let sites = [
+        Site {
+            frames: frames(&["main", "log;line"]),
+            mechanism: "write user->file".into(),
+            calls: 9,
+            bytes: 10,
+            copied_bytes: 10,
+        },
+        Site {
+            frames: vec![],
+            mechanism: "read file->user".into(),
+            calls: 1,
+            bytes: 500,
+            copied_bytes: 500,
+        },
+        Site {
+            frames: frames(&["main", "sendfile_body"]),
+            mechanism: "sendfile file->tcp".into(),
+            calls: 1,
+            bytes: 1000,
+            copied_bytes: 0,
+        },
+    ];
+    assert_eq!(
+        folded(&sites, Weight::Copied),
+        [
+            "[stack not recorded];[read file->user] 500",
+            "main;log:line;[write user->file] 10"
+        ]
+    );
+    assert_eq!(
+        folded(&sites, Weight::Moved)[0],
+        "main;sendfile_body;[sendfile file->tcp] 1000"
+    );
+    assert_eq!(
+        folded(&sites, Weight::Calls)[0],
+        "main;log:line;[write user->file] 9"
+    );
+}
+
+#[test]
+fn top_sites_carry_their_share_of_copied_bytes() {
+    let site = |name: &str, copied| Site {
+        frames: frames(&[name]),
+        mechanism: "write user->pipe".into(),
+        calls: 1,
+        bytes: copied,
+        copied_bytes: copied,
+    };
+    let top = top(&[site("a", 25), site("b", 75), site("c", 0)], 2);
+    assert_eq!(top.len(), 2);
+    assert_eq!((top[0].frames[0].as_str(), top[0].cpu_copy_share), ("b", 0.75));
+    assert_eq!((top[1].frames[0].as_str(), top[1].cpu_copy_share), ("a", 0.25));
+    assert_eq!(super::top(&[site("z", 0)], 1)[0].cpu_copy_share, 0.0);
+}
+
+#[test]
+fn a_flame_graph_of_nothing_says_so() {
+    let mut svg = Vec::new();
+    flamegraph(&[], Weight::Copied, &mut svg).unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("no CPU-copied bytes"),
+        "{svg}"
+    );
+    let mut svg = Vec::new();
+    flamegraph(
+        &["main;relay;[read file->user] 100".to_string()],
+        Weight::Copied,
+        &mut svg,
+    )
+    .unwrap();
+    let svg = String::from_utf8(svg).unwrap();
+    assert!(
+        svg.contains("relay") && svg.contains("[read file-&gt;user]"),
+        "{svg}"
+    );
+}

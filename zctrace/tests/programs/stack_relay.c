@@ -1,0 +1,62 @@
+/* A relay with known call sites, for `zctrace attach --stacks`: relay_body() copies a file into
+ * another by read+write, and write_log() writes a log record of LOG_BYTES after each chunk. It
+ * prints the bytes each path moved, the test's ground truth. */
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/syscall.h>
+
+static char chunk[65536];
+
+/* The syscall instruction inline, in the function that wants the call: libc's wrappers keep no
+ * frame, so a frame-pointer unwind from inside one skips its caller. */
+#define SYSCALL3(nr, a, b, c)                                                                      \
+	({                                                                                         \
+		long ret_;                                                                         \
+		__asm__ volatile("syscall"                                                         \
+				 : "=a"(ret_)                                                      \
+				 : "a"((long)(nr)), "D"((long)(a)), "S"((long)(b)), "d"((long)(c)) \
+				 : "rcx", "r11", "memory");                                        \
+		ret_;                                                                              \
+	})
+
+__attribute__((noinline)) static long relay_body(int in, int out, long size)
+{
+	long n = SYSCALL3(SYS_read, in, chunk, size);
+	if (n > 0 && SYSCALL3(SYS_write, out, chunk, n) != n)
+		exit(3);
+	return n;
+}
+
+__attribute__((noinline)) static long write_log(int log, long chunks, long len)
+{
+	static char record[4096];
+	int head = snprintf(record, sizeof record, "relayed chunk %ld", chunks);
+	memset(record + head, ' ', len - head - 1);
+	record[len - 1] = '\n';
+	if (SYSCALL3(SYS_write, log, record, len) != len)
+		exit(4);
+	return len;
+}
+
+int main(int argc, char **argv)
+{
+	if (argc != 6) {
+		fprintf(stderr, "usage: %s SRC DST LOG CHUNK LOG_BYTES\n", argv[0]);
+		return 2;
+	}
+	int in = open(argv[1], O_RDONLY);
+	int out = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	int log = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	long size = atol(argv[4]), record = atol(argv[5]);
+	if (in < 0 || out < 0 || log < 0 || size <= 0 || size > (long)sizeof chunk || record < 32 || record > 4096)
+		return 2;
+	long relayed = 0, logged = 0, chunks = 0, n;
+	while ((n = relay_body(in, out, size)) > 0) {
+		relayed += n;
+		logged += write_log(log, ++chunks, record);
+	}
+	fprintf(stderr, "relayed=%ld logged=%ld\n", relayed, logged);
+	return n < 0;
+}
