@@ -43,6 +43,7 @@ const SUITE: &[(&str, &[&str])] = &[
     ("kernel_matrix", &[]),
     ("core_accounting", &[]),
     ("attach", &[]),
+    ("stacks", &[]),
     ("bench_doctor", &[]),
     ("daemon", &["metrics_attribute_each_workload_to_its_process_name"]),
     ("daemon_shutdown", &[]),
@@ -284,6 +285,7 @@ fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
         .context("/bin/busybox (Debian's busybox-static; `cargo xtask setup` installs it)")?;
     let mut executables = vec![("zctrace".to_string(), binaries.zctrace.clone())];
     executables.extend(binaries.tests.iter().cloned());
+    executables.extend(build_programs(dir)?);
     for (name, path) in &executables {
         let target = root.join(&VM_BIN[1..]).join(name);
         let mut strip = Command::new("strip");
@@ -311,6 +313,29 @@ fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
     drop(cpio.stdin.take());
     ensure!(cpio.wait()?.success(), "cpio failed");
     Ok(archive)
+}
+
+/// The C programs tests build with gcc, which the VM has not: (name in the VM, gcc flag). The
+/// stacks test finds them through `ZCTRACE_STACK_RELAY` (the name less its variant).
+const PROGRAMS: &[(&str, &str)] = &[
+    ("stack-relay-fp", "-fno-omit-frame-pointer"),
+    ("stack-relay-nofp", "-fomit-frame-pointer"),
+];
+
+fn build_programs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
+    let source = workspace_root().join("zctrace/tests/programs/stack_relay.c");
+    PROGRAMS
+        .iter()
+        .map(|(name, flag)| {
+            let out = dir.join(name);
+            let mut gcc = Command::new("gcc");
+            gcc.args(["-O2", "-Wall", "-Werror", flag, "-o"])
+                .arg(&out)
+                .arg(&source);
+            check(gcc)?;
+            Ok((name.to_string(), out))
+        })
+        .collect()
 }
 
 /// Copies the shared libraries `ldd` lists for `binary` to the same paths under `root`.
@@ -350,7 +375,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 export PATH=/bin:{VM_BIN} HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
-export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1
+export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1 ZCTRACE_STACK_RELAY={VM_BIN}/stack-relay
 test=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.test=//p')
 echo \"zctrace-vm: kernel $(uname -r), $test start\"
 case $test in

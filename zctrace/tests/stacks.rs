@@ -10,9 +10,14 @@ const RELAY_SIZE: u64 = 32 * MIB;
 const CHUNK: &str = "16384";
 const LOG_RECORD: &str = "1024";
 
-/// `tests/programs/stack_relay.c`, built with or without frame pointers.
+/// `tests/programs/stack_relay.c`, built with or without frame pointers (by `cargo xtask vmtest`
+/// on the host, where the tests run in a VM without a compiler).
 fn relay_program(frame_pointers: bool) -> PathBuf {
-    let out = scratch_path(if frame_pointers { "relay-fp" } else { "relay-nofp" });
+    let variant = if frame_pointers { "fp" } else { "nofp" };
+    if let Ok(prefix) = std::env::var("ZCTRACE_STACK_RELAY") {
+        return PathBuf::from(format!("{prefix}-{variant}"));
+    }
+    let out = scratch_path(&format!("relay-{variant}"));
     let flag = if frame_pointers {
         "-fno-omit-frame-pointer"
     } else {
