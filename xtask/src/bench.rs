@@ -27,13 +27,15 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
     transfers(&zctrace, &file, pairs, size_mib)?;
     micro(&zctrace, pairs)?;
     whole_workloads(&zctrace, &file, pairs)?;
+    stacks_overhead(&zctrace, &file, pairs)?;
     per_program(&zctrace, pairs, "")?;
     println!("\n# scrape of 10,000 series (encode only, no maps)");
     cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
 }
 
 /// Only the part named by `only`: the daemon scrape for `scrape`, the whole workloads against
-/// their floors for `whole`, else the per-program A/B of the programs whose label contains it.
+/// their floors for `whole`, `attach --stacks` against `attach` for `stacks`, else the
+/// per-program A/B of the programs whose label contains it.
 pub fn only(pairs: u32, size_mib: u64, only: &str) -> Result<()> {
     let zctrace = workspace_root().join("target/release/zctrace");
     let dir = std::env::temp_dir().join("zctrace-bench");
@@ -41,6 +43,7 @@ pub fn only(pairs: u32, size_mib: u64, only: &str) -> Result<()> {
     match only {
         "scrape" => return daemon_scrape(&zctrace, &dir),
         "whole" => return whole_workloads(&zctrace, &payload(&dir, size_mib << 20)?, pairs),
+        "stacks" => return stacks_overhead(&zctrace, &payload(&dir, size_mib << 20)?, pairs),
         _ => {}
     }
     per_program(&zctrace, pairs, only)
@@ -546,7 +549,48 @@ pub(crate) fn payload(dir: &Path, size: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// How the sender of [`stacks_overhead`] runs: directly, under `attach`, under `attach --stacks`.
+const ATTACH_WAYS: [&[&str]; 3] = [
+    &[],
+    &["attach", "--json", "--"],
+    &["attach", "--json", "--stacks", "--"],
+];
+
+/// What recording stacks adds to a relay, against attach without them and against no tracing, by
+/// the sender's own timing (attach's start-up is not in it).
+fn stacks_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
+    println!("\n# attach --stacks: read-write relays, {rounds} rounds of untraced / attach / attach --stacks, rotating order");
+    println!(
+        "{:<18} {:>22} {:>22} {:>22} {:>14} {:>14}",
+        "workload", "untraced MB/s", "attach MB/s", "attach --stacks MB/s", "attach ratio", "stacks ratio"
+    );
+    for chunk in [64 << 10, 4 << 10] {
+        let runs: [Vec<Transfer>; 3] = rotating(rounds, |way| {
+            transfer_via(zctrace, ATTACH_WAYS[way], "read-write", file, chunk)
+        })?;
+        let [plain, attached, stacks] = runs
+            .each_ref()
+            .map(|r| Stats::of(r.iter().map(|t| t.bytes_per_second / 1e6).collect()));
+        println!(
+            "{:<18} {:>22} {:>22} {:>22} {:>14.3} {:>14.3}",
+            format!("read-write {}KiB", chunk >> 10),
+            plain.show(0),
+            attached.show(0),
+            stacks.show(0),
+            attached.median / plain.median,
+            stacks.median / plain.median,
+        );
+    }
+    Ok(())
+}
+
 fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Transfer> {
+    transfer_via(zctrace, &[], method, file, chunk)
+}
+
+/// One transfer to a `zctrace serve` receiver, its sender started through `wrapper` (zctrace's
+/// arguments before the sender's own command line; empty: started directly).
+fn transfer_via(zctrace: &Path, wrapper: &[&str], method: &str, file: &Path, chunk: u64) -> Result<Transfer> {
     let mut receiver = Command::new(zctrace)
         .args(["serve", "--listen", "127.0.0.1:0", "--once"])
         .stdout(Stdio::piped())
@@ -557,7 +601,11 @@ fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Tra
         .strip_prefix("listening on ")
         .context("receiver's first line")?
         .to_string();
-    let output = Command::new(zctrace)
+    let mut sender = Command::new(zctrace);
+    if !wrapper.is_empty() {
+        sender.args(wrapper).arg(zctrace);
+    }
+    let output = sender
         .args(["send", "--method", method, "--file"])
         .arg(file)
         .args(["--to", &addr, "--chunk", &chunk.to_string()])
@@ -569,7 +617,9 @@ fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Tra
         );
     }
     receiver.wait()?;
-    let report: serde_json::Value = serde_json::from_slice(&output.stdout)?;
+    // The sender's report is its first line; under attach, attach's own report follows.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let report: serde_json::Value = serde_json::from_str(stdout.lines().next().context("no report")?)?;
     let bytes = report["bytes"].as_f64().context("bytes")?;
     let seconds = report["seconds"].as_f64().context("seconds")?;
     let cpu = report["cpu_seconds"].as_f64().context("cpu_seconds")?;

@@ -52,7 +52,8 @@ enum Task {
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
         /// Run only the daemon scrape (`scrape`), the whole workloads against their floors
-        /// (`whole`), or the per-program A/B of the programs whose label contains this.
+        /// (`whole`), `attach --stacks` against `attach` (`stacks`), or the per-program A/B of
+        /// the programs whose label contains this.
         #[arg(long)]
         only: Option<String>,
     },
