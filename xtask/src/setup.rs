@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Result};
 
-use crate::check;
+use crate::{check, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the real programs the tests and bench run, and what
 /// `vmtest` boots other kernels with.
@@ -36,7 +36,60 @@ pub fn ensure() -> Result<()> {
     python_tools()?;
     nightly_rust_src()?;
     musl_target()?;
-    bpf_linker()
+    bpf_linker()?;
+    nginx_with_frame_pointers()
+}
+
+/// nginx's source as Debian 12 ships it, and its SHA-256.
+const NGINX_SOURCE: &str = "http://deb.debian.org/debian/pool/main/n/nginx/nginx_1.22.1.orig.tar.gz";
+const NGINX_SHA256: &str = "9ebb333a9e82b952acd3e2b4aeb1d4ff6406f72491bab6cd9fe69f0dea737f31";
+
+/// nginx built with frame pointers, for the `attach --stacks` test on a real server: Debian's own
+/// nginx has none, so the kernel cannot unwind its stacks (README, "Where the copies happen").
+/// Built without the modules that need PCRE or zlib; about 15 s.
+fn nginx_with_frame_pointers() -> Result<()> {
+    let prefix = workspace_root().join("target/nginx-fp");
+    if prefix.join("sbin/nginx").exists() {
+        say("present: nginx with frame pointers (target/nginx-fp)");
+        return Ok(());
+    }
+    say("building nginx with frame pointers into target/nginx-fp");
+    let build = workspace_root().join("target/nginx-build");
+    let _ = std::fs::remove_dir_all(&build);
+    std::fs::create_dir_all(&build)?;
+    let tarball = build.join("nginx.tar.gz");
+    let mut download = Command::new("curl");
+    download.args(["-fsSL", "-o"]).arg(&tarball).arg(NGINX_SOURCE);
+    check(download)?;
+    let mut verify = Command::new("sh");
+    verify
+        .arg("-c")
+        .arg(format!(
+            "echo '{NGINX_SHA256}  nginx.tar.gz' | sha256sum -c --quiet"
+        ))
+        .current_dir(&build);
+    check(verify)?;
+    let mut unpack = Command::new("tar");
+    unpack
+        .args(["xzf", "nginx.tar.gz", "--strip-components=1"])
+        .current_dir(&build);
+    check(unpack)?;
+    let mut configure = Command::new("./configure");
+    configure
+        .arg(format!("--prefix={}", prefix.display()))
+        .args([
+            "--with-cc-opt=-O2 -fno-omit-frame-pointer",
+            "--without-http_rewrite_module",
+            "--without-http_gzip_module",
+        ])
+        .stdout(Stdio::null())
+        .current_dir(&build);
+    check(configure)?;
+    let mut make = Command::new("make");
+    make.args(["-j2", "install"])
+        .stdout(Stdio::null())
+        .current_dir(&build);
+    check(make)
 }
 
 fn python_tools() -> Result<()> {

@@ -44,6 +44,7 @@ const SUITE: &[(&str, &[&str])] = &[
     ("core_accounting", &[]),
     ("attach", &[]),
     ("stacks", &[]),
+    ("nginx_stacks", &[]),
     ("bench_doctor", &[]),
     ("daemon", &["metrics_attribute_each_workload_to_its_process_name"]),
     ("daemon_shutdown", &[]),
@@ -278,7 +279,7 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
 fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
     let root = dir.join("root");
     let _ = std::fs::remove_dir_all(&root);
-    for sub in ["bin", "proc", "sys", "dev", "tmp", "root", &VM_BIN[1..]] {
+    for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", &VM_BIN[1..]] {
         std::fs::create_dir_all(root.join(sub))?;
     }
     std::fs::copy("/bin/busybox", root.join("bin/busybox"))
@@ -286,6 +287,7 @@ fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
     let mut executables = vec![("zctrace".to_string(), binaries.zctrace.clone())];
     executables.extend(binaries.tests.iter().cloned());
     executables.extend(build_programs(dir)?);
+    executables.push(("nginx".to_string(), workspace_root().join("target/nginx-fp/sbin/nginx")));
     for (name, path) in &executables {
         let target = root.join(&VM_BIN[1..]).join(name);
         let mut strip = Command::new("strip");
@@ -293,6 +295,12 @@ fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
         check(strip)?;
         copy_libraries(path, &root)?;
     }
+    // nginx looks up its worker user even as root, and finds none without these.
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )?;
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nnobody:x:65534:\n")?;
     let init = root.join("init");
     std::fs::write(&init, init_script())?;
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
@@ -375,7 +383,7 @@ mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 export PATH=/bin:{VM_BIN} HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
-export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1 ZCTRACE_STACK_RELAY={VM_BIN}/stack-relay
+export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1 ZCTRACE_STACK_RELAY={VM_BIN}/stack-relay ZCTRACE_NGINX={VM_BIN}/nginx
 test=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.test=//p')
 echo \"zctrace-vm: kernel $(uname -r), $test start\"
 case $test in

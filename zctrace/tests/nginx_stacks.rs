@@ -1,0 +1,195 @@
+//! `zctrace attach --stacks` on a real server: nginx, built with frame pointers by `cargo xtask
+//! setup`, serving a file over loopback with `sendfile off` and then `sendfile on`.
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Read, Write},
+    net::TcpStream,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+};
+
+use common::*;
+use nix::{
+    sys::signal::{kill, Signal},
+    unistd::Pid,
+};
+
+const BODY: u64 = 4 * MIB;
+const REQUESTS: u64 = 8;
+
+/// `cargo xtask setup`'s nginx, or the one `cargo xtask vmtest` carries into its VMs.
+fn nginx_binary() -> PathBuf {
+    let path =
+        std::env::var("ZCTRACE_NGINX").map_or_else(|_| repo("target/nginx-fp/sbin/nginx"), PathBuf::from);
+    assert!(
+        path.exists(),
+        "{}: missing; `cargo xtask setup` builds nginx with frame pointers",
+        path.display()
+    );
+    path
+}
+
+/// One nginx process (no master) on a free loopback port, serving `BODY` bytes at /body.
+struct Nginx {
+    child: Child,
+    port: u16,
+}
+
+impl Nginx {
+    fn start(sendfile: bool) -> Nginx {
+        let dir = scratch_path(if sendfile {
+            "nginx-sendfile-on"
+        } else {
+            "nginx-sendfile-off"
+        });
+        // logs/: nginx opens its default error log before it reads the configuration.
+        for sub in ["www", "logs"] {
+            std::fs::create_dir_all(dir.join(sub)).unwrap();
+        }
+        std::fs::copy(test_file(BODY), dir.join("www/body")).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let d = dir.display();
+        let conf = format!(
+            "daemon off; master_process off; worker_processes 1; pid {d}/nginx.pid;
+             error_log {d}/error.log; events {{ worker_connections 64; }}
+             http {{ access_log off; sendfile {}; client_body_temp_path {d}/body;
+                    proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+                    uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+                    server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}",
+            if sendfile { "on" } else { "off" }
+        );
+        std::fs::write(dir.join("nginx.conf"), conf).unwrap();
+        let child = Command::new(nginx_binary())
+            .arg("-p")
+            .arg(&dir)
+            .arg("-c")
+            .arg(dir.join("nginx.conf"))
+            .spawn()
+            .expect("starting nginx");
+        let nginx = Nginx { child, port };
+        eventually("nginx listening", std::time::Duration::from_secs(20), || {
+            TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| e.to_string())
+        });
+        nginx
+    }
+
+    /// GET /body over HTTP/1.0; the bytes of the response.
+    fn get(&self) -> u64 {
+        let mut stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream
+            .write_all(b"GET /body HTTP/1.0\r\nHost: localhost\r\n\r\n")
+            .unwrap();
+        let mut response = Vec::new();
+        stream.read_to_end(&mut response).unwrap();
+        response.len() as u64
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Traces `nginx` with `--stacks` while it serves `REQUESTS` responses; the folded stacks, by
+/// `weight`, as (frames, weight).
+fn serve_traced(nginx: &Nginx, weight: &str, out: &Path) -> Vec<(String, u64)> {
+    let mut attach = Command::new(zctrace_bin())
+        .args([
+            "attach",
+            "--plain",
+            "--interval",
+            "200ms",
+            "--duration",
+            "120s",
+            "--stacks",
+        ])
+        .args(["--stack-weight", weight, "--stacks-out"])
+        .arg(out)
+        .args(["--pid", &nginx.child.id().to_string()])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("zctrace attach");
+    // The live view's first frame: the probes are attached.
+    let mut lines = BufReader::new(attach.stdout.take().unwrap()).lines();
+    lines.next().expect("a first frame").unwrap();
+    for _ in 0..REQUESTS {
+        assert!(nginx.get() > BODY);
+    }
+    kill(Pid::from_raw(attach.id() as i32), Signal::SIGINT).unwrap();
+    lines.for_each(drop);
+    assert!(attach.wait().unwrap().success());
+    std::fs::read_to_string(out)
+        .unwrap()
+        .lines()
+        .map(|line| {
+            let (frames, weight) = line.rsplit_once(' ').unwrap();
+            (frames.to_string(), weight.parse().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn nginx_without_sendfile_copies_from_its_event_loop_down_to_pread_and_writev() {
+    if !privileged("nginx_without_sendfile_copies_from_its_event_loop_down_to_pread_and_writev") {
+        return;
+    }
+    let nginx = Nginx::start(false);
+    let folded = serve_traced(&nginx, "copied", &scratch_path("nginx-off.folded"));
+    let total: u64 = folded.iter().map(|(_, w)| w).sum();
+    // The body is copied twice: pread into nginx's buffer, writev out of it.
+    assert!(total >= 2 * REQUESTS * BODY, "{total} copied bytes: {folded:#?}");
+    for leaf in ["[pread64 file->user]", "[writev user->tcp]"] {
+        let (frames, _) = folded
+            .iter()
+            .filter(|(frames, _)| frames.ends_with(leaf))
+            .max_by_key(|(_, w)| *w)
+            .unwrap_or_else(|| panic!("no {leaf} stack: {folded:#?}"));
+        for frame in [
+            "ngx_process_events_and_timers",
+            "ngx_http_static_handler",
+            "ngx_output_chain",
+        ] {
+            assert!(
+                frames.split(';').any(|f| f == frame),
+                "{frame} missing from {frames}"
+            );
+        }
+    }
+}
+
+#[test]
+fn nginx_with_sendfile_copies_only_its_headers() {
+    if !privileged("nginx_with_sendfile_copies_only_its_headers") {
+        return;
+    }
+    let nginx = Nginx::start(true);
+    let copied = serve_traced(&nginx, "copied", &scratch_path("nginx-on-copied.folded"));
+    let copied_total: u64 = copied.iter().map(|(_, w)| w).sum();
+    // What is left is the request read and the response headers: a few hundred bytes a request.
+    assert!(
+        copied_total < REQUESTS * 1024,
+        "{copied_total} copied bytes for {REQUESTS} responses: {copied:#?}"
+    );
+    assert!(
+        copied.iter().all(|(frames, _)| !frames.contains("pread")),
+        "{copied:#?}"
+    );
+    drop(nginx);
+    let nginx = Nginx::start(true);
+    let moved = serve_traced(&nginx, "moved", &scratch_path("nginx-on-moved.folded"));
+    let sent: u64 = moved
+        .iter()
+        .filter(|(frames, _)| frames.ends_with("[sendfile file->tcp]"))
+        .map(|(_, w)| w)
+        .sum();
+    assert_eq!(sent, REQUESTS * BODY, "{moved:#?}");
+}
