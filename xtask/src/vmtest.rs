@@ -287,7 +287,10 @@ fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
     let mut executables = vec![("zctrace".to_string(), binaries.zctrace.clone())];
     executables.extend(binaries.tests.iter().cloned());
     executables.extend(build_programs(dir)?);
-    executables.push(("nginx".to_string(), workspace_root().join("target/nginx-fp/sbin/nginx")));
+    executables.push((
+        "nginx".to_string(),
+        workspace_root().join("target/nginx-fp/sbin/nginx"),
+    ));
     for (name, path) in &executables {
         let target = root.join(&VM_BIN[1..]).join(name);
         let mut strip = Command::new("strip");
@@ -300,7 +303,10 @@ fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
         root.join("etc/passwd"),
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
     )?;
-    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\nnobody:x:65534:\n")?;
+    std::fs::write(
+        root.join("etc/group"),
+        "root:x:0:\nnogroup:x:65534:\nnobody:x:65534:\n",
+    )?;
     let init = root.join("init");
     std::fs::write(&init, init_script())?;
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
