@@ -18,6 +18,49 @@ impl Basis {
     }
 }
 
+/// A data-path syscall's mechanism as the programs key it: the syscall, what it moved bytes
+/// between, and whether it asked for MSG_ZEROCOPY.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mechanism {
+    pub nr: u16,
+    pub src: FdKind,
+    pub dst: FdKind,
+    pub zerocopy_flag: bool,
+}
+
+impl Mechanism {
+    /// From the raw fields of a `SyscallKey` or `StackKey`.
+    pub fn from_key(nr: u16, src: u8, dst: u8, variant: u8) -> Mechanism {
+        Mechanism {
+            nr,
+            src: FdKind::from_u8(src),
+            dst: FdKind::from_u8(dst),
+            zerocopy_flag: variant == Variant::Zerocopy as u8,
+        }
+    }
+
+    /// CPU copies per byte, by the copy model.
+    pub fn copies(self) -> u64 {
+        let variant = if self.zerocopy_flag {
+            Variant::Zerocopy
+        } else {
+            Variant::Plain
+        };
+        copy_factor(self.nr, self.dst, variant)
+    }
+
+    /// "write user->pipe", "sendto+zc user->tcp".
+    pub fn label(self) -> String {
+        let zerocopy = if self.zerocopy_flag { "+zc" } else { "" };
+        format!(
+            "{}{zerocopy} {}->{}",
+            super::syscall_name(self.nr),
+            kind_label(self.src),
+            kind_label(self.dst)
+        )
+    }
+}
+
 /// CPU copies per byte for one data-path syscall between `src` and `dst`.
 pub fn copy_factor(syscall: u16, dst: FdKind, variant: Variant) -> u64 {
     use FdKind::*;

@@ -4,11 +4,11 @@ mod counters;
 
 use std::collections::{BTreeMap, HashMap};
 
-pub use copy_model::{kind_label, Basis};
+pub use copy_model::{kind_label, Basis, Mechanism};
 pub use counters::{Counters, Family, Sum, Value, FAMILIES};
 use zctrace_common::{
     nr, FdKind, MapSlot, ProcessKey, ProcessStats, SyscallKey, SyscallStats, TcpPath, ThreadSwitches,
-    Variant, COPY_ROUTINES, MAP_SLOTS,
+    COPY_ROUTINES, MAP_SLOTS,
 };
 
 /// Everything the maps held at one moment.
@@ -333,23 +333,16 @@ fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &Syscall
     if !nr::is_data_path(key.nr) {
         return;
     }
-    let (src, dst) = (FdKind::from_u8(key.src), FdKind::from_u8(key.dst));
-    let zerocopy_flag = key.variant == Variant::Zerocopy as u8;
-    let variant = if zerocopy_flag {
-        Variant::Zerocopy
-    } else {
-        Variant::Plain
-    };
-    let copies = copy_model::copy_factor(key.nr, dst, variant);
+    let mechanism = Mechanism::from_key(key.nr, key.src, key.dst, key.variant);
     figures.flows.push(FlowFigures {
         syscall: name,
-        src,
-        dst,
-        zerocopy_flag,
+        src: mechanism.src,
+        dst: mechanism.dst,
+        zerocopy_flag: mechanism.zerocopy_flag,
         calls: stats.calls,
         errors: stats.errors,
         bytes: stats.bytes,
-        cpu_copy_bytes: stats.bytes * copies,
+        cpu_copy_bytes: stats.bytes * mechanism.copies(),
         basis: Basis::Model,
     });
 }

@@ -1,4 +1,4 @@
-use zctrace_common::{nr, CopyRoutine};
+use zctrace_common::{nr, CopyRoutine, Variant};
 
 use super::*;
 

@@ -70,7 +70,7 @@ pub fn top_sites_lines(sites: &[TopSite]) -> Vec<String> {
                 s.cpu_copy_share * 100.0,
                 s.mechanism,
                 if inner.is_empty() {
-                    "[stack not recorded]".to_string()
+                    stacks::UNRECORDED.to_string()
                 } else {
                     inner.join(" > ")
                 }

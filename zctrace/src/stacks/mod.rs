@@ -7,9 +7,9 @@ use std::io::Write;
 
 use anyhow::{Context as _, Result};
 use serde::Serialize;
-use zctrace_common::{FdKind, StackKey, SyscallStats, Variant};
+use zctrace_common::{StackKey, SyscallStats};
 
-use crate::accounting::{copy_model::copy_factor, kind_label, syscall_name};
+use crate::accounting::Mechanism;
 
 /// What a folded stack or flame graph is weighted by.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -22,6 +22,9 @@ pub enum Weight {
     /// Calls.
     Calls,
 }
+
+/// The frame a call site shows when the stack map could not take its stack.
+pub const UNRECORDED: &str = "[stack not recorded]";
 
 /// One call site: a user stack, root first, and the mechanism its syscalls used.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -38,18 +41,13 @@ impl Site {
     /// A site from the kernel's counts, given its stack's frame names (root first; empty when the
     /// stack could not be recorded).
     pub fn new(key: &StackKey, stats: &SyscallStats, frames: Vec<String>) -> Site {
-        let dst = FdKind::from_u8(key.dst);
-        let variant = if key.variant == Variant::Zerocopy as u8 {
-            Variant::Zerocopy
-        } else {
-            Variant::Plain
-        };
+        let mechanism = Mechanism::from_key(key.nr, key.src, key.dst, key.variant);
         Site {
             frames,
-            mechanism: mechanism(key),
+            mechanism: mechanism.label(),
             calls: stats.calls,
             bytes: stats.bytes,
-            copied_bytes: stats.bytes * copy_factor(key.nr, dst, variant),
+            copied_bytes: stats.bytes * mechanism.copies(),
         }
     }
 
@@ -65,28 +63,13 @@ impl Site {
     /// flame graph shows which syscall each stack ended in.
     fn folded_frames(&self) -> String {
         let mut frames: Vec<String> = if self.frames.is_empty() {
-            vec!["[stack not recorded]".to_string()]
+            vec![UNRECORDED.to_string()]
         } else {
             self.frames.iter().map(|f| f.replace(';', ":")).collect()
         };
         frames.push(format!("[{}]", self.mechanism));
         frames.join(";")
     }
-}
-
-/// "write user->pipe", "sendto+zc user->tcp": the syscall and what it moved bytes between.
-fn mechanism(key: &StackKey) -> String {
-    let zerocopy = if key.variant == Variant::Zerocopy as u8 {
-        "+zc"
-    } else {
-        ""
-    };
-    format!(
-        "{}{zerocopy} {}->{}",
-        syscall_name(key.nr),
-        kind_label(FdKind::from_u8(key.src)),
-        kind_label(FdKind::from_u8(key.dst))
-    )
 }
 
 /// Sites with the same frames and mechanism merged: distinct stack ids can name the same frames
