@@ -229,7 +229,8 @@ impl Session {
         if args.stacks {
             let sites = self.sites()?;
             self.write_stacks(args, &sites)?;
-            let dropped = self.tracer.snapshot()?.update_errors(MapSlot::Stacks);
+            // Only the drop counters: a whole snapshot would read every map again.
+            let dropped = self.tracer.update_errors()?[MapSlot::Stacks as usize];
             report = report.with_stacks(StacksReport::new(&sites, dropped));
         }
         if exited {

@@ -175,12 +175,18 @@ impl Tracer {
             .all(|s| s.mode.is_attached())
     }
 
-    pub fn snapshot(&self) -> Result<RawSnapshot> {
+    /// Failed updates so far, summed over CPUs, indexed by [`MapSlot`].
+    pub fn update_errors(&self) -> Result<[u64; MAP_SLOTS as usize]> {
         let errors: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("MAP_UPDATE_ERRORS")?)?;
         let mut update_errors = [0u64; MAP_SLOTS as usize];
         for (slot, total) in update_errors.iter_mut().enumerate() {
             *total = errors.get(&(slot as u32), 0)?.iter().sum();
         }
+        Ok(update_errors)
+    }
+
+    pub fn snapshot(&self) -> Result<RawSnapshot> {
+        let update_errors = self.update_errors()?;
         // Processes before threads: a thread folded in between is missed this once, never
         // counted twice, and the switch floor holds its figures where the last read left them.
         let processes = self.read_all(MapSlot::Processes)?;
