@@ -79,16 +79,22 @@ pub fn count_error(slot: MapSlot) {
 /// The syscall entry for `key`, created zeroed on first use.
 #[inline(always)]
 pub fn syscall_entry(key: &SyscallKey) -> Option<*mut SyscallStats> {
-    if let Some(entry) = SYSCALLS.get_ptr_mut(key) {
-        return Some(entry);
-    }
-    // A concurrent insert of the same key fails with EEXIST: the lookup below then finds it.
-    let _ = SYSCALLS.insert(key, SyscallStats::default(), BPF_NOEXIST as u64);
-    let entry = SYSCALLS.get_ptr_mut(key);
+    let entry = zeroed_entry(&SYSCALLS, key);
     if entry.is_none() {
         count_error(MapSlot::Syscalls);
     }
     entry
+}
+
+/// The entry for `key` in `map`, created zeroed on first use; `None` when the map is full.
+#[inline(always)]
+pub fn zeroed_entry<K, V: Default>(map: &HashMap<K, V>, key: &K) -> Option<*mut V> {
+    if let Some(entry) = map.get_ptr_mut(key) {
+        return Some(entry);
+    }
+    // A concurrent insert of the same key fails with EEXIST: the lookup below then finds it.
+    let _ = map.insert(key, V::default(), BPF_NOEXIST as u64);
+    map.get_ptr_mut(key)
 }
 
 /// The process entry of the current task, with its cgroup recorded (an entry created for a task

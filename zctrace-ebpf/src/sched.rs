@@ -82,8 +82,9 @@ fn count_switch(thread: *mut ThreadSwitches, voluntary: bool, task: u64) {
 }
 
 /// The thread's first switch seen: its process entry is made now (named, with its cgroup) and its
-/// own entry starts timing, replacing any a gone thread with its tid left. An exiting thread, whose entry was folded at its exit, and one
-/// the full map has no room for are counted in the process entry directly.
+/// own entry starts timing, replacing any entry a gone thread with the same tid left. An exiting
+/// thread, whose entry was folded at its exit, and one the full map has no room for are counted
+/// in the process entry directly.
 #[inline(always)]
 fn first_switch(tid: u32, started: u64, key: ProcessKey, voluntary: bool, task: u64) -> Result<u32, u32> {
     let entry = current_process_entry(&key).ok_or(0u32)?;

@@ -2,14 +2,14 @@
 //! it used, and the calls and bytes moved made from it. Aggregated here, in two bounded maps,
 //! because an event per call would cost more than the call.
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK},
     macros::map,
     maps::{HashMap, StackTrace},
     programs::{tracing::StackIdContext, BtfTracePointContext},
 };
 use zctrace_common::{MapSlot, StackKey, SyscallKey, SyscallStats, NO_STACK};
 
-use crate::maps::{add, count_error};
+use crate::maps::{add, count_error, zeroed_entry};
 
 /// One entry until `attach --stacks` sizes it: the daemon never records stacks.
 #[map]
@@ -18,27 +18,25 @@ static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
 #[map]
 static STACK_COUNTS: HashMap<StackKey, SyscallStats> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
 
-/// Counts one data-path call against the user stack it was made from. A stack the map cannot
-/// take is counted as a drop, and its call under [`NO_STACK`], so no bytes go missing.
+/// Counts one data-path call against the user stack it was made from. A call whose stack the
+/// map cannot take is counted under [`NO_STACK`], so no bytes go missing; a call that could not
+/// be recorded whole is one drop.
 #[inline(always)]
 pub fn record(ctx: &BtfTracePointContext, key: &SyscallKey, failed: bool, bytes: u64) {
-    let user_stack = match ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64) {
-        Ok(id) => id as i32,
-        Err(_) => {
-            count_error(MapSlot::Stacks);
-            NO_STACK
-        }
-    };
+    let stack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64).ok();
     let site = StackKey {
-        user_stack,
+        user_stack: stack.map_or(NO_STACK, |id| id as i32),
         nr: key.nr,
         src: key.src,
         dst: key.dst,
         variant: key.variant,
         reserved: [0; 3],
     };
-    let Some(entry) = site_entry(&site) else {
+    let entry = zeroed_entry(&STACK_COUNTS, &site);
+    if stack.is_none() || entry.is_none() {
         count_error(MapSlot::Stacks);
+    }
+    let Some(entry) = entry else {
         return;
     };
     // SAFETY: `entry` points into a live map value.
@@ -50,13 +48,4 @@ pub fn record(ctx: &BtfTracePointContext, key: &SyscallKey, failed: bool, bytes:
             add(&raw mut (*entry).bytes, bytes);
         }
     }
-}
-
-#[inline(always)]
-fn site_entry(site: &StackKey) -> Option<*mut SyscallStats> {
-    if let Some(entry) = STACK_COUNTS.get_ptr_mut(site) {
-        return Some(entry);
-    }
-    let _ = STACK_COUNTS.insert(site, SyscallStats::default(), BPF_NOEXIST as u64);
-    STACK_COUNTS.get_ptr_mut(site)
 }
