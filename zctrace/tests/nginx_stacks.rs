@@ -127,14 +127,7 @@ fn serve_traced(nginx: &Nginx, weight: &str, out: &Path) -> Vec<(String, u64)> {
     kill(Pid::from_raw(attach.id() as i32), Signal::SIGINT).unwrap();
     lines.for_each(drop);
     assert!(attach.wait().unwrap().success());
-    std::fs::read_to_string(out)
-        .unwrap()
-        .lines()
-        .map(|line| {
-            let (frames, weight) = line.rsplit_once(' ').unwrap();
-            (frames.to_string(), weight.parse().unwrap())
-        })
-        .collect()
+    read_folded(out)
 }
 
 #[test]

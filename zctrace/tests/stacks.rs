@@ -74,14 +74,7 @@ fn trace_relay(frame_pointers: bool, name: &str) -> Traced {
             .parse()
             .unwrap()
     };
-    let folded = std::fs::read_to_string(&folded_path)
-        .expect("folded stacks")
-        .lines()
-        .map(|line| {
-            let (frames, weight) = line.rsplit_once(' ').expect("a weight");
-            (frames.to_string(), weight.parse().expect("a number"))
-        })
-        .collect();
+    let folded = read_folded(&folded_path);
     let svg = std::fs::read_to_string(&svg_path).expect("the flame graph");
     assert!(
         svg.contains("<svg") && svg.contains("relay_body"),

@@ -267,6 +267,18 @@ impl Workload {
     }
 }
 
+/// The folded stacks `attach --stacks-out` wrote, as (frames, weight).
+pub fn read_folded(path: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .expect("folded stacks")
+        .lines()
+        .map(|line| {
+            let (frames, weight) = line.rsplit_once(' ').expect("a weight");
+            (frames.to_string(), weight.parse().expect("a number"))
+        })
+        .collect()
+}
+
 /// Runs `zctrace attach --json ...` to its end and returns its report, the last line of stdout.
 pub fn attach_report(attach: &mut Command) -> serde_json::Value {
     let output = attach.output().expect("zctrace attach");
