@@ -343,7 +343,7 @@ fn build_programs(dir: &Path) -> Result<Vec<(String, PathBuf)>> {
         .map(|(name, flag)| {
             let out = dir.join(name);
             let mut gcc = Command::new("gcc");
-            gcc.args(["-O2", "-Wall", "-Werror", flag, "-o"])
+            gcc.args(["-O2", "-Wall", "-Werror", "-pthread", flag, "-o"])
                 .arg(&out)
                 .arg(&source);
             check(gcc)?;

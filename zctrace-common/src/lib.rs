@@ -294,8 +294,20 @@ pub struct KernelOffsets {
 pub struct ProbeConfig {
     /// Trace only this tgid; 0 traces every process.
     pub filter_tgid: u32,
-    /// Non-zero: record the user stack of each data-path syscall (`attach --stacks`).
+    /// Which stacks `attach --stacks` records: a [`StackMode`] as u32 (0: none).
     pub record_stacks: u32,
+}
+
+/// The stacks `attach --stacks` asks the programs for.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StackMode {
+    /// The user stack of each data-path syscall, at its exit ([`StackKey`]).
+    User = 1,
+    /// The kernel stack wherever a copy is observed ([`CopyStackKey`]).
+    Kernel = 2,
+    /// Both stacks wherever a copy is observed.
+    Both = 3,
 }
 
 /// A stack id that was not recorded (the stack map refused it, or none was asked for).
@@ -313,6 +325,72 @@ pub struct StackKey {
     pub dst: u8,
     pub variant: u8,
     pub reserved: [u8; 3],
+}
+
+/// Who copied, for a copy observed with its stack: a [`CopyRoutine`] (same values), or one of
+/// the TCP copies observed by the send and receive paths.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Copier {
+    FilemapRead = 0,
+    ShmemRead = 1,
+    PerformWrite = 2,
+    PipeRead = 3,
+    PipeWrite = 4,
+    ZerocopyDeferred = 5,
+    /// A TCP send that copied its payload from user memory into skbs.
+    TcpSend = 6,
+    /// A socket receive into user memory (`skb_copy_datagram_iter`).
+    SocketReceive = 7,
+}
+
+impl Copier {
+    pub const fn from_routine(routine: CopyRoutine) -> Copier {
+        match routine {
+            CopyRoutine::FilemapRead => Copier::FilemapRead,
+            CopyRoutine::ShmemRead => Copier::ShmemRead,
+            CopyRoutine::PerformWrite => Copier::PerformWrite,
+            CopyRoutine::PipeRead => Copier::PipeRead,
+            CopyRoutine::PipeWrite => Copier::PipeWrite,
+            CopyRoutine::ZerocopyDeferred => Copier::ZerocopyDeferred,
+        }
+    }
+
+    pub fn from_u8(value: u8) -> Option<Copier> {
+        const ALL: [Copier; 8] = [
+            Copier::FilemapRead,
+            Copier::ShmemRead,
+            Copier::PerformWrite,
+            Copier::PipeRead,
+            Copier::PipeWrite,
+            Copier::ZerocopyDeferred,
+            Copier::TcpSend,
+            Copier::SocketReceive,
+        ];
+        ALL.get(value as usize).copied()
+    }
+}
+
+/// One place copies were observed, for `attach --stacks kernel|both`: the kernel stack at the
+/// copy, the user stack too when both were asked for, and who copied.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct CopyStackKey {
+    /// Ids in the `STACKS` map, or [`NO_STACK`].
+    pub kernel_stack: i32,
+    pub user_stack: i32,
+    /// A [`Copier`].
+    pub copier: u8,
+    pub reserved: [u8; 7],
+}
+
+/// The copies observed at one [`CopyStackKey`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CopyStackCounts {
+    /// Times the copier ran there.
+    pub copies: u64,
+    pub bytes: u64,
 }
 
 /// Longest mmsghdr vector whose `msg_len` fields the programs sum; the rest is counted as truncated.
@@ -419,6 +497,10 @@ mod pod {
     unsafe impl aya::Pod for ThreadSwitches {}
     // SAFETY: as above.
     unsafe impl aya::Pod for StackKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CopyStackKey {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for CopyStackCounts {}
 }
 
 #[cfg(test)]
@@ -453,6 +535,8 @@ mod tests {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<StackKey>(), 4 + 2 + 1 + 1 + 1 + 3);
+        assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 1 + 7);
+        assert_eq!(size_of::<CopyStackCounts>(), 2 * 8);
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
         assert_eq!(
             size_of::<ProcessStats>(),
@@ -461,6 +545,28 @@ mod tests {
         assert_eq!(size_of::<KernelOffsets>(), 39 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 6 * 8);
+    }
+
+    #[test]
+    fn copiers_round_trip_and_routines_keep_their_values() {
+        for v in 0..8u8 {
+            assert_eq!(Copier::from_u8(v).map(|c| c as u8), Some(v));
+        }
+        assert_eq!(Copier::from_u8(8), None);
+        for (i, routine) in [
+            CopyRoutine::FilemapRead,
+            CopyRoutine::ShmemRead,
+            CopyRoutine::PerformWrite,
+            CopyRoutine::PipeRead,
+            CopyRoutine::PipeWrite,
+            CopyRoutine::ZerocopyDeferred,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            assert_eq!(routine as usize, i);
+            assert_eq!(Copier::from_routine(routine) as u8, routine as u8);
+        }
     }
 
     #[test]

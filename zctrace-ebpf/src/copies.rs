@@ -5,13 +5,14 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{fentry, fexit, kprobe, kretprobe},
-    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+    programs::{tracing::StackIdContext, FEntryContext, FExitContext, ProbeContext, RetProbeContext},
 };
-use zctrace_common::{CopyRoutine, MapSlot, ProcessKey};
+use zctrace_common::{Copier, CopyRoutine, MapSlot, ProcessKey};
 
 use crate::{
     kernel::{current_task, filtered_out, offset, process_key, read, Access, Typed, Untyped},
     maps::{add, count_error, current_process_entry, PENDING_COPY, PROCESSES, ZEROCOPY_SENDERS},
+    stacks,
 };
 
 /// Bytes of a pending read that are not copies: the read fills a pipe (splice), or nothing is
@@ -24,7 +25,7 @@ const NOT_A_COPY: i64 = i64::MAX;
 pub fn filemap_read_exit(ctx: FExitContext) -> u32 {
     let ret: i64 = ctx.arg(3);
     let uncopied = uncopied_read::<Typed>(ctx.arg(1), ctx.arg(2));
-    count_copied(CopyRoutine::FilemapRead, ret.saturating_sub(uncopied))
+    count_copied(&ctx, CopyRoutine::FilemapRead, ret.saturating_sub(uncopied))
 }
 
 /// Why fexit on shmem_file_read_iter: tmpfs reads do not go through filemap_read.
@@ -32,33 +33,33 @@ pub fn filemap_read_exit(ctx: FExitContext) -> u32 {
 pub fn shmem_read_exit(ctx: FExitContext) -> u32 {
     let ret: i64 = ctx.arg(2);
     let uncopied = uncopied_read::<Typed>(ctx.arg(1), 0);
-    count_copied(CopyRoutine::ShmemRead, ret.saturating_sub(uncopied))
+    count_copied(&ctx, CopyRoutine::ShmemRead, ret.saturating_sub(uncopied))
 }
 
 /// Why fexit on generic_perform_write: buffered writes into the page cache copy here, from user
 /// memory or, for splice and sendfile into a file, from pipe pages.
 #[fexit(function = "generic_perform_write")]
 pub fn perform_write_exit(ctx: FExitContext) -> u32 {
-    count_copied(CopyRoutine::PerformWrite, ctx.arg(2))
+    count_copied(&ctx, CopyRoutine::PerformWrite, ctx.arg(2))
 }
 
 /// Why fexit on pipe_read: read() from a pipe copies its buffers out here.
 #[fexit(function = "pipe_read")]
 pub fn pipe_read_exit(ctx: FExitContext) -> u32 {
-    count_copied(CopyRoutine::PipeRead, ctx.arg(2))
+    count_copied(&ctx, CopyRoutine::PipeRead, ctx.arg(2))
 }
 
 /// Why fexit on pipe_write: write() to a pipe copies into its buffers here.
 #[fexit(function = "pipe_write")]
 pub fn pipe_write_exit(ctx: FExitContext) -> u32 {
-    count_copied(CopyRoutine::PipeWrite, ctx.arg(2))
+    count_copied(&ctx, CopyRoutine::PipeWrite, ctx.arg(2))
 }
 
 /// Why fentry on skb_copy_ubufs: a MSG_ZEROCOPY skb bound for a local receiver has its pinned
 /// pages copied here, all its paged bytes at once.
 #[fentry(function = "skb_copy_ubufs")]
 pub fn zerocopy_copy_entry(ctx: FEntryContext) -> u32 {
-    count_deferred::<Typed>(ctx.arg(0))
+    count_deferred::<Typed, _>(&ctx, ctx.arg(0))
 }
 
 /// Why kprobes on the same routines: kernels without BPF trampolines may still have kprobes.
@@ -70,7 +71,7 @@ pub fn filemap_read_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn filemap_read_return(ctx: RetProbeContext) -> u32 {
-    count_stashed(CopyRoutine::FilemapRead, ctx.ret())
+    count_stashed(&ctx, CopyRoutine::FilemapRead, ctx.ret())
 }
 
 #[kprobe]
@@ -80,37 +81,37 @@ pub fn shmem_read_entry(ctx: ProbeContext) -> u32 {
 
 #[kretprobe]
 pub fn shmem_read_return(ctx: RetProbeContext) -> u32 {
-    count_stashed(CopyRoutine::ShmemRead, ctx.ret())
+    count_stashed(&ctx, CopyRoutine::ShmemRead, ctx.ret())
 }
 
 #[kretprobe]
 pub fn perform_write_return(ctx: RetProbeContext) -> u32 {
-    count_copied(CopyRoutine::PerformWrite, ctx.ret())
+    count_copied(&ctx, CopyRoutine::PerformWrite, ctx.ret())
 }
 
 #[kretprobe]
 pub fn pipe_read_return(ctx: RetProbeContext) -> u32 {
-    count_copied(CopyRoutine::PipeRead, ctx.ret())
+    count_copied(&ctx, CopyRoutine::PipeRead, ctx.ret())
 }
 
 #[kretprobe]
 pub fn pipe_write_return(ctx: RetProbeContext) -> u32 {
-    count_copied(CopyRoutine::PipeWrite, ctx.ret())
+    count_copied(&ctx, CopyRoutine::PipeWrite, ctx.ret())
 }
 
 #[kprobe]
 pub fn zerocopy_copy_kprobe(ctx: ProbeContext) -> u32 {
-    count_deferred::<Untyped>(arg(&ctx, 0))
+    count_deferred::<Untyped, _>(&ctx, arg(&ctx, 0))
 }
 
 /// Counts a deferred zerocopy copy against the process that sent the pages. It runs in the
 /// receive softirq, on the sender only when the softirq runs at the end of its send, else on
 /// ksoftirqd or whatever task the CPU interrupted; the socket the pages came from names the sender.
 #[inline(always)]
-fn count_deferred<A: Access>(skb: u64) -> u32 {
+fn count_deferred<A: Access, C: StackIdContext>(ctx: &C, skb: u64) -> u32 {
     let bytes = paged_bytes::<A>(skb);
     let Some(sender) = zerocopy_sender(skb) else {
-        return count_copied(CopyRoutine::ZerocopyDeferred, bytes);
+        return count_copied(ctx, CopyRoutine::ZerocopyDeferred, bytes);
     };
     if bytes <= 0 || filtered_out(sender.tgid) {
         return 0;
@@ -123,6 +124,7 @@ fn count_deferred<A: Access>(skb: u64) -> u32 {
                 bytes as u64,
             )
         };
+        stacks::record_copy(ctx, Copier::ZerocopyDeferred, bytes as u64);
     }
     0
 }
@@ -178,18 +180,18 @@ fn stash_uncopied(uncopied: i64) -> u32 {
 }
 
 #[inline(always)]
-fn count_stashed(routine: CopyRoutine, ret: i64) -> u32 {
+fn count_stashed<C: StackIdContext>(ctx: &C, routine: CopyRoutine, ret: i64) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let uncopied = match PENDING_COPY.get_ptr_mut(pid_tgid) {
         // SAFETY: only this thread reads and writes its own entry; consumed in place.
         Some(slot) => unsafe { core::mem::replace(&mut *slot, NOT_A_COPY) },
         None => NOT_A_COPY,
     };
-    count_copied(routine, ret.saturating_sub(uncopied))
+    count_copied(ctx, routine, ret.saturating_sub(uncopied))
 }
 
 #[inline(always)]
-fn count_copied(routine: CopyRoutine, bytes: i64) -> u32 {
+fn count_copied<C: StackIdContext>(ctx: &C, routine: CopyRoutine, bytes: i64) -> u32 {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if bytes <= 0 || filtered_out(tgid) {
         return 0;
@@ -205,6 +207,7 @@ fn count_copied(routine: CopyRoutine, bytes: i64) -> u32 {
                 bytes as u64,
             )
         };
+        stacks::record_copy(ctx, Copier::from_routine(routine), bytes as u64);
     }
     0
 }

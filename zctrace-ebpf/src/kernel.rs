@@ -117,11 +117,11 @@ pub fn filtered_out(tgid: u32) -> bool {
     tgid == 0 || (wanted != 0 && wanted != tgid)
 }
 
-/// True when `attach --stacks` asked for the call sites of data-path syscalls.
+/// The stacks `attach --stacks` asked for, as a [`zctrace_common::StackMode`] value; 0 for none.
 #[inline(always)]
-pub fn stacks_wanted() -> bool {
+pub fn stack_mode() -> u32 {
     // SAFETY: as in `filtered_out`.
-    unsafe { core::ptr::read_volatile(&raw const CONFIG.record_stacks) != 0 }
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.record_stacks) }
 }
 
 #[inline(always)]

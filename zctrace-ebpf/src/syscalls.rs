@@ -7,9 +7,7 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{
-        current_task, fd_file, field, file_kind, filtered_out, offset, process_key, read, stacks_wanted,
-    },
+    kernel::{current_task, fd_file, field, file_kind, filtered_out, offset, process_key, read},
     maps::{add, count_error, syscall_entry},
     stacks,
 };
@@ -52,7 +50,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     };
     let bytes = describe(&mut key, task, pt_regs, ret);
     // Only data-path calls have kinds: the call sites `attach --stacks` is after.
-    if stacks_wanted() && key.src != FdKind::None as u8 {
+    if stacks::syscall_sites_wanted() && key.src != FdKind::None as u8 {
         stacks::record(ctx, &key, ret < 0, bytes);
     }
     let entry = syscall_entry(&key).ok_or(0u32)?;

@@ -7,10 +7,10 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid,
     macros::{btf_tracepoint, fexit, kprobe, kretprobe},
-    programs::{BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
+    programs::{tracing::StackIdContext, BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use zctrace_common::{
-    MapSlot, PendingSend, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG,
+    Copier, MapSlot, PendingSend, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG,
 };
 
 use crate::{
@@ -18,6 +18,7 @@ use crate::{
     maps::{
         add, count_error, current_process_entry, StagedSend, PENDING_SEND, STAGED_SEND, ZEROCOPY_SENDERS,
     },
+    stacks,
 };
 
 /// Why tcp_sendmsg_locked: it sees the send's msg_flags and the route's capabilities, the two
@@ -38,7 +39,7 @@ pub fn sock_send_length(ctx: BtfTracePointContext) -> u32 {
     if !is_tcp(sk) {
         return 0;
     }
-    match count_pending_send(sent as i64) {
+    match count_pending_send(&ctx, sent as i64) {
         Ok(r) | Err(r) => r,
     }
 }
@@ -50,7 +51,7 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
     let sent: i32 = ctx.arg(3);
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     let counted =
-        classify::<Typed>(ctx.arg(0), ctx.arg(1)).and_then(|send| count_send(tgid, send, sent as i64));
+        classify::<Typed>(ctx.arg(0), ctx.arg(1)).and_then(|send| count_send(&ctx, tgid, send, sent as i64));
     match counted {
         Ok(r) | Err(r) => r,
     }
@@ -62,7 +63,7 @@ pub fn tcp_sendmsg_exit(ctx: FExitContext) -> u32 {
 #[fexit(function = "do_tcp_sendpages")]
 pub fn tcp_sendpages_exit(ctx: FExitContext) -> u32 {
     let sent: i64 = ctx.arg(5);
-    match count_spliced(sent) {
+    match count_spliced(&ctx, sent) {
         Ok(r) | Err(r) => r,
     }
 }
@@ -83,7 +84,7 @@ pub fn tcp_sendmsg_entry(ctx: ProbeContext) -> u32 {
 #[kretprobe]
 pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
     let sent: i32 = ctx.ret();
-    match count_pending_send(sent as i64) {
+    match count_pending_send(&ctx, sent as i64) {
         Ok(r) | Err(r) => r,
     }
 }
@@ -92,7 +93,7 @@ pub fn tcp_sendmsg_return(ctx: RetProbeContext) -> u32 {
 #[kretprobe]
 pub fn tcp_sendpages_return(ctx: RetProbeContext) -> u32 {
     let sent: i64 = ctx.ret();
-    match count_spliced(sent) {
+    match count_spliced(&ctx, sent) {
         Ok(r) | Err(r) => r,
     }
 }
@@ -235,7 +236,7 @@ fn spend_kept(pid_tgid: u64) -> PendingSend {
 
 /// Counts `sent` bytes under the classification of the current thread's send.
 #[inline(always)]
-fn count_pending_send(sent: i64) -> Result<u32, u32> {
+fn count_pending_send<C: StackIdContext>(ctx: &C, sent: i64) -> Result<u32, u32> {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     if filtered_out(tgid) {
@@ -250,20 +251,20 @@ fn count_pending_send(sent: i64) -> Result<u32, u32> {
         }
         None => spend_kept(pid_tgid),
     };
-    count_send(tgid, pending, sent)
+    count_send(ctx, tgid, pending, sent)
 }
 
 #[inline(always)]
-fn count_spliced(sent: i64) -> Result<u32, u32> {
+fn count_spliced<C: StackIdContext>(ctx: &C, sent: i64) -> Result<u32, u32> {
     let spliced = PendingSend {
         path: TcpPath::Splice as u32,
         ..COPY
     };
-    count_send((bpf_get_current_pid_tgid() >> 32) as u32, spliced, sent)
+    count_send(ctx, (bpf_get_current_pid_tgid() >> 32) as u32, spliced, sent)
 }
 
 #[inline(always)]
-fn count_send(tgid: u32, send: PendingSend, sent: i64) -> Result<u32, u32> {
+fn count_send<C: StackIdContext>(ctx: &C, tgid: u32, send: PendingSend, sent: i64) -> Result<u32, u32> {
     if sent <= 0 || filtered_out(tgid) {
         return Ok(0);
     }
@@ -278,6 +279,9 @@ fn count_send(tgid: u32, send: PendingSend, sent: i64) -> Result<u32, u32> {
         if send.path == TcpPath::Zerocopy as u32 && send.loopback != 0 {
             add(&raw mut (*entry).tcp_zerocopy_local_bytes, sent as u64);
         }
+    }
+    if send.path == TcpPath::Copy as u32 {
+        stacks::record_copy(ctx, Copier::TcpSend, sent as u64);
     }
     Ok(0)
 }
@@ -301,5 +305,6 @@ fn try_skb_copy_datagram_iovec(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     let entry = current_process_entry(&key).ok_or(0u32)?;
     // SAFETY: `entry` points into a live map value.
     unsafe { add(&raw mut (*entry).recv_copy_bytes, copied as u64) };
+    stacks::record_copy(ctx, Copier::SocketReceive, copied as u64);
     Ok(0)
 }

@@ -1,5 +1,5 @@
-//! `zctrace attach --stacks`: call sites weighted by CPU-copied bytes, against a relay whose
-//! functions and byte counts are known.
+//! `zctrace attach --stacks`: call sites weighted by CPU-copied bytes, and the kernel stacks of
+//! observed copies, against a relay whose functions and byte counts are known.
 mod common;
 
 use std::{path::PathBuf, process::Command};
@@ -24,7 +24,7 @@ fn relay_program(frame_pointers: bool) -> PathBuf {
         "-fomit-frame-pointer"
     };
     let status = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Werror", flag, "-o"])
+        .args(["-O2", "-Wall", "-Werror", "-pthread", flag, "-o"])
         .arg(&out)
         .arg(repo("zctrace/tests/programs/stack_relay.c"))
         .status()
@@ -37,24 +37,39 @@ struct Traced {
     report: serde_json::Value,
     /// (folded frames, weight)
     folded: Vec<(String, u64)>,
+    svg: String,
     relayed: u64,
     logged: u64,
+    /// Received by the draining thread, when relaying into TCP.
+    drained: Option<u64>,
 }
 
-/// Runs the relay under `attach --stacks`, with folded stacks and a flame graph written out.
-fn trace_relay(frame_pointers: bool, name: &str) -> Traced {
+/// Where the relay writes: a file, or a loopback TCP connection a thread of it drains.
+#[derive(PartialEq)]
+enum Dst {
+    File,
+    Tcp,
+}
+
+/// Runs the relay under `attach --stacks KIND`, with folded stacks and a flame graph written out.
+fn trace_relay(frame_pointers: bool, name: &str, kind: &str, dst: Dst, probe_args: &[&str]) -> Traced {
     let program = relay_program(frame_pointers);
     let folded_path = scratch_path(&format!("{name}.folded"));
     let svg_path = scratch_path(&format!("{name}.svg"));
     let output = Command::new(zctrace_bin())
-        .args(["attach", "--json", "--stacks", "--stacks-out"])
+        .args(["attach", "--json"])
+        .args(probe_args)
+        .args(["--stacks", kind, "--stacks-out"])
         .arg(&folded_path)
         .arg("--flamegraph")
         .arg(&svg_path)
         .arg("--")
         .arg(&program)
         .arg(test_file(RELAY_SIZE))
-        .arg(scratch_path(&format!("{name}.out")))
+        .arg(match dst {
+            Dst::File => scratch_path(&format!("{name}.out")),
+            Dst::Tcp => PathBuf::from("tcp"),
+        })
         .arg(scratch_path(&format!("{name}.log")))
         .args([CHUNK, LOG_RECORD])
         .output()
@@ -74,17 +89,13 @@ fn trace_relay(frame_pointers: bool, name: &str) -> Traced {
             .parse()
             .unwrap()
     };
-    let folded = read_folded(&folded_path);
-    let svg = std::fs::read_to_string(&svg_path).expect("the flame graph");
-    assert!(
-        svg.contains("<svg") && svg.contains("relay_body"),
-        "flame graph:\n{svg}"
-    );
     Traced {
         report,
-        folded,
+        folded: read_folded(&folded_path),
+        svg: std::fs::read_to_string(&svg_path).expect("the flame graph"),
         relayed: figure("relayed"),
         logged: figure("logged"),
+        drained: (dst == Dst::Tcp).then(|| figure("drained")),
     }
 }
 
@@ -103,8 +114,13 @@ fn copied_bytes_are_attributed_to_the_functions_that_copy_them() {
     if !privileged("copied_bytes_are_attributed_to_the_functions_that_copy_them") {
         return;
     }
-    let traced = trace_relay(true, "fp");
+    let traced = trace_relay(true, "fp", "user", Dst::File, &[]);
     assert_eq!(traced.relayed, RELAY_SIZE);
+    assert!(
+        traced.svg.contains("<svg") && traced.svg.contains("relay_body"),
+        "flame graph:\n{}",
+        traced.svg
+    );
     // Each relayed byte is copied twice (read into user memory, write out of it), each log byte once.
     let copied = 2 * traced.relayed + traced.logged;
     let relay_share = share(&traced.folded, "relay_body");
@@ -147,7 +163,7 @@ fn without_frame_pointers_the_stacks_shrink_but_no_byte_is_lost() {
     if !privileged("without_frame_pointers_the_stacks_shrink_but_no_byte_is_lost") {
         return;
     }
-    let traced = trace_relay(false, "nofp");
+    let traced = trace_relay(false, "nofp", "user", Dst::File, &[]);
     let total: u64 = traced.folded.iter().map(|(_, w)| w).sum();
     let copied = 2 * traced.relayed + traced.logged;
     // The dynamic loader's reads and the program's closing line are copies too, a few KiB.
@@ -185,4 +201,136 @@ fn an_existing_output_file_is_refused_before_tracing() {
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("never overwrites"), "{stderr}");
     assert_eq!(std::fs::read_to_string(&existing).unwrap(), "keep me");
+}
+
+/// Folded lines that end in the copier `leaf` (a bracketed frame), and their total weight.
+fn ending_in<'a>(folded: &'a [(String, u64)], leaf: &str) -> (Vec<&'a (String, u64)>, u64) {
+    let lines: Vec<_> = folded
+        .iter()
+        .filter(|(frames, _)| frames.ends_with(&format!(";[{leaf} copy]")))
+        .collect();
+    let total = lines.iter().map(|(_, w)| w).sum();
+    (lines, total)
+}
+
+/// The weight of `lines` whose frames include `frame`.
+fn through(lines: &[&(String, u64)], frame: &str) -> u64 {
+    lines
+        .iter()
+        .filter(|(frames, _)| frames.split(';').any(|f| f == frame))
+        .map(|(_, w)| w)
+        .sum()
+}
+
+#[test]
+fn kernel_stacks_show_the_kernel_path_of_each_observed_copy_below_its_caller() {
+    if !privileged("kernel_stacks_show_the_kernel_path_of_each_observed_copy_below_its_caller") {
+        return;
+    }
+    check_both_stacks(trace_relay(true, "both", "both", Dst::Tcp, &[]));
+}
+
+/// Kprobes take their stacks from a breakpoint rather than a trampoline: the same copies must show
+/// the same kernel paths, without the probe's own frames.
+#[test]
+fn kernel_stacks_taken_by_kprobes_show_the_same_paths() {
+    if !privileged("kernel_stacks_taken_by_kprobes_show_the_same_paths") {
+        return;
+    }
+    let without_trampolines = ["--probe.without", "fentry,fexit"];
+    check_both_stacks(trace_relay(
+        true,
+        "kprobes",
+        "both",
+        Dst::Tcp,
+        &without_trampolines,
+    ));
+}
+
+fn check_both_stacks(traced: Traced) {
+    assert_eq!((traced.relayed, traced.drained), (RELAY_SIZE, Some(RELAY_SIZE)));
+    let stacks = &traced.report["stacks"];
+    assert_eq!(
+        (&stacks["kind"], &stacks["cpu_copy_basis"], &stacks["dropped"]),
+        (&"both".into(), &"observed".into(), &0.into()),
+        "{stacks:#}"
+    );
+    let observed = &traced.report["observed"];
+    // The TCP send copies, each under the function that wrote and the kernel's write path.
+    let (sends, sent) = ending_in(&traced.folded, "tcp_sendmsg_locked");
+    assert_eq!(sent, observed["tcp_send_bytes"]["copy"].as_u64().unwrap());
+    assert_eq!(through(&sends, "relay_body"), RELAY_SIZE, "{sends:#?}");
+    assert_eq!(through(&sends, "vfs_write"), RELAY_SIZE, "{sends:#?}");
+    // The receive copies, under the draining thread's function and TCP's receive path.
+    let (receives, received) = ending_in(&traced.folded, "skb_copy_datagram_iter");
+    assert_eq!(received, observed["recv_copy_bytes"].as_u64().unwrap());
+    assert_eq!(through(&receives, "drain_socket"), RELAY_SIZE, "{receives:#?}");
+    assert_eq!(through(&receives, "tcp_recvmsg"), RELAY_SIZE, "{receives:#?}");
+    // File reads copy where the kernel lets them be observed (tmpfs files by their own routine);
+    // elsewhere the report says so.
+    let unobserved = stacks["unobserved_copiers"].as_array().unwrap();
+    let (mut reads, _) = ending_in(&traced.folded, "filemap_read");
+    reads.extend(ending_in(&traced.folded, "shmem_file_read_iter").0);
+    if unobserved.iter().any(|c| c == "filemap_read") {
+        assert!(reads.is_empty(), "{reads:#?}");
+        assert!(observed["copies_by_routine"].is_null());
+    } else {
+        assert_eq!(through(&reads, "relay_body"), RELAY_SIZE, "{:#?}", traced.folded);
+        // Under relay_body, every read went through the kernel's read path.
+        reads.retain(|(frames, _)| frames.split(';').any(|f| f == "relay_body"));
+        assert_eq!(through(&reads, "vfs_read"), RELAY_SIZE, "{reads:#?}");
+    }
+    // No observed copy is left out of the stacks.
+    let total: u64 = traced.folded.iter().map(|(_, w)| w).sum();
+    let observed_total = match traced.report["totals"]["observed_copy_bytes"].as_u64() {
+        Some(all) => all,
+        None => sent + received,
+    };
+    assert_eq!(total, observed_total, "{:#?}", traced.folded);
+    assert!(
+        traced.svg.contains("tcp_recvmsg") && traced.svg.contains("CPU-copied bytes (observed)"),
+        "flame graph:\n{}",
+        traced.svg
+    );
+}
+
+#[test]
+fn kernel_stacks_alone_hold_no_user_frames() {
+    if !privileged("kernel_stacks_alone_hold_no_user_frames") {
+        return;
+    }
+    let traced = trace_relay(true, "kernel", "kernel", Dst::Tcp, &[]);
+    assert_eq!(traced.report["stacks"]["kind"], "kernel");
+    let (sends, sent) = ending_in(&traced.folded, "tcp_sendmsg_locked");
+    assert_eq!((through(&sends, "vfs_write"), sent), (RELAY_SIZE, RELAY_SIZE));
+    assert!(
+        traced
+            .folded
+            .iter()
+            .all(|(frames, _)| !frames.contains("relay_body") && !frames.contains("drain_socket")),
+        "{:#?}",
+        traced.folded
+    );
+}
+
+#[test]
+fn a_weight_kernel_stacks_do_not_have_is_refused() {
+    let output = Command::new(zctrace_bin())
+        .args([
+            "attach",
+            "--stacks",
+            "kernel",
+            "--stack-weight",
+            "moved",
+            "--",
+            "true",
+        ])
+        .output()
+        .expect("zctrace attach");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--stack-weight moved needs --stacks user"),
+        "{stderr}"
+    );
 }

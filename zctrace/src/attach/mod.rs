@@ -25,7 +25,7 @@ use crate::{
     accounting::{kind_label, per_process, ProcessFigures},
     probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     procfs,
-    stacks::{self, symbols::Frames, Site, Weight},
+    stacks::{self, symbols::Frames, Site, StackKind, Weight},
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -45,10 +45,12 @@ pub struct AttachArgs {
     /// Plain lines instead of the terminal UI.
     #[arg(long)]
     pub plain: bool,
-    /// Record the user stack of each data-path syscall, to show which code path copies: the
-    /// report lists the top call sites, the live view the top three.
-    #[arg(long)]
-    pub stacks: bool,
+    /// Record stacks, to show which code path copies: `user` (alone, the default) the user stack
+    /// of each data-path syscall; `kernel` the kernel stack of each copy the kernel is seen
+    /// making; `both` the user and kernel stacks of each observed copy. The report lists the top
+    /// sites, the live view the top three.
+    #[arg(long, value_enum, num_args = 0..=1, default_missing_value = "user")]
+    pub stacks: Option<StackKind>,
     /// Write the call sites as folded stacks (the input of flame graph tools) to this new file.
     #[arg(long, requires = "stacks")]
     pub stacks_out: Option<PathBuf>,
@@ -76,8 +78,15 @@ fn check_pid(pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Refuses output files that exist before any tracing starts: zctrace never overwrites one.
+/// Refuses output files that exist before any tracing starts (zctrace never overwrites one),
+/// and a weight the chosen stacks do not have.
 fn check_outputs(args: &AttachArgs) -> Result<()> {
+    if args.stack_weight == Weight::Moved && args.stacks.is_some_and(|kind| kind != StackKind::User) {
+        bail!(
+            "--stack-weight moved needs --stacks user: kernel stacks are taken at the copies, \
+             where the bytes moved are the bytes copied; use copied or calls"
+        );
+    }
     for path in [&args.stacks_out, &args.flamegraph].into_iter().flatten() {
         if path.exists() {
             bail!(
@@ -105,7 +114,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         .unwrap_or_else(|| launched.as_ref().expect("a command").pid.as_raw() as u32);
     let tracer = Tracer::load(&ProbeOptions {
         filter_tgid: Some(pid),
-        record_stacks: args.stacks,
+        stacks: args.stacks.map(StackKind::mode),
         ..probe.options()
     });
     let tracer = match (tracer, &mut launched) {
@@ -119,7 +128,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     };
     catch_interrupts()?;
     let session = Session {
-        frames: args.stacks.then(|| RefCell::new(Frames::watch(pid))),
+        stacks: args.stacks.map(|kind| (kind, RefCell::new(Frames::watch(pid)))),
         tracer,
         pid,
         started: Instant::now(),
@@ -133,8 +142,8 @@ struct Session {
     pid: u32,
     started: Instant,
     launched: Option<Gated>,
-    /// With `--stacks`: names for the traced process's frames.
-    frames: Option<RefCell<Frames>>,
+    /// With `--stacks`: which stacks, and names for their frames.
+    stacks: Option<(StackKind, RefCell<Frames>)>,
 }
 
 /// Why tracing stopped.
@@ -155,18 +164,30 @@ impl Session {
         }))
     }
 
-    /// The recorded call sites, named and merged; none without `--stacks`.
+    /// The recorded call or copy sites, named and merged; none without `--stacks`.
     fn sites(&self) -> Result<Vec<Site>> {
-        let Some(frames) = &self.frames else {
+        let Some((kind, frames)) = &self.stacks else {
             return Ok(Vec::new());
         };
         let mut frames = frames.borrow_mut();
-        let sites = self
-            .tracer
-            .stack_sites()?
-            .into_iter()
-            .map(|(key, stats, ips)| Site::new(&key, &stats, frames.names(&ips)))
-            .collect();
+        let sites = match kind {
+            StackKind::User => self
+                .tracer
+                .stack_sites()?
+                .into_iter()
+                .map(|(key, stats, ips)| Site::new(&key, &stats, frames.names(&ips)))
+                .collect(),
+            StackKind::Kernel | StackKind::Both => self
+                .tracer
+                .copy_stack_sites()?
+                .into_iter()
+                .map(|site| {
+                    let user = frames.names(&site.user);
+                    let kernel = frames.kernel_names(&site.kernel);
+                    Site::at_copy(*kind, &site.key, &site.copies, user, kernel)
+                })
+                .collect(),
+        };
         Ok(stacks::merge(sites))
     }
 
@@ -200,7 +221,7 @@ impl Session {
                 Some(view) => {
                     let now = self.figures()?;
                     let mut frame = self.frame(&now, &now.since(&previous), args.interval);
-                    if self.frames.is_some() {
+                    if self.stacks.is_some() {
                         frame.footer = top_sites_lines(&stacks::top(&self.sites()?, 3));
                     }
                     previous = now;
@@ -226,12 +247,16 @@ impl Session {
             exited,
             code,
         );
-        if args.stacks {
+        if let Some((kind, _)) = self.stacks {
             let sites = self.sites()?;
-            self.write_stacks(args, &sites)?;
+            self.write_stacks(args, kind, &sites)?;
             // Only the drop counters: a whole snapshot would read every map again.
             let dropped = self.tracer.update_errors()?[MapSlot::Stacks as usize];
-            report = report.with_stacks(StacksReport::new(&sites, dropped));
+            let unobserved = match kind {
+                StackKind::User => Vec::new(),
+                StackKind::Kernel | StackKind::Both => self.tracer.unobserved_copiers(),
+            };
+            report = report.with_stacks(StacksReport::new(kind, &sites, dropped, &unobserved));
         }
         if exited {
             eprintln!(
@@ -247,7 +272,7 @@ impl Session {
         Ok(())
     }
 
-    fn write_stacks(&self, args: &AttachArgs, sites: &[Site]) -> Result<()> {
+    fn write_stacks(&self, args: &AttachArgs, kind: StackKind, sites: &[Site]) -> Result<()> {
         let lines = stacks::folded(sites, args.stack_weight);
         if let Some(path) = &args.stacks_out {
             let mut file = stacks::create_output(path)?;
@@ -256,7 +281,12 @@ impl Session {
             }
         }
         if let Some(path) = &args.flamegraph {
-            stacks::flamegraph(&lines, args.stack_weight, stacks::create_output(path)?)?;
+            stacks::flamegraph(
+                &lines,
+                args.stack_weight,
+                kind.basis(),
+                stacks::create_output(path)?,
+            )?;
         }
         Ok(())
     }

@@ -1,11 +1,11 @@
 //! The attach report: what one process did, as JSON or as text. Pure.
 use serde::Serialize;
-use zctrace_common::TcpPath;
+use zctrace_common::{Copier, TcpPath};
 
 use super::advice::{advise, classify, IoStyle};
 use crate::{
     accounting::{kind_label, Basis, ProcessFigures, OBSERVED_ROUTINES},
-    stacks::{self, Site, TopSite},
+    stacks::{self, Site, StackKind, TopSite},
 };
 
 #[derive(Debug, Serialize)]
@@ -28,26 +28,41 @@ pub struct Report {
     pub stacks: Option<StacksReport>,
 }
 
-/// The call sites `attach --stacks` recorded.
+/// The call or copy sites `attach --stacks` recorded.
 #[derive(Debug, Serialize)]
 pub struct StacksReport {
-    /// Copied bytes per call site come from the copy model: the kernel counts the bytes each
-    /// stack moved, and the model says how often the CPU copied them.
+    /// user, kernel or both.
+    pub kind: &'static str,
+    /// Copied bytes per user-stack call site come from the copy model (the kernel counts the
+    /// bytes each stack moved, and the model says how often the CPU copied them); per copy site,
+    /// from the copies observed.
     pub cpu_copy_basis: &'static str,
+    /// Call sites, or copy sites with kernel stacks.
     pub call_sites: usize,
-    /// Calls whose stack or call site the bounded maps could not take. Each is still in the totals;
-    /// a call whose stack alone was refused is under a site with no frames.
+    /// Calls or copies whose stack or site the bounded maps could not take. Each is still in the
+    /// totals; one whose stack alone was refused is under a site with no frames.
     pub dropped: u64,
-    /// The heaviest call sites by CPU-copied bytes.
+    /// With kernel stacks: the copy routines this kernel does not let zctrace observe, whose
+    /// copies therefore have no stack (the totals still model them).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unobserved_copiers: Option<Vec<&'static str>>,
+    /// The heaviest sites by CPU-copied bytes.
     pub top: Vec<TopSite>,
 }
 
 impl StacksReport {
-    pub fn new(sites: &[Site], dropped: u64) -> StacksReport {
+    pub fn new(kind: StackKind, sites: &[Site], dropped: u64, unobserved: &[Copier]) -> StacksReport {
         StacksReport {
-            cpu_copy_basis: Basis::Model.label(),
+            kind: kind.label(),
+            cpu_copy_basis: kind.basis().label(),
             call_sites: sites.len(),
             dropped,
+            unobserved_copiers: (kind != StackKind::User).then(|| {
+                unobserved
+                    .iter()
+                    .map(|c| OBSERVED_ROUTINES[*c as usize])
+                    .collect()
+            }),
             top: stacks::top(sites, TOP_SITES),
         }
     }
@@ -252,9 +267,19 @@ impl Report {
         }
         if let Some(stacks) = &self.stacks {
             out += &format!(
-                "\ntop call sites by CPU-copied bytes ({}; {} sites, {} calls dropped):\n",
-                stacks.cpu_copy_basis, stacks.call_sites, stacks.dropped
+                "\ntop {} sites by CPU-copied bytes ({} stacks, {}; {} sites, {} dropped):\n",
+                if stacks.kind == "user" { "call" } else { "copy" },
+                stacks.kind,
+                stacks.cpu_copy_basis,
+                stacks.call_sites,
+                stacks.dropped
             );
+            if let Some(unobserved) = stacks.unobserved_copiers.as_ref().filter(|u| !u.is_empty()) {
+                out += &format!(
+                    "not observed on this kernel, so without stacks (--stacks user shows their call sites): {}\n",
+                    unobserved.join(", ")
+                );
+            }
             top_sites_lines(&stacks.top)
                 .iter()
                 .for_each(|l| out += &format!("{l}\n"));
@@ -287,5 +312,57 @@ impl Report {
                 routines.join(", ")
             }
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_stacks(kind: StackKind, unobserved: &[Copier]) -> Report {
+        let figures = ProcessFigures::default();
+        let site = Site {
+            frames: vec!["vfs_write".into()],
+            mechanism: "tcp_sendmsg_locked copy".into(),
+            calls: 1,
+            bytes: 10,
+            copied_bytes: 10,
+        };
+        Report::new(1, &figures, 1.0, false, None).with_stacks(StacksReport::new(
+            kind,
+            &[site],
+            0,
+            unobserved,
+        ))
+    }
+
+    #[test]
+    fn kernel_stacks_name_the_copiers_they_cannot_see() {
+        let report = with_stacks(StackKind::Kernel, &[Copier::FilemapRead, Copier::PipeWrite]);
+        let stacks = report.stacks.as_ref().unwrap();
+        assert_eq!((stacks.kind, stacks.cpu_copy_basis), ("kernel", "observed"));
+        assert_eq!(
+            stacks.unobserved_copiers.as_deref(),
+            Some(&["filemap_read", "pipe_write"][..])
+        );
+        let text = report.text();
+        assert!(text.contains("top copy sites"), "{text}");
+        assert!(
+            text.contains("without stacks (--stacks user shows their call sites): filemap_read, pipe_write"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn user_stacks_are_modelled_and_miss_no_copier() {
+        let report = with_stacks(StackKind::User, &[]);
+        let stacks = report.stacks.as_ref().unwrap();
+        assert_eq!((stacks.kind, stacks.cpu_copy_basis), ("user", "model"));
+        assert_eq!(stacks.unobserved_copiers, None);
+        let text = report.text();
+        assert!(
+            text.contains("top call sites") && !text.contains("not observed"),
+            "{text}"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Every probe zctrace can attach, and each probe's ways to attach, best first. A way is a set of
 //! programs that together do the probe's job with one kind of hook; the first way the running
 //! kernel accepts wins, judged from its BTF and by attaching, never from its version.
+use zctrace_common::Copier;
 
 /// The kind of kernel hook a program attaches to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -356,9 +357,32 @@ pub fn probe(name: &str) -> Option<&'static Probe> {
     PROBES.iter().find(|p| p.name == name)
 }
 
+/// The probe that observes each copier's copies.
+pub const COPIER_PROBES: [(&str, Copier); 8] = [
+    ("copy_filemap_read", Copier::FilemapRead),
+    ("copy_shmem_read", Copier::ShmemRead),
+    ("copy_perform_write", Copier::PerformWrite),
+    ("copy_pipe_read", Copier::PipeRead),
+    ("copy_pipe_write", Copier::PipeWrite),
+    ("copy_zerocopy_deferred", Copier::ZerocopyDeferred),
+    ("tcp_send", Copier::TcpSend),
+    ("skb_copy_datagram_iovec", Copier::SocketReceive),
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_copier_is_observed_by_a_probe_of_the_catalog() {
+        for (name, copier) in COPIER_PROBES {
+            assert!(probe(name).is_some(), "{name} ({copier:?}) is not a probe");
+        }
+        for value in 0..COPIER_PROBES.len() as u8 {
+            let copier = Copier::from_u8(value).expect("a copier");
+            assert_eq!(COPIER_PROBES.iter().filter(|(_, c)| *c == copier).count(), 1);
+        }
+    }
 
     #[test]
     fn names_are_unique_and_every_way_has_a_required_program() {

@@ -18,11 +18,11 @@ use aya::{
     programs::{BtfTracePoint, FEntry, FExit, KProbe},
     Btf, Ebpf, EbpfLoader,
 };
-use catalog::{Hook, Probe, Program, PROBES};
+use catalog::{Hook, Probe, Program, COPIER_PROBES, PROBES};
 pub use catalog::{Mode, Role};
 use zctrace_common::{
-    KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey, ProcessStats, StackKey, SyscallKey,
-    SyscallStats, ThreadSwitches, MAP_SLOTS,
+    Copier, CopyStackCounts, CopyStackKey, KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey,
+    ProcessStats, StackKey, StackMode, SyscallKey, SyscallStats, ThreadSwitches, MAP_SLOTS,
 };
 
 use crate::{
@@ -44,12 +44,12 @@ pub struct ProbeOptions {
     /// Modes not to try, as if the kernel refused them: shows the next way down each chain on
     /// kernels that have the better one.
     pub without: Vec<Mode>,
-    /// Record the user stack of each data-path syscall (`attach --stacks`).
-    pub record_stacks: bool,
+    /// The stacks `attach --stacks` records; `None` records none.
+    pub stacks: Option<StackMode>,
 }
 
-/// Distinct user stacks `attach --stacks` keeps (about 1 KiB of kernel memory each), and call
-/// sites (a stack with one mechanism) it counts; past either, calls are counted as drops.
+/// Distinct stacks `attach --stacks` keeps (about 1 KiB of kernel memory each), and sites (a
+/// stack with one mechanism or copier) it counts; past either, calls are counted as drops.
 pub const STACK_CAPACITY: u32 = 4096;
 pub const STACK_SITE_CAPACITY: u32 = 16384;
 
@@ -175,6 +175,20 @@ impl Tracer {
             .all(|s| s.mode.is_attached())
     }
 
+    /// Copiers whose probe did not attach: their copies go unobserved, so they have no stacks.
+    pub fn unobserved_copiers(&self) -> Vec<Copier> {
+        COPIER_PROBES
+            .into_iter()
+            .filter(|(probe, _)| {
+                !self
+                    .statuses
+                    .iter()
+                    .any(|s| s.probe == *probe && s.mode.is_attached())
+            })
+            .map(|(_, copier)| copier)
+            .collect()
+    }
+
     /// Failed updates so far, summed over CPUs, indexed by [`MapSlot`].
     pub fn update_errors(&self) -> Result<[u64; MAP_SLOTS as usize]> {
         let errors: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("MAP_UPDATE_ERRORS")?)?;
@@ -280,12 +294,26 @@ impl Tracer {
         let mut sites = Vec::new();
         for entry in counts.iter() {
             let (key, stats) = entry.context("reading STACK_COUNTS")?;
-            let ips = u32::try_from(key.user_stack)
-                .ok()
-                .and_then(|id| stacks.get(&id, 0).ok())
-                .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
-                .unwrap_or_default();
+            let ips = stack_ips(&stacks, key.user_stack);
             sites.push((key, stats, ips));
+        }
+        Ok(sites)
+    }
+
+    /// The copies `attach --stacks kernel|both` saw, by site.
+    pub fn copy_stack_sites(&self) -> Result<Vec<CopyStackSite>> {
+        let counts: HashMap<_, CopyStackKey, CopyStackCounts> =
+            HashMap::try_from(self.map("COPY_STACK_COUNTS")?)?;
+        let stacks = StackTraceMap::try_from(self.map("STACKS")?)?;
+        let mut sites = Vec::new();
+        for entry in counts.iter() {
+            let (key, copies) = entry.context("reading COPY_STACK_COUNTS")?;
+            sites.push(CopyStackSite {
+                kernel: stack_ips(&stacks, key.kernel_stack),
+                user: stack_ips(&stacks, key.user_stack),
+                key,
+                copies,
+            });
         }
         Ok(sites)
     }
@@ -297,11 +325,30 @@ impl Tracer {
     }
 }
 
+/// One copy site's counts, and its kernel and user stacks' addresses, leaf first (none when not
+/// recorded).
+pub struct CopyStackSite {
+    pub key: CopyStackKey,
+    pub copies: CopyStackCounts,
+    pub kernel: Vec<u64>,
+    pub user: Vec<u64>,
+}
+
+/// A recorded stack's addresses, leaf first; none for [`zctrace_common::NO_STACK`] or a stack
+/// the map no longer holds.
+fn stack_ips(stacks: &StackTraceMap<&aya::maps::MapData>, id: i32) -> Vec<u64> {
+    u32::try_from(id)
+        .ok()
+        .and_then(|id| stacks.get(&id, 0).ok())
+        .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
+        .unwrap_or_default()
+}
+
 /// Creates the maps and parses the programs, with the kernel's offsets and the options filled in.
 fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf> {
     let config = ProbeConfig {
         filter_tgid: options.filter_tgid.unwrap_or(0),
-        record_stacks: u32::from(options.record_stacks),
+        record_stacks: options.stacks.map_or(0, |mode| mode as u32),
     };
     let mut loader = EbpfLoader::new();
     // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come
@@ -311,10 +358,14 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
         .btf(None)
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &config, true);
-    if options.record_stacks {
+    if let Some(mode) = options.stacks {
+        let sites = match mode {
+            StackMode::User => "STACK_COUNTS",
+            StackMode::Kernel | StackMode::Both => "COPY_STACK_COUNTS",
+        };
         loader
             .map_max_entries("STACKS", STACK_CAPACITY)
-            .map_max_entries("STACK_COUNTS", STACK_SITE_CAPACITY);
+            .map_max_entries(sites, STACK_SITE_CAPACITY);
     }
     for (map, capacity) in &options.map_capacity {
         loader.map_max_entries(map, *capacity);

@@ -1,7 +1,8 @@
-//! Frame names for one process's user stacks, by blazesym. Addresses are turned into file offsets
-//! through the process's mappings, which a thread re-reads while it lives (an exec, a library
-//! loaded), so stacks recorded just before it exited are still named. A frame no symbol covers is
-//! `module+0xoffset`.
+//! Frame names for one process's user stacks and for kernel stacks, by blazesym. User addresses
+//! are turned into file offsets through the process's mappings, which a thread re-reads while it
+//! lives (an exec, a library loaded), so stacks recorded just before it exited are still named. A
+//! frame no symbol covers is `module+0xoffset`. Kernel addresses are named from
+//! `/proc/kallsyms`, the running kernel's own table (a vmlinux found on disk may not match it).
 use std::{
     collections::HashMap,
     path::PathBuf,
@@ -9,9 +10,12 @@ use std::{
     time::Duration,
 };
 
-use blazesym::symbolize::{
-    source::{Elf, Source},
-    Input, Symbolized, Symbolizer,
+use blazesym::{
+    symbolize::{
+        source::{Elf, Kernel, Source},
+        Input, Symbolized, Symbolizer,
+    },
+    MaybeDefault,
 };
 
 /// One file-backed mapping of the process.
@@ -51,8 +55,17 @@ impl Frames {
         }
     }
 
-    /// Names of a stack's frames, root first, from the kernel's addresses (leaf first).
+    /// Names of a user stack's frames, root first, from the kernel's addresses (leaf first).
     pub fn names(&mut self, ips: &[u64]) -> Vec<String> {
+        self.named(ips, Self::name_user)
+    }
+
+    /// Names of a kernel stack's frames, root first, from its addresses (leaf first).
+    pub fn kernel_names(&mut self, ips: &[u64]) -> Vec<String> {
+        self.named(ips, Self::name_kernel)
+    }
+
+    fn named(&mut self, ips: &[u64], name_all: fn(&mut Self, &[u64])) -> Vec<String> {
         // Past the leaf, each address is a return address: the call is the byte before it.
         let lookups: Vec<u64> = ips
             .iter()
@@ -64,11 +77,29 @@ impl Frames {
             .copied()
             .filter(|ip| !self.names.contains_key(ip))
             .collect();
-        self.name_all(&missing);
+        name_all(self, &missing);
         lookups.iter().rev().map(|ip| self.names[ip].clone()).collect()
     }
 
-    fn name_all(&mut self, ips: &[u64]) {
+    fn name_kernel(&mut self, ips: &[u64]) {
+        let kernel = Kernel {
+            vmlinux: MaybeDefault::None,
+            ..Kernel::default()
+        };
+        let symbolized = self
+            .symbolizer
+            .symbolize(&Source::Kernel(kernel), Input::AbsAddr(ips))
+            .unwrap_or_default();
+        for (i, ip) in ips.iter().enumerate() {
+            let name = match symbolized.get(i) {
+                Some(Symbolized::Sym(sym)) => sym.name.to_string(),
+                _ => format!("[kernel] {ip:#x}"),
+            };
+            self.names.insert(*ip, name);
+        }
+    }
+
+    fn name_user(&mut self, ips: &[u64]) {
         let mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut by_file: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
         for &ip in ips {

@@ -1,4 +1,6 @@
-use zctrace_common::{nr, FdKind, StackKey, SyscallStats, Variant};
+use zctrace_common::{
+    nr, Copier, CopyStackCounts, CopyStackKey, FdKind, StackKey, SyscallStats, Variant, NO_STACK,
+};
 
 use super::*;
 
@@ -136,7 +138,7 @@ fn top_sites_carry_their_share_of_copied_bytes() {
 #[test]
 fn a_flame_graph_of_nothing_says_so() {
     let mut svg = Vec::new();
-    flamegraph(&[], Weight::Copied, &mut svg).unwrap();
+    flamegraph(&[], Weight::Copied, Basis::Model, &mut svg).unwrap();
     let svg = String::from_utf8(svg).unwrap();
     assert!(
         svg.starts_with("<svg") && svg.contains("no CPU-copied bytes"),
@@ -146,6 +148,7 @@ fn a_flame_graph_of_nothing_says_so() {
     flamegraph(
         &["main;relay;[read file->user] 100".to_string()],
         Weight::Copied,
+        Basis::Model,
         &mut svg,
     )
     .unwrap();
@@ -154,4 +157,99 @@ fn a_flame_graph_of_nothing_says_so() {
         svg.contains("relay") && svg.contains("[read file-&gt;user]"),
         "{svg}"
     );
+}
+
+fn copy_key(copier: Copier) -> CopyStackKey {
+    CopyStackKey {
+        kernel_stack: 3,
+        user_stack: 4,
+        copier: copier as u8,
+        reserved: [0; 7],
+    }
+}
+
+const COPIES: CopyStackCounts = CopyStackCounts {
+    copies: 2,
+    bytes: 8192,
+};
+
+#[test]
+fn a_copy_site_puts_user_frames_above_kernel_frames_without_the_tracing_ones() {
+    let kernel = frames(&[
+        "entry_SYSCALL_64",
+        "vfs_read",
+        "filemap_read",
+        "bpf_trampoline_6442",
+        "[kernel] 0xffffffffc0001000",
+    ]);
+    let site = Site::at_copy(
+        StackKind::Both,
+        &copy_key(Copier::FilemapRead),
+        &COPIES,
+        frames(&["main", "relay"]),
+        kernel.clone(),
+    );
+    assert_eq!(
+        site.frames,
+        frames(&["main", "relay", "entry_SYSCALL_64", "vfs_read", "filemap_read"])
+    );
+    assert_eq!(
+        (site.mechanism.as_str(), site.calls, site.bytes, site.copied_bytes),
+        ("filemap_read copy", 2, 8192, 8192)
+    );
+    let alone = Site::at_copy(
+        StackKind::Kernel,
+        &copy_key(Copier::TcpSend),
+        &COPIES,
+        Vec::new(),
+        kernel,
+    );
+    assert_eq!(alone.frames[0], "entry_SYSCALL_64");
+    assert_eq!(alone.mechanism, "tcp_sendmsg_locked copy");
+}
+
+#[test]
+fn a_copy_site_says_which_stack_went_unrecorded_and_when_no_task_asked() {
+    let unrecorded = CopyStackKey {
+        user_stack: NO_STACK,
+        ..copy_key(Copier::SocketReceive)
+    };
+    let site = Site::at_copy(
+        StackKind::Both,
+        &unrecorded,
+        &COPIES,
+        vec![],
+        frames(&["tcp_recvmsg"]),
+    );
+    assert_eq!(site.frames, [UNRECORDED, "tcp_recvmsg"]);
+    let deferred = Site::at_copy(
+        StackKind::Both,
+        &copy_key(Copier::ZerocopyDeferred),
+        &COPIES,
+        vec![],
+        vec![],
+    );
+    assert_eq!(deferred.frames, [IN_SOFTIRQ, UNRECORDED]);
+    assert_eq!(
+        folded(&[deferred], Weight::Calls),
+        ["[receive softirq];[stack not recorded];[skb_copy_ubufs copy] 2"]
+    );
+}
+
+#[test]
+fn kinds_say_where_their_copied_bytes_come_from() {
+    assert_eq!(StackKind::User.basis(), Basis::Model);
+    assert_eq!(StackKind::Kernel.basis(), Basis::Observed);
+    assert_eq!(StackKind::Both.basis(), Basis::Observed);
+    let mut svg = Vec::new();
+    flamegraph(
+        &["vfs_read;[filemap_read copy] 100".to_string()],
+        Weight::Copied,
+        Basis::Observed,
+        &mut svg,
+    )
+    .unwrap();
+    assert!(String::from_utf8(svg)
+        .unwrap()
+        .contains("CPU-copied bytes (observed)"));
 }

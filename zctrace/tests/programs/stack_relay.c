@@ -1,11 +1,17 @@
 /* A relay with known call sites, for `zctrace attach --stacks`: relay_body() copies a file into
- * another by read+write, and write_log() writes a log record of LOG_BYTES after each chunk. It
- * prints the bytes each path moved, the test's ground truth. */
+ * another by read+write, and write_log() writes a log record of LOG_BYTES after each chunk. With
+ * DST "tcp", relay_body() writes into a loopback TCP connection instead, which a thread drains in
+ * drain_socket(). It prints the bytes each path moved, the test's ground truth. */
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/syscall.h>
+#include <unistd.h>
 
 static char chunk[65536];
 
@@ -40,14 +46,45 @@ __attribute__((noinline)) static long write_log(int log, long chunks, long len)
 	return len;
 }
 
+static long drained;
+
+__attribute__((noinline)) static void *drain_socket(void *arg)
+{
+	static char sink[65536];
+	int fd = *(int *)arg;
+	long n;
+	while ((n = SYSCALL3(SYS_read, fd, sink, sizeof sink)) > 0)
+		drained += n;
+	return NULL;
+}
+
+/* A loopback connection whose far end a thread drains; returns the near end. */
+static int drained_connection(pthread_t *drainer)
+{
+	static int accepted;
+	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+	socklen_t len = sizeof addr;
+	int listener = socket(AF_INET, SOCK_STREAM, 0), out = socket(AF_INET, SOCK_STREAM, 0);
+	if (listener < 0 || out < 0 || bind(listener, (struct sockaddr *)&addr, sizeof addr) ||
+	    listen(listener, 1) || getsockname(listener, (struct sockaddr *)&addr, &len) ||
+	    connect(out, (struct sockaddr *)&addr, sizeof addr) ||
+	    (accepted = accept(listener, NULL, NULL)) < 0 ||
+	    pthread_create(drainer, NULL, drain_socket, &accepted))
+		exit(5);
+	close(listener);
+	return out;
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 6) {
 		fprintf(stderr, "usage: %s SRC DST LOG CHUNK LOG_BYTES\n", argv[0]);
 		return 2;
 	}
+	pthread_t drainer;
+	int tcp = strcmp(argv[2], "tcp") == 0;
 	int in = open(argv[1], O_RDONLY);
-	int out = open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
+	int out = tcp ? drained_connection(&drainer) : open(argv[2], O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	int log = open(argv[3], O_WRONLY | O_CREAT | O_TRUNC, 0600);
 	long size = atol(argv[4]), record = atol(argv[5]);
 	if (in < 0 || out < 0 || log < 0 || size <= 0 || size > (long)sizeof chunk || record < 32 || record > 4096)
@@ -57,6 +94,8 @@ int main(int argc, char **argv)
 		relayed += n;
 		logged += write_log(log, ++chunks, record);
 	}
-	fprintf(stderr, "relayed=%ld logged=%ld\n", relayed, logged);
+	if (tcp && (shutdown(out, SHUT_WR) || pthread_join(drainer, NULL)))
+		return 6;
+	fprintf(stderr, "relayed=%ld logged=%ld drained=%ld\n", relayed, logged, drained);
 	return n < 0;
 }
