@@ -549,36 +549,50 @@ pub(crate) fn payload(dir: &Path, size: u64) -> Result<PathBuf> {
     Ok(path)
 }
 
-/// How the sender of [`stacks_overhead`] runs: directly, under `attach`, under `attach --stacks`.
-const ATTACH_WAYS: [&[&str]; 3] = [
+/// How the sender of [`stacks_overhead`] runs: directly, under `attach`, under `attach --stacks`
+/// (user stacks at every data-path syscall), under `attach --stacks both` (both stacks at every
+/// observed copy).
+const ATTACH_WAYS: [&[&str]; 4] = [
     &[],
     &["attach", "--json", "--"],
     &["attach", "--json", "--stacks", "--"],
+    &["attach", "--json", "--stacks", "both", "--"],
 ];
 
 /// What recording stacks adds to a relay, against attach without them and against no tracing, by
 /// the sender's own timing (attach's start-up is not in it).
 fn stacks_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
-    println!("\n# attach --stacks: read-write relays, {rounds} rounds of untraced / attach / attach --stacks, rotating order");
     println!(
-        "{:<18} {:>22} {:>22} {:>22} {:>14} {:>14}",
-        "workload", "untraced MB/s", "attach MB/s", "attach --stacks MB/s", "attach ratio", "stacks ratio"
+        "\n# attach --stacks: read-write relays, {rounds} rounds of untraced / attach / attach --stacks / attach --stacks both, rotating order; ratios to untraced"
+    );
+    println!(
+        "{:<18} {:>20} {:>20} {:>20} {:>20} {:>8} {:>8} {:>8}",
+        "workload",
+        "untraced MB/s",
+        "attach MB/s",
+        "--stacks MB/s",
+        "--stacks both MB/s",
+        "attach",
+        "stacks",
+        "both"
     );
     for chunk in [64 << 10, 4 << 10] {
-        let runs: [Vec<Transfer>; 3] = rotating(rounds, |way| {
+        let runs: [Vec<Transfer>; 4] = rotating(rounds, |way| {
             transfer_via(zctrace, ATTACH_WAYS[way], "read-write", file, chunk)
         })?;
-        let [plain, attached, stacks] = runs
+        let [plain, attached, user, both] = runs
             .each_ref()
             .map(|r| Stats::of(r.iter().map(|t| t.bytes_per_second / 1e6).collect()));
         println!(
-            "{:<18} {:>22} {:>22} {:>22} {:>14.3} {:>14.3}",
+            "{:<18} {:>20} {:>20} {:>20} {:>20} {:>8.3} {:>8.3} {:>8.3}",
             format!("read-write {}KiB", chunk >> 10),
             plain.show(0),
             attached.show(0),
-            stacks.show(0),
+            user.show(0),
+            both.show(0),
             attached.median / plain.median,
-            stacks.median / plain.median,
+            user.median / plain.median,
+            both.median / plain.median,
         );
     }
     Ok(())
