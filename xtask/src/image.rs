@@ -4,9 +4,11 @@ use std::process::Command;
 
 use anyhow::{Context as _, Result};
 
-use crate::{cargo, check, workspace_root};
+use crate::{
+    arch::{self, Arch},
+    check, workspace_root,
+};
 
-const MUSL: &str = "x86_64-unknown-linux-musl";
 const SOURCE: &str = "https://github.com/zctrace/zctrace";
 
 /// The image reference the DaemonSet names: the registry path with this build's version.
@@ -24,11 +26,10 @@ fn podman() -> Command {
 
 /// Builds the static binary and the image; prints its reference and size.
 pub fn build() -> Result<()> {
-    cargo(&["build", "--release", "--package", "zctrace", "--target", MUSL])?;
+    let binary = arch::static_binary(Arch::X86_64)?;
     let context = workspace_root().join("target/image");
     std::fs::create_dir_all(&context)?;
-    let binary = workspace_root().join(format!("target/{MUSL}/release/zctrace"));
-    let mut strip = Command::new("strip");
+    let mut strip = Command::new(Arch::X86_64.strip());
     strip.arg("-o").arg(context.join("zctrace")).arg(&binary);
     check(strip)?;
     let revision = Command::new("git")

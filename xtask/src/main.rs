@@ -1,5 +1,6 @@
 //! Developer and CI entry points: `cargo xtask setup | run | test | fmt | image | vmtest | bench |
 //! load`.
+mod arch;
 mod bench;
 mod image;
 mod load;
@@ -59,6 +60,12 @@ enum Task {
     },
     /// Set up, then build the container image the DaemonSet runs (static binary, from scratch).
     Image,
+    /// Set up, then build zctrace as a static binary for an architecture (cross-compiled for
+    /// aarch64), and print its path.
+    Build {
+        #[arg(long, value_enum, default_value = "x86_64")]
+        target: arch::Arch,
+    },
     /// Set up, then run many short-lived processes doing I/O under a daemon scraped every second,
     /// and report its memory, CPU, scrapes and series (a report, never a failure).
     Load {
@@ -136,6 +143,11 @@ fn run(task: Task) -> Result<()> {
             setup::ensure()?;
             image::build()
         }
+        Task::Build { target } => {
+            setup::ensure()?;
+            println!("{}", arch::static_binary(target)?.display());
+            Ok(())
+        }
         Task::Load { processes, seconds } => {
             setup::ensure()?;
             cargo(&["build", "--release", "--package", "zctrace"])?;
@@ -160,7 +172,11 @@ fn test() -> Result<()> {
     ]))?;
     // The tests turn the `instruments` feature on; the released build, linted here, has it off.
     cargo(&["clippy", "--package", "zctrace", "--", "-D", "warnings"])?;
-    clippy_ebpf()?;
+    for arch in arch::Arch::ALL {
+        clippy_ebpf(arch)?;
+    }
+    // The arm64 build, cross-compiled, must link and be an arm64 executable.
+    arch::static_binary(arch::Arch::Aarch64)?;
     let in_ci = std::env::var("CI").is_ok_and(|v| v == "true");
     let mut command = cargo_command(&["test", "--workspace", "--exclude", "zctrace-ebpf"]);
     if in_ci {
@@ -174,7 +190,11 @@ fn test() -> Result<()> {
     if in_ci {
         // A one-off run keeps no build it is done with: the tests link next, on a disk of
         // unknown size.
-        for done in ["target/ebpf-clippy", "target/x86_64-unknown-linux-musl"] {
+        for done in [
+            "target/ebpf-clippy",
+            "target/x86_64-unknown-linux-musl",
+            "target/aarch64-unknown-linux-musl",
+        ] {
             let _ = std::fs::remove_dir_all(workspace_root().join(done));
         }
     }
@@ -245,8 +265,13 @@ fn without_build_script_echo(mut command: Command) -> Result<()> {
     Ok(())
 }
 
-/// Clippy on the eBPF crate, for the BPF target, as aya-build compiles it, instruments included.
-fn clippy_ebpf() -> Result<()> {
+/// Clippy on the eBPF crate, for the BPF target, as aya-build compiles it for `arch`, instruments
+/// included.
+fn clippy_ebpf(arch: arch::Arch) -> Result<()> {
+    let target_arch = match arch {
+        arch::Arch::X86_64 => "x86_64",
+        arch::Arch::Aarch64 => "aarch64",
+    };
     let mut command = Command::new("rustup");
     command
         .args([
@@ -262,7 +287,10 @@ fn clippy_ebpf() -> Result<()> {
         ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
         .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
-        .env("CARGO_ENCODED_RUSTFLAGS", "--cfg=bpf_target_arch=\"x86_64\"")
+        .env(
+            "CARGO_ENCODED_RUSTFLAGS",
+            format!("--cfg=bpf_target_arch=\"{target_arch}\""),
+        )
         .env_remove("RUSTC")
         .env_remove("RUSTC_WORKSPACE_WRAPPER")
         .current_dir(workspace_root());

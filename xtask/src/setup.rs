@@ -4,7 +4,7 @@ use std::process::{Command, Stdio};
 
 use anyhow::{bail, Result};
 
-use crate::{check, workspace_root};
+use crate::{arch::Arch, check, workspace_root};
 
 /// Debian packages: LLVM 22 for bpf-linker, the real programs the tests and bench run, and what
 /// `vmtest` boots other kernels with.
@@ -19,12 +19,14 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "curl",
     "openssl",
     "qemu-system-x86",
+    "qemu-system-arm",
     "busybox-static",
     "cpio",
     "podman",
     "buildah",
     "runc",
     "musl-tools",
+    "gcc-aarch64-linux-gnu",
 ];
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -32,10 +34,11 @@ const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 const PYPI_PACKAGES: &[(&str, &str)] = &[("kubernetes-validate", "kubernetes_validate")];
 
 pub fn ensure() -> Result<()> {
+    foreign_architectures()?;
     debian_packages()?;
     python_tools()?;
     nightly_rust_src()?;
-    musl_target()?;
+    musl_targets()?;
     bpf_linker()?;
     nginx_with_frame_pointers()
 }
@@ -110,6 +113,30 @@ fn python_tools() -> Result<()> {
     Ok(())
 }
 
+/// dpkg's other architectures, whose packages `vmtest` downloads (never installs): arm64's
+/// kernel and busybox.
+fn foreign_architectures() -> Result<()> {
+    let foreign = Command::new("dpkg")
+        .arg("--print-foreign-architectures")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
+    let wanted = Arch::Aarch64.debian();
+    if foreign.lines().any(|a| a == wanted) {
+        say(&format!("present: dpkg architecture {wanted}"));
+        return Ok(());
+    }
+    say(&format!(
+        "adding dpkg architecture {wanted} (the arm64 VM's kernel and busybox)"
+    ));
+    let mut add = Command::new("dpkg");
+    add.args(["--add-architecture", wanted]);
+    check(add)?;
+    let mut update = Command::new("apt-get");
+    update.args(["update", "-q"]);
+    check(update)
+}
+
 fn debian_packages() -> Result<()> {
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
@@ -167,21 +194,28 @@ fn nightly_rust_src() -> Result<()> {
     Ok(())
 }
 
-/// The static target the container image's binary is built for.
-fn musl_target() -> Result<()> {
+/// The static targets zctrace's released binaries are built for (the container image's among
+/// them).
+fn musl_targets() -> Result<()> {
     let installed = Command::new("rustup")
         .args(["target", "list", "--installed"])
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
         .unwrap_or_default();
-    if installed.lines().any(|l| l == "x86_64-unknown-linux-musl") {
-        say("present: rust target x86_64-unknown-linux-musl");
-        return Ok(());
+    for arch in Arch::ALL {
+        let triple = arch.triple();
+        if installed.lines().any(|l| l == triple) {
+            say(&format!("present: rust target {triple}"));
+            continue;
+        }
+        say(&format!(
+            "installing: rust target {triple} (a static release binary)"
+        ));
+        let mut add = Command::new("rustup");
+        add.args(["target", "add", triple]);
+        check(add)?;
     }
-    say("installing: rust target x86_64-unknown-linux-musl (the container image's static binary)");
-    let mut add = Command::new("rustup");
-    add.args(["target", "add", "x86_64-unknown-linux-musl"]);
-    check(add)
+    Ok(())
 }
 
 fn bpf_linker() -> Result<()> {

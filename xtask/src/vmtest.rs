@@ -1,6 +1,8 @@
 //! `cargo xtask vmtest`: the privileged suite inside kernels other than the host's, each booted
 //! under qemu (TCG: KVM does not work on this project's VMs) from a Debian kernel package, with an
-//! initramfs holding busybox, the zctrace binary and the test binaries.
+//! initramfs holding busybox, the zctrace binary and the test binaries. arm64 kernels boot under
+//! qemu-system-aarch64, with zctrace and the tests cross-built as static arm64 binaries and
+//! Debian's arm64 busybox.
 use std::{
     io::{BufRead as _, BufReader},
     path::{Path, PathBuf},
@@ -11,7 +13,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::{cargo_command, check, workspace_root};
+use crate::{arch::Arch, cargo_command, check, workspace_root};
 
 /// One kernel of the matrix. The host's own kernel is the matrix's other point, covered by the
 /// ordinary test run.
@@ -21,25 +23,44 @@ pub struct Kernel {
     /// Debian package names to choose from (a regex for `apt-cache search --names-only`); the
     /// newest match is booted, so the matrix follows the distribution's security updates.
     package: &'static str,
+    arch: Arch,
     qemu: &'static str,
     qemu_args: &'static [&'static str],
     console: &'static str,
+    suite: Suite,
 }
 
-pub const KERNELS: &[Kernel] = &[Kernel {
-    name: "debian12-6.1-amd64",
-    package: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
-    qemu: "qemu-system-x86_64",
-    qemu_args: &["-cpu", "max"],
-    console: "ttyS0",
-}];
+pub const KERNELS: &[Kernel] = &[
+    Kernel {
+        name: "debian12-6.1-amd64",
+        package: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+        arch: Arch::X86_64,
+        qemu: "qemu-system-x86_64",
+        qemu_args: &["-cpu", "max"],
+        console: "ttyS0",
+        suite: FULL_SUITE,
+    },
+    Kernel {
+        name: "debian12-6.1-arm64",
+        package: r"^linux-image-6\.1\.0-[0-9]+-cloud-arm64-unsigned$",
+        arch: Arch::Aarch64,
+        qemu: "qemu-system-aarch64",
+        // pauth-impdef: the architected pointer-authentication algorithm is slow to emulate.
+        qemu_args: &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
+        console: "ttyAMA0",
+        suite: ARM64_SUITE,
+    },
+];
 
-/// The privileged tests that run in every VM: (test binary, test names; empty runs them all).
-/// `kernel_matrix` runs uncaptured, so the console shows each kernel's modes and copies.
-/// Left out: tests that need programs the VM does not carry (Prometheus, promtool, curl,
-/// openssl, systemd-analyze), the host-only overhead and load benchmarks, and, to keep CI within
-/// its time, the naming tests whose kernel side the daemon's already covers (attach and top).
-const SUITE: &[(&str, &[&str])] = &[
+/// Test binaries to run, each with the test names to run (empty runs them all).
+type Suite = &'static [(&'static str, &'static [&'static str])];
+
+/// The privileged tests that run in the x86_64 VMs. `kernel_matrix` runs uncaptured, so the
+/// console shows each kernel's modes and copies. Left out: tests that need programs the VM does
+/// not carry (Prometheus, promtool, curl, openssl, systemd-analyze), the host-only overhead and
+/// load benchmarks, and, to keep CI within its time, the naming tests whose kernel side the
+/// daemon's already covers (attach and top).
+const FULL_SUITE: Suite = &[
     ("kernel_matrix", &[]),
     ("core_accounting", &[]),
     ("attach", &[]),
@@ -58,13 +79,28 @@ const SUITE: &[(&str, &[&str])] = &[
     ),
 ];
 
+/// arm64 under TCG runs several times slower than x86_64, so its VM runs what the port must
+/// show, one boot per binary: every probe in its best way and down its chains, doctor agreeing
+/// for every method and the observed copies with the model (kernel_matrix); attach's copies per
+/// byte for sendfile and read-write; a daemon scrape; every exit leaving no entry behind. The
+/// rest of the suite is architecture-neutral user-space logic, which the x86_64 runs cover.
+const ARM64_SUITE: Suite = &[
+    ("kernel_matrix", &[]),
+    ("attach", &["sendfile_report", "read_write_report"]),
+    ("daemon", &["metrics_attribute_each_workload_to_its_process_name"]),
+    (
+        "core_accounting",
+        &["every_exit_is_marked_and_leaves_no_per_thread_entry"],
+    ),
+];
+
 /// How long one test binary's boot may take before qemu is stopped.
 const VM_TIMEOUT: Duration = Duration::from_secs(10 * 60);
 
 /// Where the binaries go inside the VM.
 const VM_BIN: &str = "/opt/zctrace";
 
-/// Boots each kernel of the matrix (or only `only`) once per test binary of the suite (or only
+/// Boots each kernel of the matrix (or only `only`) once per test binary of its suite (or only
 /// `test`).
 pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
     let kernels: Vec<&Kernel> = KERNELS
@@ -75,24 +111,33 @@ pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
         let names: Vec<&str> = KERNELS.iter().map(|k| k.name).collect();
         bail!("no kernel named {only:?}; the matrix has {}", names.join(", "));
     }
-    let suite: Vec<&str> = SUITE
-        .iter()
-        .map(|(name, _)| *name)
-        .filter(|name| test.is_none_or(|t| t == *name))
-        .collect();
-    if suite.is_empty() {
-        let names: Vec<&str> = SUITE.iter().map(|(name, _)| *name).collect();
-        bail!(
-            "no test binary named {test:?} in the suite; it has {}",
+    if let Some(test) = test {
+        let known = kernels
+            .iter()
+            .any(|k| k.suite.iter().any(|(name, _)| *name == test));
+        let names: Vec<&str> = FULL_SUITE.iter().map(|(name, _)| *name).collect();
+        ensure!(
+            known,
+            "no test binary named {test} in the suite; it has {}",
             names.join(", ")
         );
     }
-    let binaries = build_suite()?;
     for kernel in kernels {
+        let suite: Vec<&str> = kernel
+            .suite
+            .iter()
+            .map(|(name, _)| *name)
+            .filter(|name| test.is_none_or(|t| t == *name))
+            .collect();
+        if suite.is_empty() {
+            eprintln!("vmtest: {}: its suite has no {test:?}", kernel.name);
+            continue;
+        }
         let started = Instant::now();
+        let binaries = build_suite(kernel)?;
         let dir = workspace_root().join("target/vmtest").join(kernel.name);
         let vmlinuz = fetch_kernel(kernel, &dir)?;
-        let initramfs = pack_initramfs(&dir, &binaries)?;
+        let initramfs = pack_initramfs(kernel, &dir, &binaries)?;
         for test in &suite {
             run_with_one_retry_after_a_stall(kernel, &vmlinuz, &initramfs, test)?;
         }
@@ -141,7 +186,9 @@ struct Binaries {
     tests: Vec<(String, PathBuf)>,
 }
 
-fn build_suite() -> Result<Binaries> {
+/// Builds `kernel`'s suite: as the host builds it for x86_64 (dynamically linked: the VM gets
+/// the libraries `ldd` names), as static musl binaries for other architectures.
+fn build_suite(kernel: &Kernel) -> Result<Binaries> {
     let mut args = vec![
         "test",
         "--package",
@@ -149,10 +196,14 @@ fn build_suite() -> Result<Binaries> {
         "--no-run",
         "--message-format=json",
     ];
-    for (test, _) in SUITE {
+    for (test, _) in kernel.suite {
         args.extend(["--test", test]);
     }
-    let output = cargo_command(&args)
+    let mut build = cargo_command(&args);
+    if kernel.arch != Arch::X86_64 {
+        kernel.arch.target(&mut build);
+    }
+    let output = build
         .stderr(Stdio::inherit())
         .output()
         .context("building the suite")?;
@@ -169,7 +220,7 @@ fn build_suite() -> Result<Binaries> {
             continue;
         };
         let kinds = message["target"]["kind"].to_string();
-        if kinds.contains("\"test\"") && SUITE.iter().any(|(test, _)| *test == name) {
+        if kinds.contains("\"test\"") && kernel.suite.iter().any(|(test, _)| *test == name) {
             tests.push((name.to_string(), PathBuf::from(executable)));
         } else if kinds.contains("\"bin\"") && name == "zctrace" {
             zctrace = Some(PathBuf::from(executable));
@@ -177,10 +228,10 @@ fn build_suite() -> Result<Binaries> {
     }
     let zctrace = zctrace.context("cargo built no zctrace binary")?;
     ensure!(
-        tests.len() == SUITE.len(),
+        tests.len() == kernel.suite.len(),
         "cargo built {} of {} test binaries",
         tests.len(),
-        SUITE.len()
+        kernel.suite.len()
     );
     Ok(Binaries { zctrace, tests })
 }
@@ -194,12 +245,42 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
         return Ok(vmlinuz);
     }
     eprintln!("vmtest: {}: downloading {package} from Debian", kernel.name);
+    extract_from_package(
+        &format!("{package}:{}", kernel.arch.debian()),
+        dir,
+        "boot/vmlinuz-",
+        &vmlinuz,
+    )?;
+    Ok(vmlinuz)
+}
+
+/// Debian's static busybox for `arch`: the host's own for x86_64, else extracted from the
+/// foreign package (`cargo xtask setup` adds arm64 to dpkg's architectures).
+fn busybox(arch: Arch, dir: &Path) -> Result<PathBuf> {
+    if arch == Arch::X86_64 {
+        return Ok(PathBuf::from("/bin/busybox"));
+    }
+    let busybox = dir.join("busybox");
+    if !busybox.exists() {
+        extract_from_package(
+            &format!("busybox-static:{}", arch.debian()),
+            dir,
+            "bin/busybox",
+            &busybox,
+        )?;
+    }
+    Ok(busybox)
+}
+
+/// Downloads `package` into a scratch directory under `dir` and moves its one file whose path
+/// starts with `prefix` to `to`.
+fn extract_from_package(package: &str, dir: &Path, prefix: &str, to: &Path) -> Result<()> {
     let unpacked = dir.join("unpacked");
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked)?;
     // As root into a directory apt's own user cannot write: say so, rather than be warned.
     let download = || {
-        let mut command = apt(&["download", "-q", "-o", "APT::Sandbox::User=root", &package]);
+        let mut command = apt(&["download", "-q", "-o", "APT::Sandbox::User=root", package]);
         command.current_dir(&unpacked);
         check(command)
     };
@@ -212,10 +293,11 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
     let mut extract = Command::new("dpkg-deb");
     extract.arg("-x").arg(&deb).arg(unpacked.join("x"));
     check(extract)?;
-    let boot = find_prefixed(&unpacked.join("x/boot"), "vmlinuz-")?;
-    std::fs::rename(&boot, &vmlinuz)?;
+    let (folder, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
+    let found = find_prefixed(&unpacked.join("x").join(folder), name)?;
+    std::fs::rename(&found, to)?;
     std::fs::remove_dir_all(&unpacked)?;
-    Ok(vmlinuz)
+    Ok(())
 }
 
 fn newest_package(pattern: &str) -> Result<String> {
@@ -276,24 +358,27 @@ fn find_prefixed(dir: &Path, prefix: &str) -> Result<PathBuf> {
 
 /// An uncompressed newc initramfs: busybox, the binaries (debug info stripped), the libraries
 /// they load, and `/init`, which runs the suite and powers off.
-fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
+fn pack_initramfs(kernel: &Kernel, dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
     let root = dir.join("root");
     let _ = std::fs::remove_dir_all(&root);
     for sub in ["bin", "etc", "proc", "sys", "dev", "tmp", "root", &VM_BIN[1..]] {
         std::fs::create_dir_all(root.join(sub))?;
     }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox"))
-        .context("/bin/busybox (Debian's busybox-static; `cargo xtask setup` installs it)")?;
+    std::fs::copy(busybox(kernel.arch, dir)?, root.join("bin/busybox"))
+        .context("busybox (Debian's busybox-static; `cargo xtask setup` installs it)")?;
     let mut executables = vec![("zctrace".to_string(), binaries.zctrace.clone())];
     executables.extend(binaries.tests.iter().cloned());
-    executables.extend(build_programs(dir)?);
-    executables.push((
-        "nginx".to_string(),
-        workspace_root().join("target/nginx-fp/sbin/nginx"),
-    ));
+    // The C programs (built by the host's gcc) and nginx serve the x86_64 suite's stacks tests.
+    if kernel.arch == Arch::X86_64 {
+        executables.extend(build_programs(dir)?);
+        executables.push((
+            "nginx".to_string(),
+            workspace_root().join("target/nginx-fp/sbin/nginx"),
+        ));
+    }
     for (name, path) in &executables {
         let target = root.join(&VM_BIN[1..]).join(name);
-        let mut strip = Command::new("strip");
+        let mut strip = Command::new(kernel.arch.strip());
         strip.arg("--strip-debug").arg("-o").arg(&target).arg(path);
         check(strip)?;
         copy_libraries(path, &root)?;
@@ -308,7 +393,7 @@ fn pack_initramfs(dir: &Path, binaries: &Binaries) -> Result<PathBuf> {
         "root:x:0:\nnogroup:x:65534:\nnobody:x:65534:\n",
     )?;
     let init = root.join("init");
-    std::fs::write(&init, init_script())?;
+    std::fs::write(&init, init_script(kernel.suite))?;
     std::fs::set_permissions(&init, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
     let archive = dir.join("initramfs.cpio");
     let files = Command::new("find")
@@ -377,7 +462,7 @@ fn copy_libraries(binary: &Path, root: &Path) -> Result<()> {
 /// reports its exit status, and powers off. A binary that prints nothing for `QUIET_LIMIT` has
 /// every task's state and kernel stack printed, then is killed: a hang shows where it waits
 /// instead of only timing out.
-fn init_script() -> String {
+fn init_script(suite: Suite) -> String {
     let mut script = format!(
         "#!/bin/busybox sh
 /bin/busybox --install -s /bin
@@ -395,7 +480,7 @@ echo \"zctrace-vm: kernel $(uname -r), $test start\"
 case $test in
 "
     );
-    for (test, names) in SUITE {
+    for (test, names) in suite {
         let filter = match (*test, names.is_empty()) {
             ("kernel_matrix", _) => " --nocapture".to_string(),
             (_, true) => String::new(),

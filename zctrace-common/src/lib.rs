@@ -421,29 +421,71 @@ pub const S_IFCHR: u16 = 0o020000;
 /// `/dev/null` as the kernel encodes it in `i_rdev`: MKDEV(1, 3).
 pub const DEV_NULL: u32 = (1 << 20) | 3;
 
-/// x86_64 numbers of the data-path syscalls the programs decode.
+/// Numbers of the data-path syscalls the programs decode, for the architecture being built: the
+/// target's own for user space, `bpf_target_arch` (set by aya-build from it) for the programs.
 pub mod nr {
-    pub const READ: u16 = 0;
-    pub const WRITE: u16 = 1;
-    pub const PREAD64: u16 = 17;
-    pub const PWRITE64: u16 = 18;
-    pub const READV: u16 = 19;
-    pub const WRITEV: u16 = 20;
-    pub const SENDFILE: u16 = 40;
-    pub const SENDTO: u16 = 44;
-    pub const RECVFROM: u16 = 45;
-    pub const SENDMSG: u16 = 46;
-    pub const RECVMSG: u16 = 47;
-    pub const SPLICE: u16 = 275;
-    pub const TEE: u16 = 276;
-    pub const VMSPLICE: u16 = 278;
-    pub const PREADV: u16 = 295;
-    pub const PWRITEV: u16 = 296;
-    pub const RECVMMSG: u16 = 299;
-    pub const SENDMMSG: u16 = 307;
-    pub const COPY_FILE_RANGE: u16 = 326;
-    pub const PREADV2: u16 = 327;
-    pub const PWRITEV2: u16 = 328;
+    #[cfg(any(target_arch = "aarch64", bpf_target_arch = "aarch64"))]
+    pub use aarch64::*;
+    #[cfg(any(target_arch = "x86_64", bpf_target_arch = "x86_64"))]
+    pub use x86_64::*;
+
+    #[cfg(not(any(
+        target_arch = "x86_64",
+        bpf_target_arch = "x86_64",
+        target_arch = "aarch64",
+        bpf_target_arch = "aarch64"
+    )))]
+    compile_error!("zctrace knows the syscall numbers of x86_64 and aarch64 only");
+
+    /// x86_64's own table.
+    pub mod x86_64 {
+        pub const READ: u16 = 0;
+        pub const WRITE: u16 = 1;
+        pub const PREAD64: u16 = 17;
+        pub const PWRITE64: u16 = 18;
+        pub const READV: u16 = 19;
+        pub const WRITEV: u16 = 20;
+        pub const SENDFILE: u16 = 40;
+        pub const SENDTO: u16 = 44;
+        pub const RECVFROM: u16 = 45;
+        pub const SENDMSG: u16 = 46;
+        pub const RECVMSG: u16 = 47;
+        pub const SPLICE: u16 = 275;
+        pub const TEE: u16 = 276;
+        pub const VMSPLICE: u16 = 278;
+        pub const PREADV: u16 = 295;
+        pub const PWRITEV: u16 = 296;
+        pub const RECVMMSG: u16 = 299;
+        pub const SENDMMSG: u16 = 307;
+        pub const COPY_FILE_RANGE: u16 = 326;
+        pub const PREADV2: u16 = 327;
+        pub const PWRITEV2: u16 = 328;
+    }
+
+    /// arm64 uses the generic table (asm-generic/unistd.h): no `open`, `sendfile` is 71.
+    pub mod aarch64 {
+        pub const READ: u16 = 63;
+        pub const WRITE: u16 = 64;
+        pub const READV: u16 = 65;
+        pub const WRITEV: u16 = 66;
+        pub const PREAD64: u16 = 67;
+        pub const PWRITE64: u16 = 68;
+        pub const PREADV: u16 = 69;
+        pub const PWRITEV: u16 = 70;
+        pub const SENDFILE: u16 = 71;
+        pub const VMSPLICE: u16 = 75;
+        pub const SPLICE: u16 = 76;
+        pub const TEE: u16 = 77;
+        pub const SENDTO: u16 = 206;
+        pub const RECVFROM: u16 = 207;
+        pub const SENDMSG: u16 = 211;
+        pub const RECVMSG: u16 = 212;
+        pub const RECVMMSG: u16 = 243;
+        pub const SENDMMSG: u16 = 269;
+        pub const COPY_FILE_RANGE: u16 = 285;
+        pub const PREADV2: u16 = 286;
+        pub const PWRITEV2: u16 = 287;
+    }
 
     /// The syscalls whose bytes and descriptor kinds the programs decode.
     pub const DATA_PATH: [u16; 21] = [
@@ -509,12 +551,40 @@ mod tests {
 
     use super::*;
 
+    /// Each table against the syscalls crate's, by name.
+    #[test]
+    fn syscall_tables_match_each_architectures_own() {
+        macro_rules! check {
+            ($ours:ident, $theirs:ident, $($name:ident => $sysno:ident),+) => {
+                $(assert_eq!(
+                    nr::$ours::$name as u32,
+                    syscalls::$theirs::Sysno::$sysno as u32,
+                    "{} {}", stringify!($theirs), stringify!($sysno)
+                );)+
+            };
+        }
+        macro_rules! check_all {
+            ($ours:ident, $theirs:ident) => {
+                check!($ours, $theirs,
+                    READ => read, WRITE => write, PREAD64 => pread64, PWRITE64 => pwrite64,
+                    READV => readv, WRITEV => writev, SENDFILE => sendfile, SENDTO => sendto,
+                    RECVFROM => recvfrom, SENDMSG => sendmsg, RECVMSG => recvmsg, SPLICE => splice,
+                    TEE => tee, VMSPLICE => vmsplice, PREADV => preadv, PWRITEV => pwritev,
+                    RECVMMSG => recvmmsg, SENDMMSG => sendmmsg, COPY_FILE_RANGE => copy_file_range,
+                    PREADV2 => preadv2, PWRITEV2 => pwritev2)
+            };
+        }
+        check_all!(x86_64, x86_64);
+        check_all!(aarch64, aarch64);
+    }
+
     #[test]
     fn only_decoded_syscalls_are_data_path() {
         assert!(nr::is_data_path(nr::SENDFILE));
         assert!(nr::is_data_path(nr::RECVMMSG));
-        assert!(!nr::is_data_path(39)); // getpid
-        assert!(!nr::is_data_path(110)); // getppid
+        let getpid = syscalls::Sysno::getpid as u16;
+        let getppid = syscalls::Sysno::getppid as u16;
+        assert!(!nr::is_data_path(getpid) && !nr::is_data_path(getppid));
     }
 
     #[test]

@@ -12,13 +12,37 @@ use crate::{
     stacks,
 };
 
-/// x86_64 `struct pt_regs` offsets: a stable ABI (ptrace exposes it), so no BTF lookup is needed.
+/// Where a syscall's number and first arguments sit in `struct pt_regs` at its exit. x86_64's
+/// layout is ptrace's ABI. arm64 writes the return value over x0, so its first argument is kept
+/// in `orig_x0`, and its number in the 32-bit `syscallno`, both after the ptrace part.
+#[cfg(bpf_target_arch = "x86_64")]
 mod regs {
-    pub const R10: u64 = 56;
-    pub const DX: u64 = 96;
-    pub const SI: u64 = 104;
-    pub const DI: u64 = 112;
-    pub const ORIG_AX: u64 = 120;
+    /// di, si, dx, r10.
+    pub const ARG0: u64 = 112;
+    pub const ARG1: u64 = 104;
+    pub const ARG2: u64 = 96;
+    pub const ARG3: u64 = 56;
+
+    /// orig_ax.
+    #[inline(always)]
+    pub fn syscall_nr(pt_regs: u64) -> i64 {
+        crate::kernel::field(pt_regs, 120)
+    }
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+mod regs {
+    /// orig_x0, then x1 to x3.
+    pub const ARG0: u64 = 272;
+    pub const ARG1: u64 = 8;
+    pub const ARG2: u64 = 16;
+    pub const ARG3: u64 = 24;
+
+    /// syscallno, 32 bits.
+    #[inline(always)]
+    pub fn syscall_nr(pt_regs: u64) -> i64 {
+        crate::kernel::field::<i32>(pt_regs, 280) as i64
+    }
 }
 
 /// Why sys_exit: one hook sees every syscall with its return value (per-process syscall and mode
@@ -39,7 +63,7 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     }
     let pt_regs: u64 = ctx.arg(0);
     let ret: i64 = ctx.arg(1);
-    let syscall: i64 = field(pt_regs, regs::ORIG_AX);
+    let syscall = regs::syscall_nr(pt_regs);
     if !(0..=u16::MAX as i64).contains(&syscall) {
         return Ok(0);
     }
@@ -75,44 +99,44 @@ fn describe(key: &mut SyscallKey, task: u64, pt_regs: u64, ret: i64) -> u64 {
     let moved = if ret > 0 { ret as u64 } else { 0 };
     match key.nr {
         nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::RECVFROM | nr::RECVMSG => {
-            (key.src, key.dst) = (kind(regs::DI), user);
+            (key.src, key.dst) = (kind(regs::ARG0), user);
             moved
         }
         nr::RECVMMSG => {
-            (key.src, key.dst) = (kind(regs::DI), user);
-            mmsg_bytes(arg(regs::SI), ret)
+            (key.src, key.dst) = (kind(regs::ARG0), user);
+            mmsg_bytes(arg(regs::ARG1), ret)
         }
         nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 => {
-            (key.src, key.dst) = (user, kind(regs::DI));
+            (key.src, key.dst) = (user, kind(regs::ARG0));
             moved
         }
         nr::SENDTO => {
-            (key.src, key.dst, key.variant) = (user, kind(regs::DI), send_variant(arg(regs::R10)));
+            (key.src, key.dst, key.variant) = (user, kind(regs::ARG0), send_variant(arg(regs::ARG3)));
             moved
         }
         nr::SENDMSG => {
-            (key.src, key.dst, key.variant) = (user, kind(regs::DI), send_variant(arg(regs::DX)));
+            (key.src, key.dst, key.variant) = (user, kind(regs::ARG0), send_variant(arg(regs::ARG2)));
             moved
         }
         nr::SENDMMSG => {
-            (key.src, key.dst, key.variant) = (user, kind(regs::DI), send_variant(arg(regs::R10)));
-            mmsg_bytes(arg(regs::SI), ret)
+            (key.src, key.dst, key.variant) = (user, kind(regs::ARG0), send_variant(arg(regs::ARG3)));
+            mmsg_bytes(arg(regs::ARG1), ret)
         }
         nr::SENDFILE | nr::TEE => {
             let (from, to) = if key.nr == nr::SENDFILE {
-                (regs::SI, regs::DI)
+                (regs::ARG1, regs::ARG0)
             } else {
-                (regs::DI, regs::SI)
+                (regs::ARG0, regs::ARG1)
             };
             (key.src, key.dst) = (kind(from), kind(to));
             moved
         }
         nr::SPLICE | nr::COPY_FILE_RANGE => {
-            (key.src, key.dst) = (kind(regs::DI), kind(regs::DX));
+            (key.src, key.dst) = (kind(regs::ARG0), kind(regs::ARG2));
             moved
         }
         nr::VMSPLICE => {
-            (key.src, key.dst) = vmsplice_direction(task, arg(regs::DI));
+            (key.src, key.dst) = vmsplice_direction(task, arg(regs::ARG0));
             moved
         }
         _ => 0,

@@ -17,6 +17,7 @@ static char chunk[65536];
 
 /* The syscall instruction inline, in the function that wants the call: libc's wrappers keep no
  * frame, so a frame-pointer unwind from inside one skips its caller. */
+#if defined(__x86_64__)
 #define SYSCALL3(nr, a, b, c)                                                                      \
 	({                                                                                         \
 		long ret_;                                                                         \
@@ -26,6 +27,19 @@ static char chunk[65536];
 				 : "rcx", "r11", "memory");                                        \
 		ret_;                                                                              \
 	})
+#elif defined(__aarch64__)
+#define SYSCALL3(nr, a, b, c)                                                                      \
+	({                                                                                         \
+		register long x8_ __asm__("x8") = (nr);                                            \
+		register long x0_ __asm__("x0") = (long)(a);                                       \
+		register long x1_ __asm__("x1") = (long)(b);                                       \
+		register long x2_ __asm__("x2") = (long)(c);                                       \
+		__asm__ volatile("svc #0" : "+r"(x0_) : "r"(x8_), "r"(x1_), "r"(x2_) : "memory");  \
+		x0_;                                                                               \
+	})
+#else
+#error "stack_relay.c makes its syscalls inline on x86_64 and aarch64 only"
+#endif
 
 __attribute__((noinline)) static long relay_body(int in, int out, long size)
 {
