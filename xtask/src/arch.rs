@@ -51,6 +51,14 @@ impl Arch {
         }
     }
 
+    /// Its C compiler: the host's, or the cross compiler.
+    pub fn c_compiler(self) -> &'static str {
+        match self {
+            Arch::X86_64 => "gcc",
+            Arch::Aarch64 => "aarch64-linux-gnu-gcc",
+        }
+    }
+
     pub fn strip(self) -> &'static str {
         match self {
             Arch::X86_64 => "strip",

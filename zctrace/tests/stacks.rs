@@ -190,11 +190,13 @@ fn without_frame_pointers_the_stacks_shrink_but_no_byte_is_lost() {
         "{:#?}",
         traced.folded
     );
+    // Frame by frame: `__libc_start_main;write_log` is what an unwind that skipped main shows.
     assert!(
-        traced
-            .folded
-            .iter()
-            .all(|(frames, _)| !frames.contains("main;write_log;")),
+        traced.folded.iter().all(|(frames, _)| !frames
+            .split(';')
+            .collect::<Vec<_>>()
+            .windows(2)
+            .any(|pair| pair == ["main", "write_log"])),
         "an unwind without frame pointers still reached main: {:#?}",
         traced.folded
     );
