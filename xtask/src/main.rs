@@ -58,7 +58,8 @@ enum Task {
         #[arg(long)]
         only: Option<String>,
     },
-    /// Set up, then build the container image the DaemonSet runs (static binary, from scratch).
+    /// Set up, then build the container images the DaemonSet runs (static binaries, from scratch),
+    /// for x86_64 and arm64 under one manifest list.
     Image,
     /// Set up, then build zctrace as a static binary for an architecture (cross-compiled for
     /// aarch64), and print its path.

@@ -136,6 +136,17 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
         podman(&["image", "exists", &image]).status.success(),
         "{image} is not built: run `cargo xtask image` (cargo xtask test does)"
     );
+    // One name for every node: a manifest list with an image per architecture.
+    let list: serde_json::Value =
+        serde_json::from_slice(&podman(&["manifest", "inspect", &image]).stdout).expect("a manifest list");
+    let mut platforms: Vec<&str> = list["manifests"]
+        .as_array()
+        .expect("manifests")
+        .iter()
+        .map(|m| m["platform"]["architecture"].as_str().unwrap())
+        .collect();
+    platforms.sort_unstable();
+    assert_eq!(platforms, ["amd64", "arm64"]);
     let annotations = podman(&["image", "inspect", "--format", "{{json .Annotations}}", &image]);
     let annotations: serde_json::Value = serde_json::from_slice(&annotations.stdout).expect("annotations");
     assert_eq!(
