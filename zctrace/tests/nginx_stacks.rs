@@ -99,9 +99,9 @@ impl Drop for Nginx {
     }
 }
 
-/// Traces `nginx` with `--stacks` while it serves `REQUESTS` responses; the folded stacks, by
+/// Traces `nginx` with `--stacks KIND` while it serves `REQUESTS` responses; the folded stacks, by
 /// `weight`, as (frames, weight).
-fn serve_traced(nginx: &Nginx, weight: &str, out: &Path) -> Vec<(String, u64)> {
+fn serve_traced(nginx: &Nginx, kind: &str, weight: &str, out: &Path) -> Vec<(String, u64)> {
     let mut attach = Command::new(zctrace_bin())
         .args([
             "attach",
@@ -111,6 +111,7 @@ fn serve_traced(nginx: &Nginx, weight: &str, out: &Path) -> Vec<(String, u64)> {
             "--duration",
             "120s",
             "--stacks",
+            kind,
         ])
         .args(["--stack-weight", weight, "--stacks-out"])
         .arg(out)
@@ -136,7 +137,7 @@ fn nginx_without_sendfile_copies_from_its_event_loop_down_to_pread_and_writev() 
         return;
     }
     let nginx = Nginx::start(false);
-    let folded = serve_traced(&nginx, "copied", &scratch_path("nginx-off.folded"));
+    let folded = serve_traced(&nginx, "user", "copied", &scratch_path("nginx-off.folded"));
     let total: u64 = folded.iter().map(|(_, w)| w).sum();
     // The body is copied twice: pread into nginx's buffer, writev out of it.
     assert!(total >= 2 * REQUESTS * BODY, "{total} copied bytes: {folded:#?}");
@@ -165,7 +166,7 @@ fn nginx_with_sendfile_copies_only_its_headers() {
         return;
     }
     let nginx = Nginx::start(true);
-    let copied = serve_traced(&nginx, "copied", &scratch_path("nginx-on-copied.folded"));
+    let copied = serve_traced(&nginx, "user", "copied", &scratch_path("nginx-on-copied.folded"));
     let copied_total: u64 = copied.iter().map(|(_, w)| w).sum();
     // What is left is the request read and the response headers: a few hundred bytes a request.
     assert!(
@@ -178,11 +179,63 @@ fn nginx_with_sendfile_copies_only_its_headers() {
     );
     drop(nginx);
     let nginx = Nginx::start(true);
-    let moved = serve_traced(&nginx, "moved", &scratch_path("nginx-on-moved.folded"));
+    let moved = serve_traced(&nginx, "user", "moved", &scratch_path("nginx-on-moved.folded"));
     let sent: u64 = moved
         .iter()
         .filter(|(frames, _)| frames.ends_with("[sendfile file->tcp]"))
         .map(|(_, w)| w)
         .sum();
     assert_eq!(sent, REQUESTS * BODY, "{moved:#?}");
+}
+
+/// The heaviest folded line ending in `[COPIER copy]`, and the weight of all of them.
+fn heaviest_copy<'a>(folded: &'a [(String, u64)], copiers: &[&str]) -> Option<(&'a str, u64)> {
+    let lines: Vec<&(String, u64)> = folded
+        .iter()
+        .filter(|(frames, _)| copiers.iter().any(|c| frames.ends_with(&format!(";[{c} copy]"))))
+        .collect();
+    let total = lines.iter().map(|(_, w)| w).sum();
+    lines
+        .into_iter()
+        .max_by_key(|(_, w)| *w)
+        .map(|(frames, _)| (frames.as_str(), total))
+}
+
+fn has_frames(frames: &str, wanted: &[&str]) -> bool {
+    wanted.iter().all(|w| frames.split(';').any(|f| f == *w))
+}
+
+#[test]
+fn nginx_without_sendfile_shows_each_copy_from_its_event_loop_into_the_kernel() {
+    if !privileged("nginx_without_sendfile_shows_each_copy_from_its_event_loop_into_the_kernel") {
+        return;
+    }
+    let nginx = Nginx::start(false);
+    let folded = serve_traced(&nginx, "both", "copied", &scratch_path("nginx-off-both.folded"));
+    // The TCP send copies are observed on every kernel.
+    let (frames, sent) = heaviest_copy(&folded, &["tcp_sendmsg_locked"])
+        .unwrap_or_else(|| panic!("no send copy: {folded:#?}"));
+    assert!(
+        sent >= REQUESTS * BODY,
+        "{sent} bytes copied by sends: {folded:#?}"
+    );
+    assert!(
+        has_frames(
+            frames,
+            &["ngx_output_chain", "ngx_linux_sendfile_chain", "sock_write_iter"]
+        ),
+        "{frames}"
+    );
+    // The file reads are observed where kprobes or trampolines reach the copy routines.
+    let reads = heaviest_copy(&folded, &["filemap_read", "shmem_file_read_iter"]);
+    if Path::new("/sys/bus/event_source/devices/kprobe/type").exists() {
+        let (frames, read) = reads.unwrap_or_else(|| panic!("no file read copy: {folded:#?}"));
+        assert!(
+            read >= REQUESTS * BODY,
+            "{read} bytes copied by reads: {folded:#?}"
+        );
+        assert!(has_frames(frames, &["ngx_output_chain", "vfs_read"]), "{frames}");
+    } else {
+        assert_eq!(reads, None, "{folded:#?}");
+    }
 }
