@@ -116,7 +116,7 @@ fn share(folded: &[(String, u64)], frame: &str) -> f64 {
     let total: u64 = folded.iter().map(|(_, w)| w).sum();
     let through: u64 = folded
         .iter()
-        .filter(|(frames, _)| frames.split(';').any(|f| f == frame))
+        .filter(|(frames, _)| has_frame(frames, frame))
         .map(|(_, w)| w)
         .sum();
     through as f64 / total as f64
@@ -220,10 +220,7 @@ fn an_existing_output_file_is_refused_before_tracing() {
 
 /// Folded lines that end in the copier `leaf` (a bracketed frame), and their total weight.
 fn ending_in<'a>(folded: &'a [(String, u64)], leaf: &str) -> (Vec<&'a (String, u64)>, u64) {
-    let lines: Vec<_> = folded
-        .iter()
-        .filter(|(frames, _)| frames.ends_with(&format!(";[{leaf} copy]")))
-        .collect();
+    let lines = copied_by(folded, leaf);
     let total = lines.iter().map(|(_, w)| w).sum();
     (lines, total)
 }
@@ -232,7 +229,7 @@ fn ending_in<'a>(folded: &'a [(String, u64)], leaf: &str) -> (Vec<&'a (String, u
 fn through(lines: &[&(String, u64)], frame: &str) -> u64 {
     lines
         .iter()
-        .filter(|(frames, _)| frames.split(';').any(|f| f == frame))
+        .filter(|(frames, _)| has_frame(frames, frame))
         .map(|(_, w)| w)
         .sum()
 }
@@ -292,7 +289,7 @@ fn check_both_stacks(traced: Traced) {
     } else {
         assert_eq!(through(&reads, "relay_body"), RELAY_SIZE, "{:#?}", traced.folded);
         // Under relay_body, every read went through the kernel's read path.
-        reads.retain(|(frames, _)| frames.split(';').any(|f| f == "relay_body"));
+        reads.retain(|(frames, _)| has_frame(frames, "relay_body"));
         assert_eq!(through(&reads, "vfs_read"), RELAY_SIZE, "{reads:#?}");
     }
     // No observed copy is left out of the stacks.

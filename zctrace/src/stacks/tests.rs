@@ -135,24 +135,22 @@ fn top_sites_carry_their_share_of_copied_bytes() {
     assert_eq!(super::top(&[site("z", 0)], 1)[0].cpu_copy_share, 0.0);
 }
 
+/// The flame graph of `lines`, weighted by copied bytes on `basis`.
+fn copied_svg(lines: &[&str], basis: Basis) -> String {
+    let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
+    let mut svg = Vec::new();
+    flamegraph(&lines, Weight::Copied, basis, &mut svg).unwrap();
+    String::from_utf8(svg).unwrap()
+}
+
 #[test]
 fn a_flame_graph_of_nothing_says_so() {
-    let mut svg = Vec::new();
-    flamegraph(&[], Weight::Copied, Basis::Model, &mut svg).unwrap();
-    let svg = String::from_utf8(svg).unwrap();
+    let svg = copied_svg(&[], Basis::Model);
     assert!(
         svg.starts_with("<svg") && svg.contains("no CPU-copied bytes"),
         "{svg}"
     );
-    let mut svg = Vec::new();
-    flamegraph(
-        &["main;relay;[read file->user] 100".to_string()],
-        Weight::Copied,
-        Basis::Model,
-        &mut svg,
-    )
-    .unwrap();
-    let svg = String::from_utf8(svg).unwrap();
+    let svg = copied_svg(&["main;relay;[read file->user] 100"], Basis::Model);
     assert!(
         svg.contains("relay") && svg.contains("[read file-&gt;user]"),
         "{svg}"
@@ -241,15 +239,6 @@ fn kinds_say_where_their_copied_bytes_come_from() {
     assert_eq!(StackKind::User.basis(), Basis::Model);
     assert_eq!(StackKind::Kernel.basis(), Basis::Observed);
     assert_eq!(StackKind::Both.basis(), Basis::Observed);
-    let mut svg = Vec::new();
-    flamegraph(
-        &["vfs_read;[filemap_read copy] 100".to_string()],
-        Weight::Copied,
-        Basis::Observed,
-        &mut svg,
-    )
-    .unwrap();
-    assert!(String::from_utf8(svg)
-        .unwrap()
-        .contains("CPU-copied bytes (observed)"));
+    let svg = copied_svg(&["vfs_read;[filemap_read copy] 100"], Basis::Observed);
+    assert!(svg.contains("CPU-copied bytes (observed)"), "{svg}");
 }

@@ -279,6 +279,20 @@ pub fn read_folded(path: &Path) -> Vec<(String, u64)> {
         .collect()
 }
 
+/// Whether a folded line's frames include `frame` whole (`__libc_start_main` is not `main`).
+pub fn has_frame(frames: &str, frame: &str) -> bool {
+    frames.split(';').any(|f| f == frame)
+}
+
+/// The folded lines of kernel stacks whose leaf is the copier `copier` (`[COPIER copy]`).
+pub fn copied_by<'a>(folded: &'a [(String, u64)], copier: &str) -> Vec<&'a (String, u64)> {
+    let leaf = format!(";[{copier} copy]");
+    folded
+        .iter()
+        .filter(|(frames, _)| frames.ends_with(&leaf))
+        .collect()
+}
+
 /// Runs `zctrace attach --json ...` to its end and returns its report, the last line of stdout.
 pub fn attach_report(attach: &mut Command) -> serde_json::Value {
     let output = attach.output().expect("zctrace attach");
