@@ -128,7 +128,14 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     };
     catch_interrupts()?;
     let session = Session {
-        stacks: args.stacks.map(|kind| (kind, RefCell::new(Frames::watch(pid)))),
+        // Kernel stacks alone need no user frames, so no watch of the process's mappings.
+        stacks: args.stacks.map(|kind| {
+            let frames = match kind {
+                StackKind::Kernel => Frames::kernel_only(),
+                StackKind::User | StackKind::Both => Frames::watch(pid),
+            };
+            (kind, RefCell::new(frames))
+        }),
         tracer,
         pid,
         started: Instant::now(),

@@ -39,8 +39,8 @@ pub struct Frames {
 impl Frames {
     /// Names for `pid`'s frames; its mappings are watched until it exits.
     pub fn watch(pid: u32) -> Frames {
-        let mappings = Arc::new(Mutex::new(Vec::new()));
-        let watched = Arc::clone(&mappings);
+        let frames = Frames::kernel_only();
+        let watched = Arc::clone(&frames.mappings);
         std::thread::spawn(move || {
             // A zombie has no mappings left: the last ones seen are the ones its stacks used.
             while let Some(latest) = read_mappings(pid).filter(|m| !m.is_empty()) {
@@ -48,8 +48,13 @@ impl Frames {
                 std::thread::sleep(WATCH_EVERY);
             }
         });
+        frames
+    }
+
+    /// Names for kernel frames only: no process's mappings are watched.
+    pub fn kernel_only() -> Frames {
         Frames {
-            mappings,
+            mappings: Arc::default(),
             names: HashMap::new(),
             symbolizer: Symbolizer::new(),
         }
