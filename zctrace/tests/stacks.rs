@@ -2,7 +2,7 @@
 //! observed copies, against a relay whose functions and byte counts are known.
 mod common;
 
-use std::{path::PathBuf, process::Command};
+use std::{path::PathBuf, process::Command, sync::OnceLock};
 
 use common::*;
 
@@ -10,9 +10,19 @@ const RELAY_SIZE: u64 = 32 * MIB;
 const CHUNK: &str = "16384";
 const LOG_RECORD: &str = "1024";
 
-/// `tests/programs/stack_relay.c`, built with or without frame pointers (by `cargo xtask vmtest`
-/// on the host, where the tests run in a VM without a compiler).
+/// `tests/programs/stack_relay.c`, built with or without frame pointers, once per variant: the
+/// tests run in parallel, and a rebuild while another test's relay runs or has its frames named
+/// races with both.
 fn relay_program(frame_pointers: bool) -> PathBuf {
+    static BUILT: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[usize::from(frame_pointers)]
+        .get_or_init(|| build_relay(frame_pointers))
+        .clone()
+}
+
+/// Built by gcc here, or by `cargo xtask vmtest` on the host, where the tests run in a VM without
+/// a compiler.
+fn build_relay(frame_pointers: bool) -> PathBuf {
     let variant = if frame_pointers { "fp" } else { "nofp" };
     if let Ok(prefix) = std::env::var("ZCTRACE_STACK_RELAY") {
         return PathBuf::from(format!("{prefix}-{variant}"));

@@ -155,9 +155,10 @@ impl Site {
 
 /// Leaf-end frames of the tracing machinery itself (the BPF program, the tracepoint, trampoline
 /// or kprobe that ran it), which every kernel stack taken at a hook ends in.
-const TRACING_FRAMES: [&str; 9] = [
+const TRACING_FRAMES: [&str; 10] = [
     "bpf_",
     "__bpf_",
+    "__traceiter_",
     "trace_call_bpf",
     "kprobe",
     "kretprobe",

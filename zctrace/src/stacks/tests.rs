@@ -177,6 +177,7 @@ fn a_copy_site_puts_user_frames_above_kernel_frames_without_the_tracing_ones() {
         "entry_SYSCALL_64",
         "vfs_read",
         "filemap_read",
+        "__traceiter_filemap_read",
         "bpf_trampoline_6442",
         "[kernel] 0xffffffffc0001000",
     ]);
