@@ -19,15 +19,15 @@ pub struct ProcessKey {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SyscallKey {
     pub process: ProcessKey,
-    /// x86_64 syscall number.
+    /// Syscall number, in the numbering of the architecture the programs run on.
     pub nr: u16,
     /// [`FdKind`] of the source (`User` when the source is the caller's memory).
     pub src: u8,
     /// [`FdKind`] of the destination (`User` when the destination is the caller's memory).
     pub dst: u8,
-    /// [`Variant`]: a flag that changes the copy count, such as `MSG_ZEROCOPY`.
-    pub variant: u8,
-    pub reserved: [u8; 3],
+    /// [`Variant`]: a flag that changes the copy count, such as `MSG_ZEROCOPY`. A `u32`, so
+    /// that the key has no reserved bytes, which LLVM zeroes with a memset call per syscall.
+    pub variant: u32,
 }
 
 /// Counts for one [`SyscallKey`]; updated with atomic adds.
@@ -235,6 +235,10 @@ impl MapSlot {
     }
 }
 
+/// Length of `files_struct.fd_array` (`NR_OPEN_DEFAULT`, one bit per descriptor in a `long`):
+/// the programs read its slots at constant offsets, and the loader checks the kernel agrees.
+pub const EMBEDDED_FDS: usize = 64;
+
 /// Kernel struct field offsets, resolved from `/sys/kernel/btf/vmlinux` at load time (aya emits no
 /// CO-RE relocations from Rust) and handed to the programs as a global.
 #[repr(C)]
@@ -251,6 +255,8 @@ pub struct KernelOffsets {
     /// `signal_struct.live`: threads of the group not yet past the start of `do_exit`.
     pub signal_live: u32,
     pub files_fdt: u32,
+    /// `files_struct.fd_array`: the [`EMBEDDED_FDS`] descriptor slots a process starts with.
+    pub files_fd_array: u32,
     pub fdtable_max_fds: u32,
     pub fdtable_fd: u32,
     pub file_inode: u32,
@@ -603,7 +609,7 @@ mod tests {
     #[test]
     fn shared_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
-        assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 1 + 3);
+        assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 4);
         assert_eq!(size_of::<StackKey>(), 4 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 1 + 7);
         assert_eq!(size_of::<CopyStackCounts>(), 2 * 8);
@@ -612,7 +618,7 @@ mod tests {
             size_of::<ProcessStats>(),
             16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2)
         );
-        assert_eq!(size_of::<KernelOffsets>(), 39 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 40 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 6 * 8);
     }

@@ -1,8 +1,11 @@
 //! Reading kernel structs through offsets resolved from BTF at load time.
+use core::arch::asm;
+
 use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel};
 use zctrace_common::{
-    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, DEV_NULL, IPPROTO_TCP,
-    IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
+    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, DEV_NULL, EMBEDDED_FDS,
+    IPPROTO_TCP, IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG,
+    S_IFSOCK,
 };
 
 #[unsafe(no_mangle)]
@@ -17,6 +20,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_signal: 0,
     signal_live: 0,
     files_fdt: 0,
+    files_fd_array: 0,
     fdtable_max_fds: 0,
     fdtable_fd: 0,
     file_inode: 0,
@@ -164,42 +168,97 @@ pub fn process_key(task: u64, tgid: u32) -> Result<ProcessKey, u32> {
     })
 }
 
+/// The file behind a descriptor, and whether the verifier knows it as a `struct file`.
+pub enum FdFile {
+    /// Read from `files_struct.fd_array` at a constant offset: plain loads reach its fields.
+    Typed(u64),
+    /// Read out of a grown descriptor table with the probe-read helper.
+    Untyped(u64),
+}
+
 /// The `struct file *` behind descriptor `fd` of `task`.
 #[inline(always)]
-pub fn fd_file(task: u64, fd: u64) -> Result<u64, u32> {
+pub fn fd_file(task: u64, fd: u64) -> Option<FdFile> {
     let files: u64 = field(task, offset!(task_files));
     if files == 0 {
-        return Err(1);
+        return None;
     }
     let fdt: u64 = field(files, offset!(files_fdt));
     let max_fds: u32 = field(fdt, offset!(fdtable_max_fds));
     if fd >= max_fds as u64 {
-        return Err(1);
+        return None;
     }
-    let fd_array: u64 = field(fdt, offset!(fdtable_fd));
-    read(fd_array, fd * 8)
+    // A pointer to pointers carries no BTF type, and the verifier forbids a variable offset into
+    // a typed struct, so a slot of the table is read with the helper (about 30 ns), unless the
+    // table is still the one embedded in `files_struct`, whose slots have constant offsets.
+    let slots: u64 = field(fdt, offset!(fdtable_fd));
+    let embedded_slots = offset!(files_fd_array);
+    if slots == files + embedded_slots && fd < EMBEDDED_FDS as u64 {
+        return Some(FdFile::Typed(embedded_fd_slot(files, embedded_slots, fd)));
+    }
+    read(slots, fd * 8).ok().map(FdFile::Untyped)
 }
 
+/// Slot `fd` of the descriptor array at `slots` inside `files`: a `match` that LLVM lowers to a
+/// tree of comparisons (BPF has no jump tables), each leaf a load at a constant offset.
 #[inline(always)]
-pub fn file_kind(file: u64) -> FdKind {
-    let Ok(inode) = read::<u64>(file, offset!(file_inode)) else {
+fn embedded_fd_slot(files: u64, slots: u64, fd: u64) -> u64 {
+    macro_rules! leaves {
+        ($($slot:literal)*) => {
+            match fd {
+                $($slot => fd_slot::<$slot>(files, slots),)*
+                _ => 0,
+            }
+        };
+    }
+    const _: () = assert!(EMBEDDED_FDS == 64);
+    leaves!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31
+        32 33 34 35 36 37 38 39 40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63)
+}
+
+/// The load of one slot, in assembly so that LLVM cannot merge the leaves back into one load
+/// at a computed offset, which the verifier would refuse.
+#[inline(always)]
+fn fd_slot<const SLOT: u64>(files: u64, slots: u64) -> u64 {
+    let file: u64;
+    // SAFETY: `files` is a BTF-typed `files_struct` and `slots` the offset of its `fd_array`,
+    // which has EMBEDDED_FDS slots; the verifier checks the load against BTF and guards it.
+    unsafe {
+        asm!(
+            "{base} += {slots}",
+            "{file} = *(u64 *)({base} + {at})",
+            base = inout(reg) files => _,
+            slots = in(reg) slots,
+            at = const SLOT * 8,
+            file = lateout(reg) file,
+            options(readonly, nostack, preserves_flags),
+        );
+    }
+    file
+}
+
+/// The kind of `file`, read through `A`.
+#[inline(always)]
+pub fn file_kind<A: Access>(file: u64) -> FdKind {
+    let Ok(inode) = A::get::<u64>(file, offset!(file_inode)) else {
         return FdKind::None;
     };
-    let Ok(mode) = read::<u16>(inode, offset!(inode_mode)) else {
+    let Ok(mode) = A::get::<u16>(inode, offset!(inode_mode)) else {
         return FdKind::None;
     };
     match mode & S_IFMT {
         S_IFREG => FdKind::Regular,
         S_IFIFO => FdKind::Pipe,
-        S_IFSOCK => socket_kind(file).unwrap_or(FdKind::OtherSocket),
-        S_IFCHR if read::<u32>(inode, offset!(inode_rdev)) == Ok(DEV_NULL) => FdKind::Null,
+        S_IFSOCK => socket_kind::<A>(file).unwrap_or(FdKind::OtherSocket),
+        S_IFCHR if A::get::<u32>(inode, offset!(inode_rdev)) == Ok(DEV_NULL) => FdKind::Null,
         _ => FdKind::Other,
     }
 }
 
+/// `file->private_data` is a `void *`, so the socket behind it is read with the helper.
 #[inline(always)]
-fn socket_kind(file: u64) -> Result<FdKind, u32> {
-    let socket: u64 = read(file, offset!(file_private_data))?;
+fn socket_kind<A: Access>(file: u64) -> Result<FdKind, u32> {
+    let socket: u64 = A::get(file, offset!(file_private_data))?;
     let sk: u64 = read(socket, offset!(socket_sk))?;
     let family: u16 = read(sk, offset!(sock_family))?;
     let sk_type: u16 = read(sk, offset!(sock_type))?;

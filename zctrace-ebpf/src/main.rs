@@ -5,7 +5,7 @@
 //! kprobe twins of the program stand in; user space attaches the first that works.
 #![no_std]
 #![no_main]
-#![feature(core_intrinsics)]
+#![feature(core_intrinsics, asm_experimental_arch)]
 #![allow(internal_features)]
 
 mod copies;

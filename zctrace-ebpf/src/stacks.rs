@@ -44,7 +44,7 @@ pub fn record(ctx: &BtfTracePointContext, key: &SyscallKey, failed: bool, bytes:
         nr: key.nr,
         src: key.src,
         dst: key.dst,
-        variant: key.variant,
+        variant: key.variant as u8,
         reserved: [0; 3],
     };
     let entry = zeroed_entry(&STACK_COUNTS, &site);

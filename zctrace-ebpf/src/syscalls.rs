@@ -7,7 +7,10 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{current_task, fd_file, field, file_kind, filtered_out, offset, process_key, read},
+    kernel::{
+        current_task, fd_file, field, file_kind, filtered_out, offset, process_key, Access, FdFile, Typed,
+        Untyped,
+    },
     maps::{add, count_error, syscall_entry},
     stacks,
 };
@@ -67,15 +70,17 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     if !(0..=u16::MAX as i64).contains(&syscall) {
         return Ok(0);
     }
-    let mut key = SyscallKey {
+    let call = describe(syscall as u16, task, pt_regs, ret);
+    let key = SyscallKey {
         process: process_key(task, tgid)?,
         nr: syscall as u16,
-        ..SyscallKey::default()
+        src: call.src as u8,
+        dst: call.dst as u8,
+        variant: call.variant as u32,
     };
-    let bytes = describe(&mut key, task, pt_regs, ret);
     // Only data-path calls have kinds: the call sites `attach --stacks` is after.
-    if stacks::syscall_sites_wanted() && key.src != FdKind::None as u8 {
-        stacks::record(ctx, &key, ret < 0, bytes);
+    if stacks::syscall_sites_wanted() && call.src != FdKind::None {
+        stacks::record(ctx, &key, ret < 0, call.bytes);
     }
     let entry = syscall_entry(&key).ok_or(0u32)?;
     // SAFETY: `entry` points into a live map value.
@@ -83,63 +88,91 @@ fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
         add(&raw mut (*entry).calls, 1);
         if ret < 0 {
             add(&raw mut (*entry).errors, 1);
-        } else if bytes > 0 {
-            add(&raw mut (*entry).bytes, bytes);
+        } else if call.bytes > 0 {
+            add(&raw mut (*entry).bytes, call.bytes);
         }
     }
     Ok(0)
 }
 
-/// Fills in the source/destination kinds of a data-path syscall and returns the bytes it moved.
+/// What a syscall moved, between what.
+struct Call {
+    src: FdKind,
+    dst: FdKind,
+    variant: Variant,
+    bytes: u64,
+}
+
+/// One side of a data-path call, before its descriptor is looked at.
+#[derive(Clone, Copy)]
+enum Side {
+    User,
+    Fd(u64),
+}
+
+/// Describes a data-path syscall. Every call in here is inlined, and the descriptor walk appears
+/// twice, once per side: a BPF subprogram call costs a return, which this host's SRSO
+/// mitigation makes as dear as the rest of the walk.
 #[inline(always)]
-fn describe(key: &mut SyscallKey, task: u64, pt_regs: u64, ret: i64) -> u64 {
+fn describe(nr: u16, task: u64, pt_regs: u64, ret: i64) -> Call {
     let arg = |offset: u64| field::<u64>(pt_regs, offset);
-    let kind = |offset: u64| fd_kind(task, arg(offset)) as u8;
-    let user = FdKind::User as u8;
     let moved = if ret > 0 { ret as u64 } else { 0 };
-    match key.nr {
+    let fd = |offset: u64| Side::Fd(arg(offset));
+    let (src, dst, variant, bytes) = match nr {
         nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::RECVFROM | nr::RECVMSG => {
-            (key.src, key.dst) = (kind(regs::ARG0), user);
-            moved
+            (fd(regs::ARG0), Side::User, Variant::Plain, moved)
         }
-        nr::RECVMMSG => {
-            (key.src, key.dst) = (kind(regs::ARG0), user);
-            mmsg_bytes(arg(regs::ARG1), ret)
-        }
+        nr::RECVMMSG => (
+            fd(regs::ARG0),
+            Side::User,
+            Variant::Plain,
+            mmsg_bytes(arg(regs::ARG1), ret),
+        ),
         nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 => {
-            (key.src, key.dst) = (user, kind(regs::ARG0));
-            moved
+            (Side::User, fd(regs::ARG0), Variant::Plain, moved)
         }
-        nr::SENDTO => {
-            (key.src, key.dst, key.variant) = (user, kind(regs::ARG0), send_variant(arg(regs::ARG3)));
-            moved
-        }
-        nr::SENDMSG => {
-            (key.src, key.dst, key.variant) = (user, kind(regs::ARG0), send_variant(arg(regs::ARG2)));
-            moved
-        }
-        nr::SENDMMSG => {
-            (key.src, key.dst, key.variant) = (user, kind(regs::ARG0), send_variant(arg(regs::ARG3)));
-            mmsg_bytes(arg(regs::ARG1), ret)
-        }
-        nr::SENDFILE | nr::TEE => {
-            let (from, to) = if key.nr == nr::SENDFILE {
-                (regs::ARG1, regs::ARG0)
-            } else {
-                (regs::ARG0, regs::ARG1)
-            };
-            (key.src, key.dst) = (kind(from), kind(to));
-            moved
-        }
-        nr::SPLICE | nr::COPY_FILE_RANGE => {
-            (key.src, key.dst) = (kind(regs::ARG0), kind(regs::ARG2));
-            moved
-        }
+        nr::SENDTO => (Side::User, fd(regs::ARG0), send_variant(arg(regs::ARG3)), moved),
+        nr::SENDMSG => (Side::User, fd(regs::ARG0), send_variant(arg(regs::ARG2)), moved),
+        nr::SENDMMSG => (
+            Side::User,
+            fd(regs::ARG0),
+            send_variant(arg(regs::ARG3)),
+            mmsg_bytes(arg(regs::ARG1), ret),
+        ),
+        nr::SENDFILE => (fd(regs::ARG1), fd(regs::ARG0), Variant::Plain, moved),
+        nr::TEE => (fd(regs::ARG0), fd(regs::ARG1), Variant::Plain, moved),
+        nr::SPLICE | nr::COPY_FILE_RANGE => (fd(regs::ARG0), fd(regs::ARG2), Variant::Plain, moved),
         nr::VMSPLICE => {
-            (key.src, key.dst) = vmsplice_direction(task, arg(regs::ARG0));
-            moved
+            let (src, dst) = vmsplice_direction(task, arg(regs::ARG0));
+            return Call {
+                src,
+                dst,
+                variant: Variant::Plain,
+                bytes: moved,
+            };
         }
-        _ => 0,
+        _ => {
+            return Call {
+                src: FdKind::None,
+                dst: FdKind::None,
+                variant: Variant::Plain,
+                bytes: 0,
+            }
+        }
+    };
+    Call {
+        src: side_kind(task, src),
+        dst: side_kind(task, dst),
+        variant,
+        bytes,
+    }
+}
+
+#[inline(always)]
+fn side_kind(task: u64, side: Side) -> FdKind {
+    match side {
+        Side::User => FdKind::User,
+        Side::Fd(fd) => fd_kind(task, fd),
     }
 }
 
@@ -149,34 +182,42 @@ fn fd_kind(task: u64, fd: u64) -> FdKind {
         return FdKind::None;
     }
     match fd_file(task, fd) {
-        Ok(file) => file_kind(file),
-        Err(_) => FdKind::None,
+        Some(FdFile::Typed(file)) => file_kind::<Typed>(file),
+        Some(FdFile::Untyped(file)) => file_kind::<Untyped>(file),
+        None => FdKind::None,
     }
 }
 
 #[inline(always)]
-fn send_variant(flags: u64) -> u8 {
+fn send_variant(flags: u64) -> Variant {
     if flags & MSG_ZEROCOPY != 0 {
-        Variant::Zerocopy as u8
+        Variant::Zerocopy
     } else {
-        Variant::Plain as u8
+        Variant::Plain
     }
 }
 
 /// vmsplice maps user pages into a pipe opened for writing, and copies out of one opened for reading.
 #[inline(always)]
-fn vmsplice_direction(task: u64, fd: u64) -> (u8, u8) {
-    let user = FdKind::User as u8;
-    let Ok(file) = fd_file(task, fd) else {
-        return (user, FdKind::None as u8);
+fn vmsplice_direction(task: u64, fd: u64) -> (FdKind, FdKind) {
+    let (kind, mode) = match fd_file(task, fd) {
+        Some(FdFile::Typed(file)) => kind_and_mode::<Typed>(file),
+        Some(FdFile::Untyped(file)) => kind_and_mode::<Untyped>(file),
+        None => return (FdKind::User, FdKind::None),
     };
-    let kind = file_kind(file) as u8;
-    let mode: u32 = read(file, offset!(file_mode)).unwrap_or(FMODE_WRITE);
     if mode & FMODE_WRITE != 0 {
-        (user, kind)
+        (FdKind::User, kind)
     } else {
-        (kind, user)
+        (kind, FdKind::User)
     }
+}
+
+#[inline(always)]
+fn kind_and_mode<A: Access>(file: u64) -> (FdKind, u32) {
+    (
+        file_kind::<A>(file),
+        A::get(file, offset!(file_mode)).unwrap_or(FMODE_WRITE),
+    )
 }
 
 /// sendmmsg/recvmmsg return a message count; the bytes are the `msg_len` of each message.

@@ -277,6 +277,29 @@ fn syscall_counts_are_exact() {
 }
 
 #[test]
+fn descriptor_kinds_hold_once_the_descriptor_table_grows() {
+    if !privileged("descriptor_kinds_hold_once_the_descriptor_table_grows") {
+        return;
+    }
+    let tracer = load_tracer();
+    let rounds = 1000;
+    let workload = Workload::run(&["grown-fd-table", &rounds.to_string()]);
+    let f = figures_of(&tracer, &workload.traced.key);
+    workload.finish();
+    // Before the table grows, after it (a low descriptor), and past its embedded slots; and the
+    // workload's "ready" line, into its stdout pipe.
+    let ready = "ready\n".len() as u64;
+    assert_eq!(
+        path_bytes(&f, "write", User, Pipe),
+        (3 * rounds + ready, 3 * rounds + ready)
+    );
+    assert_eq!(f.flow("write", User, Pipe).unwrap().calls, 3 * rounds + 1);
+    assert_eq!(path_bytes(&f, "read", Pipe, User), (3 * rounds, 3 * rounds));
+    assert_eq!(path_bytes(&f, "write", User, Unix), (rounds, rounds));
+    assert_eq!(path_bytes(&f, "read", Unix, User), (rounds, rounds));
+}
+
+#[test]
 fn a_recycled_pid_starts_from_zero_and_exited_processes_are_freed() {
     if !privileged("a_recycled_pid_starts_from_zero_and_exited_processes_are_freed") {
         return;

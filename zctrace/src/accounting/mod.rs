@@ -333,7 +333,7 @@ fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &Syscall
     if !nr::is_data_path(key.nr) {
         return;
     }
-    let mechanism = Mechanism::from_key(key.nr, key.src, key.dst, key.variant);
+    let mechanism = Mechanism::from_key(key.nr, key.src, key.dst, key.variant as u8);
     figures.flows.push(FlowFigures {
         syscall: name,
         src: mechanism.src,

@@ -100,7 +100,7 @@ fn sendfile_to_tcp_copies_nothing() {
 #[test]
 fn zerocopy_deferred_copies_count_toward_the_model_total() {
     let (mut key, stats) = syscall(SENDER, nr::SENDMSG, FdKind::User, FdKind::Tcp, 10, 1000);
-    key.variant = Variant::Zerocopy as u8;
+    key.variant = Variant::Zerocopy as u32;
     let mut process = ProcessStats::default();
     process.tcp_send_bytes[TcpPath::Zerocopy as usize] = 1000;
     process.tcp_zerocopy_local_bytes = 1000;

@@ -36,6 +36,10 @@ pub enum Workload {
     /// Write one byte into a pipe and read it back, ROUNDS times in one process; print
     /// nanoseconds per call (data-path syscalls the probes decode, without a context switch).
     PipeLoop { rounds: u64 },
+    /// Write one byte into a pipe and read it back ROUNDS times; then open descriptors until the
+    /// table outgrows the slots embedded in `files_struct`, and do the same through that pipe, a
+    /// new pipe and a Unix socket pair, both numbered past those slots.
+    GrownFdTable { rounds: u64 },
     /// Bounce a byte between two processes through pipes ROUNDS times; print nanoseconds per
     /// context switch (each round trip is two).
     PingPong { rounds: u64 },
@@ -103,6 +107,7 @@ pub fn run(workload: &Workload) -> Result<()> {
         }
         Workload::PipeLoop { rounds } => return pipe_loop(rounds),
         Workload::PingPong { rounds } => return ping_pong(rounds),
+        Workload::GrownFdTable { rounds } => grown_fd_table(rounds)?,
         Workload::Rename { count } => return rename_loop(count),
         Workload::RenameThenSend {
             ref name,
@@ -194,6 +199,35 @@ fn pipe_loop(rounds: u64) -> Result<()> {
         "{:.1}",
         started.elapsed().as_nanos() as f64 / (2 * rounds.max(1)) as f64
     );
+    Ok(())
+}
+
+fn grown_fd_table(rounds: u64) -> Result<()> {
+    use std::os::{fd::AsFd, unix::net::UnixStream};
+    let bounce = |writer: &dyn AsFd, reader: &dyn AsFd| -> Result<()> {
+        let mut byte = [0u8; 1];
+        for _ in 0..rounds {
+            nix::unistd::write(writer, &byte)?;
+            nix::unistd::read(reader, &mut byte)?;
+        }
+        Ok(())
+    };
+    let (low_reader, low_writer) = nix::unistd::pipe()?;
+    bounce(&low_writer, &low_reader)?;
+    let null = std::fs::File::open("/dev/null")?;
+    let spares = (0..zctrace_common::EMBEDDED_FDS)
+        .map(|_| null.try_clone())
+        .collect::<std::io::Result<Vec<_>>>()?;
+    let (high_reader, high_writer) = nix::unistd::pipe()?;
+    let (high_a, high_b) = UnixStream::pair()?;
+    anyhow::ensure!(
+        std::os::fd::AsRawFd::as_raw_fd(&high_reader) >= zctrace_common::EMBEDDED_FDS as i32,
+        "the new pipe should lie past the embedded slots"
+    );
+    bounce(&low_writer, &low_reader)?;
+    bounce(&high_writer, &high_reader)?;
+    bounce(&high_a, &high_b)?;
+    drop(spares);
     Ok(())
 }
 

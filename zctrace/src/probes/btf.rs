@@ -3,7 +3,7 @@
 //! relocations from Rust), and which functions exist with how many parameters.
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Backend, Btf, BtfType, Struct, Type};
-use zctrace_common::KernelOffsets;
+use zctrace_common::{KernelOffsets, EMBEDDED_FDS};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -44,6 +44,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         task_signal: field("task_struct", "signal")?,
         signal_live: field("signal_struct", "live")?,
         files_fdt: field("files_struct", "fdt")?,
+        files_fd_array: embedded_fd_array(btf)?,
         fdtable_max_fds: field("fdtable", "max_fds")?,
         fdtable_fd: field("fdtable", "fd")?,
         file_inode: field("file", "f_inode")?,
@@ -75,6 +76,22 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         task_runtime: field("task_struct", "se.sum_exec_runtime")?,
         task_migrations: field("task_struct", "se.nr_migrations")?,
     })
+}
+
+/// Offset of `files_struct.fd_array`, whose slots the programs read at constant offsets: a
+/// kernel with another number of embedded slots would fail verification, so it is refused here.
+fn embedded_fd_array(btf: &Btf) -> Result<u32> {
+    let files = find_struct(btf, "files_struct")?;
+    let (bits, type_id) = find_member(btf, &files, "fd_array")?
+        .context("kernel BTF: struct files_struct has no member fd_array")?;
+    match btf.resolve_type_by_id(type_id)? {
+        Type::Array(array) if array.len() == EMBEDDED_FDS => Ok(bits / 8),
+        Type::Array(array) => bail!(
+            "kernel BTF: files_struct.fd_array has {} slots; zctrace's programs are built for {EMBEDDED_FDS}",
+            array.len()
+        ),
+        _ => bail!("kernel BTF: files_struct.fd_array is not an array"),
+    }
 }
 
 /// How many parameters kernel function `name` takes, or `None` when BTF has no such function.
