@@ -61,6 +61,7 @@ const BPFTRACE_PEER: &str = "BEGIN { printf(\"attached\\n\"); } \
 /// Micro-workloads that print nanoseconds per event.
 const GETPID: [&str; 3] = ["workload", "getpid-loop", "2000000"];
 const PIPE_LOOP: [&str; 3] = ["workload", "pipe-loop", "1000000"];
+const SOCKET_LOOP: [&str; 3] = ["workload", "socket-loop", "1000000"];
 const PING_PONG: [&str; 3] = ["workload", "ping-pong", "200000"];
 const TCP_PING_PONG: [&str; 3] = ["workload", "tcp-ping-pong", "50000"];
 const SPAWN: [&str; 3] = ["workload", "spawn", "300"];
@@ -86,6 +87,16 @@ const PROGRAMS: &[(&str, &[&str], [&str; 3])] = &[
         "counting floor at sys_exit, pipe calls",
         &["--probes", "counting_floor"],
         PIPE_LOOP,
+    ),
+    (
+        "sys_exit, per socket call (1-byte Unix socket write or read)",
+        &["--probes", "sys_exit"],
+        SOCKET_LOOP,
+    ),
+    (
+        "counting floor at sys_exit, socket calls",
+        &["--probes", "counting_floor"],
+        SOCKET_LOOP,
     ),
     (
         "sched_switch, per switch",

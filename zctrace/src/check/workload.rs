@@ -3,6 +3,7 @@
 //! read `/proc` and the maps while the process is alive and idle.
 use std::{
     io::{Read as _, Write as _},
+    os::fd::AsFd,
     time::{Duration, Instant},
 };
 
@@ -36,6 +37,8 @@ pub enum Workload {
     /// Write one byte into a pipe and read it back, ROUNDS times in one process; print
     /// nanoseconds per call (data-path syscalls the probes decode, without a context switch).
     PipeLoop { rounds: u64 },
+    /// As pipe-loop, through a Unix socket pair: data-path calls on a socket descriptor.
+    SocketLoop { rounds: u64 },
     /// Write one byte into a pipe and read it back ROUNDS times; then open descriptors until the
     /// table outgrows the slots embedded in `files_struct`, and do the same through that pipe, a
     /// new pipe and a Unix socket pair, both numbered past those slots.
@@ -105,7 +108,14 @@ pub fn run(workload: &Workload) -> Result<()> {
             println!("{:.1}", started.elapsed().as_nanos() as f64 / count.max(1) as f64);
             return Ok(());
         }
-        Workload::PipeLoop { rounds } => return pipe_loop(rounds),
+        Workload::PipeLoop { rounds } => {
+            let (reader, writer) = nix::unistd::pipe()?;
+            return byte_loop(&writer, &reader, rounds);
+        }
+        Workload::SocketLoop { rounds } => {
+            let (one, other) = std::os::unix::net::UnixStream::pair()?;
+            return byte_loop(&one, &other, rounds);
+        }
         Workload::PingPong { rounds } => return ping_pong(rounds),
         Workload::GrownFdTable { rounds } => grown_fd_table(rounds)?,
         Workload::Rename { count } => return rename_loop(count),
@@ -186,15 +196,20 @@ fn rename_loop(count: u64) -> Result<()> {
     Ok(())
 }
 
-fn pipe_loop(rounds: u64) -> Result<()> {
-    use nix::unistd::{pipe, read, write};
-    let (reader, writer) = pipe()?;
+/// Writes one byte at `writer` and reads it back at `reader`, ROUNDS times.
+fn bounce(writer: &impl AsFd, reader: &impl AsFd, rounds: u64) -> Result<()> {
     let mut byte = [0u8; 1];
-    let started = Instant::now();
     for _ in 0..rounds {
-        write(&writer, &byte)?;
-        read(&reader, &mut byte)?;
+        nix::unistd::write(writer, &byte)?;
+        nix::unistd::read(reader, &mut byte)?;
     }
+    Ok(())
+}
+
+/// [`bounce`], timed: prints nanoseconds per call.
+fn byte_loop(writer: &impl AsFd, reader: &impl AsFd, rounds: u64) -> Result<()> {
+    let started = Instant::now();
+    bounce(writer, reader, rounds)?;
     println!(
         "{:.1}",
         started.elapsed().as_nanos() as f64 / (2 * rounds.max(1)) as f64
@@ -203,30 +218,21 @@ fn pipe_loop(rounds: u64) -> Result<()> {
 }
 
 fn grown_fd_table(rounds: u64) -> Result<()> {
-    use std::os::{fd::AsFd, unix::net::UnixStream};
-    let bounce = |writer: &dyn AsFd, reader: &dyn AsFd| -> Result<()> {
-        let mut byte = [0u8; 1];
-        for _ in 0..rounds {
-            nix::unistd::write(writer, &byte)?;
-            nix::unistd::read(reader, &mut byte)?;
-        }
-        Ok(())
-    };
     let (low_reader, low_writer) = nix::unistd::pipe()?;
-    bounce(&low_writer, &low_reader)?;
+    bounce(&low_writer, &low_reader, rounds)?;
     let null = std::fs::File::open("/dev/null")?;
     let spares = (0..zctrace_common::EMBEDDED_FDS)
         .map(|_| null.try_clone())
         .collect::<std::io::Result<Vec<_>>>()?;
     let (high_reader, high_writer) = nix::unistd::pipe()?;
-    let (high_a, high_b) = UnixStream::pair()?;
+    let (high_a, high_b) = std::os::unix::net::UnixStream::pair()?;
     anyhow::ensure!(
         std::os::fd::AsRawFd::as_raw_fd(&high_reader) >= zctrace_common::EMBEDDED_FDS as i32,
         "the new pipe should lie past the embedded slots"
     );
-    bounce(&low_writer, &low_reader)?;
-    bounce(&high_writer, &high_reader)?;
-    bounce(&high_a, &high_b)?;
+    bounce(&low_writer, &low_reader, rounds)?;
+    bounce(&high_writer, &high_reader, rounds)?;
+    bounce(&high_a, &high_b, rounds)?;
     drop(spares);
     Ok(())
 }
