@@ -114,7 +114,8 @@ pub struct ThreadSwitches {
     pub involuntary: u64,
     pub offcpu_ns: u64,
     /// When the thread last switched out (0 until it has), and its CPU time then: the next
-    /// switch-out's wall time since, less the CPU time since, was spent off CPU.
+    /// switch-out's wall time since, less the CPU time since, was spent off CPU. The clock is
+    /// the scheduler's where the kernel keeps `sched_info`, `bpf_ktime_get_ns` elsewhere.
     pub last_out_ns: u64,
     pub last_runtime_ns: u64,
 }
@@ -292,7 +293,16 @@ pub struct KernelOffsets {
     pub task_runtime: u32,
     /// `task_struct.se.nr_migrations`: how often the thread has changed CPU.
     pub task_migrations: u32,
+    /// `task_struct.se.prev_sum_exec_runtime`: the thread's CPU time when it last went on CPU
+    /// (kept by the fair class, which runs all but real-time threads).
+    pub task_stint_start_runtime: u32,
+    /// `task_struct.sched_info.last_arrival`: the scheduler's clock when the thread last went on
+    /// CPU; [`NO_FIELD`] where the kernel keeps no `sched_info` (`CONFIG_SCHED_INFO` off).
+    pub task_last_arrival: u32,
 }
+
+/// The offset of a field the running kernel does not have.
+pub const NO_FIELD: u32 = u32::MAX;
 
 /// Run-time configuration of the programs, set as a global before load.
 #[repr(C)]
@@ -618,7 +628,7 @@ mod tests {
             size_of::<ProcessStats>(),
             16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2)
         );
-        assert_eq!(size_of::<KernelOffsets>(), 40 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 42 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 6 * 8);
     }

@@ -50,6 +50,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     shinfo_destructor_arg: 0,
     task_runtime: 0,
     task_migrations: 0,
+    task_stint_start_runtime: 0,
+    task_last_arrival: 0,
 };
 
 #[unsafe(no_mangle)]

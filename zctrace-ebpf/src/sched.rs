@@ -5,7 +5,7 @@ use aya_ebpf::{
     macros::btf_tracepoint,
     programs::BtfTracePointContext,
 };
-use zctrace_common::{MapSlot, ProcessKey, ProcessStats, ThreadSwitches};
+use zctrace_common::{MapSlot, ProcessKey, ProcessStats, ThreadSwitches, NO_FIELD};
 
 use crate::{
     kernel::{
@@ -61,9 +61,8 @@ fn same_process(thread: *mut ThreadSwitches, key: &ProcessKey) -> bool {
 /// Counts a switch-out of the current thread, in its own entry: only it writes there.
 #[inline(always)]
 fn count_switch(thread: *mut ThreadSwitches, voluntary: bool, task: u64) {
-    // SAFETY: the helper has no preconditions.
-    let now = unsafe { bpf_ktime_get_ns() };
     let runtime: u64 = field(task, offset!(task_runtime));
+    let now = switch_out_time(thread, task, runtime);
     // SAFETY: `thread` points into a live map value that only this thread writes.
     unsafe {
         if voluntary {
@@ -79,6 +78,27 @@ fn count_switch(thread: *mut ThreadSwitches, voluntary: bool, task: u64) {
         (*thread).last_out_ns = now;
         (*thread).last_runtime_ns = runtime;
     }
+}
+
+/// The time of this switch-out. Where the kernel keeps `sched_info`, it is the scheduler's clock
+/// when the thread went on CPU plus the CPU time it has run since: two field loads, where the
+/// clock helper is a call that costs more than a hash lookup. That CPU time is measured from the
+/// thread's last switch-out, or at its first from where the fair class marked it (a real-time
+/// thread's first off-CPU gap may be undercounted).
+#[inline(always)]
+fn switch_out_time(thread: *mut ThreadSwitches, task: u64, runtime: u64) -> u64 {
+    if offset!(task_last_arrival) == NO_FIELD as u64 {
+        // SAFETY: the helper has no preconditions.
+        return unsafe { bpf_ktime_get_ns() };
+    }
+    let arrived: u64 = field(task, offset!(task_last_arrival));
+    // SAFETY: `thread` points into a live map value.
+    let (last_out, last_runtime) = unsafe { ((*thread).last_out_ns, (*thread).last_runtime_ns) };
+    let runtime_at_arrival = match last_out {
+        0 => field(task, offset!(task_stint_start_runtime)),
+        _ => last_runtime,
+    };
+    arrived + runtime.saturating_sub(runtime_at_arrival)
 }
 
 /// The thread's first switch seen: its process entry is made now (named, with its cgroup) and its

@@ -216,11 +216,19 @@ fn context_switches_match_the_kernels_own_counts() {
         .args(["workload", "spin", "--spin-ms", "1500"])
         .spawn()
         .expect("hog");
+    let started = std::time::Instant::now();
     let workload = Workload::run(&["sleep-spin", "--sleeps", "200", "--spin-ms", "700"]);
     let pid = workload.traced.key.tgid;
     let (mut voluntary, mut involuntary) = (0u64, 0u64);
+    let (mut cpu_ns, mut run_delay_ns) = (0u64, 0u64);
     for task in fs::read_dir(format!("/proc/{pid}/task")).unwrap() {
-        let status = fs::read_to_string(task.unwrap().path().join("status")).unwrap();
+        let task = task.unwrap().path();
+        // The scheduler's own: CPU time, and time spent runnable but waiting for a CPU.
+        let schedstat = fs::read_to_string(task.join("schedstat")).unwrap();
+        let mut figures = schedstat.split_whitespace().map(|n| n.parse::<u64>().unwrap());
+        cpu_ns += figures.next().unwrap();
+        run_delay_ns += figures.next().unwrap();
+        let status = fs::read_to_string(task.join("status")).unwrap();
         let field = |name: &str| -> u64 {
             status
                 .lines()
@@ -234,6 +242,7 @@ fn context_switches_match_the_kernels_own_counts() {
         involuntary += field("nonvoluntary_ctxt_switches:");
     }
     let f = figures_of(&tracer, &workload.traced.key);
+    let lived_at_most = started.elapsed().as_nanos() as u64;
     let key = workload.finish();
     let _ = hog.wait();
     // A sleep whose timer fires before the task gets to schedule() does not switch: under TCG on
@@ -254,10 +263,21 @@ fn context_switches_match_the_kernels_own_counts() {
         "involuntary: zctrace {} vs /proc {involuntary}",
         f.counters.involuntary_switches
     );
+    let offcpu = f.counters.offcpu_ns;
     assert!(
-        f.counters.offcpu_ns >= 200 * 1_000_000,
-        "200 sleeps of 1 ms are at least 0.2 s off CPU, got {} ns",
-        f.counters.offcpu_ns
+        offcpu >= 200 * 1_000_000,
+        "200 sleeps of 1 ms are at least 0.2 s off CPU, got {offcpu} ns"
+    );
+    // Waiting beside the hog is off CPU too, all of it before the last switch-out zctrace has
+    // seen (the workload then sleeps); only what came before its first switch is not counted.
+    assert!(
+        offcpu + 20_000_000 >= run_delay_ns,
+        "off CPU {offcpu} ns, less than the {run_delay_ns} ns the scheduler says it waited"
+    );
+    // The scheduler's clock may run apart from the test's by the rate NTP slews it at.
+    assert!(
+        offcpu as f64 <= (lived_at_most - cpu_ns) as f64 * 1.01,
+        "off CPU {offcpu} ns, more than the {lived_at_most} ns it lived less its {cpu_ns} ns on CPU"
     );
     assert_eq!(key.tgid, pid);
 }

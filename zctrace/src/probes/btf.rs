@@ -3,7 +3,7 @@
 //! relocations from Rust), and which functions exist with how many parameters.
 use anyhow::{anyhow, bail, Context as _, Result};
 use btf_rs::{Backend, Btf, BtfType, Struct, Type};
-use zctrace_common::{KernelOffsets, EMBEDDED_FDS};
+use zctrace_common::{KernelOffsets, EMBEDDED_FDS, NO_FIELD};
 
 pub const VMLINUX_BTF: &str = "/sys/kernel/btf/vmlinux";
 
@@ -75,6 +75,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         shinfo_destructor_arg: field("skb_shared_info", "destructor_arg")?,
         task_runtime: field("task_struct", "se.sum_exec_runtime")?,
         task_migrations: field("task_struct", "se.nr_migrations")?,
+        task_stint_start_runtime: field("task_struct", "se.prev_sum_exec_runtime")?,
+        task_last_arrival: field("task_struct", "sched_info.last_arrival").unwrap_or(NO_FIELD),
     })
 }
 
