@@ -178,6 +178,25 @@ pub enum FdFile {
     Untyped(u64),
 }
 
+impl FdFile {
+    /// Reads a `T` at `offset` of the file, the way its pointer allows.
+    #[inline(always)]
+    pub fn get<T: Copy>(&self, offset: u64) -> Result<T, u32> {
+        match *self {
+            FdFile::Typed(file) => Typed::get(file, offset),
+            FdFile::Untyped(file) => Untyped::get(file, offset),
+        }
+    }
+
+    #[inline(always)]
+    pub fn kind(&self) -> FdKind {
+        match *self {
+            FdFile::Typed(file) => file_kind::<Typed>(file),
+            FdFile::Untyped(file) => file_kind::<Untyped>(file),
+        }
+    }
+}
+
 /// The `struct file *` behind descriptor `fd` of `task`.
 #[inline(always)]
 pub fn fd_file(task: u64, fd: u64) -> Option<FdFile> {
@@ -241,7 +260,7 @@ fn fd_slot<const SLOT: u64>(files: u64, slots: u64) -> u64 {
 
 /// The kind of `file`, read through `A`.
 #[inline(always)]
-pub fn file_kind<A: Access>(file: u64) -> FdKind {
+fn file_kind<A: Access>(file: u64) -> FdKind {
     let Ok(inode) = A::get::<u64>(file, offset!(file_inode)) else {
         return FdKind::None;
     };

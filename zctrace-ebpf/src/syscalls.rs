@@ -7,10 +7,7 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{
-        current_task, fd_file, field, file_kind, filtered_out, offset, process_key, Access, FdFile, Typed,
-        Untyped,
-    },
+    kernel::{current_task, fd_file, field, filtered_out, offset, process_key},
     maps::{add, count_error, syscall_entry},
     stacks,
 };
@@ -181,9 +178,9 @@ fn fd_kind(task: u64, fd: u64) -> FdKind {
     if fd > i32::MAX as u64 {
         return FdKind::None;
     }
+    // A match, not `map_or`: LLVM would make the closure a subprogram, one call per descriptor.
     match fd_file(task, fd) {
-        Some(FdFile::Typed(file)) => file_kind::<Typed>(file),
-        Some(FdFile::Untyped(file)) => file_kind::<Untyped>(file),
+        Some(file) => file.kind(),
         None => FdKind::None,
     }
 }
@@ -200,24 +197,16 @@ fn send_variant(flags: u64) -> Variant {
 /// vmsplice maps user pages into a pipe opened for writing, and copies out of one opened for reading.
 #[inline(always)]
 fn vmsplice_direction(task: u64, fd: u64) -> (FdKind, FdKind) {
-    let (kind, mode) = match fd_file(task, fd) {
-        Some(FdFile::Typed(file)) => kind_and_mode::<Typed>(file),
-        Some(FdFile::Untyped(file)) => kind_and_mode::<Untyped>(file),
-        None => return (FdKind::User, FdKind::None),
+    let Some(file) = fd_file(task, fd) else {
+        return (FdKind::User, FdKind::None);
     };
+    let kind = file.kind();
+    let mode: u32 = file.get(offset!(file_mode)).unwrap_or(FMODE_WRITE);
     if mode & FMODE_WRITE != 0 {
         (FdKind::User, kind)
     } else {
         (kind, FdKind::User)
     }
-}
-
-#[inline(always)]
-fn kind_and_mode<A: Access>(file: u64) -> (FdKind, u32) {
-    (
-        file_kind::<A>(file),
-        A::get(file, offset!(file_mode)).unwrap_or(FMODE_WRITE),
-    )
 }
 
 /// sendmmsg/recvmmsg return a message count; the bytes are the `msg_len` of each message.
