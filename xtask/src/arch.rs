@@ -6,7 +6,7 @@ use std::{path::PathBuf, process::Command};
 
 use anyhow::{ensure, Context as _, Result};
 
-use crate::{cargo_command, check, workspace_root};
+use crate::{cargo_command, check, target_dir};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Arch {
@@ -82,7 +82,7 @@ pub fn static_binary(arch: Arch) -> Result<PathBuf> {
     let mut build = cargo_command(&["build", "--release", "--package", "zctrace"]);
     arch.target(&mut build);
     check(build)?;
-    let binary = workspace_root().join(format!("target/{triple}/release/zctrace"));
+    let binary = target_dir().join(triple).join("release/zctrace");
     let header = std::fs::read(&binary).with_context(|| format!("reading {}", binary.display()))?;
     ensure!(
         header.starts_with(b"\x7fELF\x02\x01") && header.len() > 20,

@@ -9,7 +9,7 @@ use std::{
 
 use anyhow::{bail, Context as _, Result};
 
-use crate::{cargo, workspace_root};
+use crate::{cargo, target_dir};
 
 struct Transfer {
     bytes_per_second: f64,
@@ -17,7 +17,7 @@ struct Transfer {
 }
 
 pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
-    let zctrace = workspace_root().join("target/release/zctrace");
+    let zctrace = target_dir().join("release/zctrace");
     let dir = std::env::temp_dir().join("zctrace-bench");
     std::fs::create_dir_all(&dir)?;
     let file = payload(&dir, size_mib << 20)?;
@@ -37,7 +37,7 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
 /// their floors for `whole`, `attach --stacks` against `attach` for `stacks`, else the
 /// per-program A/B of the programs whose label contains it.
 pub fn only(pairs: u32, size_mib: u64, only: &str) -> Result<()> {
-    let zctrace = workspace_root().join("target/release/zctrace");
+    let zctrace = target_dir().join("release/zctrace");
     let dir = std::env::temp_dir().join("zctrace-bench");
     std::fs::create_dir_all(&dir)?;
     match only {

@@ -7,7 +7,7 @@ use anyhow::{Context as _, Result};
 
 use crate::{
     arch::{self, Arch},
-    check, workspace_root,
+    check, target_dir, workspace_root,
 };
 
 const SOURCE: &str = "https://github.com/zctrace/zctrace";
@@ -62,7 +62,7 @@ pub fn build() -> Result<()> {
 /// One architecture's image, tagged `<reference>-<debian arch>`; returns that tag.
 fn build_one(arch: Arch, reference: &str, revision: &str) -> Result<String> {
     let binary = arch::static_binary(arch)?;
-    let context = workspace_root().join("target/image").join(arch.debian());
+    let context = target_dir().join("image").join(arch.debian());
     std::fs::create_dir_all(&context)?;
     let mut strip = Command::new(arch.strip());
     strip.arg("-o").arg(context.join("zctrace")).arg(&binary);

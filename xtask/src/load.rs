@@ -11,7 +11,7 @@ use anyhow::{bail, Result};
 
 use crate::{
     bench::{alias, cpu_ticks, memory_kib, payload, scrape, start_daemon_with, Scrape, Stats},
-    workspace_root,
+    target_dir,
 };
 
 const GRACE: Duration = Duration::from_secs(20);
@@ -21,7 +21,7 @@ const PREFIX: &str = "zcload-";
 const TOP: usize = 100;
 
 pub fn run(processes: u32, seconds: u64) -> Result<()> {
-    let zctrace = workspace_root().join("target/release/zctrace");
+    let zctrace = target_dir().join("release/zctrace");
     let dir = std::env::temp_dir().join("zctrace-load");
     std::fs::create_dir_all(&dir)?;
     let file = payload(&dir, FILE_SIZE)?;

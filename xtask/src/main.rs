@@ -1,5 +1,6 @@
 //! Developer and CI entry points: `cargo xtask setup | run | test | fmt | image | vmtest | bench |
 //! load`.
+mod apt_sources;
 mod arch;
 mod bench;
 mod image;
@@ -98,15 +99,12 @@ fn run(task: Task) -> Result<()> {
         }
         Task::Run { args } => {
             setup::ensure()?;
-            cargo(&["build", "--release", "--package", "zctrace"])?;
             let args = if args.is_empty() {
                 vec!["daemon".to_string()]
             } else {
                 args
             };
-            let status = Command::new(workspace_root().join("target/release/zctrace"))
-                .args(&args)
-                .status()?;
+            let status = Command::new(released_binary()?).args(&args).status()?;
             if !status.success() {
                 bail!("zctrace exited with {status}");
             }
@@ -115,7 +113,8 @@ fn run(task: Task) -> Result<()> {
         Task::Test => {
             setup::ensure()?;
             test()?;
-            vmtest::run(None, None)
+            vmtest::run(None, None)?;
+            nothing_built_in_the_checkout_when_the_target_dir_is_elsewhere()
         }
         Task::Vmtest { kernel, test } => {
             setup::ensure()?;
@@ -192,22 +191,33 @@ fn test() -> Result<()> {
         // A one-off run keeps no build it is done with: the tests link next, on a disk of
         // unknown size.
         for done in [
-            "target/ebpf-clippy",
-            "target/x86_64-unknown-linux-musl",
-            "target/aarch64-unknown-linux-musl",
+            "ebpf-clippy",
+            "x86_64-unknown-linux-musl",
+            "aarch64-unknown-linux-musl",
         ] {
-            let _ = std::fs::remove_dir_all(workspace_root().join(done));
+            let _ = std::fs::remove_dir_all(target_dir().join(done));
         }
     }
     check(command)?;
     released_build_has_no_instruments()
 }
 
-/// Builds zctrace as it is released (no `instruments`) and checks that its eBPF object holds no
-/// floor program and that it refuses the bench's workloads and `--probe.hook`.
+/// Builds zctrace as it is released and `cargo xtask run` runs it; returns its path.
+fn released_binary() -> Result<std::path::PathBuf> {
+    cargo(&["build", "--release", "--package", "zctrace"])?;
+    Ok(target_dir().join("release/zctrace"))
+}
+
+/// Checks the build `cargo xtask run` runs: its eBPF object holds no floor program, it refuses
+/// the bench's workloads and `--probe.hook`, and it answers `--version`.
 fn released_build_has_no_instruments() -> Result<()> {
-    cargo(&["build", "--package", "zctrace"])?;
-    let binary = workspace_root().join("target/debug/zctrace");
+    let binary = released_binary()?;
+    let version = Command::new(&binary).arg("--version").output()?;
+    ensure!(
+        version.status.success() && version.stdout.starts_with(b"zctrace "),
+        "{} --version failed",
+        binary.display()
+    );
     let bytes = std::fs::read(&binary)?;
     for program in ["counting_floor", "timing_floor", "FLOOR_COUNTS", "FLOOR_TIMES"] {
         ensure!(
@@ -227,6 +237,27 @@ fn released_build_has_no_instruments() -> Result<()> {
         );
     }
     eprintln!("xtask: the released build carries no floor program, workload or --probe.hook");
+    Ok(())
+}
+
+/// With `CARGO_TARGET_DIR` outside the checkout (as `.ci/run` sets it), every build, cache and
+/// download of the run (static binaries, images, nginx, VM kernels) went there: the checkout
+/// has no `target/`.
+fn nothing_built_in_the_checkout_when_the_target_dir_is_elsewhere() -> Result<()> {
+    if target_dir().starts_with(workspace_root()) {
+        return Ok(());
+    }
+    let stray = workspace_root().join("target");
+    ensure!(
+        !stray.exists(),
+        "{} exists although cargo builds in {}: something in xtask or the tests ignores CARGO_TARGET_DIR",
+        stray.display(),
+        target_dir().display()
+    );
+    eprintln!(
+        "xtask: everything was built in {}, nothing in the checkout",
+        target_dir().display()
+    );
     Ok(())
 }
 
@@ -287,7 +318,9 @@ fn clippy_ebpf(arch: arch::Arch) -> Result<()> {
             "instruments",
         ])
         .args(["--target", "bpfel-unknown-none", "-Z", "build-std=core"])
-        .args(["--target-dir", "target/ebpf-clippy", "--", "-D", "warnings"])
+        .arg("--target-dir")
+        .arg(target_dir().join("ebpf-clippy"))
+        .args(["--", "-D", "warnings"])
         .env(
             "CARGO_ENCODED_RUSTFLAGS",
             format!("--cfg=bpf_target_arch=\"{target_arch}\""),
@@ -316,6 +349,25 @@ pub(crate) fn check(mut command: Command) -> Result<()> {
         bail!("{command:?} failed with {status}");
     }
     Ok(())
+}
+
+/// Where cargo puts its builds: `CARGO_TARGET_DIR` or `build.target-dir` when set (as cargo
+/// resolves them), else the workspace's `target/`. Everything xtask builds or caches goes there.
+pub(crate) fn target_dir() -> &'static std::path::Path {
+    static TARGET_DIR: std::sync::OnceLock<std::path::PathBuf> = std::sync::OnceLock::new();
+    TARGET_DIR.get_or_init(|| {
+        let metadata = cargo_command(&["metadata", "--no-deps", "--format-version", "1"])
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("running cargo metadata");
+        assert!(metadata.status.success(), "cargo metadata failed");
+        let metadata: serde_json::Value =
+            serde_json::from_slice(&metadata.stdout).expect("cargo metadata prints JSON");
+        metadata["target_directory"]
+            .as_str()
+            .expect("cargo metadata names the target directory")
+            .into()
+    })
 }
 
 pub(crate) fn workspace_root() -> std::path::PathBuf {

@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::{arch::Arch, cargo_command, check, workspace_root};
+use crate::{arch::Arch, cargo_command, check, setup, target_dir, workspace_root};
 
 /// One kernel of the matrix. The host's own kernel is the matrix's other point, covered by the
 /// ordinary test run.
@@ -136,7 +136,7 @@ pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
         }
         let started = Instant::now();
         let binaries = build_suite(kernel)?;
-        let dir = workspace_root().join("target/vmtest").join(kernel.name);
+        let dir = target_dir().join("vmtest").join(kernel.name);
         let vmlinuz = fetch_kernel(kernel, &dir)?;
         let initramfs = pack_initramfs(kernel, &dir, &binaries)?;
         for test in &suite {
@@ -372,10 +372,7 @@ fn pack_initramfs(kernel: &Kernel, dir: &Path, binaries: &Binaries) -> Result<Pa
     executables.extend(build_programs(kernel.arch, dir)?);
     // nginx with frame pointers is built for the host only.
     if kernel.arch == Arch::X86_64 {
-        executables.push((
-            "nginx".to_string(),
-            workspace_root().join("target/nginx-fp/sbin/nginx"),
-        ));
+        executables.push(("nginx".to_string(), setup::nginx_binary()));
     }
     for (name, path) in &executables {
         let target = root.join(&VM_BIN[1..]).join(name);

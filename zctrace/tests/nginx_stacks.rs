@@ -18,10 +18,11 @@ use nix::{
 const BODY: u64 = 4 * MIB;
 const REQUESTS: u64 = 8;
 
-/// `cargo xtask setup`'s nginx, or the one `cargo xtask vmtest` carries into its VMs.
+/// `cargo xtask setup`'s nginx (in cargo's target directory, wherever `CARGO_TARGET_DIR` puts
+/// it), or the one `cargo xtask vmtest` carries into its VMs.
 fn nginx_binary() -> PathBuf {
-    let path =
-        std::env::var("ZCTRACE_NGINX").map_or_else(|_| repo("target/nginx-fp/sbin/nginx"), PathBuf::from);
+    let setup_built = || Path::new(env!("CARGO_TARGET_TMPDIR")).join("../nginx-fp/sbin/nginx");
+    let path = std::env::var("ZCTRACE_NGINX").map_or_else(|_| setup_built(), PathBuf::from);
     assert!(
         path.exists(),
         "{}: missing; `cargo xtask setup` builds nginx with frame pointers",
