@@ -122,6 +122,30 @@ pub fn source_stanzas(sources: &[Source], codename: &str) -> Vec<String> {
     stanzas
 }
 
+/// deb822 stanzas of binary packages (`deb`) from other Debian releases' `suites` (bullseye,
+/// trixie-backports, sid, ...), found where this machine finds `codename`: `*-security` suites
+/// where its `codename-security` comes from, the others where `codename` itself does, each with
+/// that source's keyring. A suite with no such source is left out.
+pub fn other_release_stanzas(sources: &[Source], codename: &str, suites: &[&str]) -> Vec<String> {
+    let serving = |suite: &str| sources.iter().find(|s| s.suites.iter().any(|x| x == suite));
+    let archive = serving(codename);
+    let security = serving(&format!("{codename}-security"));
+    suites
+        .iter()
+        .filter_map(|suite| {
+            let source = if suite.ends_with("-security") { security } else { archive }?;
+            let mut stanza = format!(
+                "Types: deb\nURIs: {}\nSuites: {suite}\nComponents: main\n",
+                source.uris.join(" ")
+            );
+            if let Some(keyring) = &source.signed_by {
+                stanza += &format!("Signed-By: {keyring}\n");
+            }
+            Some(stanza)
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -182,6 +206,28 @@ deb http://b.example/debian trixie main
                 "Types: deb-src\nURIs: http://a.example/debian\nSuites: bookworm\nComponents: main\nSigned-By: /etc/keys/a.gpg\n",
                 "Types: deb-src\nURIs: http://a.example/debian\nSuites: bookworm\nComponents: main\n",
             ]
+        );
+    }
+
+    #[test]
+    fn other_releases_come_from_the_machines_archive_and_security_archive() {
+        let stanzas = other_release_stanzas(
+            &parse_deb822(DEB822),
+            "bookworm",
+            &["bullseye", "bullseye-security", "sid"],
+        );
+        assert_eq!(
+            stanzas,
+            [
+                "Types: deb\nURIs: http://archive.example/debian\nSuites: bullseye\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+                "Types: deb\nURIs: http://security.example/debian-security\nSuites: bullseye-security\nComponents: main\n",
+                "Types: deb\nURIs: http://archive.example/debian\nSuites: sid\nComponents: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n",
+            ]
+        );
+        let no_security = parse_deb822(DEB822.split("\n\n").next().unwrap());
+        assert_eq!(
+            other_release_stanzas(&no_security, "bookworm", &["bullseye-security"]),
+            Vec::<String>::new()
         );
     }
 

@@ -1,5 +1,6 @@
 //! Developer and CI entry points: `cargo xtask setup | run | test | fmt | image | vmtest | bench |
 //! load`.
+mod apt;
 mod apt_sources;
 mod arch;
 mod bench;

@@ -7,7 +7,7 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::{apt_sources, arch::Arch, check, target_dir};
+use crate::{apt, apt_sources, arch::Arch, check, target_dir};
 
 /// Debian packages: LLVM 22 for bpf-linker, the real programs the tests and bench run, and what
 /// `vmtest` boots other kernels with.
@@ -112,72 +112,34 @@ fn nginx_with_frame_pointers() -> Result<()> {
 }
 
 /// Downloads `package`'s Debian source files into `dir`, through apt, from the source
-/// counterparts of the machine's own Debian archives. Those go in a list and state of their own
-/// under `dir`, so the machine's apt configuration and lists stay as they are.
+/// counterparts of the machine's own Debian archives (an apt of its own under `dir`).
 fn debian_source(package: &str, dir: &Path) -> Result<()> {
-    let apt_dir = dir.join("apt");
-    for sub in ["lists/partial", "cache/archives/partial", "sources.list.d"] {
-        std::fs::create_dir_all(apt_dir.join(sub))?;
-    }
-    let codename = os_release_codename()?;
-    let stanzas = apt_sources::source_stanzas(&machine_apt_sources()?, &codename);
+    let codename = apt::codename()?;
+    let stanzas = apt_sources::source_stanzas(&apt::machine_sources(), &codename);
     ensure!(
         !stanzas.is_empty(),
         "no apt source of this machine serves Debian {codename}: cannot fetch {package}'s source"
     );
-    std::fs::write(
-        apt_dir.join("sources.list.d/machine-src.sources"),
-        stanzas.join("\n"),
-    )?;
-    let list = apt_dir.join("sources.list");
-    std::fs::write(&list, "")?;
-    let options = [
-        format!("Dir::Etc::SourceList={}", list.display()),
-        format!(
-            "Dir::Etc::SourceParts={}",
-            apt_dir.join("sources.list.d").display()
-        ),
-        format!("Dir::State::Lists={}", apt_dir.join("lists").display()),
-        format!("Dir::Cache={}", apt_dir.join("cache").display()),
-        // As root into a directory apt's own user cannot write: say so, rather than be warned.
-        "APT::Sandbox::User=root".to_string(),
-    ];
-    let apt = |args: &[&str]| {
-        let mut command = Command::new("apt-get");
-        for option in &options {
-            command.args(["-o", option]);
-        }
-        command.args(args).current_dir(dir);
-        command
-    };
-    check(apt(&["update", "-q"]))?;
+    let apt = apt::PrivateApt::new(&dir.join("apt"), &stanzas)?;
+    check(apt.get(&["update", "-q"]))?;
     // The newest version the index lists may not be served yet (or any more): take the next.
-    let versions = source_versions(&options, package)?;
+    let versions = source_versions(&apt, package)?;
     for version in &versions {
         let wanted = format!("{package}={version}");
-        if apt(&["source", "-q", "--download-only", &wanted])
-            .status()
-            .is_ok_and(|s| s.success())
-        {
+        let mut download = apt.get(&["source", "-q", "--download-only", &wanted]);
+        if download.current_dir(dir).status().is_ok_and(|s| s.success()) {
             say(&format!("downloaded Debian's source of {wanted}"));
             return Ok(());
         }
-        say(&format!(
-            "Debian's source of {wanted} did not download; trying an older one"
-        ));
+        say(&format!("Debian's source of {wanted} did not download; trying an older one"));
     }
     bail!("none of {package}'s source versions {versions:?} downloaded through apt")
 }
 
-/// The versions of source package `package` that the apt index under `options` lists, newest
-/// first.
-fn source_versions(options: &[String], package: &str) -> Result<Vec<String>> {
-    let mut showsrc = Command::new("apt-cache");
-    for option in options {
-        showsrc.args(["-o", option]);
-    }
-    let output = showsrc
-        .args(["showsrc", "--only-source", package])
+/// The versions of source package `package` that `apt` lists, newest first.
+fn source_versions(apt: &apt::PrivateApt, package: &str) -> Result<Vec<String>> {
+    let output = apt
+        .cache(&["showsrc", "--only-source", package])
         .output()
         .context("apt-cache showsrc")?;
     let mut versions: Vec<String> = String::from_utf8_lossy(&output.stdout)
@@ -185,58 +147,10 @@ fn source_versions(options: &[String], package: &str) -> Result<Vec<String>> {
         .filter_map(|l| l.strip_prefix("Version: "))
         .map(str::to_string)
         .collect();
-    versions.sort_by(|a, b| debian_version_order(b, a));
+    versions.sort_by(|a, b| apt::version_order(b, a));
     versions.dedup();
     ensure!(!versions.is_empty(), "apt lists no source package {package}");
     Ok(versions)
-}
-
-/// Debian's version order, as dpkg decides it.
-fn debian_version_order(a: &str, b: &str) -> std::cmp::Ordering {
-    let is = |relation: &str| {
-        Command::new("dpkg")
-            .args(["--compare-versions", a, relation, b])
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if is("lt") {
-        std::cmp::Ordering::Less
-    } else if is("gt") {
-        std::cmp::Ordering::Greater
-    } else {
-        std::cmp::Ordering::Equal
-    }
-}
-
-/// The apt sources this machine uses: one-line `.list` entries and deb822 `.sources` stanzas.
-fn machine_apt_sources() -> Result<Vec<apt_sources::Source>> {
-    let mut files = vec![PathBuf::from("/etc/apt/sources.list")];
-    if let Ok(dir) = std::fs::read_dir("/etc/apt/sources.list.d") {
-        let mut listed: Vec<PathBuf> = dir.filter_map(|e| e.ok().map(|e| e.path())).collect();
-        listed.sort();
-        files.extend(listed);
-    }
-    let mut sources = Vec::new();
-    for file in files {
-        let Ok(text) = std::fs::read_to_string(&file) else {
-            continue;
-        };
-        match file.extension().and_then(|e| e.to_str()) {
-            Some("list") => sources.extend(apt_sources::parse_one_line(&text)),
-            Some("sources") => sources.extend(apt_sources::parse_deb822(&text)),
-            _ => {}
-        }
-    }
-    Ok(sources)
-}
-
-fn os_release_codename() -> Result<String> {
-    let text = std::fs::read_to_string("/etc/os-release").context("reading /etc/os-release")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("VERSION_CODENAME="))
-        .map(|c| c.trim_matches('"').to_string())
-        .filter(|c| !c.is_empty())
-        .context("/etc/os-release names no VERSION_CODENAME")
 }
 
 fn python_tools() -> Result<()> {

@@ -13,15 +13,16 @@ use std::{
 
 use anyhow::{bail, ensure, Context as _, Result};
 
-use crate::{arch::Arch, cargo_command, check, setup, target_dir, workspace_root};
+use crate::{apt, apt_sources, arch::Arch, cargo_command, check, setup, target_dir, workspace_root};
 
 /// One kernel of the matrix. The host's own kernel is the matrix's other point, covered by the
 /// ordinary test run.
 pub struct Kernel {
     /// Names the kernel in logs and in its cache directory under `target/vmtest/`.
     pub name: &'static str,
-    /// Debian package names to choose from (a regex for `apt-cache search --names-only`); the
-    /// newest match is booted, so the matrix follows the distribution's security updates.
+    /// Debian package names to choose from (a regex for `apt-cache search --names-only` over
+    /// [`SUITES`]); the newest match that downloads is booted, so the matrix follows the
+    /// distribution's updates.
     package: &'static str,
     arch: Arch,
     qemu: &'static str,
@@ -30,26 +31,78 @@ pub struct Kernel {
     suite: Suite,
 }
 
+const X86_64_QEMU: (&str, &[&str], &str) = ("qemu-system-x86_64", &["-cpu", "max"], "ttyS0");
+// pauth-impdef: the architected pointer-authentication algorithm is slow to emulate.
+const ARM64_QEMU: (&str, &[&str], &str) = (
+    "qemu-system-aarch64",
+    &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
+    "ttyAMA0",
+);
+
+const fn kernel(
+    name: &'static str,
+    package: &'static str,
+    arch: Arch,
+    (qemu, qemu_args, console): (&'static str, &'static [&'static str], &'static str),
+    suite: Suite,
+) -> Kernel {
+    Kernel {
+        name,
+        package,
+        arch,
+        qemu,
+        qemu_args,
+        console,
+        suite,
+    }
+}
+
+/// The matrix: the oldest kernels of the fleets zctrace claims (Debian 11's 5.10, of the
+/// RHEL 9 / Ubuntu 22.04 era), the LTS kernels between, and the newest Debian carries, whose
+/// `linux-image-*` is only a metapackage from 7.x on (the kernel is in `linux-binary-*`).
 pub const KERNELS: &[Kernel] = &[
-    Kernel {
-        name: "debian12-6.1-amd64",
-        package: r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
-        arch: Arch::X86_64,
-        qemu: "qemu-system-x86_64",
-        qemu_args: &["-cpu", "max"],
-        console: "ttyS0",
-        suite: FULL_SUITE,
-    },
-    Kernel {
-        name: "debian12-6.1-arm64",
-        package: r"^linux-image-6\.1\.0-[0-9]+-cloud-arm64-unsigned$",
-        arch: Arch::Aarch64,
-        qemu: "qemu-system-aarch64",
-        // pauth-impdef: the architected pointer-authentication algorithm is slow to emulate.
-        qemu_args: &["-machine", "virt", "-cpu", "max,pauth-impdef=on"],
-        console: "ttyAMA0",
-        suite: ARM64_SUITE,
-    },
+    kernel(
+        "debian11-5.10-amd64",
+        r"^linux-image-5\.10\.0-[0-9]+-cloud-amd64-unsigned$",
+        Arch::X86_64,
+        X86_64_QEMU,
+        FULL_SUITE,
+    ),
+    kernel(
+        "debian12-6.1-amd64",
+        r"^linux-image-6\.1\.0-[0-9]+-cloud-amd64-unsigned$",
+        Arch::X86_64,
+        X86_64_QEMU,
+        FULL_SUITE,
+    ),
+    kernel(
+        "debian13-6.12-amd64",
+        r"^linux-image-6\.12\.[0-9]+\+deb13-cloud-amd64-unsigned$",
+        Arch::X86_64,
+        X86_64_QEMU,
+        BETWEEN_SUITE,
+    ),
+    kernel(
+        "debian-newest-amd64",
+        r"^linux-binary-[0-9.]+\+deb[0-9]+-cloud-amd64$",
+        Arch::X86_64,
+        X86_64_QEMU,
+        FULL_SUITE,
+    ),
+    kernel(
+        "debian12-6.1-arm64",
+        r"^linux-image-6\.1\.0-[0-9]+-cloud-arm64-unsigned$",
+        Arch::Aarch64,
+        ARM64_QEMU,
+        ARM64_SUITE,
+    ),
+    kernel(
+        "debian-newest-arm64",
+        r"^linux-binary-[0-9.]+\+deb[0-9]+-cloud-arm64$",
+        Arch::Aarch64,
+        ARM64_QEMU,
+        ARM64_SUITE,
+    ),
 ];
 
 /// Test binaries to run, each with the test names to run (empty runs them all).
@@ -78,6 +131,13 @@ const FULL_SUITE: Suite = &[
         ],
     ),
 ];
+
+/// The kernels between the matrix's ends run what differs from kernel to kernel: every probe in
+/// its best way with the observed copies equal to the model (kernel_matrix), doctor for every
+/// method (bench_doctor), and the accounting of every mechanism (core_accounting). What sits on
+/// top of those (attach, stacks, the daemon) is the same code on every kernel and runs at both
+/// ends.
+const BETWEEN_SUITE: Suite = &[("kernel_matrix", &[]), ("core_accounting", &[]), ("bench_doctor", &[])];
 
 /// arm64 runs the suite's architecture-dependent part: every probe in its best way and down its
 /// chains, doctor agreeing for every method and the observed copies with the model
@@ -237,22 +297,78 @@ fn build_suite(kernel: &Kernel) -> Result<Binaries> {
     Ok(Binaries { zctrace, tests })
 }
 
-/// The newest kernel matching `kernel.package`, downloaded once and kept in `dir`.
-fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
-    let package = newest_package(kernel.package)?;
-    let vmlinuz = dir.join(format!("{package}.vmlinuz"));
-    if vmlinuz.exists() {
-        eprintln!("vmtest: {}: {package} (cached)", kernel.name);
-        return Ok(vmlinuz);
+/// The Debian suites the matrix's kernels (and arm64's busybox) come from, read with an apt of
+/// their own under the target directory, so the machine's sources stay as they are.
+const SUITES: &[&str] = &[
+    "bullseye",
+    "bullseye-security",
+    "bookworm",
+    "bookworm-security",
+    "trixie",
+    "trixie-backports",
+    "sid",
+];
+
+/// An apt over [`SUITES`], its lists refreshed once per run.
+fn kernel_archive() -> Result<&'static apt::PrivateApt> {
+    static ARCHIVE: std::sync::OnceLock<apt::PrivateApt> = std::sync::OnceLock::new();
+    if let Some(archive) = ARCHIVE.get() {
+        return Ok(archive);
     }
-    eprintln!("vmtest: {}: downloading {package} from Debian", kernel.name);
-    extract_from_package(
-        &format!("{package}:{}", kernel.arch.debian()),
-        dir,
-        "boot/vmlinuz-",
-        &vmlinuz,
-    )?;
-    Ok(vmlinuz)
+    let codename = apt::codename()?;
+    let stanzas = apt_sources::other_release_stanzas(&apt::machine_sources(), &codename, SUITES);
+    ensure!(
+        !stanzas.is_empty(),
+        "no apt source of this machine serves Debian {codename}: cannot reach the kernels' suites"
+    );
+    let archive = apt::PrivateApt::new(&target_dir().join("vmtest/apt"), &stanzas)?;
+    eprintln!("vmtest: reading the kernels' suites: {}", SUITES.join(" "));
+    check(archive.get(&["update", "-q"]))?;
+    Ok(ARCHIVE.get_or_init(|| archive))
+}
+
+/// The newest kernel matching `kernel.package` that downloads, kept in `dir`. A package the
+/// index lists but the archive does not serve (withdrawn, or not yet mirrored) gives way to the
+/// next newest, and the log says which was booted.
+fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
+    let candidates = packages_newest_first(kernel.package)?;
+    for package in &candidates {
+        let vmlinuz = dir.join(format!("{package}.vmlinuz"));
+        if vmlinuz.exists() {
+            eprintln!("vmtest: {}: booting {package} (cached)", kernel.name);
+            return Ok(vmlinuz);
+        }
+        let unpacked = extract_package(&format!("{package}:{}", kernel.arch.debian()), dir);
+        match unpacked.and_then(|tree| move_kernel_image(&tree, &vmlinuz)) {
+            Ok(()) => {
+                eprintln!("vmtest: {}: booting {package}, downloaded from Debian", kernel.name);
+                return Ok(vmlinuz);
+            }
+            // apt has printed why (a 404, mostly); the command line would add nothing.
+            Err(_) => eprintln!(
+                "vmtest: {}: {package} did not download; trying the next newest",
+                kernel.name
+            ),
+        }
+    }
+    bail!(
+        "{}: none of {} downloaded",
+        kernel.name,
+        candidates.join(", ")
+    )
+}
+
+/// The kernel image in an unpacked kernel package: `boot/vmlinuz-*` until 6.x,
+/// `usr/lib/modules/*/vmlinuz` in 7.x's `linux-binary-*`.
+fn move_kernel_image(tree: &Path, to: &Path) -> Result<()> {
+    let boot = find_prefixed(&tree.join("boot"), "vmlinuz-");
+    let found = boot.or_else(|_| {
+        let modules = single_file(&tree.join("usr/lib/modules"), "")?;
+        Ok::<_, anyhow::Error>(modules.join("vmlinuz"))
+    })?;
+    ensure!(found.is_file(), "the package holds no kernel image");
+    std::fs::rename(&found, to)?;
+    Ok(())
 }
 
 /// Debian's static busybox for `arch`: the host's own for x86_64, else extracted from the
@@ -263,66 +379,40 @@ fn busybox(arch: Arch, dir: &Path) -> Result<PathBuf> {
     }
     let busybox = dir.join("busybox");
     if !busybox.exists() {
-        extract_from_package(
-            &format!("busybox-static:{}", arch.debian()),
-            dir,
-            "bin/busybox",
-            &busybox,
-        )?;
+        let tree = extract_package(&format!("busybox-static:{}", arch.debian()), dir)?;
+        std::fs::rename(tree.join("bin/busybox"), &busybox)?;
     }
     Ok(busybox)
 }
 
-/// Downloads `package` into a scratch directory under `dir` and moves its one file whose path
-/// starts with `prefix` to `to`.
-fn extract_from_package(package: &str, dir: &Path, prefix: &str, to: &Path) -> Result<()> {
+/// Downloads `package` and unpacks it under `dir/unpacked/x`, which it returns.
+fn extract_package(package: &str, dir: &Path) -> Result<PathBuf> {
     let unpacked = dir.join("unpacked");
     let _ = std::fs::remove_dir_all(&unpacked);
     std::fs::create_dir_all(&unpacked)?;
-    // As root into a directory apt's own user cannot write: say so, rather than be warned.
-    let download = || {
-        let mut command = apt(&["download", "-q", "-o", "APT::Sandbox::User=root", package]);
-        command.current_dir(&unpacked);
-        check(command)
-    };
-    if download().is_err() {
-        // The lists may predate the package: refresh them once.
-        check(apt(&["update", "-q"]))?;
-        download()?;
-    }
+    let mut download = kernel_archive()?.get(&["download", "-q", package]);
+    download.current_dir(&unpacked);
+    check(download)?;
     let deb = single_file(&unpacked, ".deb")?;
     let mut extract = Command::new("dpkg-deb");
     extract.arg("-x").arg(&deb).arg(unpacked.join("x"));
     check(extract)?;
-    let (folder, name) = prefix.rsplit_once('/').unwrap_or(("", prefix));
-    let found = find_prefixed(&unpacked.join("x").join(folder), name)?;
-    std::fs::rename(&found, to)?;
-    std::fs::remove_dir_all(&unpacked)?;
-    Ok(())
+    Ok(unpacked.join("x"))
 }
 
-fn newest_package(pattern: &str) -> Result<String> {
-    let search = |refresh: bool| -> Result<Vec<String>> {
-        if refresh {
-            check(apt(&["update", "-q"]))?;
-        }
-        let output = Command::new("apt-cache")
-            .args(["search", "--names-only", pattern])
-            .output()
-            .context("apt-cache")?;
-        Ok(String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .filter_map(|l| l.split_whitespace().next().map(str::to_string))
-            .collect())
-    };
-    let mut found = search(false)?;
-    if found.is_empty() {
-        found = search(true)?;
-    }
-    found
-        .into_iter()
-        .max_by(|a, b| version_key(a).cmp(&version_key(b)))
-        .with_context(|| format!("Debian's archive has no package matching {pattern}"))
+/// Packages whose names match `pattern`, newest first.
+fn packages_newest_first(pattern: &str) -> Result<Vec<String>> {
+    let output = kernel_archive()?
+        .cache(&["search", "--names-only", pattern])
+        .output()
+        .context("apt-cache")?;
+    let mut found: Vec<String> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().next().map(str::to_string))
+        .collect();
+    ensure!(!found.is_empty(), "Debian's archive has no package matching {pattern}");
+    found.sort_by_key(|name| std::cmp::Reverse(version_key(name)));
+    Ok(found)
 }
 
 /// The numbers in a package name, for ordering `6.1.0-9` before `6.1.0-10`.
@@ -330,12 +420,6 @@ fn version_key(name: &str) -> Vec<u64> {
     name.split(|c: char| !c.is_ascii_digit())
         .filter_map(|n| n.parse().ok())
         .collect()
-}
-
-fn apt(args: &[&str]) -> Command {
-    let mut command = Command::new("apt-get");
-    command.args(args).env("DEBIAN_FRONTEND", "noninteractive");
-    command
 }
 
 fn single_file(dir: &Path, suffix: &str) -> Result<PathBuf> {

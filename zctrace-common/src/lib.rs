@@ -275,6 +275,7 @@ pub struct KernelOffsets {
     pub dst_dev: u32,
     pub netdev_flags: u32,
     pub msghdr_flags: u32,
+    /// [`NO_FIELD`] before io_uring zerocopy sends (6.0).
     pub msghdr_ubuf: u32,
     /// Bit number of `SOCK_ZEROCOPY` in `sock::sk_flags` (an enum value, read from BTF too).
     pub sock_zerocopy_bit: u32,
@@ -299,6 +300,11 @@ pub struct KernelOffsets {
     /// `task_struct.sched_info.last_arrival`: the scheduler's clock when the thread last went on
     /// CPU; [`NO_FIELD`] where the kernel keeps no `sched_info` (`CONFIG_SCHED_INFO` off).
     pub task_last_arrival: u32,
+    /// 1 where the kernel has `bpf_get_current_task_btf` (5.11), whose BTF-typed task plain loads
+    /// can read; 0 where the current task is read through the probe-read helper.
+    pub current_task_typed: u32,
+    /// `task_struct.__state` (`state`, a `long`, before 5.14: its low half on little-endian).
+    pub task_state: u32,
 }
 
 /// The offset of a field the running kernel does not have.

@@ -43,6 +43,13 @@ pub fn perform_write_exit(ctx: FExitContext) -> u32 {
     count_copied(&ctx, CopyRoutine::PerformWrite, ctx.arg(2))
 }
 
+/// Why a second generic_perform_write program: before 5.19 the routine takes the file and the
+/// position (three parameters), so its return value comes one argument later.
+#[fexit(function = "generic_perform_write")]
+pub fn perform_write_exit_at_pos(ctx: FExitContext) -> u32 {
+    count_copied(&ctx, CopyRoutine::PerformWrite, ctx.arg(3))
+}
+
 /// Why fexit on pipe_read: read() from a pipe copies its buffers out here.
 #[fexit(function = "pipe_read")]
 pub fn pipe_read_exit(ctx: FExitContext) -> u32 {

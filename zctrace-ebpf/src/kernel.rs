@@ -1,7 +1,7 @@
 //! Reading kernel structs through offsets resolved from BTF at load time.
 use core::arch::asm;
 
-use aya_ebpf::helpers::{bpf_get_current_task_btf, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
 use zctrace_common::{
     FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, DEV_NULL, EMBEDDED_FDS,
     IPPROTO_TCP, IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG,
@@ -52,6 +52,8 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_migrations: 0,
     task_stint_start_runtime: 0,
     task_last_arrival: 0,
+    current_task_typed: 0,
+    task_state: 0,
 };
 
 #[unsafe(no_mangle)]
@@ -130,39 +132,58 @@ pub fn stack_mode() -> u32 {
     unsafe { core::ptr::read_volatile(&raw const CONFIG.record_stacks) }
 }
 
+/// The current task: BTF-typed where the kernel has `bpf_get_current_task_btf` (5.11), else a
+/// plain address. Read it and what it points to with [`task_field`].
 #[inline(always)]
 pub fn current_task() -> u64 {
-    // SAFETY: the helper has no preconditions; its result is BTF-typed, so `field` can read it.
-    unsafe { bpf_get_current_task_btf() as u64 }
+    // The verifier keeps only the branch this kernel has: `current_task_typed` is a constant to it.
+    if offset!(current_task_typed) != 0 {
+        // SAFETY: the helper has no preconditions.
+        unsafe { bpf_get_current_task_btf() as u64 }
+    } else {
+        // SAFETY: as above.
+        unsafe { bpf_get_current_task() }
+    }
+}
+
+/// Reads a `T` at `base + offset`, where `base` is the current task or an object reached through
+/// its pointers: plain loads where [`current_task`] is typed, the probe-read helper before 5.11.
+#[inline(always)]
+pub fn task_field<T: Copy + Default>(base: u64, offset: u64) -> T {
+    if offset!(current_task_typed) != 0 {
+        field(base, offset)
+    } else {
+        read(base, offset).unwrap_or_default()
+    }
 }
 
 /// True once the current task has begun to exit (past sched_process_exit or about to be).
 #[inline(always)]
 pub fn current_task_exiting() -> bool {
-    field::<u32>(current_task(), offset!(task_flags)) & PF_EXITING != 0
+    task_field::<u32>(current_task(), offset!(task_flags)) & PF_EXITING != 0
 }
 
 /// True when no thread of the current task's group is left running: `do_exit` decrements
 /// `signal->live` before sched_process_exit, whichever arguments that tracepoint has.
 #[inline(always)]
 pub fn current_group_dead() -> bool {
-    let signal: u64 = field(current_task(), offset!(task_signal));
-    field::<i32>(signal, offset!(signal_live)) == 0
+    let signal: u64 = task_field(current_task(), offset!(task_signal));
+    task_field::<i32>(signal, offset!(signal_live)) == 0
 }
 
 /// The name of the process `task` belongs to: its thread-group leader's, as `ps -o comm` shows;
 /// a thread's own name never names the process.
 #[inline(always)]
 pub fn leader_comm(task: u64) -> [u8; 16] {
-    let leader: u64 = field(task, offset!(task_group_leader));
+    let leader: u64 = task_field(task, offset!(task_group_leader));
     read(leader, offset!(task_comm)).unwrap_or_default()
 }
 
 /// Key of the process `task` belongs to, given its tgid.
 #[inline(always)]
 pub fn process_key(task: u64, tgid: u32) -> Result<ProcessKey, u32> {
-    let leader: u64 = field(task, offset!(task_group_leader));
-    let start_boottime_ns: u64 = field(leader, offset!(task_start_boottime));
+    let leader: u64 = task_field(task, offset!(task_group_leader));
+    let start_boottime_ns: u64 = task_field(leader, offset!(task_start_boottime));
     Ok(ProcessKey {
         tgid,
         reserved: 0,
@@ -200,21 +221,23 @@ impl FdFile {
 /// The `struct file *` behind descriptor `fd` of `task`.
 #[inline(always)]
 pub fn fd_file(task: u64, fd: u64) -> Option<FdFile> {
-    let files: u64 = field(task, offset!(task_files));
+    let files: u64 = task_field(task, offset!(task_files));
     if files == 0 {
         return None;
     }
-    let fdt: u64 = field(files, offset!(files_fdt));
-    let max_fds: u32 = field(fdt, offset!(fdtable_max_fds));
+    let fdt: u64 = task_field(files, offset!(files_fdt));
+    let max_fds: u32 = task_field(fdt, offset!(fdtable_max_fds));
     if fd >= max_fds as u64 {
         return None;
     }
     // A pointer to pointers carries no BTF type, and the verifier forbids a variable offset into
     // a typed struct, so a slot of the table is read with the helper (about 30 ns), unless the
-    // table is still the one embedded in `files_struct`, whose slots have constant offsets.
-    let slots: u64 = field(fdt, offset!(fdtable_fd));
+    // table is still the one embedded in a typed `files_struct`, whose slots have constant
+    // offsets.
+    let slots: u64 = task_field(fdt, offset!(fdtable_fd));
     let embedded_slots = offset!(files_fd_array);
-    if slots == files + embedded_slots && fd < EMBEDDED_FDS as u64 {
+    let typed = offset!(current_task_typed) != 0;
+    if typed && slots == files + embedded_slots && fd < EMBEDDED_FDS as u64 {
         return Some(FdFile::Typed(embedded_fd_slot(files, embedded_slots, fd)));
     }
     read(slots, fd * 8).ok().map(FdFile::Untyped)

@@ -23,22 +23,32 @@ use crate::{
 /// touched, once, in its own entry.
 #[btf_tracepoint(function = "sched_switch")]
 pub fn sched_switch(ctx: BtfTracePointContext) -> u32 {
-    match try_sched_switch(&ctx) {
+    let prev_state: u64 = ctx.arg(3);
+    match try_sched_switch(&ctx, prev_state as u32) {
         Ok(r) | Err(r) => r,
     }
 }
 
-fn try_sched_switch(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+/// Why a second sched_switch program: before 5.18 the tracepoint does not hand over the state
+/// the task leaves in (it has 3 arguments), so it is read from the task, which still holds it.
+#[btf_tracepoint(function = "sched_switch")]
+pub fn sched_switch_task_state(ctx: BtfTracePointContext) -> u32 {
+    let task: u64 = ctx.arg(1);
+    match try_sched_switch(&ctx, field(task, offset!(task_state))) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_sched_switch(ctx: &BtfTracePointContext, prev_state: u32) -> Result<u32, u32> {
     let preempt: u64 = ctx.arg(0);
     // The task going out is the one running: its own fields name it, without a helper call.
     let task: u64 = ctx.arg(1);
-    let prev_state: u64 = ctx.arg(3);
     let tgid: u32 = field(task, offset!(task_tgid));
     if filtered_out(tgid) {
         return Ok(0);
     }
     // A task that blocks (state not TASK_RUNNING) without being preempted switched voluntarily.
-    let voluntary = preempt & 1 == 0 && prev_state as u32 != 0;
+    let voluntary = preempt & 1 == 0 && prev_state != 0;
     let tid: u32 = field(task, offset!(task_pid));
     let started: u64 = field(task, offset!(task_start_boottime));
     match THREADS.get_ptr_mut(tid) {

@@ -2,7 +2,7 @@
 //! cost more than the call: the user stack of each data-path syscall with the mechanism it used
 //! (user mode), or the kernel stack, and the user stack with it, wherever a copy is observed.
 use aya_ebpf::{
-    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK},
+    bindings::BPF_F_USER_STACK,
     macros::map,
     maps::{HashMap, StackTrace},
     programs::{tracing::StackIdContext, BtfTracePointContext},
@@ -20,12 +20,13 @@ use crate::{
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
 
+/// Preallocated, like every hash map here: kprobe programs use them, and before 5.13 the kernel
+/// warns that a map allocating at run time is unsafe there (it could recurse into the allocator).
 #[map]
-static STACK_COUNTS: HashMap<StackKey, SyscallStats> = HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+static STACK_COUNTS: HashMap<StackKey, SyscallStats> = HashMap::with_max_entries(1, 0);
 
 #[map]
-static COPY_STACK_COUNTS: HashMap<CopyStackKey, CopyStackCounts> =
-    HashMap::with_max_entries(1, BPF_F_NO_PREALLOC);
+static COPY_STACK_COUNTS: HashMap<CopyStackKey, CopyStackCounts> = HashMap::with_max_entries(1, 0);
 
 /// True when `attach --stacks user` asked for the call sites of data-path syscalls.
 #[inline(always)]

@@ -7,7 +7,7 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{current_task, fd_file, field, filtered_out, offset, process_key},
+    kernel::{current_task, fd_file, field, filtered_out, offset, process_key, task_field},
     maps::{add, count_error, syscall_entry},
     stacks,
 };
@@ -57,7 +57,7 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
 fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
     // The task's own field, not a helper call: the task is needed anyway.
     let task = current_task();
-    let tgid: u32 = field(task, offset!(task_tgid));
+    let tgid: u32 = task_field(task, offset!(task_tgid));
     if filtered_out(tgid) {
         return Ok(0);
     }

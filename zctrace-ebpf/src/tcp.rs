@@ -10,11 +10,11 @@ use aya_ebpf::{
     programs::{tracing::StackIdContext, BtfTracePointContext, FExitContext, ProbeContext, RetProbeContext},
 };
 use zctrace_common::{
-    Copier, MapSlot, PendingSend, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG,
+    Copier, MapSlot, PendingSend, TcpPath, IFF_LOOPBACK, MSG_SPLICE_PAGES, MSG_ZEROCOPY, NETIF_F_SG, NO_FIELD,
 };
 
 use crate::{
-    kernel::{current_task, field, filtered_out, is_tcp, offset, process_key, read, Access, Typed, Untyped},
+    kernel::{current_task, filtered_out, is_tcp, offset, process_key, read, task_field, Access, Typed, Untyped},
     maps::{
         add, count_error, current_process_entry, StagedSend, PENDING_SEND, STAGED_SEND, ZEROCOPY_SENDERS,
     },
@@ -130,10 +130,15 @@ fn remember_zerocopy_sender(sk: u64) {
     }
 }
 
-/// MSG_ZEROCOPY is honoured for io_uring's buffers (msg_ubuf) or an `SO_ZEROCOPY` socket.
+/// MSG_ZEROCOPY is honoured for io_uring's buffers (msg_ubuf, where the kernel has it) or an
+/// `SO_ZEROCOPY` socket.
 #[inline(always)]
 fn zerocopy_allowed<A: Access>(sk: u64, msg: u64) -> Result<bool, u32> {
-    let ubuf: u64 = A::get(msg, offset!(msghdr_ubuf))?;
+    let ubuf: u64 = if offset!(msghdr_ubuf) == NO_FIELD as u64 {
+        0
+    } else {
+        A::get(msg, offset!(msghdr_ubuf))?
+    };
     let sk_flags: u64 = A::get(sk, offset!(sock_flags))?;
     Ok(ubuf != 0 || sk_flags & (1 << offset!(sock_zerocopy_bit)) != 0)
 }
@@ -184,7 +189,7 @@ const COPY: PendingSend = PendingSend {
 
 #[inline(always)]
 fn migrations() -> u64 {
-    field(current_task(), offset!(task_migrations))
+    task_field(current_task(), offset!(task_migrations))
 }
 
 #[inline(always)]

@@ -62,9 +62,12 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         dst_dev: field("dst_entry", "dev")?,
         netdev_flags: field("net_device", "flags")?,
         msghdr_flags: field("msghdr", "msg_flags")?,
-        msghdr_ubuf: field("msghdr", "msg_ubuf")?,
+        // io_uring's zerocopy sends (6.0) brought msg_ubuf; older kernels have no such sends.
+        msghdr_ubuf: field("msghdr", "msg_ubuf").unwrap_or(NO_FIELD),
         sock_zerocopy_bit: enum_value(btf, "sock_flags", "SOCK_ZEROCOPY")?,
-        iov_iter_type: field("iov_iter", "iter_type")?,
+        // Before 5.14 the iterator's kind shares `type` with its direction, in bits of which the
+        // low byte holds the kind's (ITER_PIPE: 32) and READ is 0, as a pipe splice's is.
+        iov_iter_type: field("iov_iter", "iter_type").or_else(|_| field("iov_iter", "type"))?,
         // 6.5 removed pipe iterators: splices stopped reading through them.
         iter_pipe: enum_value(btf, "iter_type", "ITER_PIPE").unwrap_or(u32::MAX),
         skb_data_len: field("sk_buff", "data_len")?,
@@ -77,6 +80,8 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         task_migrations: field("task_struct", "se.nr_migrations")?,
         task_stint_start_runtime: field("task_struct", "se.prev_sum_exec_runtime")?,
         task_last_arrival: field("task_struct", "sched_info.last_arrival").unwrap_or(NO_FIELD),
+        current_task_typed: enum_value(btf, "bpf_func_id", "BPF_FUNC_get_current_task_btf").is_ok() as u32,
+        task_state: field("task_struct", "__state").or_else(|_| field("task_struct", "state"))?,
     })
 }
 
@@ -108,6 +113,24 @@ pub fn function_params(btf: &Btf, name: &str) -> Option<usize> {
             },
             _ => None,
         })
+}
+
+/// How many arguments BTF tracepoint `name` hands its programs (its `btf_trace_<name>`
+/// prototype less the context), or `None` when BTF has no such tracepoint.
+pub fn tracepoint_args(btf: &Btf, name: &str) -> Option<usize> {
+    let typedef = btf
+        .resolve_types_by_name(&format!("btf_trace_{name}"))
+        .ok()?
+        .into_iter()
+        .find(|t| matches!(t, Type::Typedef(_)))?;
+    let mut t = typedef;
+    loop {
+        match t {
+            Type::FuncProto(proto) => return proto.parameters.len().checked_sub(1),
+            Type::Typedef(_) | Type::Ptr(_) => t = btf.resolve_chained_type(t.as_btf_type()?).ok()?,
+            _ => return None,
+        }
+    }
 }
 
 /// Byte offset of `path` (members separated by dots) inside `struct_name`, looking through

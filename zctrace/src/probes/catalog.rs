@@ -102,6 +102,12 @@ const fn tp(name: &'static str, tracepoint: &'static str) -> Program {
     program(name, Hook::TpBtf, tracepoint, None)
 }
 
+/// A tp_btf program that reads `args` of its tracepoint's arguments, checked against the
+/// kernel's BTF: tracepoints gain arguments over time.
+const fn tp_args(name: &'static str, tracepoint: &'static str, args: usize) -> Program {
+    program(name, Hook::TpBtf, tracepoint, Some(args))
+}
+
 const fn fexit(name: &'static str, function: &'static str, params: usize) -> Program {
     program(name, Hook::Fexit, function, Some(params))
 }
@@ -127,6 +133,9 @@ const fn optional(program: Program) -> Program {
 
 const TP_BTF: Mode = Mode::TpBtf;
 
+/// filemap_read's name before 5.11, with the same parameters.
+const BUFFERED_READ_BEFORE_5_11: &[&str] = &["generic_file_buffered_read"];
+
 /// Every probe, counting ones first. Names are the `--probes` vocabulary and the `probe` label.
 pub const PROBES: &[Probe] = &[
     Probe {
@@ -140,10 +149,17 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "sched_switch",
         role: Role::Counting,
-        ways: &[Way {
-            mode: TP_BTF,
-            programs: &[tp("sched_switch", "sched_switch")],
-        }],
+        ways: &[
+            Way {
+                mode: TP_BTF,
+                programs: &[tp_args("sched_switch", "sched_switch", 4)],
+            },
+            // Before 5.18 the tracepoint hands over no prev_state.
+            Way {
+                mode: TP_BTF,
+                programs: &[tp_args("sched_switch_task_state", "sched_switch", 3)],
+            },
+        ],
     },
     Probe {
         name: "sched_process_exit",
@@ -204,13 +220,22 @@ pub const PROBES: &[Probe] = &[
         ways: &[
             Way {
                 mode: Mode::Fexit,
-                programs: &[fexit("filemap_read_exit", "filemap_read", 3)],
+                programs: &[also_named(
+                    BUFFERED_READ_BEFORE_5_11,
+                    fexit("filemap_read_exit", "filemap_read", 3),
+                )],
             },
             Way {
                 mode: Mode::Kprobe,
                 programs: &[
-                    kprobe("filemap_read_entry", "filemap_read", 3),
-                    kretprobe("filemap_read_return", "filemap_read"),
+                    also_named(
+                        BUFFERED_READ_BEFORE_5_11,
+                        kprobe("filemap_read_entry", "filemap_read", 3),
+                    ),
+                    also_named(
+                        BUFFERED_READ_BEFORE_5_11,
+                        kretprobe("filemap_read_return", "filemap_read"),
+                    ),
                 ],
             },
         ],
@@ -239,6 +264,11 @@ pub const PROBES: &[Probe] = &[
             Way {
                 mode: Mode::Fexit,
                 programs: &[fexit("perform_write_exit", "generic_perform_write", 2)],
+            },
+            // Before 5.19 it takes (file, iter, pos).
+            Way {
+                mode: Mode::Fexit,
+                programs: &[fexit("perform_write_exit_at_pos", "generic_perform_write", 3)],
             },
             Way {
                 mode: Mode::Kprobe,
@@ -402,7 +432,7 @@ mod tests {
     #[test]
     fn ways_go_from_cheapest_to_costliest_hook() {
         for p in PROBES {
-            assert!(p.ways.windows(2).all(|w| w[0].mode < w[1].mode), "{}", p.name);
+            assert!(p.ways.windows(2).all(|w| w[0].mode <= w[1].mode), "{}", p.name);
         }
     }
 

@@ -481,10 +481,14 @@ fn check_params(kernel: &btf_rs::Btf, program: &Program, target: &str) -> Result
     let Some(expected) = program.params else {
         return Ok(());
     };
-    match btf::function_params(kernel, target) {
-        None => Err(anyhow!("the kernel's BTF has no function {target}")),
+    let found = match program.hook {
+        Hook::TpBtf => btf::tracepoint_args(kernel, target),
+        _ => btf::function_params(kernel, target),
+    };
+    match found {
+        None => Err(anyhow!("the kernel's BTF has no {target}")),
         Some(found) if found != expected => Err(anyhow!(
-            "{target} takes {found} parameters on this kernel, {} reads {expected}",
+            "{target} has {found} parameters on this kernel, {} reads {expected}",
             program.name
         )),
         Some(_) => Ok(()),
