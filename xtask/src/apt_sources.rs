@@ -133,7 +133,11 @@ pub fn other_release_stanzas(sources: &[Source], codename: &str, suites: &[&str]
     suites
         .iter()
         .filter_map(|suite| {
-            let source = if suite.ends_with("-security") { security } else { archive }?;
+            let source = if suite.ends_with("-security") {
+                security
+            } else {
+                archive
+            }?;
             let mut stanza = format!(
                 "Types: deb\nURIs: {}\nSuites: {suite}\nComponents: main\n",
                 source.uris.join(" ")

@@ -131,7 +131,9 @@ fn debian_source(package: &str, dir: &Path) -> Result<()> {
             say(&format!("downloaded Debian's source of {wanted}"));
             return Ok(());
         }
-        say(&format!("Debian's source of {wanted} did not download; trying an older one"));
+        say(&format!(
+            "Debian's source of {wanted} did not download; trying an older one"
+        ));
     }
     bail!("none of {package}'s source versions {versions:?} downloaded through apt")
 }

@@ -137,7 +137,11 @@ const FULL_SUITE: Suite = &[
 /// method (bench_doctor), and the accounting of every mechanism (core_accounting). What sits on
 /// top of those (attach, stacks, the daemon) is the same code on every kernel and runs at both
 /// ends.
-const BETWEEN_SUITE: Suite = &[("kernel_matrix", &[]), ("core_accounting", &[]), ("bench_doctor", &[])];
+const BETWEEN_SUITE: Suite = &[
+    ("kernel_matrix", &[]),
+    ("core_accounting", &[]),
+    ("bench_doctor", &[]),
+];
 
 /// arm64 runs the suite's architecture-dependent part: every probe in its best way and down its
 /// chains, doctor agreeing for every method and the observed copies with the model
@@ -155,8 +159,8 @@ const ARM64_SUITE: Suite = &[
     ("daemon_shutdown", &[]),
 ];
 
-/// How long one test binary's boot may take before qemu is stopped.
-const VM_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+/// How long one boot, which runs a kernel's whole suite, may take before qemu is stopped.
+const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 
 /// Where the binaries go inside the VM.
 const VM_BIN: &str = "/opt/zctrace";
@@ -199,9 +203,7 @@ pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
         let dir = target_dir().join("vmtest").join(kernel.name);
         let vmlinuz = fetch_kernel(kernel, &dir)?;
         let initramfs = pack_initramfs(kernel, &dir, &binaries)?;
-        for test in &suite {
-            run_with_one_retry_after_a_stall(kernel, &vmlinuz, &initramfs, test)?;
-        }
+        run_with_one_retry_after_a_stall(kernel, &vmlinuz, &initramfs, &suite)?;
         eprintln!(
             "vmtest: {} passed in {:.0} s",
             kernel.name,
@@ -214,31 +216,40 @@ pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
 /// How a boot ended, when it did not fail.
 enum Outcome {
     Passed,
-    /// The guest kernel reported a soft lockup or an RCU stall, or the test binary printed nothing
+    /// The guest kernel reported a soft lockup or an RCU stall, or a test binary printed nothing
     /// for `QUIET_LIMIT` (emulated timers and IPIs under TCG can lose a wake-up); the boot was
-    /// stopped once the console showed where everything waited.
-    Stalled,
+    /// stopped once the console showed where everything waited. Holds the binaries that had
+    /// passed before.
+    Stalled(Vec<String>),
 }
 
-/// Boots one test binary; after a stall, boots it once more, so that one emulation hiccup does
-/// not fail the matrix while a second one does.
+/// Boots the kernel once for all of `suite`, one test binary after another (a boot of its own
+/// each spent about 15 s per binary on booting alone). After a stall, the binaries not yet done
+/// get one more boot, so that one emulation hiccup does not fail the matrix while a second does.
 fn run_with_one_retry_after_a_stall(
     kernel: &Kernel,
     vmlinuz: &Path,
     initramfs: &Path,
-    test: &str,
+    suite: &[&str],
 ) -> Result<()> {
+    let mut left: Vec<&str> = suite.to_vec();
     for attempt in 1..=2 {
-        match boot(kernel, vmlinuz, initramfs, test)? {
+        match boot(kernel, vmlinuz, initramfs, &left)? {
             Outcome::Passed => return Ok(()),
-            Outcome::Stalled if attempt == 1 => eprintln!(
-                "vmtest: {}: the guest stalled while running {test} (lines above); booting once more",
-                kernel.name
-            ),
-            Outcome::Stalled => {}
+            Outcome::Stalled(done) => {
+                left.retain(|test| !done.iter().any(|d| d == test));
+                if attempt == 1 {
+                    eprintln!(
+                        "vmtest: {}: the guest stalled while running {} (lines above); booting once more for {}",
+                        kernel.name,
+                        left[0],
+                        left.join(", ")
+                    );
+                }
+            }
         }
     }
-    bail!("{}: {test}: the guest stalled twice", kernel.name)
+    bail!("{}: {}: the guest stalled twice", kernel.name, left[0])
 }
 
 /// The zctrace binary and the suite's test binaries, as `cargo test` builds them.
@@ -341,7 +352,10 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
         let unpacked = extract_package(&format!("{package}:{}", kernel.arch.debian()), dir);
         match unpacked.and_then(|tree| move_kernel_image(&tree, &vmlinuz)) {
             Ok(()) => {
-                eprintln!("vmtest: {}: booting {package}, downloaded from Debian", kernel.name);
+                eprintln!(
+                    "vmtest: {}: booting {package}, downloaded from Debian",
+                    kernel.name
+                );
                 return Ok(vmlinuz);
             }
             // apt has printed why (a 404, mostly); the command line would add nothing.
@@ -351,11 +365,7 @@ fn fetch_kernel(kernel: &Kernel, dir: &Path) -> Result<PathBuf> {
             ),
         }
     }
-    bail!(
-        "{}: none of {} downloaded",
-        kernel.name,
-        candidates.join(", ")
-    )
+    bail!("{}: none of {} downloaded", kernel.name, candidates.join(", "))
 }
 
 /// The kernel image in an unpacked kernel package: `boot/vmlinuz-*` until 6.x,
@@ -410,7 +420,10 @@ fn packages_newest_first(pattern: &str) -> Result<Vec<String>> {
         .lines()
         .filter_map(|l| l.split_whitespace().next().map(str::to_string))
         .collect();
-    ensure!(!found.is_empty(), "Debian's archive has no package matching {pattern}");
+    ensure!(
+        !found.is_empty(),
+        "Debian's archive has no package matching {pattern}"
+    );
     found.sort_by_key(|name| std::cmp::Reverse(version_key(name)));
     Ok(found)
 }
@@ -543,11 +556,11 @@ fn copy_libraries(binary: &Path, root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Mounts what zctrace needs, runs the test binary the kernel command line names
-/// (`zctrace.test=NAME`) one test at a time (some tests count what the whole kernel has loaded),
-/// reports its exit status, and powers off. A binary that prints nothing for `QUIET_LIMIT` has
-/// every task's state and kernel stack printed, then is killed: a hang shows where it waits
-/// instead of only timing out.
+/// Mounts what zctrace needs, runs each test binary the kernel command line names
+/// (`zctrace.tests=A,B`) in turn, one test at a time (some tests count what the whole kernel has
+/// loaded), reports each one's exit status, and powers off. A binary that prints nothing for
+/// `QUIET_LIMIT` has every task's state and kernel stack printed, then the guest stops: a hang
+/// shows where it waits instead of only timing out.
 fn init_script(suite: Suite) -> String {
     let mut script = format!(
         "#!/bin/busybox sh
@@ -561,9 +574,9 @@ mount -t bpf bpf /sys/fs/bpf
 ip link set lo up
 export PATH=/bin:{VM_BIN} HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
 export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1 ZCTRACE_STACK_RELAY={VM_BIN}/stack-relay ZCTRACE_NGINX={VM_BIN}/nginx
-test=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.test=//p')
-echo \"zctrace-vm: kernel $(uname -r), $test start\"
-case $test in
+tests=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.tests=//p' | tr ',' ' ')
+run_test() {{
+case $1 in
 "
     );
     for (test, names) in suite {
@@ -572,15 +585,17 @@ case $test in
             (_, true) => String::new(),
             (_, false) => format!(" --exact {}", names.join(" ")),
         };
-        script += &format!("{test}) set -- --test-threads=1{filter} ;;\n");
+        script += &format!("{test}) set -- {test} --test-threads=1{filter} ;;\n");
     }
     script
         + &format!(
-            "*) echo \"zctrace-vm: no test named $test\"; poweroff -f ;;
+            "*) echo \"zctrace-vm: no test named $1\"; poweroff -f ;;
 esac
-: > /tmp/output
+test=$1; shift
+echo \"zctrace-vm: kernel $(uname -r), $test start\"
+: > /tmp/output; rm -f /tmp/status
 ( {VM_BIN}/$test \"$@\"; echo $? > /tmp/status ) > /tmp/output 2>&1 &
-tail -f /tmp/output &
+tail -f /tmp/output & tailer=$!
 quiet=0; size=0
 while [ ! -e /tmp/status ]; do
   sleep 5
@@ -597,7 +612,10 @@ while [ ! -e /tmp/status ]; do
   fi
 done
 sleep 2
+kill $tailer
 echo \"zctrace-vm: $test exit=$(cat /tmp/status)\"
+}}
+for test in $tests; do run_test $test; done
 poweroff -f
 ",
             quiet = QUIET_LIMIT.as_secs()
@@ -614,12 +632,13 @@ const STALLS: [&str; 3] = ["soft lockup", "self-detected stall", "detected stall
 
 /// Boots `vmlinuz` to run one test binary and shows its console as it runs. Fails unless the
 /// binary passed with nothing skipped.
-fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, test: &str) -> Result<Outcome> {
+fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, tests: &[&str]) -> Result<Outcome> {
     // idle=poll: a vCPU that never halts cannot miss the wake-up TCG sometimes loses. On a stall,
     // every CPU's stack is printed (loglevel 5 lets warnings through).
     let append = format!(
-        "console={} panic=-1 loglevel=5 idle=poll softlockup_all_cpu_backtrace=1 zctrace.test={test}",
-        kernel.console
+        "console={} panic=-1 loglevel=5 idle=poll softlockup_all_cpu_backtrace=1 zctrace.tests={}",
+        kernel.console,
+        tests.join(",")
     );
     let mut qemu = Command::new(kernel.qemu);
     qemu.args(kernel.qemu_args)
@@ -644,44 +663,121 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, test: &str) -> Result
     let show = |line: &str| println!("[{}] {line}", kernel.name);
     let deadline = Instant::now() + VM_TIMEOUT;
     let mut console = Vec::new();
-    let mut stalled = false;
-    let outcome = loop {
+    let mut went_quiet = false;
+    let stalled = loop {
         match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
             Ok(line) if STALLS.iter().any(|stall| line.contains(stall)) => {
                 show(&line);
                 // Let every CPU's backtrace reach the log before stopping the guest.
                 std::thread::sleep(Duration::from_secs(5));
                 lines.try_iter().for_each(|line| show(&line));
-                break Some(Outcome::Stalled);
+                break true;
             }
             Ok(line) => {
                 // The guest prints every task's stack after this line, then powers off.
-                stalled |= line.starts_with(NO_PROGRESS);
+                went_quiet |= line.starts_with(NO_PROGRESS);
                 show(&line);
                 console.push(line);
             }
-            Err(mpsc::RecvTimeoutError::Disconnected) if stalled => break Some(Outcome::Stalled),
-            Err(mpsc::RecvTimeoutError::Disconnected) => break None,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break went_quiet,
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                bail!("{}: {test}: no result within {VM_TIMEOUT:?}", kernel.name);
+                bail!("{}: no result within {VM_TIMEOUT:?}", kernel.name);
             }
         }
     };
     let _ = child.kill();
     child.wait()?;
-    match outcome {
-        Some(stalled) => Ok(stalled),
-        None => verdict(kernel.name, test, &console).map(|()| Outcome::Passed),
+    let mut passed = Vec::new();
+    for test in tests {
+        match verdict(test, &console) {
+            Verdict::Passed => passed.push(test.to_string()),
+            Verdict::Failed => bail!("{}: {test} failed, or skipped a test", kernel.name),
+            Verdict::Unfinished if stalled => return Ok(Outcome::Stalled(passed)),
+            Verdict::Unfinished => bail!("{}: {test} did not finish", kernel.name),
+        }
+    }
+    Ok(Outcome::Passed)
+}
+
+enum Verdict {
+    /// Exited 0 having run at least one test, none ignored.
+    Passed,
+    Failed,
+    Unfinished,
+}
+
+/// How `test` ended, from its part of the console: the lines between its start and its exit.
+fn verdict(test: &str, console: &[String]) -> Verdict {
+    let start = format!(", {test} start");
+    let Some(from) = console
+        .iter()
+        .position(|l| l.starts_with("zctrace-vm: kernel") && l.ends_with(&start))
+    else {
+        return Verdict::Unfinished;
+    };
+    let exit = format!("zctrace-vm: {test} exit=");
+    let Some(length) = console[from..].iter().position(|l| l.starts_with(&exit)) else {
+        return Verdict::Unfinished;
+    };
+    let part = &console[from..=from + length];
+    let exited_ok = part.last().is_some_and(|l| *l == format!("{exit}0"));
+    let summary = part.iter().find(|l| l.starts_with("test result: ok."));
+    let ran = summary.is_some_and(|s| !s.contains(" 0 passed") && s.contains(" 0 ignored"));
+    if exited_ok && ran {
+        Verdict::Passed
+    } else {
+        Verdict::Failed
     }
 }
 
-/// The test binary exited 0 having run at least one test, none ignored.
-fn verdict(kernel: &str, test: &str, console: &[String]) -> Result<()> {
-    let exited_ok = console.iter().any(|l| *l == format!("zctrace-vm: {test} exit=0"));
-    let summary = console.iter().find(|l| l.starts_with("test result: ok."));
-    let ran = summary.is_some_and(|s| !s.contains(" 0 passed") && s.contains(" 0 ignored"));
-    ensure!(exited_ok && ran, "{kernel}: {test} failed, or skipped a test");
-    Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_suites_init_script_is_valid_shell_with_a_case_per_binary() {
+        for suite in [FULL_SUITE, BETWEEN_SUITE, ARM64_SUITE] {
+            let script = init_script(suite);
+            let check = Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
+            assert!(
+                check.status.success(),
+                "{}",
+                String::from_utf8_lossy(&check.stderr)
+            );
+            for (test, _) in suite {
+                assert!(script.contains(&format!("\n{test}) set -- {test} ")), "{test}");
+            }
+        }
+    }
+
+    #[test]
+    fn each_binary_is_judged_by_its_own_part_of_the_console() {
+        let console: Vec<String> = [
+            "zctrace-vm: kernel 5.10.0-43-cloud-amd64, attach start",
+            "test result: ok. 3 passed; 0 failed; 0 ignored; 0 measured; 0 filtered out",
+            "zctrace-vm: attach exit=0",
+            "zctrace-vm: kernel 5.10.0-43-cloud-amd64, stacks start",
+            "test result: ok. 2 passed; 0 failed; 1 ignored; 0 measured; 0 filtered out",
+            "zctrace-vm: stacks exit=0",
+            "zctrace-vm: kernel 5.10.0-43-cloud-amd64, daemon start",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert!(matches!(verdict("attach", &console), Verdict::Passed));
+        assert!(matches!(verdict("stacks", &console), Verdict::Failed));
+        assert!(matches!(verdict("daemon", &console), Verdict::Unfinished));
+        assert!(matches!(verdict("naming", &console), Verdict::Unfinished));
+    }
+
+    #[test]
+    fn kernel_packages_order_by_their_numbers() {
+        let mut names = [
+            "linux-image-6.1.0-9-cloud-amd64",
+            "linux-image-6.1.0-10-cloud-amd64",
+        ];
+        names.sort_by_key(|n| std::cmp::Reverse(version_key(n)));
+        assert_eq!(names[0], "linux-image-6.1.0-10-cloud-amd64");
+    }
 }

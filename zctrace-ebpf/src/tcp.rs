@@ -14,7 +14,9 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{current_task, filtered_out, is_tcp, offset, process_key, read, task_field, Access, Typed, Untyped},
+    kernel::{
+        current_task, filtered_out, is_tcp, offset, process_key, read, task_field, Access, Typed, Untyped,
+    },
     maps::{
         add, count_error, current_process_entry, StagedSend, PENDING_SEND, STAGED_SEND, ZEROCOPY_SENDERS,
     },
