@@ -80,7 +80,7 @@ pub const KERNELS: &[Kernel] = &[
         r"^linux-image-6\.12\.[0-9]+\+deb13-cloud-amd64-unsigned$",
         Arch::X86_64,
         X86_64_QEMU,
-        BETWEEN_SUITE,
+        CORE_SUITE,
     ),
     kernel(
         "debian-newest-amd64",
@@ -94,14 +94,14 @@ pub const KERNELS: &[Kernel] = &[
         r"^linux-image-6\.1\.0-[0-9]+-cloud-arm64-unsigned$",
         Arch::Aarch64,
         ARM64_QEMU,
-        ARM64_SUITE,
+        CORE_SUITE,
     ),
     kernel(
         "debian-newest-arm64",
         r"^linux-binary-[0-9.]+\+deb[0-9]+-cloud-arm64$",
         Arch::Aarch64,
         ARM64_QEMU,
-        ARM64_SUITE,
+        CORE_SUITE,
     ),
 ];
 
@@ -132,24 +132,14 @@ const FULL_SUITE: Suite = &[
     ),
 ];
 
-/// The kernels between the matrix's ends run what differs from kernel to kernel: every probe in
-/// its best way with the observed copies equal to the model (kernel_matrix), doctor for every
-/// method (bench_doctor), and the accounting of every mechanism (core_accounting). What sits on
-/// top of those (attach, stacks, the daemon) is the same code on every kernel and runs at both
-/// ends.
-const BETWEEN_SUITE: Suite = &[
-    ("kernel_matrix", &[]),
-    ("core_accounting", &[]),
-    ("bench_doctor", &[]),
-];
-
-/// arm64 runs the suite's architecture-dependent part: every probe in its best way and down its
+/// arm64, and the x86_64 kernels between the matrix's ends, run the suite's architecture- and
+/// kernel-dependent part: every probe in its best way and down its
 /// chains, doctor agreeing for every method and the observed copies with the model
 /// (kernel_matrix, bench_doctor); attach's copies per byte; the accounting of every mechanism and
 /// exit cleanup; user and kernel stacks (arm64 unwinds by frame records); a daemon scrape and
 /// shutdown. Left out: nginx (built for the host only) and the naming tests, which are
-/// architecture-neutral user-space logic the x86_64 runs cover.
-const ARM64_SUITE: Suite = &[
+/// architecture-neutral user-space logic that the x86_64 runs at the matrix's ends cover.
+const CORE_SUITE: Suite = &[
     ("kernel_matrix", &[]),
     ("core_accounting", &[]),
     ("attach", &[]),
@@ -738,7 +728,7 @@ mod tests {
 
     #[test]
     fn every_suites_init_script_is_valid_shell_with_a_case_per_binary() {
-        for suite in [FULL_SUITE, BETWEEN_SUITE, ARM64_SUITE] {
+        for suite in [FULL_SUITE, CORE_SUITE] {
             let script = init_script(suite);
             let check = Command::new("sh").args(["-n", "-c", &script]).output().unwrap();
             assert!(
