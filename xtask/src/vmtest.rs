@@ -29,6 +29,24 @@ pub struct Kernel {
     qemu_args: &'static [&'static str],
     console: &'static str,
     suite: Suite,
+    /// How the copy routines must be observed there, which `kernel_matrix` checks: Debian's
+    /// cloud kernels all have both, but arm64 gained BPF trampolines only in 6.4.
+    copy_hooks: CopyHooks,
+}
+
+#[derive(Clone, Copy)]
+enum CopyHooks {
+    Trampolines,
+    Kprobes,
+}
+
+impl CopyHooks {
+    fn label(self) -> &'static str {
+        match self {
+            CopyHooks::Trampolines => "trampolines",
+            CopyHooks::Kprobes => "kprobes",
+        }
+    }
 }
 
 const X86_64_QEMU: (&str, &[&str], &str) = ("qemu-system-x86_64", &["-cpu", "max"], "ttyS0");
@@ -45,6 +63,7 @@ const fn kernel(
     arch: Arch,
     (qemu, qemu_args, console): (&'static str, &'static [&'static str], &'static str),
     suite: Suite,
+    copy_hooks: CopyHooks,
 ) -> Kernel {
     Kernel {
         name,
@@ -54,6 +73,7 @@ const fn kernel(
         qemu_args,
         console,
         suite,
+        copy_hooks,
     }
 }
 
@@ -67,6 +87,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         FULL_SUITE,
+        CopyHooks::Trampolines,
     ),
     kernel(
         "debian12-6.1-amd64",
@@ -74,6 +95,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         FULL_SUITE,
+        CopyHooks::Trampolines,
     ),
     kernel(
         "debian13-6.12-amd64",
@@ -81,6 +103,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         CORE_SUITE,
+        CopyHooks::Trampolines,
     ),
     kernel(
         "debian-newest-amd64",
@@ -88,6 +111,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         FULL_SUITE,
+        CopyHooks::Trampolines,
     ),
     kernel(
         "debian12-6.1-arm64",
@@ -95,6 +119,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::Aarch64,
         ARM64_QEMU,
         CORE_SUITE,
+        CopyHooks::Kprobes,
     ),
     kernel(
         "debian-newest-arm64",
@@ -102,6 +127,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::Aarch64,
         ARM64_QEMU,
         CORE_SUITE,
+        CopyHooks::Trampolines,
     ),
 ];
 
@@ -565,6 +591,7 @@ ip link set lo up
 export PATH=/bin:{VM_BIN} HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
 export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1 ZCTRACE_STACK_RELAY={VM_BIN}/stack-relay ZCTRACE_NGINX={VM_BIN}/nginx
 tests=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.tests=//p' | tr ',' ' ')
+export ZCTRACE_EXPECT_COPY_HOOKS=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.copy_hooks=//p')
 run_test() {{
 case $1 in
 "
@@ -626,9 +653,10 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, tests: &[&str]) -> Re
     // idle=poll: a vCPU that never halts cannot miss the wake-up TCG sometimes loses. On a stall,
     // every CPU's stack is printed (loglevel 5 lets warnings through).
     let append = format!(
-        "console={} panic=-1 loglevel=5 idle=poll softlockup_all_cpu_backtrace=1 zctrace.tests={}",
+        "console={} panic=-1 loglevel=5 idle=poll softlockup_all_cpu_backtrace=1 zctrace.tests={} zctrace.copy_hooks={}",
         kernel.console,
-        tests.join(",")
+        tests.join(","),
+        kernel.copy_hooks.label()
     );
     let mut qemu = Command::new(kernel.qemu);
     qemu.args(kernel.qemu_args)

@@ -83,6 +83,29 @@ fn every_probe_attaches_in_the_best_way_this_kernel_offers() {
         .filter(|r| r.probe.starts_with("copy_"))
         .all(|r| r.mode != "unavailable");
     assert_eq!(stdout.contains("observed beside the model"), observed, "{stdout}");
+    copy_observers_attach_as_the_matrix_expects(&rows, &stdout);
+}
+
+/// `cargo xtask vmtest` says how each kernel of its matrix must observe copies (arm64 gained
+/// trampolines in 6.4): by trampolines, or by kprobes.
+fn copy_observers_attach_as_the_matrix_expects(rows: &[ProbeRow], stdout: &str) {
+    let Ok(expected) = std::env::var("ZCTRACE_EXPECT_COPY_HOOKS") else {
+        return;
+    };
+    let modes: &[&str] = match expected.as_str() {
+        "trampolines" => &["fexit", "fentry"],
+        "kprobes" => &["kprobe"],
+        other => panic!("ZCTRACE_EXPECT_COPY_HOOKS={other}: neither trampolines nor kprobes"),
+    };
+    for row in rows.iter().filter(|r| r.probe.starts_with("copy_")) {
+        assert!(
+            modes.contains(&row.mode.as_str()),
+            "{} attached by {}, this kernel should observe copies by {expected}:\n{stdout}",
+            row.probe,
+            row.mode
+        );
+    }
+    println!("copy observers attached by {expected}, as expected here");
 }
 
 #[test]
