@@ -385,7 +385,9 @@ fn top_honours_its_duration_and_sigterm_whatever_the_interval() {
         .unwrap();
     let took = start.elapsed();
     assert!(status.success());
-    assert!(took < Duration::from_secs(2), "top --duration 1s took {took:?}");
+    // Bounds far from the 60 s interval, which top would wait out if it ignored --duration or
+    // SIGTERM: loading the programs alone takes seconds on a busy 2-core machine.
+    assert!(took < Duration::from_secs(20), "top --duration 1s took {took:?}");
 
     let mut top = Command::new(zctrace_bin())
         .args(["top", "--plain", "--interval", "60s"])
@@ -401,5 +403,5 @@ fn top_honours_its_duration_and_sigterm_whatever_the_interval() {
     let stopped = signalled.elapsed();
     eprintln!("top: --duration 1s with a 60 s interval took {took:?}; SIGTERM stopped it in {stopped:?}");
     assert!(status.success(), "{status:?}");
-    assert!(stopped < Duration::from_millis(500), "SIGTERM took {stopped:?}");
+    assert!(stopped < Duration::from_secs(20), "SIGTERM took {stopped:?}");
 }
