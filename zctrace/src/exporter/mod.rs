@@ -105,10 +105,19 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
         ..probe.options()
     })?;
     log_statuses(tracer.statuses());
-    let dropped = privileges::drop_all().context("dropping capabilities")?;
-    tracing::info!(
-        "probes attached; dropped all {dropped} capabilities (open map and program descriptors need none)"
-    );
+    let dropped = privileges::drop_all_but_map_reads(|| tracer.update_errors().is_ok())
+        .context("dropping capabilities")?;
+    if dropped.kept_bpf {
+        tracing::info!(
+            "probes attached; dropped {} capabilities and kept CAP_BPF, without which this kernel refuses map reads",
+            dropped.count
+        );
+    } else {
+        tracing::info!(
+            "probes attached; dropped all {} capabilities (open map and program descriptors need none)",
+            dropped.count
+        );
+    }
     let book = SeriesBook::new(args.top, args.grace_period, args.comm.clone());
     let labels = daemon::Labels {
         pids: args.pids.iter().copied().collect::<HashSet<_>>(),

@@ -23,17 +23,41 @@ pub fn require() -> Result<()> {
     )
 }
 
-/// Drops every capability: attached programs and open map descriptors keep working without any.
-/// Returns how many effective capabilities were given up.
-pub fn drop_all() -> Result<usize> {
-    let held = caps::read(None, CapSet::Effective)?.len();
-    for set in [
-        CapSet::Effective,
-        CapSet::Permitted,
-        CapSet::Inheritable,
-        CapSet::Ambient,
-    ] {
+/// What [`drop_all_but_map_reads`] gave up.
+pub struct Dropped {
+    /// Effective capabilities given up.
+    pub count: usize,
+    /// CAP_BPF was kept: this kernel refuses every bpf() command, map reads included, to a
+    /// process without it (before 5.19, with unprivileged BPF disabled, as distributions ship).
+    pub kept_bpf: bool,
+}
+
+/// Drops every capability that reading the maps does not need: attached programs and open map
+/// descriptors keep working without any on current kernels, and with CAP_BPF alone on older
+/// ones. Which it is, is found by trying: a thread of its own (capabilities are per thread)
+/// drops everything and calls `read_map`.
+pub fn drop_all_but_map_reads(read_map: impl FnOnce() -> bool + Send) -> Result<Dropped> {
+    let reads_without_any = std::thread::scope(|scope| {
+        scope
+            .spawn(move || caps::clear(None, CapSet::Effective).is_ok() && read_map())
+            .join()
+            .unwrap_or(false)
+    });
+    let held = caps::read(None, CapSet::Effective)?;
+    let kept_bpf = !reads_without_any && held.contains(&Capability::CAP_BPF);
+    let keep: caps::CapsHashSet = if kept_bpf {
+        [Capability::CAP_BPF].into_iter().collect()
+    } else {
+        caps::CapsHashSet::new()
+    };
+    for set in [CapSet::Effective, CapSet::Permitted] {
+        caps::set(None, set, &keep)?;
+    }
+    for set in [CapSet::Inheritable, CapSet::Ambient] {
         caps::clear(None, set)?;
     }
-    Ok(held)
+    Ok(Dropped {
+        count: held.len() - keep.len(),
+        kept_bpf,
+    })
 }
