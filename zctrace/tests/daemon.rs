@@ -158,7 +158,11 @@ fn capabilities_are_dropped_once_the_probes_are_attached() {
     };
     // Kernels before 5.19 with unprivileged BPF off refuse map reads without CAP_BPF (bit 39).
     let kept_bpf = daemon.log.lock().unwrap().contains("kept CAP_BPF");
-    let expected = if kept_bpf { "0000008000000000" } else { "0000000000000000" };
+    let expected = if kept_bpf {
+        "0000008000000000"
+    } else {
+        "0000000000000000"
+    };
     assert_eq!(cap("CapEff:"), expected);
     assert_eq!(cap("CapPrm:"), expected);
     assert!(

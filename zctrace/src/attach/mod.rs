@@ -259,11 +259,14 @@ impl Session {
             self.write_stacks(args, kind, &sites)?;
             // Only the drop counters: a whole snapshot would read every map again.
             let dropped = self.tracer.update_errors()?[MapSlot::Stacks as usize];
-            let unobserved = match kind {
-                StackKind::User => Vec::new(),
-                StackKind::Kernel | StackKind::Both => self.tracer.unobserved_copiers(),
+            let (unobserved, unwound) = match kind {
+                StackKind::User => (Vec::new(), Vec::new()),
+                StackKind::Kernel | StackKind::Both => (
+                    self.tracer.unobserved_copiers(),
+                    self.tracer.copiers_without_kernel_stacks(),
+                ),
             };
-            report = report.with_stacks(StacksReport::new(kind, &sites, dropped, &unobserved));
+            report = report.with_stacks(StacksReport::new(kind, &sites, dropped, &unobserved, &unwound));
         }
         if exited {
             eprintln!(

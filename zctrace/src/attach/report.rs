@@ -46,23 +46,33 @@ pub struct StacksReport {
     /// copies therefore have no stack (the totals still model them).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unobserved_copiers: Option<Vec<&'static str>>,
+    /// With kernel stacks: the copy routines observed at a kretprobe on a kernel that cannot
+    /// unwind past it (before 5.15), whose copies are counted under `[stack not recorded]`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copiers_without_kernel_stacks: Option<Vec<&'static str>>,
     /// The heaviest sites by CPU-copied bytes.
     pub top: Vec<TopSite>,
 }
 
 impl StacksReport {
-    pub fn new(kind: StackKind, sites: &[Site], dropped: u64, unobserved: &[Copier]) -> StacksReport {
+    pub fn new(
+        kind: StackKind,
+        sites: &[Site],
+        dropped: u64,
+        unobserved: &[Copier],
+        unwound: &[Copier],
+    ) -> StacksReport {
+        let names = |copiers: &[Copier]| -> Option<Vec<&'static str>> {
+            (kind != StackKind::User)
+                .then(|| copiers.iter().map(|c| OBSERVED_ROUTINES[*c as usize]).collect())
+        };
         StacksReport {
             kind: kind.label(),
             cpu_copy_basis: kind.basis().label(),
             call_sites: sites.len(),
             dropped,
-            unobserved_copiers: (kind != StackKind::User).then(|| {
-                unobserved
-                    .iter()
-                    .map(|c| OBSERVED_ROUTINES[*c as usize])
-                    .collect()
-            }),
+            unobserved_copiers: names(unobserved),
+            copiers_without_kernel_stacks: names(unwound),
             top: stacks::top(sites, TOP_SITES),
         }
     }
@@ -280,6 +290,16 @@ impl Report {
                     unobserved.join(", ")
                 );
             }
+            if let Some(unwound) = stacks
+                .copiers_without_kernel_stacks
+                .as_ref()
+                .filter(|u| !u.is_empty())
+            {
+                out += &format!(
+                    "seen at kretprobes, whose kernel stacks this kernel cannot unwind (before 5.15), so under [stack not recorded]: {}\n",
+                    unwound.join(", ")
+                );
+            }
             top_sites_lines(&stacks.top)
                 .iter()
                 .for_each(|l| out += &format!("{l}\n"));
@@ -320,6 +340,10 @@ mod tests {
     use super::*;
 
     fn with_stacks(kind: StackKind, unobserved: &[Copier]) -> Report {
+        with_stacks_unwound(kind, unobserved, &[])
+    }
+
+    fn with_stacks_unwound(kind: StackKind, unobserved: &[Copier], unwound: &[Copier]) -> Report {
         let figures = ProcessFigures::default();
         let site = Site {
             frames: vec!["vfs_write".into()],
@@ -333,7 +357,25 @@ mod tests {
             &[site],
             0,
             unobserved,
+            unwound,
         ))
+    }
+
+    #[test]
+    fn kernel_stacks_name_the_copiers_seen_where_the_kernel_cannot_unwind() {
+        let report = with_stacks_unwound(StackKind::Both, &[], &[Copier::TcpSend]);
+        let stacks = report.stacks.as_ref().unwrap();
+        assert_eq!(
+            stacks.copiers_without_kernel_stacks.as_deref(),
+            Some(&["tcp_sendmsg_locked"][..])
+        );
+        let text = report.text();
+        assert!(
+            text.contains("cannot unwind (before 5.15), so under [stack not recorded]: tcp_sendmsg_locked"),
+            "{text}"
+        );
+        let user = with_stacks_unwound(StackKind::User, &[], &[Copier::TcpSend]);
+        assert_eq!(user.stacks.unwrap().copiers_without_kernel_stacks, None);
     }
 
     #[test]

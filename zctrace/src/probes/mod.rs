@@ -129,6 +129,9 @@ pub struct Tracer {
     /// The bounded maps, in [`MapSlot::SIZED`] order.
     bounded: Vec<BoundedMap>,
     switch_floor: Mutex<SwitchFloor>,
+    /// Whether a kernel stack taken at a kretprobe reaches past the kretprobe's trampoline: the
+    /// unwinders learned to (through `kretprobe_find_ret_addr`) in 5.15.
+    kretprobe_stacks: bool,
 }
 
 impl Tracer {
@@ -140,6 +143,7 @@ impl Tracer {
         let mut ebpf = load_programs(options, &btf::resolve(&kernel)?)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
         let statuses = attach_probes(&mut ebpf, options, &btf, &kernel);
+        let kretprobe_stacks = btf::function_params(&kernel, "kretprobe_find_ret_addr").is_some();
         if !statuses.iter().any(|s| s.mode.is_attached()) {
             let reasons: Vec<String> = statuses
                 .iter()
@@ -160,6 +164,7 @@ impl Tracer {
             statuses,
             bounded,
             switch_floor: Mutex::default(),
+            kretprobe_stacks,
         })
     }
 
@@ -184,6 +189,25 @@ impl Tracer {
                     .statuses
                     .iter()
                     .any(|s| s.probe == *probe && s.mode.is_attached())
+            })
+            .map(|(_, copier)| copier)
+            .collect()
+    }
+
+    /// Copiers observed at a kretprobe on a kernel that cannot unwind a kernel stack from there:
+    /// their copies are counted, their kernel stacks are not recorded.
+    pub fn copiers_without_kernel_stacks(&self) -> Vec<Copier> {
+        if self.kretprobe_stacks {
+            return Vec::new();
+        }
+        COPIER_PROBES
+            .into_iter()
+            .filter(|(probe, _)| {
+                self.statuses.iter().any(|s| {
+                    s.probe == *probe
+                        && s.mode == ProbeMode::Attached(Mode::Kprobe)
+                        && counts_at_kretprobe(probe)
+                })
             })
             .map(|(_, copier)| copier)
             .collect()
@@ -323,6 +347,16 @@ impl Tracer {
             .map(name)
             .with_context(|| format!("{name} map missing from the eBPF object"))
     }
+}
+
+/// Whether `probe`'s kprobe way counts at a function's return.
+fn counts_at_kretprobe(probe: &str) -> bool {
+    catalog::probe(probe).is_some_and(|p| {
+        p.ways
+            .iter()
+            .filter(|w| w.mode == Mode::Kprobe)
+            .any(|w| w.programs.iter().any(|prog| prog.hook == Hook::Kretprobe))
+    })
 }
 
 /// One copy site's counts, and its kernel and user stacks' addresses, leaf first (none when not
