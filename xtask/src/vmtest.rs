@@ -406,7 +406,13 @@ fn busybox(arch: Arch, dir: &Path) -> Result<PathBuf> {
     let busybox = dir.join("busybox");
     if !busybox.exists() {
         let tree = extract_package(&format!("busybox-static:{}", arch.debian()), dir)?;
-        std::fs::rename(tree.join("bin/busybox"), &busybox)?;
+        // /bin, or /usr/bin in releases merged into /usr (trixie on).
+        let found = ["bin/busybox", "usr/bin/busybox"]
+            .map(|path| tree.join(path))
+            .into_iter()
+            .find(|path| path.is_file())
+            .context("busybox-static holds no bin/busybox or usr/bin/busybox")?;
+        std::fs::rename(found, &busybox)?;
     }
     Ok(busybox)
 }
