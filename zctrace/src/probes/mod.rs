@@ -130,7 +130,8 @@ pub struct Tracer {
     bounded: Vec<BoundedMap>,
     switch_floor: Mutex<SwitchFloor>,
     /// Whether a kernel stack taken at a kretprobe reaches past the kretprobe's trampoline: the
-    /// unwinders learned to (through `kretprobe_find_ret_addr`) in 5.15.
+    /// unwinders learned to in 5.15 (through `kretprobe_find_ret_addr`, or `rethook_find_ret_addr`
+    /// where kretprobes run on rethook).
     kretprobe_stacks: bool,
 }
 
@@ -143,7 +144,9 @@ impl Tracer {
         let mut ebpf = load_programs(options, &btf::resolve(&kernel)?)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
         let statuses = attach_probes(&mut ebpf, options, &btf, &kernel);
-        let kretprobe_stacks = btf::function_params(&kernel, "kretprobe_find_ret_addr").is_some();
+        let kretprobe_stacks = ["kretprobe_find_ret_addr", "rethook_find_ret_addr"]
+            .iter()
+            .any(|f| btf::function_params(&kernel, f).is_some());
         if !statuses.iter().any(|s| s.mode.is_attached()) {
             let reasons: Vec<String> = statuses
                 .iter()
