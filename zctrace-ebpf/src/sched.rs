@@ -39,6 +39,8 @@ pub fn sched_switch_task_state(ctx: BtfTracePointContext) -> u32 {
     }
 }
 
+/// Inlined into both programs: a BPF subprogram call per switch costs more than the work.
+#[inline(always)]
 fn try_sched_switch(ctx: &BtfTracePointContext, prev_state: u32) -> Result<u32, u32> {
     let preempt: u64 = ctx.arg(0);
     // The task going out is the one running: its own fields name it, without a helper call.
