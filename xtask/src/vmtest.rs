@@ -669,6 +669,10 @@ poweroff -f
 const QUIET_LIMIT: Duration = Duration::from_secs(240);
 const NO_PROGRESS: &str = "zctrace-vm: no output for";
 
+/// How long the console may stay silent before the host stops the guest as stalled: past the
+/// guest's own watchdog (`QUIET_LIMIT`) and the task listing it prints.
+const GUEST_SILENCE: Duration = Duration::from_secs(360);
+
 /// Kernel messages that mean the guest stopped making progress.
 const STALLS: [&str; 3] = ["soft lockup", "self-detected stall", "detected stalls on CPUs"];
 
@@ -707,8 +711,12 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, tests: &[&str]) -> Re
     let deadline = Instant::now() + VM_TIMEOUT;
     let mut console = Vec::new();
     let mut went_quiet = false;
+    let mut last_line = Instant::now();
     let stalled = loop {
-        match lines.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+        let wait = deadline
+            .min(last_line + GUEST_SILENCE)
+            .saturating_duration_since(Instant::now());
+        match lines.recv_timeout(wait) {
             Ok(line) if STALLS.iter().any(|stall| line.contains(stall)) => {
                 show(&line);
                 // Let every CPU's backtrace reach the log before stopping the guest.
@@ -717,12 +725,20 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, tests: &[&str]) -> Re
                 break true;
             }
             Ok(line) => {
+                last_line = Instant::now();
                 // The guest prints every task's stack after this line, then powers off.
                 went_quiet |= line.starts_with(NO_PROGRESS);
                 show(&line);
                 console.push(line);
             }
             Err(mpsc::RecvTimeoutError::Disconnected) => break went_quiet,
+            // Not even the guest's own watchdog spoke: its timers stopped (a wake-up TCG lost).
+            Err(mpsc::RecvTimeoutError::Timeout) if last_line.elapsed() >= GUEST_SILENCE => {
+                show(&format!(
+                    "vmtest: the guest printed nothing for {GUEST_SILENCE:?}; stopping it"
+                ));
+                break true;
+            }
             Err(mpsc::RecvTimeoutError::Timeout) => {
                 let _ = child.kill();
                 let _ = child.wait();
