@@ -105,7 +105,10 @@ fn run(task: Task) -> Result<()> {
             } else {
                 args
             };
-            let status = Command::new(released_binary()?).args(&args).status()?;
+            cargo(&["build", "--release", "--package", "zctrace"])?;
+            let status = Command::new(target_dir().join("release/zctrace"))
+                .args(&args)
+                .status()?;
             if !status.success() {
                 bail!("zctrace exited with {status}");
             }
@@ -201,12 +204,6 @@ fn test() -> Result<()> {
         }
     }
     check(command)
-}
-
-/// Builds zctrace as it is released and `cargo xtask run` runs it; returns its path.
-fn released_binary() -> Result<std::path::PathBuf> {
-    cargo(&["build", "--release", "--package", "zctrace"])?;
-    Ok(target_dir().join("release/zctrace"))
 }
 
 /// Checks zctrace as it is released, the static binary the image carries (built just before,

@@ -144,9 +144,11 @@ impl Tracer {
         let mut ebpf = load_programs(options, &btf::resolve(&kernel)?)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
         let statuses = attach_probes(&mut ebpf, options, &btf, &kernel);
-        let kretprobe_stacks = ["kretprobe_find_ret_addr", "rethook_find_ret_addr"]
-            .iter()
-            .any(|f| btf::function_params(&kernel, f).is_some());
+        // Only `attach --stacks` asks; the daemon's start-up need not search BTF for it.
+        let kretprobe_stacks = options.stacks.is_none()
+            || ["kretprobe_find_ret_addr", "rethook_find_ret_addr"]
+                .iter()
+                .any(|f| btf::function_params(&kernel, f).is_some());
         if !statuses.iter().any(|s| s.mode.is_attached()) {
             let reasons: Vec<String> = statuses
                 .iter()
