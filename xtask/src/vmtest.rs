@@ -146,7 +146,13 @@ const FULL_SUITE: Suite = &[
     ("stacks", &[]),
     ("nginx_stacks", &[]),
     ("bench_doctor", &[]),
-    ("daemon", &["metrics_attribute_each_workload_to_its_process_name"]),
+    (
+        "daemon",
+        &[
+            "metrics_attribute_each_workload_to_its_process_name",
+            "a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one",
+        ],
+    ),
     ("daemon_shutdown", &[]),
     (
         "naming",
@@ -200,8 +206,7 @@ const VM_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// Where the binaries go inside the VM.
 const VM_BIN: &str = "/opt/zctrace";
 
-/// Boots each kernel of the matrix (or only `only`) once per test binary of its suite (or only
-/// `test`).
+/// Boots each kernel of the matrix (or only `only`) to run its suite (or only `test`).
 pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
     let kernels: Vec<&Kernel> = KERNELS
         .iter()
@@ -222,8 +227,9 @@ pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
             names.join(", ")
         );
     }
+    let mut prepared = Vec::new();
     for kernel in kernels {
-        let suite: Vec<&str> = kernel
+        let suite: Vec<&'static str> = kernel
             .suite
             .iter()
             .map(|(name, _)| *name)
@@ -233,19 +239,78 @@ pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
             eprintln!("vmtest: {}: its suite has no {test:?}", kernel.name);
             continue;
         }
-        let started = Instant::now();
-        let binaries = build_suite(kernel)?;
-        let dir = target_dir().join("vmtest").join(kernel.name);
-        let vmlinuz = fetch_kernel(kernel, &dir)?;
-        let initramfs = pack_initramfs(kernel, &dir, &binaries)?;
-        run_with_one_retry_after_a_stall(kernel, &vmlinuz, &initramfs, &suite)?;
-        eprintln!(
-            "vmtest: {} passed in {:.0} s",
-            kernel.name,
-            started.elapsed().as_secs_f64()
-        );
+        prepared.push(prepare(kernel, suite)?);
     }
+    boot_all(prepared)
+}
+
+/// A kernel ready to boot: its image, and an initramfs holding its suite.
+struct Prepared {
+    kernel: &'static Kernel,
+    vmlinuz: PathBuf,
+    initramfs: PathBuf,
+    suite: Vec<&'static str>,
+}
+
+fn prepare(kernel: &'static Kernel, suite: Vec<&'static str>) -> Result<Prepared> {
+    let binaries = build_suite(kernel)?;
+    let dir = target_dir().join("vmtest").join(kernel.name);
+    let vmlinuz = fetch_kernel(kernel, &dir)?;
+    let initramfs = pack_initramfs(kernel, &dir, &binaries)?;
+    Ok(Prepared {
+        kernel,
+        vmlinuz,
+        initramfs,
+        suite,
+    })
+}
+
+/// Boots the prepared kernels, as many at once as the host has cores (`ZCTRACE_VM_JOBS`
+/// overrides): a TCG guest keeps about one host core busy, its other vCPU mostly idle, so two
+/// guests on two cores take little longer than one. Every kernel runs to its end, and all
+/// failures are told together.
+fn boot_all(prepared: Vec<Prepared>) -> Result<()> {
+    let jobs = vm_jobs()?.min(prepared.len()).max(1);
+    let queue = std::sync::Mutex::new(prepared.into_iter());
+    let failures = std::sync::Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..jobs {
+            scope.spawn(|| loop {
+                let Some(next) = queue.lock().unwrap().next() else {
+                    return;
+                };
+                let started = Instant::now();
+                let outcome = run_with_one_retry_after_a_stall(
+                    next.kernel,
+                    &next.vmlinuz,
+                    &next.initramfs,
+                    &next.suite,
+                );
+                match outcome {
+                    Ok(()) => eprintln!(
+                        "vmtest: {} passed in {:.0} s",
+                        next.kernel.name,
+                        started.elapsed().as_secs_f64()
+                    ),
+                    Err(error) => failures.lock().unwrap().push(format!("{error:#}")),
+                }
+            });
+        }
+    });
+    let failures = failures.into_inner().unwrap();
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
     Ok(())
+}
+
+fn vm_jobs() -> Result<usize> {
+    match std::env::var("ZCTRACE_VM_JOBS") {
+        Ok(jobs) => jobs
+            .parse()
+            .ok()
+            .filter(|&n: &usize| n > 0)
+            .with_context(|| format!("ZCTRACE_VM_JOBS={jobs}: not a positive number")),
+        Err(_) => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+    }
 }
 
 /// How a boot ended, when it did not fail.
@@ -612,6 +677,7 @@ mount -t devtmpfs devtmpfs /dev
 mount -t tmpfs tmpfs /tmp
 mount -t tracefs tracefs /sys/kernel/tracing
 mount -t bpf bpf /sys/fs/bpf
+mount -t cgroup2 cgroup2 /sys/fs/cgroup
 ip link set lo up
 export PATH=/bin:{VM_BIN} HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
 export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1 ZCTRACE_STACK_RELAY={VM_BIN}/stack-relay ZCTRACE_NGINX={VM_BIN}/nginx

@@ -191,8 +191,13 @@ pub enum MapSlot {
     /// A call site `attach --stacks` could not record whole: the stack map or its count map was
     /// full (the call is still counted in SYSCALLS).
     Stacks = 6,
+    /// A stack the stack map refused because another stack holds its bucket: the map keys
+    /// stacks by a hash of their addresses and keeps the first.
+    StacksCollided = 7,
+    /// A stack the kernel could not walk, as for a user stack where the task has no user memory.
+    StacksUnwalkable = 8,
 }
-pub const MAP_SLOTS: u32 = 7;
+pub const MAP_SLOTS: u32 = 9;
 
 impl MapSlot {
     pub const ALL: [MapSlot; MAP_SLOTS as usize] = [
@@ -203,6 +208,8 @@ impl MapSlot {
         MapSlot::PendingCopy,
         MapSlot::MmsgTruncated,
         MapSlot::Stacks,
+        MapSlot::StacksCollided,
+        MapSlot::StacksUnwalkable,
     ];
     /// The bounded hash maps: full ones count failed updates, and their use is exported.
     pub const SIZED: [MapSlot; 5] = [
@@ -223,6 +230,8 @@ impl MapSlot {
             MapSlot::PendingCopy => "PENDING_COPY",
             MapSlot::MmsgTruncated => "MMSG_TRUNCATED",
             MapSlot::Stacks => "STACKS",
+            MapSlot::StacksCollided => "STACKS_COLLIDED",
+            MapSlot::StacksUnwalkable => "STACKS_UNWALKABLE",
         }
     }
 
@@ -231,7 +240,10 @@ impl MapSlot {
         match self {
             MapSlot::Syscalls | MapSlot::Threads => 65536,
             MapSlot::Processes | MapSlot::PendingSend | MapSlot::PendingCopy => 16384,
-            MapSlot::MmsgTruncated | MapSlot::Stacks => 0,
+            MapSlot::MmsgTruncated
+            | MapSlot::Stacks
+            | MapSlot::StacksCollided
+            | MapSlot::StacksUnwalkable => 0,
         }
     }
 }
@@ -305,6 +317,12 @@ pub struct KernelOffsets {
     pub current_task_typed: u32,
     /// `task_struct.__state` (`state`, a `long`, before 5.14: its low half on little-endian).
     pub task_state: u32,
+    /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn` and `kernfs_node.id`: the path to a
+    /// task's cgroup v2 id, the id `bpf_get_current_cgroup_id` gives for the current task.
+    pub task_cgroups: u32,
+    pub css_set_dfl_cgrp: u32,
+    pub cgroup_kn: u32,
+    pub kernfs_node_id: u32,
 }
 
 /// The offset of a field the running kernel does not have.
@@ -634,7 +652,7 @@ mod tests {
             size_of::<ProcessStats>(),
             16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2)
         );
-        assert_eq!(size_of::<KernelOffsets>(), 44 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 48 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 6 * 8);
     }

@@ -1,5 +1,5 @@
 //! Scheduler context switches per process, split as the kernel's nvcsw/nivcsw are, off-CPU time,
-//! and the life events of a process: exit and rename.
+//! and the life events of a process: exit, rename and a move to another cgroup.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_kernel_str_bytes},
     macros::btf_tracepoint,
@@ -10,6 +10,7 @@ use zctrace_common::{MapSlot, ProcessKey, ProcessStats, ThreadSwitches, NO_FIELD
 use crate::{
     kernel::{
         current_group_dead, current_task, current_task_exiting, field, filtered_out, offset, process_key,
+        read,
     },
     maps::{
         add, count_error, create_current_process_entry, current_process_entry, PENDING_COPY, PENDING_SEND,
@@ -201,6 +202,34 @@ fn exiting_process_entry(key: &ProcessKey, group_dead: bool) -> Option<*mut Proc
     } else {
         PROCESSES.get_ptr_mut(key)
     }
+}
+
+/// Why cgroup_attach_task: every move of a process into another cgroup passes it once the move is
+/// done, whoever moves it (runc and systemd move a container's or service's first process before
+/// it execs), so the process's later counts go under its new cgroup as its later names do.
+#[btf_tracepoint(function = "cgroup_attach_task")]
+pub fn cgroup_attach_task(ctx: BtfTracePointContext) -> u32 {
+    match try_cgroup_attach_task(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_cgroup_attach_task(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    let task: u64 = ctx.arg(2);
+    let tgid: u32 = field(task, offset!(task_tgid));
+    if filtered_out(tgid) {
+        return Ok(0);
+    }
+    // A process without an entry yet takes its cgroup when one is created. Whatever hierarchy the
+    // move was in, the v2 cgroup is read, as it is for every other process.
+    let entry = PROCESSES.get_ptr_mut(process_key(task, tgid)?).ok_or(0u32)?;
+    let css_set: u64 = read(task, offset!(task_cgroups))?;
+    let cgroup: u64 = read(css_set, offset!(css_set_dfl_cgrp))?;
+    let kernfs_node: u64 = read(cgroup, offset!(cgroup_kn))?;
+    let cgroup_id: u64 = read(kernfs_node, offset!(kernfs_node_id))?;
+    // SAFETY: `entry` points into a live map value.
+    unsafe { (*entry).cgroup_id = cgroup_id };
+    Ok(0)
 }
 
 /// Why task_rename: exec and prctl(PR_SET_NAME) both rename a task through it, with the new name

@@ -16,6 +16,11 @@ use crate::{
     maps::{add, count_error, zeroed_entry},
 };
 
+/// The errors `bpf_get_stackid` returns, negated: the bucket is another stack's, or the kernel
+/// found no stack to walk.
+const EEXIST: i32 = 17;
+const EFAULT: i32 = 14;
+
 /// One entry until `attach --stacks` sizes it: the daemon never records stacks.
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
@@ -34,14 +39,32 @@ pub fn syscall_sites_wanted() -> bool {
     stack_mode() == StackMode::User as u32
 }
 
+/// The id of the current stack (user with `BPF_F_USER_STACK`), or [`NO_STACK`] with the reason
+/// the map refused it counted: a user reading the report must tell a hash collision, which
+/// another run may not repeat, from a stack that cannot be had.
+#[inline(always)]
+fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
+    match ctx.get_stackid(&STACKS, flags) {
+        Ok(id) => id as i32,
+        Err(error) => {
+            count_error(match -error {
+                EEXIST => MapSlot::StacksCollided,
+                EFAULT => MapSlot::StacksUnwalkable,
+                _ => MapSlot::Stacks,
+            });
+            NO_STACK
+        }
+    }
+}
+
 /// Counts one data-path call against the user stack it was made from. A call whose stack the
-/// map cannot take is counted under [`NO_STACK`], so no bytes go missing; a call that could not
-/// be recorded whole is one drop.
+/// map cannot take is counted under [`NO_STACK`], so no bytes go missing; each stack or site
+/// refused is one drop.
 #[inline(always)]
 pub fn record(ctx: &BtfTracePointContext, key: &SyscallKey, failed: bool, bytes: u64) {
-    let stack = ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64).ok();
+    let user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
     let site = StackKey {
-        user_stack: stack.map_or(NO_STACK, |id| id as i32),
+        user_stack,
         nr: key.nr,
         src: key.src,
         dst: key.dst,
@@ -49,7 +72,7 @@ pub fn record(ctx: &BtfTracePointContext, key: &SyscallKey, failed: bool, bytes:
         reserved: [0; 3],
     };
     let entry = zeroed_entry(&STACK_COUNTS, &site);
-    if stack.is_none() || entry.is_none() {
+    if entry.is_none() {
         count_error(MapSlot::Stacks);
     }
     let Some(entry) = entry else {
@@ -76,21 +99,20 @@ pub fn record_copy<C: StackIdContext>(ctx: &C, copier: Copier, bytes: u64) {
     if mode < StackMode::Kernel as u32 {
         return;
     }
-    let kernel = ctx.get_stackid(&STACKS, 0).ok();
+    let kernel_stack = stack_id(ctx, 0);
     let user_wanted = mode == StackMode::Both as u32 && copier != Copier::ZerocopyDeferred;
-    let user = if user_wanted {
-        ctx.get_stackid(&STACKS, BPF_F_USER_STACK as u64).ok()
-    } else {
-        None
-    };
     let site = CopyStackKey {
-        kernel_stack: kernel.map_or(NO_STACK, |id| id as i32),
-        user_stack: user.map_or(NO_STACK, |id| id as i32),
+        kernel_stack,
+        user_stack: if user_wanted {
+            stack_id(ctx, BPF_F_USER_STACK as u64)
+        } else {
+            NO_STACK
+        },
         copier: copier as u8,
         reserved: [0; 7],
     };
     let entry = zeroed_entry(&COPY_STACK_COUNTS, &site);
-    if kernel.is_none() || (user_wanted && user.is_none()) || entry.is_none() {
+    if entry.is_none() {
         count_error(MapSlot::Stacks);
     }
     let Some(entry) = entry else {

@@ -1,4 +1,5 @@
-//! A scrape with 10,000 series: how long encoding takes and how large the response is.
+//! A scrape with 10,000 series: how long encoding takes and how large the response is. The
+//! processes live in `CONTAINERS` pods' containers, labelled as `--workload-labels` labels them.
 use std::{
     collections::BTreeMap,
     time::{Duration, Instant},
@@ -10,11 +11,13 @@ use zctrace::{
         scrape::{Format, Scrape},
         series::{SeriesBook, SeriesKey},
     },
+    workload::Workload,
 };
 use zctrace_common::{FdKind, ProcessKey};
 
 /// Each process series yields this many samples with the paths below.
 const PROCESSES: usize = 500;
+const CONTAINERS: usize = 200;
 
 fn process(i: usize) -> (SeriesKey, ProcessFigures) {
     let path = |syscall, src, dst, bytes| FlowFigures {
@@ -56,9 +59,19 @@ fn process(i: usize) -> (SeriesKey, ProcessFigures) {
             comm: format!("service-{i}"),
             pid: None,
             cgroup: None,
+            workload: container(i % CONTAINERS),
         },
         figures,
     )
+}
+
+/// Container `n` of a pod of its own, as a kubelet's cgroup path would name them.
+fn container(n: usize) -> Workload {
+    Workload {
+        container_id: Some(format!("{n:064x}")),
+        pod_uid: Some(format!("{n:08x}-0000-4000-8000-{n:012x}")),
+        systemd_unit: None,
+    }
 }
 
 fn main() {
@@ -83,7 +96,7 @@ fn main() {
     }
     times.sort();
     println!(
-        "scrape encode: {samples} series, {:.1} KiB, median {:.2} ms (min {:.2}, max {:.2}) over {rounds} rounds",
+        "scrape encode: {samples} series of {PROCESSES} processes in {CONTAINERS} containers, {:.1} KiB, median {:.2} ms (min {:.2}, max {:.2}) over {rounds} rounds",
         size as f64 / 1024.0,
         times[rounds / 2].as_secs_f64() * 1e3,
         times[0].as_secs_f64() * 1e3,

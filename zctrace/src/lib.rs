@@ -10,3 +10,4 @@ pub mod probes;
 pub mod procfs;
 pub mod sender;
 pub mod stacks;
+pub mod workload;

@@ -234,3 +234,120 @@ fn cgroup_label_groups_series_by_container() {
         "the sender inherits the test's cgroup {ours}"
     );
 }
+
+/// A cgroup of the v2 hierarchy, made (with its parents) for one test and removed after it.
+struct TestCgroup {
+    root: std::path::PathBuf,
+    /// Its path as the hierarchy names it, and the `cgroup` label shows it.
+    path: String,
+}
+
+impl TestCgroup {
+    fn new(path: &str) -> TestCgroup {
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let root = mounts
+            .lines()
+            .map(|l| l.split_whitespace().collect::<Vec<_>>())
+            .find(|fields| fields[2] == "cgroup2")
+            .map(|fields| std::path::PathBuf::from(fields[1]))
+            .expect("a cgroup2 mount");
+        let cgroup = TestCgroup {
+            root,
+            path: path.to_string(),
+        };
+        std::fs::create_dir_all(cgroup.dir()).expect("making a cgroup");
+        cgroup
+    }
+
+    fn dir(&self) -> std::path::PathBuf {
+        self.root.join(&self.path[1..])
+    }
+}
+
+impl Drop for TestCgroup {
+    fn drop(&mut self) {
+        let mut dir = self.dir();
+        while dir != self.root {
+            // The kernel frees a cgroup's last process a moment after it is reaped.
+            for _ in 0..50 {
+                if std::fs::remove_dir(&dir).is_ok() {
+                    break;
+                }
+                sleep(Duration::from_millis(100));
+            }
+            dir.pop();
+        }
+    }
+}
+
+/// As runc starts a container's first process and systemd a service's: the process has run in
+/// one cgroup, is moved to another, and then execs. What it does after the move is the new
+/// cgroup's, and so is the workload its path names; what came before (up to the scrape before
+/// the move) stays with the old.
+#[test]
+fn a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one() {
+    if !privileged("a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one") {
+        return;
+    }
+    let daemon = Daemon::start(&["--cgroup-label", "--workload-labels"]);
+    let ours = zctrace::procfs::cgroup(std::process::id()).expect("our own cgroup");
+    const CONTAINER: &str = "4f3c9a7e1b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e";
+    const POD: &str = "5e2a8f1c-3b7d-4e8a-9c1f-2d6b0a4e7f91";
+    let moved = TestCgroup::new(&format!(
+        "/zctrace-{}/kubepods/besteffort/pod{POD}/{CONTAINER}",
+        std::process::id()
+    ));
+    let receiver = Receiver::start(&[]);
+    let file = test_file(MIB);
+    let script = format!(
+        "read line < {file}; read go; echo $$ > {procs}; exec {zctrace} send --method sendfile --file {file} --to {to} --chunk 131072",
+        file = file.display(),
+        procs = moved.dir().join("cgroup.procs").display(),
+        zctrace = renamed_zctrace("zc-moved").display(),
+        to = receiver.addr,
+    );
+    let mut shell = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The shell has read a line of the file in our cgroup: scraped now, it is ours for good.
+    eventually("the shell's read", Duration::from_secs(20), || {
+        let metrics = daemon.metrics();
+        sample(
+            &metrics,
+            "zctrace_syscalls_total",
+            &[("comm", "sh"), ("cgroup", &ours), ("syscall", "read")],
+        )
+        .ok_or_else(|| "not yet".to_string())
+    });
+    use std::io::Write as _;
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(shell.wait().unwrap().success(), "the moved sender failed");
+    receiver.finish();
+    let metrics = daemon.metrics();
+    let sendfile = |labels: &[(&str, &str)]| {
+        let mut labels = labels.to_vec();
+        labels.extend([("comm", "zc-moved"), ("syscall", "sendfile")]);
+        sample(&metrics, "zctrace_bytes_total", &labels)
+    };
+    assert_eq!(
+        sendfile(&[
+            ("cgroup", &moved.path),
+            ("container_id", CONTAINER),
+            ("pod_uid", POD)
+        ]),
+        Some(MIB as f64),
+        "{metrics}"
+    );
+    assert_eq!(
+        sendfile(&[("cgroup", &ours)]),
+        None,
+        "nothing after the move stays in {ours}:\n{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "zctrace_cgroup_hierarchy_visible", &[]),
+        Some(1.0)
+    );
+}

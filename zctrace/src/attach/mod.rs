@@ -16,10 +16,9 @@ use std::{
 use advice::copies_per_byte_label;
 use anyhow::{bail, Context as _, Result};
 use launch::Gated;
-use report::{top_sites_lines, Report, StacksReport};
+use report::{top_sites_lines, Report, StackDrops, StacksReport};
 pub use top::{run as run_top, TopArgs};
 use view::{catch_interrupts, interrupted, mb, Frame, View};
-use zctrace_common::MapSlot;
 
 use crate::{
     accounting::{kind_label, per_process, ProcessFigures},
@@ -258,7 +257,7 @@ impl Session {
             let sites = self.sites()?;
             self.write_stacks(args, kind, &sites)?;
             // Only the drop counters: a whole snapshot would read every map again.
-            let dropped = self.tracer.update_errors()?[MapSlot::Stacks as usize];
+            let drops = StackDrops::new(&self.tracer.update_errors()?);
             let (unobserved, unwound) = match kind {
                 StackKind::User => (Vec::new(), Vec::new()),
                 StackKind::Kernel | StackKind::Both => (
@@ -266,7 +265,7 @@ impl Session {
                     self.tracer.copiers_without_kernel_stacks(),
                 ),
             };
-            report = report.with_stacks(StacksReport::new(kind, &sites, dropped, &unobserved, &unwound));
+            report = report.with_stacks(StacksReport::new(kind, &sites, drops, &unobserved, &unwound));
         }
         if exited {
             eprintln!(

@@ -1,6 +1,6 @@
 //! The attach report: what one process did, as JSON or as text. Pure.
 use serde::Serialize;
-use zctrace_common::{Copier, TcpPath};
+use zctrace_common::{Copier, MapSlot, TcpPath};
 
 use super::advice::{advise, classify, IoStyle};
 use crate::{
@@ -39,9 +39,11 @@ pub struct StacksReport {
     pub cpu_copy_basis: &'static str,
     /// Call sites, or copy sites with kernel stacks.
     pub call_sites: usize,
-    /// Calls or copies whose stack or site the bounded maps could not take. Each is still in the
-    /// totals; one whose stack alone was refused is under a site with no frames.
+    /// Stacks or sites the bounded maps could not take. Each call is still in the totals; one
+    /// whose stack alone was refused is under a site with no frames.
     pub dropped: u64,
+    /// The drops by reason.
+    pub drops: StackDrops,
     /// With kernel stacks: the copy routines this kernel does not let zctrace observe, whose
     /// copies therefore have no stack (the totals still model them).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -58,7 +60,7 @@ impl StacksReport {
     pub fn new(
         kind: StackKind,
         sites: &[Site],
-        dropped: u64,
+        drops: StackDrops,
         unobserved: &[Copier],
         unwound: &[Copier],
     ) -> StacksReport {
@@ -70,10 +72,51 @@ impl StacksReport {
             kind: kind.label(),
             cpu_copy_basis: kind.basis().label(),
             call_sites: sites.len(),
-            dropped,
+            dropped: drops.full + drops.collided + drops.unwalkable,
+            drops,
             unobserved_copiers: names(unobserved),
             copiers_without_kernel_stacks: names(unwound),
             top: stacks::top(sites, TOP_SITES),
+        }
+    }
+}
+
+/// Why stacks or sites went unrecorded.
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+pub struct StackDrops {
+    /// The stack map or a count map had no room.
+    pub full: u64,
+    /// Another stack held the stack's bucket (the map keys stacks by a hash of their addresses,
+    /// which ASLR changes from run to run).
+    pub collided: u64,
+    /// The kernel had no stack to walk (a user stack of a task without user memory).
+    pub unwalkable: u64,
+}
+
+impl StackDrops {
+    pub fn new(update_errors: &[u64]) -> StackDrops {
+        StackDrops {
+            full: update_errors[MapSlot::Stacks as usize],
+            collided: update_errors[MapSlot::StacksCollided as usize],
+            unwalkable: update_errors[MapSlot::StacksUnwalkable as usize],
+        }
+    }
+
+    /// "N dropped", with the reasons of any.
+    fn text(&self, total: u64) -> String {
+        let reasons: Vec<String> = [
+            (self.full, "maps full"),
+            (self.collided, "collided"),
+            (self.unwalkable, "unwalkable"),
+        ]
+        .iter()
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, why)| format!("{n} {why}"))
+        .collect();
+        if reasons.is_empty() {
+            format!("{total} dropped")
+        } else {
+            format!("{total} dropped: {}", reasons.join(", "))
         }
     }
 }
@@ -277,12 +320,12 @@ impl Report {
         }
         if let Some(stacks) = &self.stacks {
             out += &format!(
-                "\ntop {} sites by CPU-copied bytes ({} stacks, {}; {} sites, {} dropped):\n",
+                "\ntop {} sites by CPU-copied bytes ({} stacks, {}; {} sites, {}):\n",
                 if stacks.kind == "user" { "call" } else { "copy" },
                 stacks.kind,
                 stacks.cpu_copy_basis,
                 stacks.call_sites,
-                stacks.dropped
+                stacks.drops.text(stacks.dropped)
             );
             if let Some(unobserved) = stacks.unobserved_copiers.as_ref().filter(|u| !u.is_empty()) {
                 out += &format!(
@@ -355,10 +398,29 @@ mod tests {
         Report::new(1, &figures, 1.0, false, None).with_stacks(StacksReport::new(
             kind,
             &[site],
-            0,
+            StackDrops::default(),
             unobserved,
             unwound,
         ))
+    }
+
+    #[test]
+    fn stack_drops_are_summed_and_told_by_reason() {
+        let mut update_errors = [0; zctrace_common::MAP_SLOTS as usize];
+        update_errors[MapSlot::StacksCollided as usize] = 2;
+        update_errors[MapSlot::StacksUnwalkable as usize] = 1;
+        update_errors[MapSlot::Syscalls as usize] = 7;
+        let drops = StackDrops::new(&update_errors);
+        let report = Report::new(1, &ProcessFigures::default(), 1.0, false, None)
+            .with_stacks(StacksReport::new(StackKind::Both, &[], drops, &[], &[]));
+        assert_eq!(report.stacks.as_ref().unwrap().dropped, 3);
+        let text = report.text();
+        assert!(
+            text.contains("0 sites, 3 dropped: 2 collided, 1 unwalkable)"),
+            "{text}"
+        );
+        let clean = with_stacks(StackKind::Both, &[]).text();
+        assert!(clean.contains("1 sites, 0 dropped)"), "{clean}");
     }
 
     #[test]

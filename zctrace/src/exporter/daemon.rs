@@ -1,6 +1,6 @@
 //! The daemon's state: the loaded probes, the series book, and what one scrape reads.
 use std::{
-    collections::{HashMap, HashSet},
+    collections::HashSet,
     sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
@@ -17,6 +17,7 @@ use crate::{
     accounting::{per_process, ProcessFigures},
     probes::Tracer,
     procfs,
+    workload::{cgroups::CgroupNames, Workload},
 };
 
 /// How often exited processes are folded into their series and freed.
@@ -37,19 +38,26 @@ pub struct Labels {
     pub pids: HashSet<u32>,
     /// Label every series with the process's cgroup path.
     pub cgroup: bool,
+    /// Label every series with the workload its cgroup path names.
+    pub workload: bool,
 }
 
 struct State {
     tracer: Tracer,
     book: SeriesBook,
     labels: Labels,
-    /// cgroup v2 ids to paths; rescanned when an unknown id shows up.
-    cgroups: HashMap<u64, String>,
+    cgroups: CgroupNames,
     sweeps: u64,
 }
 
 impl Daemon {
-    pub fn new(tracer: Tracer, book: SeriesBook, labels: Labels, http: Arc<HttpStats>) -> Daemon {
+    pub fn new(
+        tracer: Tracer,
+        book: SeriesBook,
+        labels: Labels,
+        cgroups: CgroupNames,
+        http: Arc<HttpStats>,
+    ) -> Daemon {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
             .trim()
@@ -59,7 +67,7 @@ impl Daemon {
                 tracer,
                 book,
                 labels,
-                cgroups: HashMap::new(),
+                cgroups,
                 sweeps: 0,
             }),
             kernel,
@@ -126,6 +134,7 @@ impl Daemon {
                 .map(|(n, slot)| (slot.name().to_string(), *n))
                 .collect(),
             series_dropped: state.book.dropped(),
+            cgroup_hierarchy_visible: state.cgroups.complete(),
             http_connections: self
                 .http
                 .open_connections
@@ -151,13 +160,17 @@ impl State {
             .pids
             .contains(&figures.key.tgid)
             .then_some(figures.key.tgid);
-        let cgroup = self.labels.cgroup.then(|| {
-            if figures.cgroup_id != 0 && !self.cgroups.contains_key(&figures.cgroup_id) {
-                self.cgroups = procfs::cgroup_paths();
-            }
-            // A cgroup removed before it was seen stays unlabelled rather than rescanned per scrape.
-            self.cgroups.entry(figures.cgroup_id).or_default().clone()
-        });
+        let path = if self.labels.cgroup || self.labels.workload {
+            self.cgroups.path(figures.cgroup_id).unwrap_or_default()
+        } else {
+            ""
+        };
+        let cgroup = self.labels.cgroup.then(|| path.to_string());
+        let workload = if self.labels.workload {
+            Workload::from_cgroup_path(path)
+        } else {
+            Workload::default()
+        };
         // A process with syscall entries only has no name in the maps: /proc knows it while it
         // lives, and the series book remembers it once seen. A process never seen alive and
         // never named (its exit missed) is "unknown", never an empty label.
@@ -169,6 +182,11 @@ impl State {
                 .unwrap_or_else(|| procfs::UNKNOWN_COMM.to_string()),
             comm => comm.to_string(),
         };
-        SeriesKey { comm, pid, cgroup }
+        SeriesKey {
+            comm,
+            pid,
+            cgroup,
+            workload,
+        }
     }
 }

@@ -23,6 +23,7 @@ use crate::{
         privileges, ProbeOptions, Tracer,
     },
     procfs,
+    workload::cgroups::CgroupNames,
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -48,6 +49,15 @@ pub struct DaemonArgs {
     /// Add each process's cgroup (container) path as a `cgroup` label.
     #[arg(long = "cgroup-label")]
     pub cgroup_label: bool,
+    /// Add the workload each process's cgroup names: `container_id` and `pod_uid` (Kubernetes,
+    /// containerd, CRI-O, Docker, podman) or `systemd_unit` (a host service).
+    #[arg(long = "workload-labels")]
+    pub workload_labels: bool,
+    /// Where the host's cgroup v2 hierarchy is mounted (default: where this process sees cgroup2).
+    /// In a pod, which sees only its own cgroup, mount the host's /sys/fs/cgroup read-only and
+    /// name it here.
+    #[arg(long = "cgroup-root")]
+    pub cgroup_root: Option<PathBuf>,
     /// How long the series of exited processes stay exported.
     #[arg(long = "series.grace-period", default_value = "5m", allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub grace_period: Duration,
@@ -122,9 +132,11 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     let labels = daemon::Labels {
         pids: args.pids.iter().copied().collect::<HashSet<_>>(),
         cgroup: args.cgroup_label,
+        workload: args.workload_labels,
     };
+    let cgroups = CgroupNames::new(args.cgroup_root.clone());
     let stats = Arc::new(connections::HttpStats::default());
-    let daemon = Arc::new(Daemon::new(tracer, book, labels, stats.clone()));
+    let daemon = Arc::new(Daemon::new(tracer, book, labels, cgroups, stats.clone()));
     let auth = BasicAuth::new(web_config.basic_auth_users.clone())?;
     let router = http::router(daemon.clone(), &args.telemetry_path, auth, headers, stats.clone());
     // Blocking work is scrapes, bcrypt checks and sweeps, each with limits of its own: a few

@@ -29,6 +29,9 @@ pub struct Scrape {
     /// (map or slot, failed updates).
     pub update_errors: Vec<(String, u64)>,
     pub series_dropped: u64,
+    /// Whether the cgroup hierarchy zctrace reads is whole, so that cgroup and workload labels
+    /// can name every process's.
+    pub cgroup_hierarchy_visible: bool,
     /// HTTP connections open now.
     pub http_connections: u64,
     /// (reason, requests or connections refused for it).
@@ -82,6 +85,16 @@ impl Scrape {
         }
         if let Some(cgroup) = &key.cgroup {
             labels.push(("cgroup", Cow::Borrowed(cgroup.as_str())));
+        }
+        let workload = &key.workload;
+        for (name, value) in [
+            ("container_id", &workload.container_id),
+            ("pod_uid", &workload.pod_uid),
+            ("systemd_unit", &workload.systemd_unit),
+        ] {
+            if let Some(value) = value {
+                labels.push((name, Cow::Borrowed(value.as_str())));
+            }
         }
         labels.extend(extra.iter().map(|(k, v)| (*k, Cow::Borrowed(*v))));
         labels
@@ -230,7 +243,7 @@ impl Scrape {
         counters(
             encoder,
             "zctrace_map_update_errors",
-            "BPF map updates that failed (a full map): events not counted.",
+            "BPF map updates that failed (a full map; for STACKS_COLLIDED and STACKS_UNWALKABLE, stacks attach --stacks could not record): events not counted.",
             errors,
         )?;
         let dropped: Vec<(Labels<'_>, u64)> = vec![(vec![], self.series_dropped)];
@@ -239,6 +252,12 @@ impl Scrape {
             "zctrace_series_dropped",
             "Label sets folded into comm=\"other\" by --top or --comm.",
             dropped,
+        )?;
+        gauges(
+            encoder,
+            "zctrace_cgroup_hierarchy_visible",
+            "1 when zctrace reads the whole cgroup v2 hierarchy; 0 when it sees a subtree or none, and cgroup and workload labels are left out.",
+            vec![(vec![], u64::from(self.cgroup_hierarchy_visible))],
         )?;
         gauges(
             encoder,

@@ -13,7 +13,10 @@ use std::{
 
 use zctrace_common::{FdKind, ProcessKey};
 
-use crate::accounting::{Counters, ProcessFigures, Sum};
+use crate::{
+    accounting::{Counters, ProcessFigures, Sum},
+    workload::Workload,
+};
 
 pub const OTHER_COMM: &str = "other";
 
@@ -25,6 +28,8 @@ pub struct SeriesKey {
     pub pid: Option<u32>,
     /// Only with `--cgroup-label`.
     pub cgroup: Option<String>,
+    /// Only with `--workload-labels`, and only what the cgroup path names.
+    pub workload: Workload,
 }
 
 impl SeriesKey {
@@ -33,6 +38,7 @@ impl SeriesKey {
             comm: OTHER_COMM.to_string(),
             pid: None,
             cgroup: None,
+            workload: Workload::default(),
         }
     }
 }
@@ -299,6 +305,7 @@ mod tests {
             comm: comm.into(),
             pid: None,
             cgroup: None,
+            workload: Workload::default(),
         }
     }
 
@@ -457,6 +464,7 @@ mod tests {
             comm: "java".into(),
             pid: Some(7),
             cgroup: None,
+            workload: Workload::default(),
         };
         let live = [
             (key("nginx"), sender(1)),

@@ -178,6 +178,14 @@ pub const PROBES: &[Probe] = &[
         }],
     },
     Probe {
+        name: "cgroup_attach_task",
+        role: Role::Counting,
+        ways: &[Way {
+            mode: TP_BTF,
+            programs: &[tp("cgroup_attach_task", "cgroup_attach_task")],
+        }],
+    },
+    Probe {
         name: "tcp_send",
         role: Role::Counting,
         ways: &[

@@ -49,23 +49,32 @@ pub fn cgroup(pid: u32) -> Option<String> {
     v2.or(groups.first()).map(|g| g.pathname.clone())
 }
 
-/// cgroup v2 ids (directory inode numbers) to paths relative to the hierarchy's root, which is how
-/// `bpf_get_current_cgroup_id` names a cgroup.
-pub fn cgroup_paths() -> std::collections::HashMap<u64, String> {
+/// Where this process sees the cgroup v2 hierarchy mounted.
+pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
+    procfs::mounts()
+        .ok()?
+        .into_iter()
+        .find(|m| m.fs_vfstype == "cgroup2")
+        .map(|m| std::path::PathBuf::from(m.fs_file))
+}
+
+/// Whether `root` is the top of its cgroup v2 hierarchy (the root cgroup's id is 1), rather than
+/// a subtree, as a container's own cgroup mount is.
+pub fn is_cgroup_hierarchy_root(root: &std::path::Path) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    fs::metadata(root).is_ok_and(|m| m.ino() == 1)
+}
+
+/// cgroup v2 ids (directory inode numbers) to paths relative to `root`, which is how
+/// `bpf_get_current_cgroup_id` names a cgroup when `root` is the hierarchy's top.
+pub fn cgroup_paths(root: &std::path::Path) -> std::collections::HashMap<u64, String> {
     use std::os::unix::fs::MetadataExt as _;
     let mut paths = std::collections::HashMap::new();
-    let Some(root) = procfs::mounts()
-        .ok()
-        .and_then(|m| m.into_iter().find(|m| m.fs_vfstype == "cgroup2"))
-        .map(|m| std::path::PathBuf::from(m.fs_file))
-    else {
-        return paths;
-    };
-    let mut pending = vec![root.clone()];
+    let mut pending = vec![root.to_path_buf()];
     while let Some(dir) = pending.pop() {
         if let Ok(meta) = fs::metadata(&dir) {
             let relative = dir
-                .strip_prefix(&root)
+                .strip_prefix(root)
                 .map(|p| format!("/{}", p.display()))
                 .unwrap_or_default();
             paths.insert(meta.ino(), relative);
@@ -86,8 +95,10 @@ mod tests {
     #[test]
     fn our_own_cgroup_is_among_the_paths() {
         let ours = super::cgroup(std::process::id()).expect("own cgroup");
+        let root = super::cgroup2_mount().expect("a cgroup2 mount");
+        assert!(super::is_cgroup_hierarchy_root(&root), "{}", root.display());
         assert!(
-            super::cgroup_paths().values().any(|p| *p == ours),
+            super::cgroup_paths(&root).values().any(|p| *p == ours),
             "{ours} not found"
         );
     }

@@ -6,6 +6,7 @@ use super::*;
 use crate::{
     accounting::Counters,
     exporter::series::{FlowLabels, FlowTotals},
+    workload::Workload,
 };
 
 fn fixture() -> Scrape {
@@ -38,6 +39,11 @@ fn fixture() -> Scrape {
         comm: "a\"b\\c\nd".into(),
         pid: Some(42),
         cgroup: None,
+        workload: Workload {
+            container_id: Some("4f3c9a7e1b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e".into()),
+            pod_uid: Some("5e2a8f1c-3b7d-4e8a-9c1f-2d6b0a4e7f91".into()),
+            systemd_unit: None,
+        },
     };
     Scrape {
         series: vec![(hostile, totals)],
@@ -48,6 +54,7 @@ fn fixture() -> Scrape {
         maps: vec![("SYSCALLS".into(), 10, 65536)],
         update_errors: vec![("SYSCALLS".into(), 0)],
         series_dropped: 1,
+        cgroup_hierarchy_visible: true,
         http_connections: 3,
         http_refused: vec![("unauthorized", 2), ("throttled", 0)],
         kernel: "6.18.0-test".into(),

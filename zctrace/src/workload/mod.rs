@@ -1,0 +1,88 @@
+//! Who a process works for, read from its cgroup v2 path alone (no API server, no extra
+//! privilege): the container runtime's id and the pod's uid, in the layouts kubelet and the
+//! runtimes create, or the systemd unit of a host service. Pure, but for `cgroups`, which reads
+//! the hierarchy.
+pub mod cgroups;
+
+/// A process's workload, as far as its cgroup path tells it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Workload {
+    /// The runtime's 64-hex container id, as kube-state-metrics carries it after `containerd://`
+    /// or `cri-o://`.
+    pub container_id: Option<String>,
+    /// The pod's uid, with dashes, as `kube_pod_info{uid}` carries it.
+    pub pod_uid: Option<String>,
+    /// The systemd service of a process outside any container, as node_exporter names units.
+    pub systemd_unit: Option<String>,
+}
+
+/// Scope prefixes the runtimes give a container under the systemd cgroup driver. A `conmon`
+/// scope holds the runtime's monitor, not the container, so it is not among them.
+const SCOPE_PREFIXES: [&str; 4] = ["cri-containerd-", "crio-", "docker-", "libpod-"];
+
+impl Workload {
+    /// Reads `path` (as `/proc/PID/cgroup` or the cgroup tree names it, with or without a
+    /// `/../` prefix from a cgroup namespace). The innermost container and pod win, so a runtime
+    /// nested in another container is read as the inner one.
+    pub fn from_cgroup_path(path: &str) -> Workload {
+        let mut workload = Workload::default();
+        for segment in path.split('/').filter(|s| !s.is_empty() && *s != "..") {
+            if let Some(uid) = pod_uid(segment) {
+                workload.pod_uid = Some(uid);
+            }
+            if let Some(id) = container_id(segment) {
+                workload.container_id = Some(id.to_string());
+            }
+            if segment.ends_with(".service") {
+                workload.systemd_unit = Some(segment.to_string());
+            }
+        }
+        if workload.container_id.is_some() || workload.pod_uid.is_some() {
+            // A container's processes belong to it; the unit would be its runtime's.
+            workload.systemd_unit = None;
+        }
+        workload
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Workload::default()
+    }
+}
+
+/// `<prefix><64 hex>.scope` (systemd driver), or a bare 64-hex directory (cgroupfs driver and
+/// Docker's `/docker/<id>`).
+fn container_id(segment: &str) -> Option<&str> {
+    let id = match segment.strip_suffix(".scope") {
+        Some(scope) => SCOPE_PREFIXES.iter().find_map(|p| scope.strip_prefix(p))?,
+        None => segment.strip_prefix("libpod-").unwrap_or(segment),
+    };
+    (id.len() == 64
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)))
+    .then_some(id)
+}
+
+/// `pod<uid>` (cgroupfs driver) or `kubepods[-<class>]-pod<uid with _>.slice` (systemd driver).
+fn pod_uid(segment: &str) -> Option<String> {
+    let raw = match segment.strip_suffix(".slice") {
+        Some(slice) if slice.starts_with("kubepods") => slice.rsplit_once("-pod")?.1,
+        Some(_) => return None,
+        None => segment.strip_prefix("pod")?,
+    };
+    let uid = raw.replace('_', "-");
+    is_uid(&uid).then_some(uid)
+}
+
+/// A UUID as Kubernetes writes one: 8-4-4-4-12 lowercase hex digits.
+fn is_uid(uid: &str) -> bool {
+    let groups: Vec<&str> = uid.split('-').collect();
+    groups.iter().map(|g| g.len()).eq([8, 4, 4, 4, 12])
+        && groups.iter().all(|g| {
+            g.bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
+#[cfg(test)]
+mod tests;
