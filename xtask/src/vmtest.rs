@@ -151,6 +151,7 @@ const FULL_SUITE: Suite = &[
         &[
             "metrics_attribute_each_workload_to_its_process_name",
             "a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one",
+            "a_daemon_in_a_pod_names_every_workload_on_the_node_from_the_host_hierarchy",
         ],
     ),
     ("daemon_shutdown", &[]),

@@ -206,3 +206,29 @@ fn bad_pids_are_refused_with_the_reason() {
     fails_with(&["attach"], "--pid");
     fails_with(&["attach", "--pid", "1", "--duration", "forever"], "--duration");
 }
+
+/// A launched command that moves itself into a container's cgroup and execs, as runc starts a
+/// container's first process: the report names the cgroup it moved to, and that container.
+#[test]
+fn a_command_that_moves_to_another_cgroup_is_reported_in_the_new_one() {
+    if !privileged("a_command_that_moves_to_another_cgroup_is_reported_in_the_new_one") {
+        return;
+    }
+    const CONTAINER: &str = "3333333333333333333333333333333333333333333333333333333333333333";
+    let cgroups = TestCgroups::new("attach-moved");
+    let moved = cgroups.make(&format!("/system.slice/docker-{CONTAINER}.scope"));
+    let receiver = Receiver::start(&[]);
+    let script = format!(
+        "read line < {file}; echo $$ > {procs} && exec {zctrace} send --method sendfile --file {file} --to {to} --chunk 65536",
+        file = test_file(MIB).display(),
+        procs = cgroups.procs(&moved).display(),
+        zctrace = zctrace_bin(),
+        to = receiver.addr,
+    );
+    let report =
+        attach_report(Command::new(zctrace_bin()).args(["attach", "--json", "--", "sh", "-c", &script]));
+    receiver.finish();
+    assert_eq!(report["cgroup"], moved.as_str(), "{report:#}");
+    assert_eq!(report["workload"]["container_id"], CONTAINER, "{report:#}");
+    assert!(u(&report["totals"]["bytes"]) >= MIB, "{report:#}");
+}

@@ -35,6 +35,14 @@ const CASES: &[(&[&str], &str)] = &[
     ),
     (&["daemon", "--cgroup-label=yes"], "--cgroup-label"),
     (
+        &["daemon", "--cgroup-root", "/nonexistent"],
+        "--cgroup-root: /nonexistent: no cgroup v2 hierarchy is mounted there",
+    ),
+    (
+        &["daemon", "--cgroup-root", "/proc"],
+        "--cgroup-root: /proc: no cgroup v2 hierarchy is mounted there",
+    ),
+    (
         &["daemon", "--probes", "sys_exit,kprobe"],
         "no probe named \"kprobe\"",
     ),

@@ -193,9 +193,23 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
         metrics().map_err(|e| format!("{e}\n{}", logs()))
     });
 
-    let sender = renamed_zctrace("zc-podtest");
-    send_as(&sender, "read-write", &test_file(8 * MIB), 64 * 1024);
-    let flow = |syscall| [("comm", "zc-podtest"), ("syscall", syscall)];
+    // A host service: the pod names it from the host's cgroup hierarchy it mounts.
+    let cgroups = TestCgroups::new("podtest");
+    let service = cgroups.make("/system.slice/zc-podtest.service");
+    send_from_cgroup(
+        "zc-podtest",
+        &cgroups.procs(&service),
+        "read-write",
+        &test_file(8 * MIB),
+        64 * 1024,
+    );
+    let flow = |syscall| {
+        [
+            ("comm", "zc-podtest"),
+            ("systemd_unit", "zc-podtest.service"),
+            ("syscall", syscall),
+        ]
+    };
     let body = eventually(
         "the host workload's bytes and copies",
         Duration::from_secs(30),
@@ -215,6 +229,12 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
     assert!(
         sample(&body, "zctrace_cpu_copy_bytes_total", &flow("write")).unwrap_or(0.0) >= (8 * MIB) as f64,
         "the socket write copies every byte"
+    );
+    assert_eq!(
+        sample(&body, "zctrace_cgroup_hierarchy_visible", &[]),
+        Some(1.0),
+        "{}",
+        logs()
     );
 
     let stopped = podman(&["stop", "--time", "10", &container.0]);

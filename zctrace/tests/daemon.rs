@@ -2,6 +2,7 @@
 mod common;
 
 use std::{
+    path::Path,
     process::{Command, Stdio},
     thread::sleep,
     time::{Duration, Instant},
@@ -235,51 +236,6 @@ fn cgroup_label_groups_series_by_container() {
     );
 }
 
-/// A cgroup of the v2 hierarchy, made (with its parents) for one test and removed after it.
-struct TestCgroup {
-    root: std::path::PathBuf,
-    /// Its path as the hierarchy names it, and the `cgroup` label shows it.
-    path: String,
-}
-
-impl TestCgroup {
-    fn new(path: &str) -> TestCgroup {
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-        let root = mounts
-            .lines()
-            .map(|l| l.split_whitespace().collect::<Vec<_>>())
-            .find(|fields| fields[2] == "cgroup2")
-            .map(|fields| std::path::PathBuf::from(fields[1]))
-            .expect("a cgroup2 mount");
-        let cgroup = TestCgroup {
-            root,
-            path: path.to_string(),
-        };
-        std::fs::create_dir_all(cgroup.dir()).expect("making a cgroup");
-        cgroup
-    }
-
-    fn dir(&self) -> std::path::PathBuf {
-        self.root.join(&self.path[1..])
-    }
-}
-
-impl Drop for TestCgroup {
-    fn drop(&mut self) {
-        let mut dir = self.dir();
-        while dir != self.root {
-            // The kernel frees a cgroup's last process a moment after it is reaped.
-            for _ in 0..50 {
-                if std::fs::remove_dir(&dir).is_ok() {
-                    break;
-                }
-                sleep(Duration::from_millis(100));
-            }
-            dir.pop();
-        }
-    }
-}
-
 /// As runc starts a container's first process and systemd a service's: the process has run in
 /// one cgroup, is moved to another, and then execs. What it does after the move is the new
 /// cgroup's, and so is the workload its path names; what came before (up to the scrape before
@@ -293,16 +249,14 @@ fn a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one
     let ours = zctrace::procfs::cgroup(std::process::id()).expect("our own cgroup");
     const CONTAINER: &str = "4f3c9a7e1b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e";
     const POD: &str = "5e2a8f1c-3b7d-4e8a-9c1f-2d6b0a4e7f91";
-    let moved = TestCgroup::new(&format!(
-        "/zctrace-{}/kubepods/besteffort/pod{POD}/{CONTAINER}",
-        std::process::id()
-    ));
+    let cgroups = TestCgroups::new("moved");
+    let moved = cgroups.make(&format!("/kubepods/besteffort/pod{POD}/{CONTAINER}"));
     let receiver = Receiver::start(&[]);
     let file = test_file(MIB);
     let script = format!(
         "read line < {file}; read go; echo $$ > {procs}; exec {zctrace} send --method sendfile --file {file} --to {to} --chunk 131072",
         file = file.display(),
-        procs = moved.dir().join("cgroup.procs").display(),
+        procs = cgroups.procs(&moved).display(),
         zctrace = renamed_zctrace("zc-moved").display(),
         to = receiver.addr,
     );
@@ -333,11 +287,7 @@ fn a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one
         sample(&metrics, "zctrace_bytes_total", &labels)
     };
     assert_eq!(
-        sendfile(&[
-            ("cgroup", &moved.path),
-            ("container_id", CONTAINER),
-            ("pod_uid", POD)
-        ]),
+        sendfile(&[("cgroup", &moved), ("container_id", CONTAINER), ("pod_uid", POD)]),
         Some(MIB as f64),
         "{metrics}"
     );
@@ -349,5 +299,156 @@ fn a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one
     assert_eq!(
         sample(&metrics, "zctrace_cgroup_hierarchy_visible", &[]),
         Some(1.0)
+    );
+}
+
+/// A daemon run as a pod runs on a cgroup v2 node: in a cgroup of its own, in a new cgroup
+/// namespace and mount namespace where the runtime mounts cgroup2 afresh, which shows the pod's
+/// own subtree only. With `host_view`, the host's hierarchy is bound over that mount read-only,
+/// as the DaemonSet's hostPath volume does.
+fn daemon_in_a_pod(pod_procs: &Path, host_view: bool, args: &[&str]) -> Daemon {
+    use std::{ffi::CString, os::unix::process::CommandExt as _};
+
+    use nix::{
+        mount::{mount, umount2, MntFlags, MsFlags},
+        sched::{unshare, CloneFlags},
+    };
+    let cstring = |path: &Path| CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    let procs = cstring(pod_procs);
+    let cgroup2 = cstring(&zctrace::procfs::cgroup2_mount().unwrap());
+    let stash_dir = scratch_path(&format!("host-cgroup-view-{host_view}"));
+    std::fs::create_dir_all(&stash_dir).unwrap();
+    let stash = cstring(&stash_dir);
+    let none: Option<&std::ffi::CStr> = None;
+    let configure = move |command: &mut Command| {
+        // SAFETY: only system calls, on strings made before the fork.
+        unsafe {
+            command.pre_exec(move || {
+                // "0" moves the writer itself.
+                let fd = nix::fcntl::open(
+                    procs.as_c_str(),
+                    nix::fcntl::OFlag::O_WRONLY,
+                    nix::sys::stat::Mode::empty(),
+                )?;
+                nix::unistd::write(&fd, b"0")?;
+                unshare(CloneFlags::CLONE_NEWCGROUP | CloneFlags::CLONE_NEWNS)?;
+                mount(none, c"/", none, MsFlags::MS_REC | MsFlags::MS_PRIVATE, none)?;
+                if host_view {
+                    mount(
+                        Some(cgroup2.as_c_str()),
+                        stash.as_c_str(),
+                        none,
+                        MsFlags::MS_BIND,
+                        none,
+                    )?;
+                }
+                // The kernel refuses a cgroup2 mount on top of one: the runtime's is a fresh one.
+                umount2(cgroup2.as_c_str(), MntFlags::MNT_DETACH)?;
+                mount(
+                    Some(c"cgroup2"),
+                    cgroup2.as_c_str(),
+                    Some(c"cgroup2"),
+                    MsFlags::empty(),
+                    none,
+                )?;
+                if host_view {
+                    mount(
+                        Some(stash.as_c_str()),
+                        cgroup2.as_c_str(),
+                        none,
+                        MsFlags::MS_BIND,
+                        none,
+                    )?;
+                    let read_only = MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY;
+                    mount(none, cgroup2.as_c_str(), none, read_only, none)?;
+                }
+                Ok(())
+            })
+        };
+    };
+    Daemon::start_configured("127.0.0.1:0", args, configure)
+}
+
+/// On a cgroup v2 node a pod sees its own cgroup only. With the host's hierarchy mounted as the
+/// DaemonSet mounts it, every workload on the node is named: containers of two pods (kubelet's
+/// systemd and cgroupfs drivers, containerd and CRI-O) and a host service. Without it, the daemon
+/// says it cannot name them, rather than naming them wrongly.
+#[test]
+fn a_daemon_in_a_pod_names_every_workload_on_the_node_from_the_host_hierarchy() {
+    if !privileged("a_daemon_in_a_pod_names_every_workload_on_the_node_from_the_host_hierarchy") {
+        return;
+    }
+    const CONTAINERD: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+    const CRIO: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+    const SYSTEMD_POD: &str = "6b1c1b5e-8f2a-4c4c-9a3e-0e6f6e0d9b1a";
+    const CGROUPFS_POD: &str = "7c2d2c6f-9a3b-4d5d-8b4f-1f7a7f1e0c2b";
+    let cgroups = TestCgroups::new("pods");
+    let daemon_pod = cgroups.make("/kubepods/besteffort/podzctrace/daemon");
+    let workloads = [
+        (
+            "zc-containerd",
+            cgroups.make(&format!(
+                "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-{CONTAINERD}.scope",
+                SYSTEMD_POD.replace('-', "_")
+            )),
+            vec![("container_id", CONTAINERD), ("pod_uid", SYSTEMD_POD)],
+        ),
+        (
+            "zc-crio",
+            cgroups.make(&format!("/kubepods/burstable/pod{CGROUPFS_POD}/crio-{CRIO}")),
+            vec![("container_id", CRIO), ("pod_uid", CGROUPFS_POD)],
+        ),
+        (
+            "zc-service",
+            cgroups.make("/system.slice/zc-test.service"),
+            vec![("systemd_unit", "zc-test.service")],
+        ),
+    ];
+    let blind = daemon_in_a_pod(&cgroups.procs(&daemon_pod), false, &["--workload-labels"]);
+    let seeing = daemon_in_a_pod(&cgroups.procs(&daemon_pod), true, &["--workload-labels"]);
+    for (comm, cgroup, _) in &workloads {
+        send_from_cgroup(
+            comm,
+            &cgroups.procs(cgroup),
+            "sendfile",
+            &test_file(MIB),
+            128 * 1024,
+        );
+    }
+    let bytes = |metrics: &str, comm: &str, labels: &[(&str, &str)]| {
+        let mut labels = labels.to_vec();
+        labels.extend([("comm", comm), ("syscall", "sendfile")]);
+        sample(metrics, "zctrace_bytes_total", &labels)
+    };
+    let metrics = seeing.metrics();
+    assert_eq!(
+        sample(&metrics, "zctrace_cgroup_hierarchy_visible", &[]),
+        Some(1.0)
+    );
+    for (comm, _, labels) in &workloads {
+        assert_eq!(
+            bytes(&metrics, comm, labels),
+            Some(MIB as f64),
+            "{comm}:\n{metrics}"
+        );
+    }
+    let metrics = blind.metrics();
+    assert_eq!(
+        sample(&metrics, "zctrace_cgroup_hierarchy_visible", &[]),
+        Some(0.0)
+    );
+    for (comm, _, _) in &workloads {
+        assert_eq!(bytes(&metrics, comm, &[]), Some(MIB as f64), "{comm}:\n{metrics}");
+    }
+    for label in ["container_id=", "pod_uid=", "systemd_unit="] {
+        assert!(
+            !metrics.contains(label),
+            "a blind daemon names nothing:\n{metrics}"
+        );
+    }
+    let log = blind.log.lock().unwrap().clone();
+    assert!(
+        log.contains("is a subtree of the cgroup v2 hierarchy") && log.contains("labels are left out"),
+        "{log}"
     );
 }

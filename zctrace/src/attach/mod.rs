@@ -25,6 +25,7 @@ use crate::{
     probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     procfs,
     stacks::{self, symbols::Frames, Site, StackKind, Weight},
+    workload::cgroups::CgroupNames,
 };
 
 #[derive(Clone, Debug, clap::Args)]
@@ -253,6 +254,9 @@ impl Session {
             exited,
             code,
         );
+        // The cgroup the kernel last saw the process in, named from the whole hierarchy.
+        let mut cgroups = CgroupNames::new(None, false)?;
+        report = report.with_cgroup(cgroups.path(figures.cgroup_id));
         if let Some((kind, _)) = self.stacks {
             let sites = self.sites()?;
             self.write_stacks(args, kind, &sites)?;

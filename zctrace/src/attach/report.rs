@@ -6,12 +6,18 @@ use super::advice::{advise, classify, IoStyle};
 use crate::{
     accounting::{kind_label, Basis, ProcessFigures, OBSERVED_ROUTINES},
     stacks::{self, Site, StackKind, TopSite},
+    workload::Workload,
 };
 
 #[derive(Debug, Serialize)]
 pub struct Report {
     pub pid: u32,
     pub comm: String,
+    /// The process's cgroup v2 path when last seen, where zctrace can name it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cgroup: Option<String>,
+    /// The container, pod or service that path names.
+    pub workload: Workload,
     pub duration_seconds: f64,
     /// The process exited before tracing ended; the report covers what was seen.
     pub exited: bool,
@@ -214,6 +220,8 @@ impl Report {
         Report {
             pid,
             comm: f.comm.clone(),
+            cgroup: None,
+            workload: Workload::default(),
             duration_seconds,
             exited,
             exit_code,
@@ -267,6 +275,15 @@ impl Report {
         }
     }
 
+    /// The process's cgroup path, and the workload it names.
+    pub fn with_cgroup(self, path: Option<&str>) -> Report {
+        Report {
+            cgroup: path.map(str::to_string),
+            workload: path.map(Workload::from_cgroup_path).unwrap_or_default(),
+            ..self
+        }
+    }
+
     pub fn with_stacks(self, stacks: StacksReport) -> Report {
         Report {
             stacks: Some(stacks),
@@ -274,10 +291,18 @@ impl Report {
         }
     }
 
+    fn cgroup_line(&self) -> String {
+        match &self.cgroup {
+            Some(cgroup) if self.workload.is_empty() => format!("cgroup {cgroup}\n"),
+            Some(cgroup) => format!("cgroup {cgroup}  {}\n", self.workload.text()),
+            None => String::new(),
+        }
+    }
+
     pub fn text(&self) -> String {
         let t = &self.totals;
         let mut out = format!(
-            "zctrace report for pid {} ({}) over {:.1} s{}\n\
+            "zctrace report for pid {} ({}) over {:.1} s{}\n{}\
              bytes moved {}  delivered {}  CPU-copied {} ({})  copies per delivered byte {}\n\
              {}\n\
              syscalls {}  mode switches {}  context switches {} voluntary / {} involuntary  off-CPU {:.2} s\n\
@@ -286,6 +311,7 @@ impl Report {
             self.comm,
             self.duration_seconds,
             if self.exited { " (the process exited)" } else { "" },
+            self.cgroup_line(),
             t.bytes,
             t.delivered_bytes,
             t.cpu_copy_bytes,

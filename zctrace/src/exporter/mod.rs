@@ -109,6 +109,10 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     let nofile = connections::raise_descriptor_limit().context("raising the descriptor limit")?;
     let cap = connections::cap_for(nofile);
     tracing::info!(descriptors = nofile, connections = cap, "connection cap");
+    let cgroups = CgroupNames::new(
+        args.cgroup_root.clone(),
+        args.cgroup_label || args.workload_labels,
+    )?;
     privileges::require()?;
     let tracer = Tracer::load(&ProbeOptions {
         only: args.probes.clone(),
@@ -134,7 +138,6 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
         cgroup: args.cgroup_label,
         workload: args.workload_labels,
     };
-    let cgroups = CgroupNames::new(args.cgroup_root.clone());
     let stats = Arc::new(connections::HttpStats::default());
     let daemon = Arc::new(Daemon::new(tracer, book, labels, cgroups, stats.clone()));
     let auth = BasicAuth::new(web_config.basic_auth_users.clone())?;

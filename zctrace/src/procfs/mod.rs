@@ -58,6 +58,15 @@ pub fn cgroup2_mount() -> Option<std::path::PathBuf> {
         .map(|m| std::path::PathBuf::from(m.fs_file))
 }
 
+/// The cgroup v2 hierarchy at `mount`, or at `mount/unified` where systemd's hybrid layout puts
+/// it under the v1 controllers.
+pub fn cgroup2_at(mount: &std::path::Path) -> Option<std::path::PathBuf> {
+    use nix::sys::statfs::{statfs, CGROUP2_SUPER_MAGIC};
+    [mount.to_path_buf(), mount.join("unified")]
+        .into_iter()
+        .find(|dir| statfs(dir).is_ok_and(|fs| fs.filesystem_type() == CGROUP2_SUPER_MAGIC))
+}
+
 /// Whether `root` is the top of its cgroup v2 hierarchy (the root cgroup's id is 1), rather than
 /// a subtree, as a container's own cgroup mount is.
 pub fn is_cgroup_hierarchy_root(root: &std::path::Path) -> bool {
@@ -97,6 +106,15 @@ mod tests {
         let ours = super::cgroup(std::process::id()).expect("own cgroup");
         let root = super::cgroup2_mount().expect("a cgroup2 mount");
         assert!(super::is_cgroup_hierarchy_root(&root), "{}", root.display());
+        assert_eq!(super::cgroup2_at(&root).as_ref(), Some(&root));
+        let above = root.parent().unwrap();
+        let hybrid = root.ends_with("unified");
+        assert_eq!(
+            super::cgroup2_at(above).as_ref() == Some(&root),
+            hybrid,
+            "{}",
+            above.display()
+        );
         assert!(
             super::cgroup_paths(&root).values().any(|p| *p == ours),
             "{ours} not found"

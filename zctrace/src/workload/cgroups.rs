@@ -1,7 +1,28 @@
 //! The cgroup ids the kernel reports, named by their paths in the cgroup v2 hierarchy.
-use std::{collections::HashMap, path::PathBuf};
+use std::{
+    collections::HashMap,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{bail, Context as _, Result};
 
 use crate::procfs;
+
+/// The top of the cgroup v2 hierarchy mounted at `mount` (or under it, on a hybrid host).
+fn whole_hierarchy(mount: &Path) -> Result<PathBuf> {
+    let Some(hierarchy) = procfs::cgroup2_at(mount) else {
+        bail!("{}: no cgroup v2 hierarchy is mounted there", mount.display());
+    };
+    if !procfs::is_cgroup_hierarchy_root(&hierarchy) {
+        bail!(
+            "{} is a subtree of the cgroup v2 hierarchy (a cgroup namespace's view), not its top: \
+             other processes' cgroups cannot be named from it; mount the host's /sys/fs/cgroup \
+             read-only (the DaemonSet does) and name it with --cgroup-root",
+            hierarchy.display()
+        );
+    }
+    Ok(hierarchy)
+}
 
 /// Names cgroup ids from one view of the hierarchy: the whole of it, or nothing. A subtree (what
 /// a pod sees of its own cgroup namespace) would name other processes' cgroups wrongly or not at
@@ -12,27 +33,25 @@ pub struct CgroupNames {
 }
 
 impl CgroupNames {
-    /// Reads the hierarchy at `root`, or where this process sees cgroup2 mounted.
-    pub fn new(root: Option<PathBuf>) -> CgroupNames {
-        let root = root.or_else(procfs::cgroup2_mount);
+    /// Reads the hierarchy at `root`, which must be its top, or where this process sees cgroup2
+    /// mounted. There a view that is not whole leaves labels out, with a warning when `labelling`.
+    pub fn new(root: Option<PathBuf>, labelling: bool) -> Result<CgroupNames> {
         let root = match root {
-            Some(root) if procfs::is_cgroup_hierarchy_root(&root) => Some(root),
-            Some(root) => {
-                tracing::warn!(
-                    "{} is not the top of the cgroup v2 hierarchy (a cgroup namespace's view): cgroup and workload labels are left out; mount the host's /sys/fs/cgroup read-only and name it with --cgroup-root",
-                    root.display()
-                );
-                None
-            }
+            Some(asked) => Some(whole_hierarchy(&asked).context("--cgroup-root")?),
             None => {
-                tracing::warn!("no cgroup v2 hierarchy is mounted: cgroup and workload labels are left out");
-                None
+                let found = procfs::cgroup2_mount()
+                    .context("no cgroup v2 hierarchy is mounted")
+                    .and_then(|mount| whole_hierarchy(&mount));
+                if let (Err(error), true) = (&found, labelling) {
+                    tracing::warn!("{error:#}; cgroup and workload labels are left out");
+                }
+                found.ok()
             }
         };
-        CgroupNames {
+        Ok(CgroupNames {
             root,
             paths: HashMap::new(),
-        }
+        })
     }
 
     /// Whether every cgroup can be named (`zctrace_cgroup_hierarchy_visible`).

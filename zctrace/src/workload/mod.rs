@@ -5,14 +5,17 @@
 pub mod cgroups;
 
 /// A process's workload, as far as its cgroup path tells it.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Workload {
     /// The runtime's 64-hex container id, as kube-state-metrics carries it after `containerd://`
     /// or `cri-o://`.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub container_id: Option<String>,
     /// The pod's uid, with dashes, as `kube_pod_info{uid}` carries it.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub pod_uid: Option<String>,
     /// The systemd service of a process outside any container, as node_exporter names units.
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub systemd_unit: Option<String>,
 }
 
@@ -47,15 +50,29 @@ impl Workload {
     pub fn is_empty(&self) -> bool {
         *self == Workload::default()
     }
+
+    /// `name=value` for each label present, for a one-line view.
+    pub fn text(&self) -> String {
+        [
+            ("container_id", &self.container_id),
+            ("pod_uid", &self.pod_uid),
+            ("systemd_unit", &self.systemd_unit),
+        ]
+        .iter()
+        .filter_map(|(name, value)| value.as_ref().map(|v| format!("{name}={v}")))
+        .collect::<Vec<_>>()
+        .join(" ")
+    }
 }
 
-/// `<prefix><64 hex>.scope` (systemd driver), or a bare 64-hex directory (cgroupfs driver and
-/// Docker's `/docker/<id>`).
+/// `<prefix><64 hex>.scope` (systemd driver), `<prefix><64 hex>` (CRI-O and podman under the
+/// cgroupfs driver), or a bare 64-hex directory (containerd under cgroupfs, `/docker/<id>`).
 fn container_id(segment: &str) -> Option<&str> {
-    let id = match segment.strip_suffix(".scope") {
-        Some(scope) => SCOPE_PREFIXES.iter().find_map(|p| scope.strip_prefix(p))?,
-        None => segment.strip_prefix("libpod-").unwrap_or(segment),
-    };
+    let name = segment.strip_suffix(".scope").unwrap_or(segment);
+    let id = SCOPE_PREFIXES
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name);
     (id.len() == 64
         && id
             .bytes()

@@ -41,6 +41,8 @@ fn every_layout_kubelet_and_the_runtimes_create_is_read() {
         // kubelet's cgroupfs driver.
         (format!("/kubepods/burstable/pod{UID}/{ID}"), expect(Some(ID), Some(UID), None)),
         (format!("/kubepods/pod{UID}/{ID}"), expect(Some(ID), Some(UID), None)),
+        (format!("/kubepods/burstable/pod{UID}/crio-{ID}"), expect(Some(ID), Some(UID), None)),
+        (format!("/kubepods/burstable/pod{UID}/crio-conmon-{ID}"), expect(None, Some(UID), None)),
         // A pod's own cgroup, before its containers start.
         (format!("/kubepods/besteffort/pod{UID}"), expect(None, Some(UID), None)),
         // Docker, both drivers; podman rootful, rootless and under cgroupfs.

@@ -455,12 +455,23 @@ pub struct Prometheus {
 
 impl Prometheus {
     pub fn start(target: &str, rules: Option<&Path>) -> Prometheus {
+        Prometheus::start_jobs(&[("zctrace", target)], rules)
+    }
+
+    /// Scraping each (job, target) every second.
+    pub fn start_jobs(jobs: &[(&str, &str)], rules: Option<&Path>) -> Prometheus {
         let dir = tempfile::tempdir().unwrap();
         let rule_files = rules
             .map(|r| format!("rule_files: [\"{}\"]\n", r.display()))
             .unwrap_or_default();
+        let scrape_configs: String = jobs
+            .iter()
+            .map(|(job, target)| {
+                format!("  - job_name: {job}\n    static_configs:\n      - targets: [\"{target}\"]\n")
+            })
+            .collect();
         let config = format!(
-            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n  - job_name: zctrace\n    static_configs:\n      - targets: [\"{target}\"]\n"
+            "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n{rule_files}scrape_configs:\n{scrape_configs}"
         );
         std::fs::write(dir.path().join("prometheus.yml"), config).unwrap();
         let addr = format!("127.0.0.1:{}", free_port());
@@ -524,4 +535,97 @@ pub fn fails_with(args: &[&str], expected: &str) {
         stderr.contains(expected),
         "{args:?}: expected {expected:?} in:\n{stderr}"
     );
+}
+
+/// Cgroups of the v2 hierarchy under one made for a test, all removed after it.
+pub struct TestCgroups {
+    /// Where the hierarchy is mounted.
+    mount: PathBuf,
+    base: String,
+}
+
+impl TestCgroups {
+    pub fn new(test: &str) -> TestCgroups {
+        let mount = procfs::cgroup2_mount().expect("a cgroup2 mount");
+        let base = format!("/zctrace-{test}-{}", std::process::id());
+        std::fs::create_dir(mount.join(&base[1..])).expect("making a cgroup");
+        TestCgroups { mount, base }
+    }
+
+    /// Makes `path` (with its parents) under the base; returns its path in the hierarchy.
+    pub fn make(&self, path: &str) -> String {
+        let path = format!("{}{path}", self.base);
+        std::fs::create_dir_all(self.dir(&path)).expect("making a cgroup");
+        path
+    }
+
+    pub fn dir(&self, path: &str) -> PathBuf {
+        self.mount.join(&path[1..])
+    }
+
+    pub fn procs(&self, path: &str) -> PathBuf {
+        self.dir(path).join("cgroup.procs")
+    }
+}
+
+impl Drop for TestCgroups {
+    fn drop(&mut self) {
+        let mut dirs = vec![self.dir(&self.base)];
+        let mut index = 0;
+        while index < dirs.len() {
+            if let Ok(entries) = std::fs::read_dir(&dirs[index]) {
+                dirs.extend(entries.flatten().filter(|e| e.path().is_dir()).map(|e| e.path()));
+            }
+            index += 1;
+        }
+        // Children first; the kernel frees a cgroup's last process a moment after it is reaped.
+        for dir in dirs.iter().rev() {
+            for _ in 0..50 {
+                if std::fs::remove_dir(dir).is_ok() {
+                    break;
+                }
+                sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+/// `zctrace send --method METHOD` of `file` as a process named `comm`, moved into the cgroup
+/// whose `cgroup.procs` is `procs` before it execs, to a fresh receiver.
+pub fn send_from_cgroup(comm: &str, procs: &Path, method: &str, file: &Path, chunk: u64) {
+    let receiver = Receiver::start(&[]);
+    let script = format!(
+        "echo $$ > {procs} && exec {zctrace} send --method {method} --file {file} --to {to} --chunk {chunk}",
+        procs = procs.display(),
+        zctrace = renamed_zctrace(comm).display(),
+        file = file.display(),
+        to = receiver.addr,
+    );
+    let status = Command::new("sh")
+        .args(["-c", &script])
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success(), "{comm} failed");
+    receiver.finish();
+}
+
+/// Serves `body` as `/metrics` on a loopback port, to every request, for the life of the test
+/// process; returns the address.
+pub fn serve_exposition(body: String) -> String {
+    use std::io::Write as _;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for mut stream in listener.incoming().flatten() {
+            let mut request = [0u8; 4096];
+            let _ = std::io::Read::read(&mut stream, &mut request);
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: text/plain; version=0.0.4\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+        }
+    });
+    addr
 }
