@@ -232,3 +232,39 @@ fn a_command_that_moves_to_another_cgroup_is_reported_in_the_new_one() {
     assert_eq!(report["workload"]["container_id"], CONTAINER, "{report:#}");
     assert!(u(&report["totals"]["bytes"]) >= MIB, "{report:#}");
 }
+
+/// With `--output`, the report goes to its own file and a launched command's stdout stays the
+/// command's own: `cat FILE` prints FILE byte for byte.
+#[test]
+fn the_report_in_its_own_file_leaves_the_commands_output_untouched() {
+    if !privileged("the_report_in_its_own_file_leaves_the_commands_output_untouched") {
+        return;
+    }
+    let file = test_file(MIB);
+    let report_path = scratch_path("cat-report.json");
+    let _ = std::fs::remove_file(&report_path);
+    let output = Command::new(zctrace_bin())
+        .args(["attach", "--json", "--output"])
+        .arg(&report_path)
+        .args(["--", "cat"])
+        .arg(&file)
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(
+        output.stdout == std::fs::read(&file).unwrap(),
+        "cat's output was changed"
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report_path).unwrap()).unwrap();
+    assert_eq!(report["comm"], "cat");
+    assert_eq!(
+        u(&path(&report, "write", "user", "pipe")["bytes"]),
+        MIB,
+        "{report:#}"
+    );
+}

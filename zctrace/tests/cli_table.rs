@@ -50,6 +50,10 @@ const CASES: &[(&[&str], &str)] = &[
     (&["attach", "--pid", "1", "--interval", "fast"], "--interval"),
     (&["attach", "--pid", "1", "--pid", "2"], "--pid"),
     (&["attach", "--pid", "99999999999"], "--pid"),
+    (
+        &["attach", "--pid", "1", "--output", "/etc/hostname"],
+        "/etc/hostname exists: zctrace never overwrites a file",
+    ),
     (&["top", "--rows", "0"], "--rows"),
     (&["top", "--duration", "x"], "--duration"),
     (

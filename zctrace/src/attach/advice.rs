@@ -48,12 +48,15 @@ impl serde::Serialize for IoStyle {
     }
 }
 
-/// Copies per delivered byte, when enough was delivered for the ratio to mean something.
+/// `ratio`, when enough was delivered for a ratio to mean something: 9 bytes delivered after a
+/// program's start-up reads would give thousands of copies per byte.
+pub fn meaningful(f: &ProcessFigures, ratio: Option<f64>) -> Option<f64> {
+    ratio.filter(|_| f.delivered_bytes() >= MEANINGFUL_BYTES)
+}
+
+/// Copies per delivered byte, when it means something.
 pub fn copies_per_byte_label(f: &ProcessFigures) -> String {
-    match f.copies_per_byte() {
-        Some(c) if f.delivered_bytes() >= MEANINGFUL_BYTES => format!("{c:.2}"),
-        _ => "-".to_string(),
-    }
+    meaningful(f, f.copies_per_byte()).map_or("-".to_string(), |c| format!("{c:.2}"))
 }
 
 fn delivered_by(f: &ProcessFigures, pick: impl Fn(&str, FdKind, FdKind, bool) -> bool) -> u64 {

@@ -45,6 +45,10 @@ pub struct AttachArgs {
     /// Plain lines instead of the terminal UI.
     #[arg(long)]
     pub plain: bool,
+    /// Write the final report to this new file rather than stdout, which a launched command
+    /// shares (as strace -o and perf -o do).
+    #[arg(long, short = 'o')]
+    pub output: Option<PathBuf>,
     /// Record stacks, to show which code path copies: `user` (alone, the default) the user stack
     /// of each data-path syscall; `kernel` the kernel stack of each copy the kernel is seen
     /// making; `both` the user and kernel stacks of each observed copy. The report lists the top
@@ -87,7 +91,10 @@ fn check_outputs(args: &AttachArgs) -> Result<()> {
              where the bytes moved are the bytes copied; use copied or calls"
         );
     }
-    for path in [&args.stacks_out, &args.flamegraph].into_iter().flatten() {
+    for path in [&args.output, &args.stacks_out, &args.flamegraph]
+        .into_iter()
+        .flatten()
+    {
         if path.exists() {
             bail!(
                 "{} exists: zctrace never overwrites a file; name a new one",
@@ -277,10 +284,14 @@ impl Session {
                 self.pid
             );
         }
-        if args.json {
-            println!("{}", serde_json::to_string(&report)?);
+        let text = if args.json {
+            serde_json::to_string(&report)?
         } else {
-            println!("{}", report.text());
+            report.text()
+        };
+        match &args.output {
+            Some(path) => writeln!(stacks::create_output(path)?, "{text}")?,
+            None => println!("{text}"),
         }
         Ok(())
     }

@@ -2,7 +2,7 @@
 use serde::Serialize;
 use zctrace_common::{Copier, MapSlot, TcpPath};
 
-use super::advice::{advise, classify, IoStyle};
+use super::advice::{advise, classify, meaningful, IoStyle};
 use crate::{
     accounting::{kind_label, Basis, ProcessFigures, OBSERVED_ROUTINES},
     stacks::{self, Site, StackKind, TopSite},
@@ -160,9 +160,11 @@ pub struct Totals {
     /// By the copy model (labelled by `cpu_copy_basis`), which covers every data-path syscall.
     pub cpu_copy_bytes: u64,
     pub cpu_copy_basis: &'static str,
+    /// Null until 64 KiB were delivered: before that a ratio says more about start-up than I/O.
     pub copies_per_byte: Option<f64>,
     /// Seen at the kernel's copy routines, where this kernel lets every one be observed.
     pub observed_copy_bytes: Option<u64>,
+    /// Null until 64 KiB were delivered, as `copies_per_byte`.
     pub observed_copies_per_byte: Option<f64>,
     pub syscalls: u64,
     pub mode_switches: u64,
@@ -230,9 +232,9 @@ impl Report {
                 delivered_bytes: f.delivered_bytes(),
                 cpu_copy_bytes: f.cpu_copy_bytes(),
                 cpu_copy_basis: Basis::Model.label(),
-                copies_per_byte: f.copies_per_byte(),
+                copies_per_byte: meaningful(f, f.copies_per_byte()),
                 observed_copy_bytes: f.observed_copy_bytes(),
-                observed_copies_per_byte: f.observed_copies_per_byte(),
+                observed_copies_per_byte: meaningful(f, f.observed_copies_per_byte()),
                 syscalls: f.counters.syscalls_total,
                 mode_switches: f.counters.mode_switches(),
                 context_switches: ContextSwitches {
@@ -428,6 +430,35 @@ mod tests {
             unobserved,
             unwound,
         ))
+    }
+
+    #[test]
+    fn copies_per_byte_is_null_until_enough_was_delivered() {
+        let mut figures = ProcessFigures::default();
+        figures.flows.push(crate::accounting::FlowFigures {
+            syscall: "write",
+            src: zctrace_common::FdKind::User,
+            dst: zctrace_common::FdKind::Tcp,
+            zerocopy_flag: false,
+            calls: 1,
+            errors: 0,
+            bytes: 9,
+            cpu_copy_bytes: 9,
+            basis: Basis::Model,
+        });
+        let report = Report::new(1, &figures, 1.0, false, None);
+        assert_eq!(report.totals.copies_per_byte, None);
+        assert!(
+            report.text().contains("copies per delivered byte -"),
+            "{}",
+            report.text()
+        );
+        figures.flows[0].bytes = 1 << 20;
+        figures.flows[0].cpu_copy_bytes = 1 << 20;
+        assert_eq!(
+            Report::new(1, &figures, 1.0, false, None).totals.copies_per_byte,
+            Some(1.0)
+        );
     }
 
     #[test]
