@@ -63,6 +63,10 @@ pub struct ProcessStats {
     pub exited: u64,
     /// cgroup v2 id (the cgroup directory's inode number) of the process, for container labels.
     pub cgroup_id: u64,
+    /// tgid of the process's parent when the entry was made, which keeps a process tree whole
+    /// for `attach --follow` after a parent in the middle has exited.
+    pub parent_tgid: u32,
+    pub reserved: u32,
 }
 
 /// How `tcp_sendmsg_locked` moved a send's payload.
@@ -317,6 +321,8 @@ pub struct KernelOffsets {
     pub current_task_typed: u32,
     /// `task_struct.__state` (`state`, a `long`, before 5.14: its low half on little-endian).
     pub task_state: u32,
+    /// `task_struct.real_parent`: the process that forked this one, or its reaper once it exited.
+    pub task_real_parent: u32,
     /// `task_struct.cgroups`, `css_set.dfl_cgrp`, `cgroup.kn` and `kernfs_node.id`: the path to a
     /// task's cgroup v2 id, the id `bpf_get_current_cgroup_id` gives for the current task.
     pub task_cgroups: u32,
@@ -650,9 +656,9 @@ mod tests {
         assert_eq!(size_of::<SyscallStats>(), 3 * 8);
         assert_eq!(
             size_of::<ProcessStats>(),
-            16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2)
+            16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2) + 4 + 4
         );
-        assert_eq!(size_of::<KernelOffsets>(), 48 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 49 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 6 * 8);
     }

@@ -54,6 +54,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_last_arrival: 0,
     current_task_typed: 0,
     task_state: 0,
+    task_real_parent: 0,
     task_cgroups: 0,
     css_set_dfl_cgrp: 0,
     cgroup_kn: 0,

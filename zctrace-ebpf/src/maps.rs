@@ -12,7 +12,7 @@ use zctrace_common::{
     MapSlot, PendingSend, ProcessKey, ProcessStats, SyscallKey, SyscallStats, ThreadSwitches, MAP_SLOTS,
 };
 
-use crate::kernel::{current_task, current_task_exiting, leader_comm};
+use crate::kernel::{current_task, current_task_exiting, leader_comm, offset, task_field};
 
 #[map]
 pub static SYSCALLS: HashMap<SyscallKey, SyscallStats> =
@@ -115,8 +115,11 @@ pub fn create_current_process_entry(key: &ProcessKey) -> Option<*mut ProcessStat
     if let Some(entry) = PROCESSES.get_ptr_mut(key) {
         return Some(with_cgroup(entry));
     }
+    let task = current_task();
+    let parent: u64 = task_field(task, offset!(task_real_parent));
     let fresh = ProcessStats {
-        comm: leader_comm(current_task()),
+        comm: leader_comm(task),
+        parent_tgid: task_field(parent, offset!(task_tgid)),
         ..ProcessStats::default()
     };
     let _ = PROCESSES.insert(key, fresh, BPF_NOEXIST as u64);

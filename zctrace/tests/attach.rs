@@ -268,3 +268,161 @@ fn the_report_in_its_own_file_leaves_the_commands_output_untouched() {
         "{report:#}"
     );
 }
+
+/// A shell line that starts two senders in the background, one by sendfile and one by
+/// read-write, each to its own receiver, and waits for both: the shell moves no data itself.
+fn two_senders(file: &std::path::Path, receivers: &[Receiver; 2]) -> String {
+    let send = |method: &str, receiver: &Receiver| {
+        format!(
+            "{} send --method {method} --file {} --to {} --chunk 65536",
+            zctrace_bin(),
+            file.display(),
+            receiver.addr
+        )
+    };
+    format!(
+        "{} & {} & wait",
+        send("sendfile", &receivers[0]),
+        send("read-write", &receivers[1])
+    )
+}
+
+/// The tree's totals: exactly the two children's transfers, and each process's row adds up to
+/// them.
+fn check_tree(report: &serde_json::Value, shell: u32) {
+    assert_eq!(
+        u(&path(report, "sendfile", "file", "tcp")["bytes"]),
+        SIZE,
+        "{report:#}"
+    );
+    assert_eq!(
+        u(&path(report, "write", "user", "tcp")["bytes"]),
+        SIZE,
+        "{report:#}"
+    );
+    // The read-write sender's reads of the file, and the start-up reads of every process.
+    let read = u(&path(report, "read", "file", "user")["bytes"]);
+    assert!((SIZE..SIZE + MIB).contains(&read), "{report:#}");
+    let rows = report["processes"].as_array().expect("a row per process");
+    assert_eq!(rows[0]["pid"], shell, "the traced process first: {report:#}");
+    let senders = rows
+        .iter()
+        .filter(|r| r["parent_pid"] == shell && u(&r["bytes"]) >= SIZE);
+    assert_eq!(senders.count(), 2, "{report:#}");
+    for figure in ["bytes", "delivered_bytes", "cpu_copy_bytes", "syscalls"] {
+        let sum: u64 = rows.iter().map(|r| u(&r[figure])).sum();
+        let total = match figure {
+            "bytes" => u(&report["totals"]["bytes"]),
+            other => u(&report["totals"][other]),
+        };
+        assert_eq!(sum, total, "{figure}: the rows add up to the total\n{report:#}");
+    }
+}
+
+/// `attach --follow -- sh -c '…'`: a shell wrapper is traced with the processes it starts.
+#[test]
+fn follow_traces_a_shell_wrapper_with_the_processes_it_starts() {
+    if !privileged("follow_traces_a_shell_wrapper_with_the_processes_it_starts") {
+        return;
+    }
+    let receivers = [Receiver::start(&[]), Receiver::start(&[])];
+    let script = two_senders(&test_file(SIZE), &receivers);
+    let output = Command::new(zctrace_bin())
+        .args(["attach", "--json", "--follow", "--", "sh", "-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    for receiver in receivers {
+        receiver.finish();
+    }
+    check_tree(&report, u(&report["pid"]) as u32);
+}
+
+/// `attach --follow --pid` of a process that forks its workers after the attach: its children's
+/// bytes and copies are the tree's; without --follow, the idle parent says where to look.
+#[test]
+fn follow_traces_the_children_a_running_process_forks() {
+    if !privileged("follow_traces_the_children_a_running_process_forks") {
+        return;
+    }
+    let receivers = [Receiver::start(&[]), Receiver::start(&[])];
+    let script = format!("read go; {}", two_senders(&test_file(SIZE), &receivers));
+    let mut shell = Command::new("sh")
+        .args(["-c", &script])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = shell.id();
+    let mut attach = Command::new(zctrace_bin())
+        .args([
+            "--log.level",
+            "info",
+            "attach",
+            "--json",
+            "--follow",
+            "--pid",
+            &pid.to_string(),
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::{BufRead as _, Write as _};
+    let mut log = std::io::BufReader::new(attach.stderr.take().unwrap()).lines();
+    assert!(
+        log.any(|line| line.unwrap().contains("probes attached; tracing")),
+        "attach never started tracing"
+    );
+    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(shell.wait().unwrap().success());
+    let output = attach.wait_with_output().unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: serde_json::Value =
+        serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    for receiver in receivers {
+        receiver.finish();
+    }
+    check_tree(&report, pid);
+}
+
+/// Without --follow, a parent that moved nothing while its children exist says where to look.
+#[test]
+fn an_idle_parent_says_its_children_can_be_followed() {
+    if !privileged("an_idle_parent_says_its_children_can_be_followed") {
+        return;
+    }
+    let mut shell = Command::new("sh")
+        .args(["-c", "sleep 10 & wait"])
+        .spawn()
+        .unwrap();
+    let output = Command::new(zctrace_bin())
+        .args([
+            "attach",
+            "--json",
+            "--duration",
+            "1",
+            "--pid",
+            &shell.id().to_string(),
+        ])
+        .output()
+        .unwrap();
+    let _ = shell.kill();
+    let _ = shell.wait();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("moved no bytes itself, but has 1 child processes: --follow traces them too"),
+        "{stderr}"
+    );
+}

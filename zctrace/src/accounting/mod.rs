@@ -137,6 +137,8 @@ pub struct ProcessFigures {
     pub copies_observed: bool,
     /// cgroup v2 id of the process (0 when not yet known).
     pub cgroup_id: u64,
+    /// tgid of the parent that forked the process, as the kernel saw it first (0: not known).
+    pub parent_tgid: u32,
 }
 
 impl ProcessFigures {
@@ -226,6 +228,29 @@ impl ProcessFigures {
 
     /// What happened between `before` (an earlier look at the same process) and `self`. Paths
     /// with no activity in between are left out.
+    /// Adds `more`, another process's figures, as a process tree's total counts them: flows of
+    /// the same mechanism merged, counters and syscall counts summed. The key, name and cgroup
+    /// stay this one's.
+    pub fn add(&mut self, more: &ProcessFigures) {
+        for flow in &more.flows {
+            match self.flows.iter_mut().find(|f| f.same_mechanism(flow)) {
+                Some(same) => {
+                    same.calls += flow.calls;
+                    same.errors += flow.errors;
+                    same.bytes += flow.bytes;
+                    same.cpu_copy_bytes += flow.cpu_copy_bytes;
+                }
+                None => self.flows.push(flow.clone()),
+            }
+        }
+        self.flows.sort_by_key(|f| std::cmp::Reverse(f.bytes));
+        for (name, calls) in &more.syscalls {
+            *self.syscalls.entry(name).or_default() += calls;
+        }
+        self.counters.add(&more.counters);
+        self.copies_observed &= more.copies_observed;
+    }
+
     pub fn since(&self, before: &ProcessFigures) -> ProcessFigures {
         let flows = self
             .flows
@@ -255,6 +280,7 @@ impl ProcessFigures {
             counters: self.counters.since(&before.counters),
             copies_observed: self.copies_observed,
             cgroup_id: self.cgroup_id,
+            parent_tgid: self.parent_tgid,
         }
     }
 }
@@ -324,6 +350,7 @@ fn apply_process_stats(figures: &mut ProcessFigures, stats: &ProcessStats, copie
     }
     figures.copies_observed = copies_observed;
     figures.cgroup_id = stats.cgroup_id;
+    figures.parent_tgid = stats.parent_tgid;
 }
 
 fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &SyscallStats) {

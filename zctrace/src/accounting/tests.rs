@@ -329,3 +329,40 @@ fn switch_figures_never_go_down_between_reads_and_gone_processes_are_forgotten()
         "RECYCLED was absent from the last read, so it was forgotten"
     );
 }
+
+#[test]
+fn a_process_trees_figures_add_up_flow_by_flow() {
+    const CHILD: ProcessKey = ProcessKey {
+        tgid: 43,
+        reserved: 0,
+        start_boottime_ns: 8_000_000_000,
+    };
+    let snapshot = RawSnapshot {
+        syscalls: vec![
+            syscall(SENDER, nr::WRITE, FdKind::User, FdKind::Tcp, 10, 1000),
+            syscall(CHILD, nr::WRITE, FdKind::User, FdKind::Tcp, 5, 500),
+            syscall(CHILD, nr::READ, FdKind::Tcp, FdKind::User, 7, 700),
+        ],
+        processes: vec![(
+            CHILD,
+            ProcessStats {
+                parent_tgid: SENDER.tgid,
+                voluntary_switches: 3,
+                ..Default::default()
+            },
+        )],
+        ..Default::default()
+    };
+    let figures = per_process(&snapshot, false);
+    let child = figures.iter().find(|f| f.key == CHILD).unwrap();
+    assert_eq!(child.parent_tgid, SENDER.tgid);
+    let mut total = figures.iter().find(|f| f.key == SENDER).unwrap().clone();
+    total.add(child);
+    let write = total.flow("write", FdKind::User, FdKind::Tcp).unwrap();
+    assert_eq!((write.calls, write.bytes, write.cpu_copy_bytes), (15, 1500, 1500));
+    assert_eq!(total.bytes(), 1500 + 700);
+    assert_eq!(total.syscalls.get("write"), Some(&15));
+    assert_eq!(total.counters.syscalls_total, 22);
+    assert_eq!(total.counters.voluntary_switches, 3);
+    assert_eq!(total.key, SENDER, "the total keeps the root's identity");
+}

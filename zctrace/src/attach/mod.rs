@@ -4,10 +4,12 @@ mod advice;
 mod launch;
 pub mod report;
 mod top;
+mod tree;
 mod view;
 
 use std::{
     cell::RefCell,
+    collections::{HashMap, HashSet},
     io::Write as _,
     path::PathBuf,
     time::{Duration, Instant},
@@ -19,6 +21,7 @@ use launch::Gated;
 use report::{top_sites_lines, Report, StackDrops, StacksReport};
 pub use top::{run as run_top, TopArgs};
 use view::{catch_interrupts, interrupted, mb, Frame, View};
+use zctrace_common::ProcessKey;
 
 use crate::{
     accounting::{kind_label, per_process, ProcessFigures},
@@ -45,6 +48,11 @@ pub struct AttachArgs {
     /// Plain lines instead of the terminal UI.
     #[arg(long)]
     pub plain: bool,
+    /// Trace the process's descendants too, those alive now and those it forks while traced
+    /// (strace's -f): the report shows each process and their sum. The probes then count every
+    /// process on the machine while attached, and the tree is picked out here.
+    #[arg(long, short = 'f', conflicts_with = "stacks")]
+    pub follow: bool,
     /// Write the final report to this new file rather than stdout, which a launched command
     /// shares (as strace -o and perf -o do).
     #[arg(long, short = 'o')]
@@ -120,7 +128,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         .pid
         .unwrap_or_else(|| launched.as_ref().expect("a command").pid.as_raw() as u32);
     let tracer = Tracer::load(&ProbeOptions {
-        filter_tgid: Some(pid),
+        filter_tgid: (!args.follow).then_some(pid),
         stacks: args.stacks.map(StackKind::mode),
         ..probe.options()
     });
@@ -134,6 +142,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         (Err(e), None) => return Err(e),
     };
     catch_interrupts()?;
+    tracing::info!(pid, follow = args.follow, "probes attached; tracing");
     let session = Session {
         // Kernel stacks alone need no user frames, so no watch of the process's mappings.
         stacks: args.stacks.map(|kind| {
@@ -147,6 +156,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         pid,
         started: Instant::now(),
         launched,
+        follow: args.follow.then(HashMap::new),
     };
     session.trace(&args)
 }
@@ -158,6 +168,9 @@ struct Session {
     launched: Option<Gated>,
     /// With `--stacks`: which stacks, and names for their frames.
     stacks: Option<(StackKind, RefCell<Frames>)>,
+    /// With `--follow`: the final figures of the tree's processes that exited, kept once their
+    /// entries are freed.
+    follow: Option<HashMap<ProcessKey, ProcessFigures>>,
 }
 
 /// Why tracing stopped.
@@ -167,15 +180,56 @@ enum End {
 }
 
 impl Session {
-    fn figures(&self) -> Result<ProcessFigures> {
+    /// The traced process, or with `--follow` each process of its tree, exited ones included.
+    fn processes(&mut self) -> Result<Vec<ProcessFigures>> {
         let snapshot = self.tracer.snapshot()?;
-        let figures = per_process(&snapshot, self.tracer.copies_observed())
-            .into_iter()
-            .find(|f| f.key.tgid == self.pid);
-        Ok(figures.unwrap_or_else(|| ProcessFigures {
+        let all = per_process(&snapshot, self.tracer.copies_observed());
+        let Some(retired) = &mut self.follow else {
+            return Ok(all.into_iter().filter(|f| f.key.tgid == self.pid).collect());
+        };
+        // A parent recorded when the entry was made outlives the parent, where /proc would
+        // show the child reparented.
+        let mut parents = procfs::parents();
+        for f in all.iter().chain(retired.values()).filter(|f| f.parent_tgid != 0) {
+            parents.insert(f.key.tgid, f.parent_tgid);
+        }
+        let members = tree::members(self.pid, &parents);
+        // Every exited process's entry is freed, as the daemon frees them: the maps stay
+        // bounded while the whole machine is counted.
+        let gone: HashSet<ProcessKey> = self.tracer.forget_exited(&snapshot, false)?.into_iter().collect();
+        let mut live = Vec::new();
+        for f in all.into_iter().filter(|f| members.contains(&f.key.tgid)) {
+            if gone.contains(&f.key) {
+                retired.insert(f.key, f);
+            } else {
+                live.push(f);
+            }
+        }
+        live.extend(retired.values().cloned());
+        Ok(live)
+    }
+
+    /// The traced process's figures, with its descendants' added under `--follow`.
+    fn total(&self, processes: &[ProcessFigures]) -> ProcessFigures {
+        let root = processes.iter().find(|f| f.key.tgid == self.pid);
+        let mut total = root.cloned().unwrap_or_else(|| ProcessFigures {
+            key: ProcessKey {
+                tgid: self.pid,
+                ..ProcessKey::default()
+            },
             comm: procfs::comm(self.pid).unwrap_or_default(),
+            copies_observed: self.tracer.copies_observed(),
             ..Default::default()
-        }))
+        });
+        for f in processes.iter().filter(|f| f.key.tgid != self.pid) {
+            total.add(f);
+        }
+        total
+    }
+
+    fn figures(&mut self) -> Result<ProcessFigures> {
+        let processes = self.processes()?;
+        Ok(self.total(&processes))
     }
 
     /// The recorded call or copy sites, named and merged; none without `--stacks`.
@@ -214,7 +268,7 @@ impl Session {
         }
     }
 
-    fn trace(self, args: &AttachArgs) -> Result<()> {
+    fn trace(mut self, args: &AttachArgs) -> Result<()> {
         let mut view = if args.json {
             None
         } else {
@@ -249,7 +303,8 @@ impl Session {
         if let Some(view) = view {
             view.close();
         }
-        let figures = self.figures()?;
+        let processes = self.processes()?;
+        let figures = self.total(&processes);
         let (exited, code) = match end {
             End::Exited(code) => (true, code),
             End::Asked => (false, None),
@@ -264,6 +319,17 @@ impl Session {
         // The cgroup the kernel last saw the process in, named from the whole hierarchy.
         let mut cgroups = CgroupNames::new(None, false)?;
         report = report.with_cgroup(cgroups.path(figures.cgroup_id));
+        if self.follow.is_some() {
+            report = report.with_processes(&processes);
+        } else if figures.bytes() == 0 {
+            let children = procfs::parents().values().filter(|&&p| p == self.pid).count();
+            if children > 0 {
+                eprintln!(
+                    "zctrace: pid {} moved no bytes itself, but has {children} child processes: --follow traces them too",
+                    self.pid
+                );
+            }
+        }
         if let Some((kind, _)) = self.stacks {
             let sites = self.sites()?;
             self.write_stacks(args, kind, &sites)?;

@@ -32,6 +32,24 @@ pub struct Report {
     /// With `--stacks`: where the copies happen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks: Option<StacksReport>,
+    /// With `--follow`: each process of the tree (the totals are their sum), the traced one
+    /// first, then by bytes moved.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub processes: Option<Vec<ProcessRow>>,
+}
+
+/// One process of a followed tree.
+#[derive(Debug, Serialize)]
+pub struct ProcessRow {
+    pub pid: u32,
+    /// Its parent when first seen.
+    pub parent_pid: u32,
+    pub comm: String,
+    pub bytes: u64,
+    pub delivered_bytes: u64,
+    pub cpu_copy_bytes: u64,
+    pub copies_per_byte: Option<f64>,
+    pub syscalls: u64,
 }
 
 /// The call or copy sites `attach --stacks` recorded.
@@ -224,6 +242,7 @@ impl Report {
             comm: f.comm.clone(),
             cgroup: None,
             workload: Workload::default(),
+            processes: None,
             duration_seconds,
             exited,
             exit_code,
@@ -274,6 +293,28 @@ impl Report {
             io_style,
             advice: advise(f, io_style),
             stacks: None,
+        }
+    }
+
+    /// Each process of a followed tree.
+    pub fn with_processes(self, processes: &[ProcessFigures]) -> Report {
+        let mut rows: Vec<ProcessRow> = processes
+            .iter()
+            .map(|f| ProcessRow {
+                pid: f.key.tgid,
+                parent_pid: f.parent_tgid,
+                comm: f.comm.clone(),
+                bytes: f.bytes(),
+                delivered_bytes: f.delivered_bytes(),
+                cpu_copy_bytes: f.cpu_copy_bytes(),
+                copies_per_byte: meaningful(f, f.copies_per_byte()),
+                syscalls: f.counters.syscalls_total,
+            })
+            .collect();
+        rows.sort_by_key(|r| (r.pid != self.pid, std::cmp::Reverse(r.bytes), r.pid));
+        Report {
+            processes: Some(rows),
+            ..self
         }
     }
 
@@ -345,6 +386,31 @@ impl Report {
                 p.cpu_copy_bytes,
                 p.basis
             );
+        }
+        if let Some(processes) = &self.processes {
+            out += &format!(
+                "\n{} processes (the totals above are their sum):\n{:>8} {:>8} {:<16} {:>14} {:>14} {:>14} {:>12}\n",
+                processes.len(),
+                "pid",
+                "parent",
+                "comm",
+                "bytes",
+                "delivered",
+                "cpu copied",
+                "copies/byte"
+            );
+            for p in processes {
+                out += &format!(
+                    "{:>8} {:>8} {:<16} {:>14} {:>14} {:>14} {:>12}\n",
+                    p.pid,
+                    p.parent_pid,
+                    p.comm,
+                    p.bytes,
+                    p.delivered_bytes,
+                    p.cpu_copy_bytes,
+                    p.copies_per_byte.map_or("-".to_string(), |c| format!("{c:.2}"))
+                );
+            }
         }
         if let Some(stacks) = &self.stacks {
             out += &format!(

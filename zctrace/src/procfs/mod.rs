@@ -35,6 +35,17 @@ pub fn is_kernel_thread(pid: u32) -> Option<bool> {
     Some(stat(pid)?.flags & PF_KTHREAD != 0)
 }
 
+/// Every live process's parent: tgid to the tgid of its parent.
+pub fn parents() -> std::collections::HashMap<u32, u32> {
+    procfs::process::all_processes()
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|process| process.stat().ok())
+        .map(|stat| (stat.pid as u32, stat.ppid as u32))
+        .collect()
+}
+
 /// The name of a process that exited before zctrace could learn it.
 pub const UNKNOWN_COMM: &str = "unknown";
 
