@@ -85,7 +85,7 @@ fn mmap_write_report() {
         return;
     }
     let r = attach_send("mmap-write", &[]);
-    assert_eq!(r["io_style"], "mmap_write");
+    assert_eq!(r["io_style"], "send_from_memory");
     assert_eq!(u(&path(&r, "write", "user", "tcp")["cpu_copy_bytes"]), SIZE);
     let copies = r["totals"]["copies_per_byte"].as_f64().unwrap();
     assert!(

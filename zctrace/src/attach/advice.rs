@@ -7,16 +7,19 @@ use crate::accounting::ProcessFigures;
 pub enum IoStyle {
     /// read() into a buffer, then write()/send() it out.
     ReadWriteRelay,
-    /// Bytes sent with write()/send() from memory that no read() filled (mmap, or generated).
-    MmapWrite,
+    /// Bytes sent with write()/send() from memory that no read() filled: a cache, generated
+    /// data, or a mapped file.
+    SendFromMemory,
     Sendfile,
     /// splice/vmsplice/tee through pipes.
     SplicePipeline,
     ZerocopySend,
     /// Bytes left over TCP without send syscalls to carry them: io_uring did.
     IoUring,
-    /// Mostly receives.
-    Receiver,
+    /// Mostly reads from sockets or pipes.
+    SocketReceiver,
+    /// Mostly reads files into memory.
+    FileReader,
     /// Writes files, and sends little.
     FileWriter,
     /// Too little moved to say.
@@ -30,12 +33,13 @@ impl IoStyle {
     pub fn label(self) -> &'static str {
         match self {
             IoStyle::ReadWriteRelay => "read_write_relay",
-            IoStyle::MmapWrite => "mmap_write",
+            IoStyle::SendFromMemory => "send_from_memory",
             IoStyle::Sendfile => "sendfile",
             IoStyle::SplicePipeline => "splice_pipeline",
             IoStyle::ZerocopySend => "zerocopy_send",
             IoStyle::IoUring => "io_uring",
-            IoStyle::Receiver => "receiver",
+            IoStyle::SocketReceiver => "socket_receiver",
+            IoStyle::FileReader => "file_reader",
             IoStyle::FileWriter => "file_writer",
             IoStyle::Idle => "idle",
         }
@@ -115,7 +119,11 @@ pub fn classify(f: &ProcessFigures) -> IoStyle {
         return if written_to_files(f) >= MEANINGFUL_BYTES {
             IoStyle::FileWriter
         } else if read_into_user(f) >= MEANINGFUL_BYTES {
-            IoStyle::Receiver
+            if read_from_files(f) * 2 >= read_into_user(f) {
+                IoStyle::FileReader
+            } else {
+                IoStyle::SocketReceiver
+            }
         } else {
             IoStyle::Idle
         };
@@ -129,15 +137,58 @@ pub fn classify(f: &ProcessFigures) -> IoStyle {
         (sendfile, IoStyle::Sendfile),
         (spliced, IoStyle::SplicePipeline),
         (zerocopy, IoStyle::ZerocopySend),
-        (copied_out, IoStyle::MmapWrite),
+        (copied_out, IoStyle::SendFromMemory),
     ]
     .into_iter()
     .max_by_key(|(bytes, _)| *bytes)
     .expect("four candidates");
     match best {
-        (bytes, IoStyle::MmapWrite) if share(read_into_user(f).min(bytes)) >= 0.5 => IoStyle::ReadWriteRelay,
+        (bytes, IoStyle::SendFromMemory) if share(read_into_user(f).min(bytes)) >= 0.5 => {
+            IoStyle::ReadWriteRelay
+        }
         (_, style) => style,
     }
+}
+
+/// Sends from memory at least this large on average gain from MSG_ZEROCOPY, whose page pinning
+/// and completion notices cost more than copying smaller ones (the kernel's documentation puts
+/// the break-even near 10 KB).
+const ZEROCOPY_WORTH: u64 = 10_000;
+
+/// Many small sends: for datagrams, segmentation offload or batching calls; for replies that
+/// each answer a receive, batching replies; else larger buffers.
+fn small_sends_advice(f: &ProcessFigures, udp: u64) -> Option<String> {
+    let calls_to =
+        |pick: fn(FdKind) -> bool| -> u64 { f.flows.iter().filter(|p| pick(p.dst)).map(|p| p.calls).sum() };
+    let sends = calls_to(|dst| dst != FdKind::User);
+    let delivered = f.delivered_bytes();
+    if sends <= 100 || delivered < MEANINGFUL_BYTES || delivered / sends >= 16 * 1024 {
+        return None;
+    }
+    let average = delivered / sends;
+    if udp * 2 >= delivered {
+        return Some(format!(
+            "the average datagram carried {average} bytes over {sends} calls: UDP segmentation offload \
+             (the UDP_SEGMENT socket option) or sendmmsg() sends many per call"
+        ));
+    }
+    let receives = f
+        .flows
+        .iter()
+        .filter(|p| p.dst == FdKind::User && p.src != FdKind::Regular)
+        .map(|p| p.calls)
+        .sum::<u64>();
+    if receives * 2 >= sends && receives <= sends * 2 {
+        return Some(format!(
+            "each of {sends} sends answered about one receive, {average} bytes at a time: one reply per \
+             request; batching replies (writev(), or clients pipelining requests) cuts syscalls, larger \
+             buffers would not"
+        ));
+    }
+    Some(format!(
+        "the average send moved only {average} bytes over {sends} calls: larger buffers (64 KiB or more) \
+         would cut syscalls and mode switches"
+    ))
 }
 
 /// Sizes in the view's unit (decimal megabytes), so advice and table agree.
@@ -151,18 +202,42 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
     let to_sockets = delivered_by(f, |_, src, dst, zc| {
         src == FdKind::User && !zc && matches!(dst, FdKind::Tcp | FdKind::Unix | FdKind::Udp)
     });
+    let udp = delivered_by(f, |_, _, dst, _| dst == FdKind::Udp);
     match style {
-        IoStyle::ReadWriteRelay => advice.push(format!(
-            "read()+write() copied {} through user space twice ({} of CPU copies); for a file-to-socket relay \
+        IoStyle::ReadWriteRelay if read_from_files(f) * 2 >= read_into_user(f) => advice.push(format!(
+            "read()+write() copied {} through user space twice ({} of CPU copies); from a file, \
              sendfile() or splice() would move it with 0 CPU copies and about half the syscalls",
             mb(to_sockets),
             mb(f.cpu_copy_bytes())
         )),
-        IoStyle::MmapWrite if to_sockets >= MEANINGFUL_BYTES => advice.push(format!(
-            "write() from memory copied {} into socket buffers; if that memory maps a file, sendfile() avoids the copy \
-             and the SIGBUS a truncated file causes under mmap",
-            mb(to_sockets)
+        // sendfile() cannot read a socket: splice through a pipe is the one zero-copy relay.
+        IoStyle::ReadWriteRelay if udp * 2 < to_sockets => advice.push(format!(
+            "read()+write() copied {} through user space twice ({} of CPU copies); if these writes \
+             forward what the reads received, splice() through a pipe moves socket to socket without \
+             the copies (sendfile() cannot read from a socket)",
+            mb(to_sockets),
+            mb(f.cpu_copy_bytes())
         )),
+        IoStyle::SendFromMemory if to_sockets.saturating_sub(udp) >= MEANINGFUL_BYTES => {
+            let to_streams = to_sockets.saturating_sub(udp);
+            let tcp_sends = f
+                .flows
+                .iter()
+                .filter(|p| p.dst == FdKind::Tcp && p.src == FdKind::User)
+                .map(|p| p.calls)
+                .sum::<u64>();
+            let large = tcp_sends > 0 && to_streams / tcp_sends >= ZEROCOPY_WORTH;
+            advice.push(format!(
+                "write() from memory copied {} into socket buffers; if that memory maps a file, sendfile() \
+                 avoids the copy (and the SIGBUS a truncated file causes under mmap){}",
+                mb(to_streams),
+                if large {
+                    "; for these large sends to a remote receiver, MSG_ZEROCOPY avoids it too"
+                } else {
+                    ""
+                }
+            ))
+        }
         IoStyle::FileWriter if read_from_files(f) >= MEANINGFUL_BYTES => advice.push(format!(
             "read() and write() copied {} from files into files through user space (two CPU copies a byte); \
              copy_file_range() copies in the kernel, once, or not at all on a filesystem that shares extents",
@@ -179,18 +254,8 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
             mb(f.counters.tcp(TcpPath::Zerocopy))
         ));
     }
-    let sends = f
-        .flows
-        .iter()
-        .filter(|p| p.dst != FdKind::User)
-        .map(|p| p.calls)
-        .sum::<u64>();
-    if sends > 100 && f.delivered_bytes() / sends < 16 * 1024 && f.delivered_bytes() >= MEANINGFUL_BYTES {
-        advice.push(format!(
-            "the average send moved only {} bytes over {sends} calls: larger buffers (64 KiB or more) would cut \
-             syscalls and mode switches",
-            f.delivered_bytes() / sends
-        ));
+    if let Some(small) = small_sends_advice(f, udp) {
+        advice.push(small);
     }
     let switches = f.counters.voluntary_switches + f.counters.involuntary_switches;
     if switches > 100 && f.counters.involuntary_switches * 2 > switches {
@@ -255,13 +320,86 @@ mod tests {
     }
 
     #[test]
-    fn writes_without_reads_are_mmap_write() {
+    fn writes_without_reads_are_sends_from_memory() {
         let f = ProcessFigures {
             flows: vec![flow("write", FdKind::User, FdKind::Tcp, 512, 64 * MIB, 1)],
             ..Default::default()
         };
-        assert_eq!(classify(&f), IoStyle::MmapWrite);
-        assert!(advise(&f, IoStyle::MmapWrite)[0].contains("SIGBUS"));
+        assert_eq!(classify(&f), IoStyle::SendFromMemory);
+        let advice = advise(&f, IoStyle::SendFromMemory);
+        assert!(advice[0].contains("SIGBUS"), "{advice:?}");
+        assert!(advice[0].contains("MSG_ZEROCOPY"), "128 KiB sends: {advice:?}");
+        let small = ProcessFigures {
+            flows: vec![flow("write", FdKind::User, FdKind::Tcp, 64 * 1024, 64 * MIB, 1)],
+            ..Default::default()
+        };
+        let advice = advise(&small, classify(&small));
+        assert!(!advice[0].contains("MSG_ZEROCOPY"), "1 KiB sends: {advice:?}");
+    }
+
+    /// Calls each advice names, and where each can work: nothing may advise a call that cannot
+    /// work for the process's endpoints.
+    fn names_only_what_works(advice: &[String], from_files: bool) {
+        for line in advice {
+            if line.contains("sendfile()") && !line.contains("sendfile() cannot") {
+                assert!(
+                    from_files || line.contains("maps a file"),
+                    "sendfile for a socket source: {line}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn a_socket_to_socket_relay_is_told_about_splice_not_sendfile() {
+        let f = ProcessFigures {
+            flows: vec![
+                flow("read", FdKind::Tcp, FdKind::User, 1000, 64 * MIB, 1),
+                flow("write", FdKind::User, FdKind::Tcp, 1000, 64 * MIB, 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::ReadWriteRelay);
+        let advice = advise(&f, IoStyle::ReadWriteRelay);
+        assert!(advice[0].contains("splice() through a pipe"), "{advice:?}");
+        names_only_what_works(&advice, false);
+    }
+
+    #[test]
+    fn small_datagrams_are_told_about_segmentation_offload_and_replies_about_batching() {
+        let datagrams = ProcessFigures {
+            flows: vec![flow("sendto", FdKind::User, FdKind::Udp, 50_000, 70_000_000, 1)],
+            ..Default::default()
+        };
+        assert_eq!(classify(&datagrams), IoStyle::SendFromMemory);
+        let advice = advise(&datagrams, classify(&datagrams));
+        assert_eq!(
+            advice.len(),
+            1,
+            "no file or MSG_ZEROCOPY advice for datagrams: {advice:?}"
+        );
+        assert!(
+            advice[0].contains("UDP_SEGMENT") && advice[0].contains("sendmmsg()"),
+            "{advice:?}"
+        );
+        names_only_what_works(&advice, false);
+        let replies = ProcessFigures {
+            flows: vec![
+                flow("read", FdKind::Tcp, FdKind::User, 20_000, 2 * MIB, 1),
+                flow("write", FdKind::User, FdKind::Tcp, 20_000, 20 * MIB, 1),
+            ],
+            ..Default::default()
+        };
+        let advice = advise(&replies, classify(&replies));
+        assert!(
+            advice.iter().any(|a| a.contains("batching replies")),
+            "{advice:?}"
+        );
+        assert!(
+            !advice.iter().any(|a| a.contains("larger buffers (64 KiB")),
+            "{advice:?}"
+        );
+        names_only_what_works(&advice, false);
     }
 
     #[test]
@@ -371,12 +509,17 @@ mod tests {
     }
 
     #[test]
-    fn nothing_moved_is_idle_and_receiving_is_receiver() {
+    fn nothing_moved_is_idle_and_reading_is_told_by_its_source() {
         assert_eq!(classify(&ProcessFigures::default()), IoStyle::Idle);
         let receiver = ProcessFigures {
             flows: vec![flow("recvfrom", FdKind::Tcp, FdKind::User, 100, 64 * MIB, 1)],
             ..Default::default()
         };
-        assert_eq!(classify(&receiver), IoStyle::Receiver);
+        assert_eq!(classify(&receiver), IoStyle::SocketReceiver);
+        let reader = ProcessFigures {
+            flows: vec![flow("read", FdKind::Regular, FdKind::User, 100, 64 * MIB, 1)],
+            ..Default::default()
+        };
+        assert_eq!(classify(&reader), IoStyle::FileReader);
     }
 }
