@@ -203,11 +203,19 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
         &test_file(8 * MIB),
         64 * 1024,
     );
+    // The sender's own flows: the shell that moved it wrote its pid to a file before the exec.
     let flow = |syscall| {
+        let (src, dst) = if syscall == "read" {
+            ("file", "user")
+        } else {
+            ("user", "tcp")
+        };
         [
             ("comm", "zc-podtest"),
             ("systemd_unit", "zc-podtest.service"),
             ("syscall", syscall),
+            ("src", src),
+            ("dst", dst),
         ]
     };
     let body = eventually(
