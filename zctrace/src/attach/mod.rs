@@ -200,7 +200,13 @@ impl Session {
         let mut live = Vec::new();
         for f in all.into_iter().filter(|f| members.contains(&f.key.tgid)) {
             if gone.contains(&f.key) {
-                retired.insert(f.key, f);
+                // Its entries are freed now: counts seen under the same key later are new ones.
+                match retired.get_mut(&f.key) {
+                    Some(earlier) => earlier.add(&f),
+                    None => {
+                        retired.insert(f.key, f);
+                    }
+                }
             } else {
                 live.push(f);
             }
