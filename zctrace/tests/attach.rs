@@ -332,17 +332,9 @@ fn follow_traces_a_shell_wrapper_with_the_processes_it_starts() {
     }
     let receivers = [Receiver::start(&[]), Receiver::start(&[])];
     let script = two_senders(&test_file(SIZE), &receivers);
-    let output = Command::new(zctrace_bin())
-        .args(["attach", "--json", "--follow", "--", "sh", "-c", &script])
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+    let report = attach_report(
+        Command::new(zctrace_bin()).args(["attach", "--json", "--follow", "--", "sh", "-c", &script]),
     );
-    let report: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
     for receiver in receivers {
         receiver.finish();
     }
@@ -350,7 +342,7 @@ fn follow_traces_a_shell_wrapper_with_the_processes_it_starts() {
 }
 
 /// `attach --follow --pid` of a process that forks its workers after the attach: its children's
-/// bytes and copies are the tree's; without --follow, the idle parent says where to look.
+/// bytes and copies are the tree's.
 #[test]
 fn follow_traces_the_children_a_running_process_forks() {
     if !privileged("follow_traces_the_children_a_running_process_forks") {
@@ -387,14 +379,7 @@ fn follow_traces_the_children_a_running_process_forks() {
     );
     shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
     assert!(shell.wait().unwrap().success());
-    let output = attach.wait_with_output().unwrap();
-    assert!(
-        output.status.success(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let report: serde_json::Value =
-        serde_json::from_str(String::from_utf8_lossy(&output.stdout).lines().last().unwrap()).unwrap();
+    let report = report_of(attach.wait_with_output().unwrap());
     for receiver in receivers {
         receiver.finish();
     }

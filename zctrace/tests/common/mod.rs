@@ -295,7 +295,11 @@ pub fn copied_by<'a>(folded: &'a [(String, u64)], copier: &str) -> Vec<&'a (Stri
 
 /// Runs `zctrace attach --json ...` to its end and returns its report, the last line of stdout.
 pub fn attach_report(attach: &mut Command) -> serde_json::Value {
-    let output = attach.output().expect("zctrace attach");
+    report_of(attach.output().expect("zctrace attach"))
+}
+
+/// The report of a finished `zctrace attach --json`, which must have succeeded.
+pub fn report_of(output: std::process::Output) -> serde_json::Value {
     assert!(
         output.status.success(),
         "attach failed: {}",
