@@ -413,9 +413,35 @@ pub fn sample(metrics: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64>
 pub fn renamed_zctrace(name: &str) -> PathBuf {
     let path = scratch_path(name);
     if !path.exists() {
-        std::fs::copy(zctrace_bin(), &path).expect("copying zctrace");
+        // Tests run in parallel: each copier gets its own temporary name, and rename is atomic.
+        static COPIERS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let copier = COPIERS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let copy = path.with_extension(format!("copy{copier}"));
+        std::fs::copy(zctrace_bin(), &copy).expect("copying zctrace");
+        wait_until_executable(&copy);
+        std::fs::rename(&copy, &path).expect("renaming the copy of zctrace");
     }
     path
+}
+
+/// Waits out `ETXTBSY` on a binary just written: a child another test thread forked while the
+/// copy was open holds its write descriptor until that child execs. Once one exec succeeds no
+/// writer is left, so every later spawn of the binary is safe.
+fn wait_until_executable(binary: &Path) {
+    eventually(
+        "the copied binary to be executable",
+        Duration::from_secs(10),
+        || match Command::new(binary)
+            .arg("--version")
+            .stdout(Stdio::null())
+            .status()
+        {
+            Ok(status) if status.success() => Ok(()),
+            Ok(status) => panic!("{} --version failed: {status}", binary.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::ExecutableFileBusy => Err(e.to_string()),
+            Err(e) => panic!("running {}: {e}", binary.display()),
+        },
+    );
 }
 
 /// A link to `target` under another name: its processes get that comm.
