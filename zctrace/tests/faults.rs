@@ -81,6 +81,15 @@ fn a_probe_the_kernel_lacks_is_reported_and_the_others_count() {
         log.contains("WARN") && log.contains("zctrace_no_such_tracepoint"),
         "the failure and its reason are logged:\n{log}"
     );
+    // Runs the kernel skipped are exported wherever it counts them (bpf_prog_info, from 5.12).
+    let btf = zctrace::probes::btf::kernel_btf().unwrap();
+    let counted = zctrace::probes::btf::field_offset(&btf, "bpf_prog_info", "recursion_misses").is_ok();
+    let missed = sample(
+        &metrics,
+        "zctrace_program_missed_runs_total",
+        &[("program", "sys_exit")],
+    );
+    assert_eq!(missed.is_some(), counted, "sys_exit's skipped runs: {missed:?}");
 }
 
 #[test]

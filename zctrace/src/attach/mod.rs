@@ -324,7 +324,9 @@ impl Session {
         );
         // The cgroup the kernel last saw the process in, named from the whole hierarchy.
         let mut cgroups = CgroupNames::new(None, false)?;
-        report = report.with_cgroup(cgroups.path(figures.cgroup_id));
+        report = report
+            .with_cgroup(cgroups.path(figures.cgroup_id))
+            .with_missed_runs(self.tracer.missed_runs()?);
         if self.follow.is_some() {
             report = report.with_processes(&processes);
         } else if figures.bytes() == 0 {

@@ -1,4 +1,6 @@
 //! The attach report: what one process did, as JSON or as text. Pure.
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 use zctrace_common::{Copier, MapSlot, TcpPath};
 
@@ -36,6 +38,10 @@ pub struct Report {
     /// first, then by bytes moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<ProcessRow>>,
+    /// Runs of zctrace's programs the kernel skipped (a program already running on that CPU), for
+    /// every process: at most that many of the traced process's events are missing.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub missed_runs: BTreeMap<String, u64>,
 }
 
 /// One process of a followed tree.
@@ -217,7 +223,7 @@ pub struct Observed {
     /// included in `totals.cpu_copy_bytes`.
     pub zerocopy_deferred_copy_bytes_model: u64,
     /// CPU-copied bytes by the kernel routine that copied them, where observed.
-    pub copies_by_routine: Option<std::collections::BTreeMap<&'static str, u64>>,
+    pub copies_by_routine: Option<BTreeMap<&'static str, u64>>,
 }
 
 #[derive(Debug, Serialize)]
@@ -243,6 +249,7 @@ impl Report {
             cgroup: None,
             workload: Workload::default(),
             processes: None,
+            missed_runs: BTreeMap::new(),
             duration_seconds,
             exited,
             exit_code,
@@ -327,6 +334,14 @@ impl Report {
         }
     }
 
+    /// The programs of which the kernel skipped runs.
+    pub fn with_missed_runs(self, missed: Vec<(String, u64)>) -> Report {
+        Report {
+            missed_runs: missed.into_iter().filter(|(_, n)| *n > 0).collect(),
+            ..self
+        }
+    }
+
     pub fn with_stacks(self, stacks: StacksReport) -> Report {
         Report {
             stacks: Some(stacks),
@@ -385,6 +400,13 @@ impl Report {
                 p.bytes,
                 p.cpu_copy_bytes,
                 p.basis
+            );
+        }
+        if !self.missed_runs.is_empty() {
+            let runs: Vec<String> = self.missed_runs.iter().map(|(p, n)| format!("{p} {n}")).collect();
+            out += &format!(
+                "the kernel skipped runs of zctrace's programs ({}): up to that many events are missing\n",
+                runs.join(", ")
             );
         }
         if let Some(processes) = &self.processes {
@@ -524,6 +546,26 @@ mod tests {
         assert_eq!(
             Report::new(1, &figures, 1.0, false, None).totals.copies_per_byte,
             Some(1.0)
+        );
+    }
+
+    #[test]
+    fn skipped_program_runs_are_told_and_none_is_silent() {
+        let quiet = Report::new(1, &ProcessFigures::default(), 1.0, false, None)
+            .with_missed_runs(vec![("sys_exit".into(), 0), ("sched_switch".into(), 0)]);
+        assert!(quiet.missed_runs.is_empty());
+        assert!(!quiet.text().contains("skipped"), "{}", quiet.text());
+        let report = Report::new(1, &ProcessFigures::default(), 1.0, false, None)
+            .with_missed_runs(vec![("sys_exit".into(), 10), ("sched_switch".into(), 0)]);
+        assert_eq!(report.missed_runs, BTreeMap::from([("sys_exit".to_string(), 10)]));
+        let json = serde_json::to_value(&report).unwrap();
+        assert_eq!(json["missed_runs"]["sys_exit"], 10);
+        assert!(
+            report.text().contains(
+                "skipped runs of zctrace's programs (sys_exit 10): up to that many events are missing"
+            ),
+            "{}",
+            report.text()
         );
     }
 

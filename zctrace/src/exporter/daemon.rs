@@ -133,6 +133,7 @@ impl Daemon {
                 .zip(MapSlot::ALL)
                 .map(|(n, slot)| (slot.name().to_string(), *n))
                 .collect(),
+            missed_runs: state.tracer.missed_runs()?,
             series_dropped: state.book.dropped(),
             cgroup_hierarchy_visible: state.cgroups.complete(),
             http_connections: self

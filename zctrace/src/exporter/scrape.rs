@@ -28,6 +28,8 @@ pub struct Scrape {
     pub maps: Vec<(String, u64, u64)>,
     /// (map or slot, failed updates).
     pub update_errors: Vec<(String, u64)>,
+    /// (eBPF program, runs the kernel skipped), where the kernel counts them.
+    pub missed_runs: Vec<(String, u64)>,
     pub series_dropped: u64,
     /// Whether the cgroup hierarchy zctrace reads is whole, so that cgroup and workload labels
     /// can name every process's.
@@ -245,6 +247,17 @@ impl Scrape {
             "zctrace_map_update_errors",
             "BPF map updates that failed (a full map; for STACKS_COLLIDED and STACKS_UNWALKABLE, stacks attach --stacks could not record): events not counted.",
             errors,
+        )?;
+        let missed = self
+            .missed_runs
+            .iter()
+            .map(|(program, n)| (vec![("program", Cow::Borrowed(program.as_str()))], *n))
+            .collect();
+        counters(
+            encoder,
+            "zctrace_program_missed_runs",
+            "Runs of an eBPF program the kernel skipped because the program was already running on that CPU: events not counted.",
+            missed,
         )?;
         let dropped: Vec<(Labels<'_>, u64)> = vec![(vec![], self.series_dropped)];
         counters(

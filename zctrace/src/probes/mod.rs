@@ -4,11 +4,12 @@ pub mod args;
 mod batch;
 pub mod btf;
 pub mod catalog;
+mod missed;
 pub mod privileges;
 
 use std::{
     collections::BTreeSet,
-    os::fd::{BorrowedFd, OwnedFd},
+    os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::Mutex,
 };
 
@@ -226,6 +227,18 @@ impl Tracer {
             *total = errors.get(&(slot as u32), 0)?.iter().sum();
         }
         Ok(update_errors)
+    }
+
+    /// Runs the kernel skipped, by program, where the kernel counts them.
+    pub fn missed_runs(&self) -> Result<Vec<(String, u64)>> {
+        let mut missed = Vec::new();
+        for (name, program) in self.ebpf.programs() {
+            let Ok(fd) = program.fd() else { continue };
+            if let Some(runs) = missed::recursion_misses(fd.as_fd())? {
+                missed.push((name.to_string(), runs));
+            }
+        }
+        Ok(missed)
     }
 
     pub fn snapshot(&self) -> Result<RawSnapshot> {

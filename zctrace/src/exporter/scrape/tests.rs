@@ -53,6 +53,7 @@ fn fixture() -> Scrape {
         ],
         maps: vec![("SYSCALLS".into(), 10, 65536)],
         update_errors: vec![("SYSCALLS".into(), 0)],
+        missed_runs: vec![("sys_exit".into(), 4)],
         series_dropped: 1,
         cgroup_hierarchy_visible: true,
         http_connections: 3,
