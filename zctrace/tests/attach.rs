@@ -9,18 +9,20 @@ const SIZE: u64 = 16 * MIB;
 
 /// `zctrace attach --json -- zctrace send ...`; the report is the last line of stdout.
 fn attach_send(method: &str, extra: &[&str]) -> serde_json::Value {
-    let receiver = Receiver::start(&[]);
-    let file = test_file(SIZE);
-    let report = attach_report(
-        Command::new(zctrace_bin())
-            .args(["attach", "--json"])
-            .args(extra)
-            .args(["--", zctrace_bin(), "send", "--method", method, "--file"])
-            .arg(&file)
-            .args(["--to", &receiver.addr, "--chunk", "65536"]),
-    );
-    receiver.finish();
-    report
+    without_missed_runs(method, || {
+        let receiver = Receiver::start(&[]);
+        let file = test_file(SIZE);
+        let report = attach_report(
+            Command::new(zctrace_bin())
+                .args(["attach", "--json"])
+                .args(extra)
+                .args(["--", zctrace_bin(), "send", "--method", method, "--file"])
+                .arg(&file)
+                .args(["--to", &receiver.addr, "--chunk", "65536"]),
+        );
+        receiver.finish();
+        report
+    })
 }
 
 fn path<'a>(report: &'a serde_json::Value, syscall: &str, src: &str, dst: &str) -> &'a serde_json::Value {
@@ -111,30 +113,33 @@ fn a_file_writer_that_sends_by_sendfile_is_a_sendfile_sender() {
     if !privileged("a_file_writer_that_sends_by_sendfile_is_a_sendfile_sender") {
         return;
     }
-    let receiver = Receiver::start(&[]);
     let file = scratch_path("written-then-sent");
-    let r = attach_report(
-        Command::new(zctrace_bin())
-            .args([
-                "attach",
-                "--json",
-                "--",
-                zctrace_bin(),
-                "workload",
-                "write-file-then-send",
-            ])
-            .args([
-                "--size",
-                &SIZE.to_string(),
-                "--method",
-                "sendfile",
-                "--to",
-                &receiver.addr,
-                "--file",
-            ])
-            .arg(&file),
-    );
-    receiver.finish();
+    let r = without_missed_runs("write-file-then-send", || {
+        let receiver = Receiver::start(&[]);
+        let report = attach_report(
+            Command::new(zctrace_bin())
+                .args([
+                    "attach",
+                    "--json",
+                    "--",
+                    zctrace_bin(),
+                    "workload",
+                    "write-file-then-send",
+                ])
+                .args([
+                    "--size",
+                    &SIZE.to_string(),
+                    "--method",
+                    "sendfile",
+                    "--to",
+                    &receiver.addr,
+                    "--file",
+                ])
+                .arg(&file),
+        );
+        receiver.finish();
+        report
+    });
     assert_eq!(u(&path(&r, "write", "user", "file")["bytes"]), SIZE);
     assert_eq!(u(&path(&r, "sendfile", "file", "tcp")["bytes"]), SIZE);
     assert_eq!(r["io_style"], "sendfile", "{r:#}");
@@ -330,14 +335,17 @@ fn follow_traces_a_shell_wrapper_with_the_processes_it_starts() {
     if !privileged("follow_traces_a_shell_wrapper_with_the_processes_it_starts") {
         return;
     }
-    let receivers = [Receiver::start(&[]), Receiver::start(&[])];
-    let script = two_senders(&test_file(SIZE), &receivers);
-    let report = attach_report(
-        Command::new(zctrace_bin()).args(["attach", "--json", "--follow", "--", "sh", "-c", &script]),
-    );
-    for receiver in receivers {
-        receiver.finish();
-    }
+    let report = without_missed_runs("a followed shell wrapper", || {
+        let receivers = [Receiver::start(&[]), Receiver::start(&[])];
+        let script = two_senders(&test_file(SIZE), &receivers);
+        let report = attach_report(
+            Command::new(zctrace_bin()).args(["attach", "--json", "--follow", "--", "sh", "-c", &script]),
+        );
+        for receiver in receivers {
+            receiver.finish();
+        }
+        report
+    });
     check_tree(&report, u(&report["pid"]) as u32);
 }
 
@@ -348,42 +356,46 @@ fn follow_traces_the_children_a_running_process_forks() {
     if !privileged("follow_traces_the_children_a_running_process_forks") {
         return;
     }
-    let receivers = [Receiver::start(&[]), Receiver::start(&[])];
-    let script = format!("read go; {}", two_senders(&test_file(SIZE), &receivers));
-    let mut shell = Command::new("sh")
-        .args(["-c", &script])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = shell.id();
-    let mut attach = Command::new(zctrace_bin())
-        .args([
-            "--log.level",
-            "info",
-            "attach",
-            "--json",
-            "--follow",
-            "--pid",
-            &pid.to_string(),
-        ])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::{BufRead as _, Write as _};
-    let mut log = std::io::BufReader::new(attach.stderr.take().unwrap()).lines();
-    assert!(
-        log.any(|line| line.unwrap().contains("probes attached; tracing")),
-        "attach never started tracing"
-    );
-    shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
-    assert!(shell.wait().unwrap().success());
-    let report = report_of(attach.wait_with_output().unwrap());
-    for receiver in receivers {
-        receiver.finish();
-    }
-    check_tree(&report, pid);
+    let report = without_missed_runs("a followed running process", || {
+        let receivers = [Receiver::start(&[]), Receiver::start(&[])];
+        let script = format!("read go; {}", two_senders(&test_file(SIZE), &receivers));
+        let mut shell = Command::new("sh")
+            .args(["-c", &script])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let pid = shell.id();
+        let mut attach = Command::new(zctrace_bin())
+            .args([
+                "--log.level",
+                "info",
+                "attach",
+                "--json",
+                "--follow",
+                "--pid",
+                &pid.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::{BufRead as _, Write as _};
+        let mut log = std::io::BufReader::new(attach.stderr.take().unwrap()).lines();
+        assert!(
+            log.any(|line| line.unwrap().contains("probes attached; tracing")),
+            "attach never started tracing"
+        );
+        shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        assert!(shell.wait().unwrap().success());
+        let report = report_of(attach.wait_with_output().unwrap());
+        for receiver in receivers {
+            receiver.finish();
+        }
+        assert_eq!(u(&report["pid"]), u64::from(pid), "{report:#}");
+        report
+    });
+    check_tree(&report, u(&report["pid"]) as u32);
 }
 
 /// Without --follow, a parent that moved nothing while its children exist says where to look.

@@ -8,7 +8,7 @@ use std::{
 use anyhow::{Context as _, Result};
 use serde::Serialize;
 
-use super::bracketed::BracketedSend;
+use super::bracketed::{measured_without_missed_runs, BracketedSend};
 use crate::{
     accounting::{Basis, ProcessFigures},
     probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
@@ -93,7 +93,7 @@ pub fn run(args: &BenchArgs, probe: &ProbeArgs) -> Result<Vec<BenchRow>> {
     };
     let rows = methods
         .iter()
-        .map(|&m| one(m, &file, args.chunk, probe))
+        .map(|&m| measured_without_missed_runs(|| one(m, &file, args.chunk, probe)))
         .collect::<Result<Vec<_>>>();
     drop(payload);
     rows

@@ -55,6 +55,7 @@ impl BracketedSend {
             wait::{waitpid, WaitPidFlag, WaitStatus},
         };
         let pid = Pid::from_raw(self.pid() as i32);
+        let missed_before = missed_runs(tracer)?;
         // A tracer attached after the sender got ready has seen nothing of it yet: all zeros.
         let before = figures_of(tracer, self.pid()).unwrap_or_default();
         kill(pid, Signal::SIGUSR1)?;
@@ -64,14 +65,54 @@ impl BracketedSend {
             "the sender ended early: {stopped:?}"
         );
         let during = figures_of(tracer, self.pid())?.since(&before);
+        let missed = missed_runs(tracer)? - missed_before;
         kill(pid, Signal::SIGCONT)?;
         let mut line = String::new();
         self.stdout.read_line(&mut line)?;
         let status = self.child.wait()?;
         anyhow::ensure!(status.success(), "the sender failed ({status})");
         let report = serde_json::from_str(&line).with_context(|| format!("sender report {line:?}"))?;
+        if missed > 0 {
+            return Err(MissedRuns(missed).into());
+        }
         Ok((during, report))
     }
+}
+
+/// The kernel skipped this many runs of zctrace's programs during a bracketed transfer (a
+/// program preempted on a CPU is skipped there for every other task until it resumes, on kernels
+/// whose syscall tracepoints run preemptibly): the transfer's figures may be short, so a checker
+/// measures again rather than report them.
+#[derive(Debug)]
+pub struct MissedRuns(pub u64);
+
+impl std::fmt::Display for MissedRuns {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "the kernel skipped {} runs of zctrace's programs during the transfer",
+            self.0
+        )
+    }
+}
+
+impl std::error::Error for MissedRuns {}
+
+fn missed_runs(tracer: &Tracer) -> Result<u64> {
+    Ok(tracer.missed_runs()?.iter().map(|(_, n)| n).sum())
+}
+
+/// Runs `attempt` (a whole bracketed transfer) again while the kernel skipped runs during it, at
+/// most `ATTEMPTS` times in all; any other failure ends it at once.
+pub fn measured_without_missed_runs<T>(mut attempt: impl FnMut() -> Result<T>) -> Result<T> {
+    const ATTEMPTS: usize = 3;
+    for _ in 1..ATTEMPTS {
+        match attempt() {
+            Err(e) if e.downcast_ref::<MissedRuns>().is_some() => tracing::info!("{e}; measuring again"),
+            other => return other,
+        }
+    }
+    attempt()
 }
 
 impl Drop for BracketedSend {

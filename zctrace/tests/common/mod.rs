@@ -17,7 +17,7 @@ use nix::{
 };
 use zctrace::{
     accounting::{per_process, ProcessFigures},
-    check::bracketed::BracketedSend,
+    check::bracketed::{measured_without_missed_runs, BracketedSend, MissedRuns},
     probes::{ProbeOptions, Tracer},
     procfs,
 };
@@ -196,7 +196,8 @@ impl Receiver {
 }
 
 /// Runs a `zctrace bracketed-send` and returns what zctrace saw of the transfer alone
-/// (start-up excluded) and the sender's own report.
+/// (start-up excluded) and the sender's own report; again where the kernel skipped runs of
+/// zctrace's programs during it.
 pub fn send(
     tracer: &Tracer,
     method: &str,
@@ -204,6 +205,17 @@ pub fn send(
     to: &[&str],
     chunk: u64,
 ) -> (ProcessFigures, serde_json::Value) {
+    measured_without_missed_runs(|| send_once(tracer, method, file, to, chunk))
+        .unwrap_or_else(|e| panic!("{method}: {e:#}"))
+}
+
+fn send_once(
+    tracer: &Tracer,
+    method: &str,
+    file: &Path,
+    to: &[&str],
+    chunk: u64,
+) -> anyhow::Result<(ProcessFigures, serde_json::Value)> {
     let mut args: Vec<String> = ["--method", method, "--file"]
         .iter()
         .map(|s| s.to_string())
@@ -211,28 +223,35 @@ pub fn send(
     args.push(file.display().to_string());
     args.extend(to.iter().map(|s| s.to_string()));
     args.extend(["--chunk".to_string(), chunk.to_string()]);
-    let sender = BracketedSend::spawn(Path::new(zctrace_bin()), &args).expect("starting the sender");
-    let (during, report) = sender.run(tracer).unwrap_or_else(|e| panic!("{method}: {e:#}"));
-    (during, serde_json::to_value(report).unwrap())
+    let (during, report) = BracketedSend::spawn(Path::new(zctrace_bin()), &args)?.run(tracer)?;
+    Ok((during, serde_json::to_value(report)?))
 }
 
 /// Sends `file` to a fresh receiver; returns the sender's transfer figures, its report, and the
-/// receiver's key.
+/// receiver's key. A transfer during which the kernel skipped runs is made again, whole.
 pub fn transfer(
     tracer: &Tracer,
     method: &str,
     file: &Path,
     chunk: u64,
 ) -> (ProcessFigures, serde_json::Value, ProcessKey) {
-    let receiver = Receiver::start(&[]);
-    let addr = receiver.addr.clone();
-    let (sender, report) = send(tracer, method, file, &["--to", &addr], chunk);
-    let (receiver, verdict) = receiver.finish();
-    assert_eq!(
-        verdict["bytes"], report["bytes"],
-        "receiver verified a different length"
-    );
-    (sender, report, receiver)
+    measured_without_missed_runs(|| {
+        let receiver = Receiver::start(&[]);
+        let addr = receiver.addr.clone();
+        let sent = send_once(tracer, method, file, &["--to", &addr], chunk);
+        // Only a transfer that ran to its end has a receiver's verdict to wait for.
+        if let Err(e) = &sent {
+            assert!(e.downcast_ref::<MissedRuns>().is_some(), "{method}: {e:#}");
+        }
+        let (receiver, verdict) = receiver.finish();
+        let (sender, report) = sent?;
+        assert_eq!(
+            verdict["bytes"], report["bytes"],
+            "receiver verified a different length"
+        );
+        Ok((sender, report, receiver))
+    })
+    .unwrap_or_else(|e| panic!("{method}: {e:#}"))
 }
 
 /// A `zctrace workload ...` child, stopped at its "ready" line.
@@ -296,6 +315,23 @@ pub fn copied_by<'a>(folded: &'a [(String, u64)], copier: &str) -> Vec<&'a (Stri
 /// Runs `zctrace attach --json ...` to its end and returns its report, the last line of stdout.
 pub fn attach_report(attach: &mut Command) -> serde_json::Value {
     report_of(attach.output().expect("zctrace attach"))
+}
+
+/// Runs `attempt` until its attach report tells of no skipped program runs, at most three times.
+/// On kernels whose syscall tracepoints run preemptibly (7.2 on), a program preempted on a CPU
+/// makes the kernel skip it for every other task there until it resumes: events lost to that run,
+/// which the report tells (`missed_runs`). Exact figures are checked on a run without any.
+pub fn without_missed_runs(test: &str, mut attempt: impl FnMut() -> serde_json::Value) -> serde_json::Value {
+    for _ in 1..3 {
+        let report = attempt();
+        match report.get("missed_runs") {
+            None => return report,
+            Some(missed) => {
+                eprintln!("{test}: the kernel skipped runs of zctrace's programs ({missed}); running again")
+            }
+        }
+    }
+    attempt()
 }
 
 /// The report of a finished `zctrace attach --json`, which must have succeeded.
