@@ -201,12 +201,10 @@ impl Session {
         for f in all.into_iter().filter(|f| members.contains(&f.key.tgid)) {
             if gone.contains(&f.key) {
                 // Its entries are freed now: counts seen under the same key later are new ones.
-                match retired.get_mut(&f.key) {
-                    Some(earlier) => earlier.add(&f),
-                    None => {
-                        retired.insert(f.key, f);
-                    }
-                }
+                retired
+                    .entry(f.key)
+                    .and_modify(|earlier| earlier.add(&f))
+                    .or_insert(f);
             } else {
                 live.push(f);
             }

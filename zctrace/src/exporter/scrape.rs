@@ -237,27 +237,17 @@ impl Scrape {
             "Capacity of each bounded BPF map.",
             map_gauge(|m| m.2),
         )?;
-        let errors = self
-            .update_errors
-            .iter()
-            .map(|(map, n)| (vec![("map", Cow::Borrowed(map.as_str()))], *n))
-            .collect();
         counters(
             encoder,
             "zctrace_map_update_errors",
             "BPF map updates that failed (a full map; for STACKS_COLLIDED and STACKS_UNWALKABLE, stacks attach --stacks could not record): events not counted.",
-            errors,
+            by_label("map", &self.update_errors),
         )?;
-        let missed = self
-            .missed_runs
-            .iter()
-            .map(|(program, n)| (vec![("program", Cow::Borrowed(program.as_str()))], *n))
-            .collect();
         counters(
             encoder,
             "zctrace_program_missed_runs",
             "Runs of an eBPF program the kernel skipped because the program was already running on that CPU: events not counted.",
-            missed,
+            by_label("program", &self.missed_runs),
         )?;
         let dropped: Vec<(Labels<'_>, u64)> = vec![(vec![], self.series_dropped)];
         counters(
@@ -278,16 +268,11 @@ impl Scrape {
             "HTTP connections open now.",
             vec![(vec![], self.http_connections)],
         )?;
-        let refused = self
-            .http_refused
-            .iter()
-            .map(|(reason, n)| (vec![("reason", Cow::Borrowed(*reason))], *n))
-            .collect();
         counters(
             encoder,
             "zctrace_http_refusals",
             "Requests and connections turned away: unauthorized, throttled (too many failed logins from the address), timeout, connection_limit.",
-            refused,
+            by_label("reason", &self.http_refused),
         )?;
         let seconds: Vec<(Labels<'_>, f64)> = vec![(vec![], self.collect_seconds)];
         gauges(
@@ -313,6 +298,14 @@ impl Collector for Scrape {
         self.process_families(&mut encoder)?;
         self.health_families(&mut encoder)
     }
+}
+
+/// One sample per `(value of label, count)`.
+fn by_label<'a, S: AsRef<str>>(label: &'static str, counts: &'a [(S, u64)]) -> Vec<(Labels<'a>, u64)> {
+    counts
+        .iter()
+        .map(|(value, n)| (vec![(label, Cow::Borrowed(value.as_ref()))], *n))
+        .collect()
 }
 
 fn counters<V: prometheus_client::encoding::EncodeCounterValue + Copy>(
