@@ -32,6 +32,10 @@ pub struct Kernel {
     /// How the copy routines must be observed there, which `kernel_matrix` checks: Debian's
     /// cloud kernels all have both, but arm64 gained BPF trampolines only in 6.4.
     copy_hooks: CopyHooks,
+    /// How sys_exit must attach there, which `kernel_matrix` checks: by tp_btf where the kernel
+    /// runs its programs unpreempted, by the classic tracepoint where it may preempt them (7.x
+    /// cloud kernels: lazy preemption and preemptible RCU).
+    sys_exit: &'static str,
 }
 
 #[derive(Clone, Copy)]
@@ -63,7 +67,7 @@ const fn kernel(
     arch: Arch,
     (qemu, qemu_args, console): (&'static str, &'static [&'static str], &'static str),
     suite: Suite,
-    copy_hooks: CopyHooks,
+    (copy_hooks, sys_exit): (CopyHooks, &'static str),
 ) -> Kernel {
     Kernel {
         name,
@@ -74,6 +78,7 @@ const fn kernel(
         console,
         suite,
         copy_hooks,
+        sys_exit,
     }
 }
 
@@ -87,7 +92,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         FULL_SUITE,
-        CopyHooks::Trampolines,
+        (CopyHooks::Trampolines, "tp_btf"),
     ),
     kernel(
         "debian12-6.1-amd64",
@@ -95,7 +100,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         FULL_SUITE,
-        CopyHooks::Trampolines,
+        (CopyHooks::Trampolines, "tp_btf"),
     ),
     kernel(
         "debian13-6.12-amd64",
@@ -103,7 +108,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         BETWEEN_SUITE,
-        CopyHooks::Trampolines,
+        (CopyHooks::Trampolines, "tp_btf"),
     ),
     kernel(
         "debian-newest-amd64",
@@ -111,7 +116,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::X86_64,
         X86_64_QEMU,
         CORE_SUITE,
-        CopyHooks::Trampolines,
+        (CopyHooks::Trampolines, "tracepoint"),
     ),
     kernel(
         "debian12-6.1-arm64",
@@ -119,7 +124,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::Aarch64,
         ARM64_QEMU,
         CORE_SUITE,
-        CopyHooks::Kprobes,
+        (CopyHooks::Kprobes, "tp_btf"),
     ),
     kernel(
         "debian-newest-arm64",
@@ -127,7 +132,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::Aarch64,
         ARM64_QEMU,
         CORE_SUITE,
-        CopyHooks::Trampolines,
+        (CopyHooks::Trampolines, "tracepoint"),
     ),
 ];
 
@@ -685,6 +690,7 @@ export PATH=/bin:{VM_BIN} HOME=/root TMPDIR=/tmp RUST_BACKTRACE=1
 export ZCTRACE_BIN={VM_BIN}/zctrace ZCTRACE_REQUIRE_PRIVILEGED=1 ZCTRACE_STACK_RELAY={VM_BIN}/stack-relay ZCTRACE_NGINX={VM_BIN}/nginx
 tests=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.tests=//p' | tr ',' ' ')
 export ZCTRACE_EXPECT_COPY_HOOKS=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.copy_hooks=//p')
+export ZCTRACE_EXPECT_SYS_EXIT=$(tr ' ' '\\n' < /proc/cmdline | sed -n 's/^zctrace.sys_exit=//p')
 run_test() {{
 case $1 in
 "
@@ -750,10 +756,11 @@ fn boot(kernel: &Kernel, vmlinuz: &Path, initramfs: &Path, tests: &[&str]) -> Re
     // idle=poll: a vCPU that never halts cannot miss the wake-up TCG sometimes loses. On a stall,
     // every CPU's stack is printed (loglevel 5 lets warnings through).
     let append = format!(
-        "console={} panic=-1 loglevel=5 idle=poll softlockup_all_cpu_backtrace=1 zctrace.tests={} zctrace.copy_hooks={}",
+        "console={} panic=-1 loglevel=5 idle=poll softlockup_all_cpu_backtrace=1 zctrace.tests={} zctrace.copy_hooks={} zctrace.sys_exit={}",
         kernel.console,
         tests.join(","),
-        kernel.copy_hooks.label()
+        kernel.copy_hooks.label(),
+        kernel.sys_exit
     );
     let mut qemu = Command::new(kernel.qemu);
     qemu.args(kernel.qemu_args)

@@ -329,6 +329,24 @@ pub struct KernelOffsets {
     pub css_set_dfl_cgrp: u32,
     pub cgroup_kn: u32,
     pub kernfs_node_id: u32,
+    /// `task_struct.migration_disabled`: nonzero while a program runs with migration disabled
+    /// rather than preemption, that is, preemptibly; [`NO_FIELD`] where the kernel has none.
+    pub task_migration_disabled: u32,
+}
+
+/// Where a syscall's return value sits in a `raw_syscalls:sys_exit` record: after the common
+/// header and the syscall's number. User space checks it against the event's tracefs format.
+pub const SYS_EXIT_RECORD_RET: u32 = 16;
+
+/// The slots of the map that asks whether the kernel runs sys_exit's programs preemptibly.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PreemptionProbe {
+    Asker = 0,
+    Answer = 1,
+}
+
+impl PreemptionProbe {
+    pub const SLOTS: u32 = 2;
 }
 
 /// The offset of a field the running kernel does not have.

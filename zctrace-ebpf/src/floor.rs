@@ -4,9 +4,9 @@
 use aya_ebpf::{
     bindings::{BPF_F_NO_PREALLOC, BPF_NOEXIST},
     helpers::{bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{btf_tracepoint, map},
+    macros::{btf_tracepoint, map, tracepoint},
     maps::HashMap,
-    programs::BtfTracePointContext,
+    programs::{BtfTracePointContext, TracePointContext},
 };
 
 use crate::maps::add;
@@ -29,6 +29,18 @@ pub fn floor(_ctx: BtfTracePointContext) -> u32 {
 // Against it, a target that even this misses is out of reach for per-process counting.
 #[btf_tracepoint(function = "sys_exit")]
 pub fn counting_floor(_ctx: BtfTracePointContext) -> u32 {
+    count_hit()
+}
+
+// The same two floors at the classic sys_exit tracepoint, which sys_exit moves to where the
+// kernel runs raw tracepoint programs preemptibly, so that it is still measured against its hook.
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn floor_tracepoint(_ctx: TracePointContext) -> u32 {
+    0
+}
+
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn counting_floor_tracepoint(_ctx: TracePointContext) -> u32 {
     count_hit()
 }
 

@@ -59,6 +59,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     css_set_dfl_cgrp: 0,
     cgroup_kn: 0,
     kernfs_node_id: 0,
+    task_migration_disabled: 0,
 };
 
 #[unsafe(no_mangle)]

@@ -13,6 +13,7 @@ mod copies;
 mod floor;
 mod kernel;
 mod maps;
+mod preemption;
 mod sched;
 mod stacks;
 mod syscalls;

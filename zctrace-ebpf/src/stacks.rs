@@ -5,7 +5,7 @@ use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     macros::map,
     maps::{HashMap, StackTrace},
-    programs::{tracing::StackIdContext, BtfTracePointContext},
+    programs::tracing::StackIdContext,
 };
 use zctrace_common::{
     Copier, CopyStackCounts, CopyStackKey, MapSlot, StackKey, StackMode, SyscallKey, SyscallStats, NO_STACK,
@@ -61,7 +61,7 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
 /// map cannot take is counted under [`NO_STACK`], so no bytes go missing; each stack or site
 /// refused is one drop.
 #[inline(always)]
-pub fn record(ctx: &BtfTracePointContext, key: &SyscallKey, failed: bool, bytes: u64) {
+pub fn record<C: StackIdContext>(ctx: &C, key: &SyscallKey, failed: bool, bytes: u64) {
     let user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
     let site = StackKey {
         user_stack,

@@ -1,9 +1,14 @@
 //! Every syscall's exit: per-process syscall counts, and for the data-path syscalls, the bytes
 //! moved and the kinds of descriptor on each side.
-use aya_ebpf::{helpers::bpf_probe_read_user, macros::btf_tracepoint, programs::BtfTracePointContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    macros::{btf_tracepoint, tracepoint},
+    programs::{tracing::StackIdContext, BtfTracePointContext, TracePointContext},
+    EbpfContext,
+};
 use zctrace_common::{
     nr, FdKind, MapSlot, SyscallKey, Variant, FMODE_WRITE, MMSGHDR_LEN_OFFSET, MMSGHDR_SIZE, MMSG_WALK,
-    MSG_ZEROCOPY,
+    MSG_ZEROCOPY, SYS_EXIT_RECORD_RET,
 };
 
 use crate::{
@@ -55,14 +60,41 @@ pub fn sys_exit(ctx: BtfTracePointContext) -> u32 {
 }
 
 fn try_sys_exit(ctx: &BtfTracePointContext) -> Result<u32, u32> {
+    count_exit(ctx, ctx.arg(0), ctx.arg(1))
+}
+
+/// Why the classic `raw_syscalls:sys_exit` too: where the kernel runs raw tracepoint programs
+/// preemptibly (7.x), it skips every other task's run of sys_exit on a CPU while one run there
+/// is preempted; the classic tracepoint runs its programs with preemption off. It costs more
+/// per syscall, so user space chooses it only where the kernel runs programs preemptibly.
+#[tracepoint(category = "raw_syscalls", name = "sys_exit")]
+pub fn sys_exit_tracepoint(ctx: TracePointContext) -> u32 {
+    match try_sys_exit_tracepoint(&ctx) {
+        Ok(r) | Err(r) => r,
+    }
+}
+
+fn try_sys_exit_tracepoint(ctx: &TracePointContext) -> Result<u32, u32> {
+    // SAFETY: the record is the program's context, readable at any aligned offset past 8.
+    let ret = unsafe {
+        *(ctx.as_ptr() as *const u8)
+            .add(SYS_EXIT_RECORD_RET as usize)
+            .cast::<i64>()
+    };
+    // SAFETY: both helpers take the current, BTF-typed task and have no other preconditions.
+    let pt_regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64;
+    count_exit(ctx, pt_regs, ret)
+}
+
+/// Counts one syscall's exit, from its registers and return value, however the hook got them.
+#[inline(always)]
+fn count_exit<C: StackIdContext>(ctx: &C, pt_regs: u64, ret: i64) -> Result<u32, u32> {
     // The task's own field, not a helper call: the task is needed anyway.
     let task = current_task();
     let tgid: u32 = task_field(task, offset!(task_tgid));
     if filtered_out(tgid) {
         return Ok(0);
     }
-    let pt_regs: u64 = ctx.arg(0);
-    let ret: i64 = ctx.arg(1);
     let syscall = regs::syscall_nr(pt_regs);
     if !(0..=u16::MAX as i64).contains(&syscall) {
         return Ok(0);

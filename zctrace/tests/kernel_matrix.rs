@@ -84,6 +84,21 @@ fn every_probe_attaches_in_the_best_way_this_kernel_offers() {
         .all(|r| r.mode != "unavailable");
     assert_eq!(stdout.contains("observed beside the model"), observed, "{stdout}");
     copy_observers_attach_as_the_matrix_expects(&rows, &stdout);
+    sys_exit_attaches_as_the_matrix_expects(&rows, &stdout);
+}
+
+/// `cargo xtask vmtest` says how each kernel must run sys_exit: by tp_btf, or by the classic
+/// tracepoint where the kernel would preempt a raw tracepoint's program and skip other runs.
+fn sys_exit_attaches_as_the_matrix_expects(rows: &[ProbeRow], stdout: &str) {
+    let Ok(expected) = std::env::var("ZCTRACE_EXPECT_SYS_EXIT") else {
+        return;
+    };
+    let sys_exit = rows
+        .iter()
+        .find(|r| r.probe == "sys_exit")
+        .expect("a sys_exit row");
+    assert_eq!(sys_exit.mode, expected, "how sys_exit attaches here:\n{stdout}");
+    println!("sys_exit attached by {expected}, as expected here");
 }
 
 /// `cargo xtask vmtest` says how each kernel of its matrix must observe copies (arm64 gained

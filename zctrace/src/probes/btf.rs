@@ -80,6 +80,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         task_migrations: field("task_struct", "se.nr_migrations")?,
         task_stint_start_runtime: field("task_struct", "se.prev_sum_exec_runtime")?,
         task_last_arrival: field("task_struct", "sched_info.last_arrival").unwrap_or(NO_FIELD),
+        task_migration_disabled: field("task_struct", "migration_disabled").unwrap_or(NO_FIELD),
         current_task_typed: enum_value(btf, "bpf_func_id", "BPF_FUNC_get_current_task_btf").is_ok() as u32,
         task_state: field("task_struct", "__state").or_else(|_| field("task_struct", "state"))?,
         task_real_parent: field("task_struct", "real_parent")?,

@@ -7,6 +7,8 @@ use zctrace_common::Copier;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Hook {
     TpBtf,
+    /// A classic (perf) tracepoint, its target `category/name`.
+    Tracepoint,
     Fentry,
     Fexit,
     Kprobe,
@@ -19,17 +21,25 @@ pub enum Mode {
     TpBtf,
     Fentry,
     Fexit,
+    Tracepoint,
     Kprobe,
 }
 
 impl Mode {
-    pub const ALL: [Mode; 4] = [Mode::TpBtf, Mode::Fentry, Mode::Fexit, Mode::Kprobe];
+    pub const ALL: [Mode; 5] = [
+        Mode::TpBtf,
+        Mode::Fentry,
+        Mode::Fexit,
+        Mode::Tracepoint,
+        Mode::Kprobe,
+    ];
 
     pub fn label(self) -> &'static str {
         match self {
             Mode::TpBtf => "tp_btf",
             Mode::Fentry => "fentry",
             Mode::Fexit => "fexit",
+            Mode::Tracepoint => "tracepoint",
             Mode::Kprobe => "kprobe",
         }
     }
@@ -60,6 +70,15 @@ pub struct Program {
 pub struct Way {
     pub mode: Mode,
     pub programs: &'static [Program],
+}
+
+impl Way {
+    /// Whether the kernel would skip some runs of this way's programs where it runs raw
+    /// tracepoint programs preemptibly: while one task's run is preempted, it skips every other
+    /// task's run of that program on the CPU. It matters where a later way runs unpreempted.
+    pub fn preemptible_skips(&self) -> bool {
+        self.mode == Mode::TpBtf
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -108,6 +127,15 @@ const fn tp_args(name: &'static str, tracepoint: &'static str, args: usize) -> P
     program(name, Hook::TpBtf, tracepoint, Some(args))
 }
 
+/// The classic tracepoint a syscall's exit also passes, for kernels that would skip runs of a
+/// raw tracepoint's program (see [`Way::preemptible_skips`]).
+const fn sys_exit_tracepoint(name: &'static str) -> Program {
+    program(name, Hook::Tracepoint, SYS_EXIT_TRACEPOINT, None)
+}
+
+/// The classic tracepoint of every syscall's exit, as `category/name`.
+pub const SYS_EXIT_TRACEPOINT: &str = "raw_syscalls/sys_exit";
+
 const fn fexit(name: &'static str, function: &'static str, params: usize) -> Program {
     program(name, Hook::Fexit, function, Some(params))
 }
@@ -141,10 +169,16 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "sys_exit",
         role: Role::Counting,
-        ways: &[Way {
-            mode: TP_BTF,
-            programs: &[tp("sys_exit", "sys_exit")],
-        }],
+        ways: &[
+            Way {
+                mode: TP_BTF,
+                programs: &[tp("sys_exit", "sys_exit")],
+            },
+            Way {
+                mode: Mode::Tracepoint,
+                programs: &[sys_exit_tracepoint("sys_exit_tracepoint")],
+            },
+        ],
     },
     Probe {
         name: "sched_switch",
@@ -348,20 +382,32 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "floor",
         role: Role::Instrument,
-        ways: &[Way {
-            mode: TP_BTF,
-            programs: &[tp("floor", "sys_exit")],
-        }],
+        ways: &[
+            Way {
+                mode: TP_BTF,
+                programs: &[tp("floor", "sys_exit")],
+            },
+            Way {
+                mode: Mode::Tracepoint,
+                programs: &[sys_exit_tracepoint("floor_tracepoint")],
+            },
+        ],
     },
     // The least a per-process counter can do: one hash add per hit, by tgid.
     #[cfg(feature = "instruments")]
     Probe {
         name: "counting_floor",
         role: Role::Instrument,
-        ways: &[Way {
-            mode: TP_BTF,
-            programs: &[tp("counting_floor", "sys_exit")],
-        }],
+        ways: &[
+            Way {
+                mode: TP_BTF,
+                programs: &[tp("counting_floor", "sys_exit")],
+            },
+            Way {
+                mode: Mode::Tracepoint,
+                programs: &[sys_exit_tracepoint("counting_floor_tracepoint")],
+            },
+        ],
     },
     // The least per-thread off-CPU timing can do at a switch.
     #[cfg(feature = "instruments")]
@@ -379,15 +425,27 @@ pub const PROBES: &[Probe] = &[
     Probe {
         name: "counting_floors",
         role: Role::Instrument,
-        ways: &[Way {
-            mode: TP_BTF,
-            programs: &[
-                tp("counting_floor", "sys_exit"),
-                tp("switch_counting_floor", "sched_switch"),
-                tp("send_counting_floor", "sock_send_length"),
-                tp("receive_counting_floor", "skb_copy_datagram_iovec"),
-            ],
-        }],
+        ways: &[
+            Way {
+                mode: TP_BTF,
+                programs: &[
+                    tp("counting_floor", "sys_exit"),
+                    tp("switch_counting_floor", "sched_switch"),
+                    tp("send_counting_floor", "sock_send_length"),
+                    tp("receive_counting_floor", "skb_copy_datagram_iovec"),
+                ],
+            },
+            // sys_exit's floor where sys_exit moves to the classic tracepoint.
+            Way {
+                mode: Mode::Tracepoint,
+                programs: &[
+                    sys_exit_tracepoint("counting_floor_tracepoint"),
+                    tp("switch_counting_floor", "sched_switch"),
+                    tp("send_counting_floor", "sock_send_length"),
+                    tp("receive_counting_floor", "skb_copy_datagram_iovec"),
+                ],
+            },
+        ],
     },
 ];
 

@@ -5,7 +5,9 @@ mod batch;
 pub mod btf;
 pub mod catalog;
 mod missed;
+mod preemption;
 pub mod privileges;
+mod tracefs;
 
 use std::{
     collections::BTreeSet,
@@ -16,7 +18,7 @@ use std::{
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
     maps::{HashMap, PerCpuArray, StackTraceMap},
-    programs::{BtfTracePoint, FEntry, FExit, KProbe},
+    programs::{BtfTracePoint, FEntry, FExit, KProbe, TracePoint},
     Btf, Ebpf, EbpfLoader,
 };
 use catalog::{Hook, Probe, Program, COPIER_PROBES, PROBES};
@@ -144,7 +146,8 @@ impl Tracer {
         let kernel = btf::kernel_btf()?;
         let mut ebpf = load_programs(options, &btf::resolve(&kernel)?)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
-        let statuses = attach_probes(&mut ebpf, options, &btf, &kernel);
+        let preemptible = asks_about_preemption(options) && runs_preemptibly(&mut ebpf, &btf);
+        let statuses = attach_probes(&mut ebpf, options, &btf, &kernel, preemptible);
         // Only `attach --stacks` asks; the daemon's start-up need not search BTF for it.
         let kretprobe_stacks = options.stacks.is_none()
             || ["kretprobe_find_ret_addr", "rethook_find_ret_addr"]
@@ -427,12 +430,38 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
         .context(privilege_hint("loading zctrace's eBPF programs"))
 }
 
+/// Whether a selected probe has a way that runs unpreempted after one that may be skipped.
+fn asks_about_preemption(options: &ProbeOptions) -> bool {
+    PROBES
+        .iter()
+        .filter(|probe| options.selected(probe) || (options.only.is_none() && probe.role.by_default()))
+        .any(|probe| probe.ways.iter().any(|way| way.mode == Mode::Tracepoint))
+}
+
+/// Asks the kernel; a kernel that cannot answer is taken to run programs unpreempted, as every
+/// kernel before 7.x did, and the skips the kernel counts would still show.
+fn runs_preemptibly(ebpf: &mut Ebpf, btf: &Btf) -> bool {
+    match preemption::sys_exit_runs_preemptibly(ebpf, btf) {
+        Ok(preemptible) => {
+            if preemptible {
+                tracing::info!("the kernel runs sys_exit's programs preemptibly: sys_exit moves to the classic tracepoint");
+            }
+            preemptible
+        }
+        Err(e) => {
+            tracing::warn!("could not ask whether the kernel runs sys_exit's programs preemptibly: {e:#}");
+            false
+        }
+    }
+}
+
 /// Attaches each selected probe; a probe no way attaches is a status, not an error.
 fn attach_probes(
     ebpf: &mut Ebpf,
     options: &ProbeOptions,
     btf: &Btf,
     kernel: &btf_rs::Btf,
+    preemptible: bool,
 ) -> Vec<ProbeStatus> {
     PROBES
         .iter()
@@ -448,7 +477,14 @@ fn attach_probes(
                 mode: ProbeMode::Off,
             };
             if selected {
-                status.mode = attach_probe(ebpf, options, probe, btf, kernel, &mut status.hooks);
+                status.mode = attach_probe(
+                    ebpf,
+                    options,
+                    probe,
+                    (btf, kernel),
+                    preemptible,
+                    &mut status.hooks,
+                );
             }
             Some(status)
         })
@@ -460,12 +496,12 @@ fn attach_probe(
     ebpf: &mut Ebpf,
     options: &ProbeOptions,
     probe: &Probe,
-    btf: &Btf,
-    kernel: &btf_rs::Btf,
+    (btf, kernel): (&Btf, &btf_rs::Btf),
+    preemptible: bool,
     hooks_out: &mut String,
 ) -> ProbeMode {
     let mut refusals = Vec::new();
-    for way in probe.ways {
+    for way in ways_in_order(probe, preemptible) {
         let attached = if options.without.contains(&way.mode) {
             Err(anyhow!("left out by --probe.without"))
         } else {
@@ -480,6 +516,16 @@ fn attach_probe(
         }
     }
     ProbeMode::Unavailable(refusals.join("; "))
+}
+
+/// `probe`'s ways best first: where the kernel runs programs preemptibly, a way it would skip
+/// runs of comes after those it would not, and is the fallback if none of them attaches.
+fn ways_in_order(probe: &Probe, preemptible: bool) -> Vec<&'static catalog::Way> {
+    let mut ways: Vec<&catalog::Way> = probe.ways.iter().collect();
+    if preemptible {
+        ways.sort_by_key(|way| way.preemptible_skips());
+    }
+    ways
 }
 
 /// The programs of `way` this kernel needs: optional ones only where BTF has their function.
@@ -568,6 +614,14 @@ fn attach_program(ebpf: &mut Ebpf, program: &Program, target: &str, btf: &Btf) -
             let p: &mut KProbe = loaded.try_into()?;
             p.load().and_then(|()| p.attach(target, 0).map(drop))
         }
+        Hook::Tracepoint => {
+            let (category, name) = target
+                .split_once('/')
+                .with_context(|| format!("{target} is not category/name"))?;
+            tracefs::check_record(category, name)?;
+            let p: &mut TracePoint = loaded.try_into()?;
+            p.load().and_then(|()| p.attach(category, name).map(drop))
+        }
     };
     if attached.is_err() {
         unload(ebpf, program.name);
@@ -583,6 +637,7 @@ fn unload(ebpf: &mut Ebpf, name: &str) {
         Some(Loaded::FEntry(p)) => p.unload(),
         Some(Loaded::FExit(p)) => p.unload(),
         Some(Loaded::KProbe(p)) => p.unload(),
+        Some(Loaded::TracePoint(p)) => p.unload(),
         _ => Ok(()),
     };
 }
