@@ -33,8 +33,8 @@ pub struct Kernel {
     /// cloud kernels all have both, but arm64 gained BPF trampolines only in 6.4.
     copy_hooks: CopyHooks,
     /// How sys_exit must attach there, which `kernel_matrix` checks: by tp_btf where the kernel
-    /// runs its programs unpreempted, by the classic tracepoint where it may preempt them (7.x
-    /// cloud kernels: lazy preemption and preemptible RCU).
+    /// runs its programs unpreempted, by the classic tracepoint where it may preempt them (7.3
+    /// amd64: lazy preemption with preemptible RCU; arm64's 7.3 has RCU that does not preempt).
     sys_exit: &'static str,
 }
 
@@ -132,7 +132,7 @@ pub const KERNELS: &[Kernel] = &[
         Arch::Aarch64,
         ARM64_QEMU,
         CORE_SUITE,
-        (CopyHooks::Trampolines, "tracepoint"),
+        (CopyHooks::Trampolines, "tp_btf"),
     ),
 ];
 

@@ -8,8 +8,8 @@ pub struct ProbeArgs {
     #[cfg(feature = "instruments")]
     #[arg(long = "probe.hook", hide = true, global = true, value_parser = parse_retarget)]
     pub retarget: Vec<(String, String)>,
-    /// MODE: do not try this way of attaching (tp_btf, fentry, fexit, kprobe), as if the kernel
-    /// refused it, to check the next way down each probe's chain.
+    /// MODE: do not try this way of attaching (tp_btf, fentry, fexit, tracepoint, kprobe), as if
+    /// the kernel refused it, to check the next way down each probe's chain.
     #[arg(long = "probe.without", hide = true, global = true, value_delimiter = ',', value_parser = parse_mode)]
     pub without: Vec<Mode>,
 }

@@ -26,6 +26,15 @@ use zctrace_common::ProcessKey;
 pub const HEADER_LEN: u64 = zctrace::sender::HEADER_LEN as u64;
 pub const MIB: u64 = 1 << 20;
 
+/// Whether sys_exit attached the way this kernel should: as `cargo xtask vmtest` says for each
+/// kernel of its matrix, else by either of its ways (which one is the kernel's to decide).
+pub fn sys_exit_mode_expected(mode: &str) -> bool {
+    match std::env::var("ZCTRACE_EXPECT_SYS_EXIT") {
+        Ok(expected) => mode == expected,
+        Err(_) => mode == "tp_btf" || mode == "tracepoint",
+    }
+}
+
 /// True when the test may run. Without root it prints one line and returns false, unless
 /// `ZCTRACE_REQUIRE_PRIVILEGED=1` (set by CI), where a skip is a failure.
 pub fn privileged(test: &str) -> bool {
