@@ -319,14 +319,56 @@ fn check_tree(report: &serde_json::Value, shell: u32) {
         .iter()
         .filter(|r| r["parent_pid"] == shell && u(&r["bytes"]) >= SIZE);
     assert_eq!(senders.count(), 2, "{report:#}");
+    check_rows_add_up(report);
+}
+
+/// Each process's row adds up to the report's totals.
+fn check_rows_add_up(report: &serde_json::Value) {
+    let rows = report["processes"].as_array().expect("a row per process");
     for figure in ["bytes", "delivered_bytes", "cpu_copy_bytes", "syscalls"] {
         let sum: u64 = rows.iter().map(|r| u(&r[figure])).sum();
-        let total = match figure {
-            "bytes" => u(&report["totals"]["bytes"]),
-            other => u(&report["totals"][other]),
-        };
-        assert_eq!(sum, total, "{figure}: the rows add up to the total\n{report:#}");
+        assert_eq!(
+            sum,
+            u(&report["totals"][figure]),
+            "{figure}: the rows add up to the total\n{report:#}"
+        );
     }
+}
+
+/// Starts `zctrace attach --json ARGS` and returns once its probes are attached, with the rest
+/// of its log (kept open, so that zctrace can go on writing it).
+fn attach_started(args: &[&str]) -> (std::process::Child, impl Iterator) {
+    use std::io::BufRead as _;
+    let mut attach = Command::new(zctrace_bin())
+        .args(["--log.level", "info", "attach", "--json"])
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = std::io::BufReader::new(attach.stderr.take().unwrap()).lines();
+    assert!(
+        log.any(|line| line.unwrap().contains("probes attached; tracing")),
+        "attach never started tracing"
+    );
+    (attach, log)
+}
+
+/// A shell that waits for a line on its stdin, then becomes (exec) `command`.
+fn held(command: &str) -> std::process::Child {
+    Command::new("sh")
+        .args(["-c", &format!("read go; {command}")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// Lets a [`held`] shell go on, and checks that it succeeded.
+fn release(mut held: std::process::Child) {
+    use std::io::Write as _;
+    held.stdin.take().unwrap().write_all(b"go\n").unwrap();
+    assert!(held.wait().unwrap().success());
 }
 
 /// `attach --follow -- sh -c '…'`: a shell wrapper is traced with the processes it starts.
@@ -358,36 +400,10 @@ fn follow_traces_the_children_a_running_process_forks() {
     }
     let report = without_missed_runs("a followed running process", || {
         let receivers = [Receiver::start(&[]), Receiver::start(&[])];
-        let script = format!("read go; {}", two_senders(&test_file(SIZE), &receivers));
-        let mut shell = Command::new("sh")
-            .args(["-c", &script])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
+        let shell = held(&two_senders(&test_file(SIZE), &receivers));
         let pid = shell.id();
-        let mut attach = Command::new(zctrace_bin())
-            .args([
-                "--log.level",
-                "info",
-                "attach",
-                "--json",
-                "--follow",
-                "--pid",
-                &pid.to_string(),
-            ])
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::{BufRead as _, Write as _};
-        let mut log = std::io::BufReader::new(attach.stderr.take().unwrap()).lines();
-        assert!(
-            log.any(|line| line.unwrap().contains("probes attached; tracing")),
-            "attach never started tracing"
-        );
-        shell.stdin.take().unwrap().write_all(b"go\n").unwrap();
-        assert!(shell.wait().unwrap().success());
+        let (attach, _log) = attach_started(&["--follow", "--pid", &pid.to_string()]);
+        release(shell);
         let report = report_of(attach.wait_with_output().unwrap());
         for receiver in receivers {
             receiver.finish();
@@ -396,6 +412,59 @@ fn follow_traces_the_children_a_running_process_forks() {
         report
     });
     check_tree(&report, u(&report["pid"]) as u32);
+}
+
+/// `attach --pid A --pid B`: two running processes traced together, each exactly, with a row
+/// each that adds up to the totals.
+#[test]
+fn several_pids_are_traced_together() {
+    if !privileged("several_pids_are_traced_together") {
+        return;
+    }
+    let report = without_missed_runs("several traced processes", || {
+        let receivers = [Receiver::start(&[]), Receiver::start(&[])];
+        let file = test_file(SIZE);
+        let send = |method: &str, receiver: &Receiver| {
+            let command = format!(
+                "exec {} send --method {method} --file {} --to {} --chunk 65536",
+                zctrace_bin(),
+                file.display(),
+                receiver.addr
+            );
+            held(&command)
+        };
+        let senders = [send("sendfile", &receivers[0]), send("read-write", &receivers[1])];
+        let pids = senders.each_ref().map(|s| s.id());
+        let (attach, _log) = attach_started(&["--pid", &pids[0].to_string(), "--pid", &pids[1].to_string()]);
+        senders.into_iter().for_each(release);
+        let report = report_of(attach.wait_with_output().unwrap());
+        for receiver in receivers {
+            receiver.finish();
+        }
+        assert_eq!(report["pids"], serde_json::json!(pids), "{report:#}");
+        report
+    });
+    let pids: Vec<u64> = report["pids"].as_array().unwrap().iter().map(u).collect();
+    assert_eq!(u(&report["pid"]), pids[0], "{report:#}");
+    assert_eq!(
+        u(&path(&report, "sendfile", "file", "tcp")["bytes"]),
+        SIZE,
+        "{report:#}"
+    );
+    assert_eq!(
+        u(&path(&report, "write", "user", "tcp")["bytes"]),
+        SIZE,
+        "{report:#}"
+    );
+    let rows: Vec<u64> = report["processes"]
+        .as_array()
+        .expect("a row per process")
+        .iter()
+        .map(|r| u(&r["pid"]))
+        .collect();
+    assert_eq!(rows.len(), 2, "only the two traced processes: {report:#}");
+    assert!(rows.iter().all(|pid| pids.contains(pid)), "{report:#}");
+    check_rows_add_up(&report);
 }
 
 /// Without --follow, a parent that moved nothing while its children exist says where to look.

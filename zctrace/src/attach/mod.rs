@@ -18,7 +18,7 @@ use std::{
 use advice::copies_per_byte_label;
 use anyhow::{bail, Context as _, Result};
 use launch::Gated;
-use report::{top_sites_lines, Report, StackDrops, StacksReport};
+use report::{pids_label, top_sites_lines, Report, StackDrops, StacksReport};
 pub use top::{run as run_top, TopArgs};
 use view::{catch_interrupts, interrupted, mb, Frame, View};
 use zctrace_common::ProcessKey;
@@ -33,9 +33,10 @@ use crate::{
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AttachArgs {
-    /// The process to trace (all its threads).
-    #[arg(long, allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "command", conflicts_with = "command")]
-    pub pid: Option<u32>,
+    /// The process to trace (all its threads). Repeat it, or list pids separated by commas, to
+    /// trace several processes together: the report shows each and their sum.
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "command", conflicts_with = "command")]
+    pub pid: Vec<u32>,
     /// Stop after this long (for example 30s); default: until Ctrl-C or the process exits.
     #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub duration: Option<Duration>,
@@ -114,8 +115,15 @@ fn check_outputs(args: &AttachArgs) -> Result<()> {
 }
 
 pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
-    if let Some(pid) = args.pid {
+    let mut pids: Vec<u32> = Vec::new();
+    for &pid in &args.pid {
         check_pid(pid)?;
+        if !pids.contains(&pid) {
+            pids.push(pid);
+        }
+    }
+    if pids.len() > 1 && args.stacks.is_some() {
+        bail!("--stacks records one process's stacks: name a single --pid");
     }
     check_outputs(&args)?;
     privileges::require()?;
@@ -124,11 +132,14 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     } else {
         Some(Gated::spawn(&args.command)?)
     };
-    let pid = args
-        .pid
-        .unwrap_or_else(|| launched.as_ref().expect("a command").pid.as_raw() as u32);
+    if let Some(child) = &launched {
+        pids.push(child.pid.as_raw() as u32);
+    }
+    let pid = pids[0];
+    // Several processes are picked out of the whole machine's counts, as a followed tree is.
+    let several = args.follow || pids.len() > 1;
     let tracer = Tracer::load(&ProbeOptions {
-        filter_tgid: (!args.follow).then_some(pid),
+        filter_tgid: (!several).then_some(pid),
         stacks: args.stacks.map(StackKind::mode),
         ..probe.options()
     });
@@ -142,7 +153,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         (Err(e), None) => return Err(e),
     };
     catch_interrupts()?;
-    tracing::info!(pid, follow = args.follow, "probes attached; tracing");
+    tracing::info!(?pids, follow = args.follow, "probes attached; tracing");
     let session = Session {
         // Kernel stacks alone need no user frames, so no watch of the process's mappings.
         stacks: args.stacks.map(|kind| {
@@ -153,24 +164,28 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
             (kind, RefCell::new(frames))
         }),
         tracer,
-        pid,
+        pids,
         started: Instant::now(),
         launched,
-        follow: args.follow.then(HashMap::new),
+        follow: args.follow,
+        retired: several.then(HashMap::new),
     };
     session.trace(&args)
 }
 
 struct Session {
     tracer: Tracer,
-    pid: u32,
+    /// The traced processes, as given; the first names the report.
+    pids: Vec<u32>,
     started: Instant,
     launched: Option<Gated>,
     /// With `--stacks`: which stacks, and names for their frames.
     stacks: Option<(StackKind, RefCell<Frames>)>,
-    /// With `--follow`: the final figures of the tree's processes that exited, kept once their
-    /// entries are freed.
-    follow: Option<HashMap<ProcessKey, ProcessFigures>>,
+    /// `--follow`: their descendants are traced too.
+    follow: bool,
+    /// With `--follow` or several pids: the final figures of the traced processes that exited,
+    /// kept once their entries are freed.
+    retired: Option<HashMap<ProcessKey, ProcessFigures>>,
 }
 
 /// Why tracing stopped.
@@ -180,20 +195,28 @@ enum End {
 }
 
 impl Session {
-    /// The traced process, or with `--follow` each process of its tree, exited ones included.
+    /// The traced process, or each traced process (with `--follow`, each of their trees),
+    /// exited ones included.
     fn processes(&mut self) -> Result<Vec<ProcessFigures>> {
         let snapshot = self.tracer.snapshot()?;
         let all = per_process(&snapshot, self.tracer.copies_observed());
-        let Some(retired) = &mut self.follow else {
-            return Ok(all.into_iter().filter(|f| f.key.tgid == self.pid).collect());
+        let Some(retired) = &mut self.retired else {
+            return Ok(all.into_iter().filter(|f| f.key.tgid == self.pids[0]).collect());
         };
-        // A parent recorded when the entry was made outlives the parent, where /proc would
-        // show the child reparented.
-        let mut parents = procfs::parents();
-        for f in all.iter().chain(retired.values()).filter(|f| f.parent_tgid != 0) {
-            parents.insert(f.key.tgid, f.parent_tgid);
-        }
-        let members = tree::members(self.pid, &parents);
+        let members: HashSet<u32> = if self.follow {
+            // A parent recorded when the entry was made outlives the parent, where /proc would
+            // show the child reparented.
+            let mut parents = procfs::parents();
+            for f in all.iter().chain(retired.values()).filter(|f| f.parent_tgid != 0) {
+                parents.insert(f.key.tgid, f.parent_tgid);
+            }
+            self.pids
+                .iter()
+                .flat_map(|&root| tree::members(root, &parents))
+                .collect()
+        } else {
+            self.pids.iter().copied().collect()
+        };
         // Every exited process's entry is freed, as the daemon frees them: the maps stay
         // bounded while the whole machine is counted.
         let gone: HashSet<ProcessKey> = self.tracer.forget_exited(&snapshot, false)?.into_iter().collect();
@@ -213,19 +236,20 @@ impl Session {
         Ok(live)
     }
 
-    /// The traced process's figures, with its descendants' added under `--follow`.
+    /// The first traced process's figures, with every other traced process's added.
     fn total(&self, processes: &[ProcessFigures]) -> ProcessFigures {
-        let root = processes.iter().find(|f| f.key.tgid == self.pid);
+        let pid = self.pids[0];
+        let root = processes.iter().find(|f| f.key.tgid == pid);
         let mut total = root.cloned().unwrap_or_else(|| ProcessFigures {
             key: ProcessKey {
-                tgid: self.pid,
+                tgid: pid,
                 ..ProcessKey::default()
             },
-            comm: procfs::comm(self.pid).unwrap_or_default(),
+            comm: procfs::comm(pid).unwrap_or_default(),
             copies_observed: self.tracer.copies_observed(),
             ..Default::default()
         });
-        for f in processes.iter().filter(|f| f.key.tgid != self.pid) {
+        for f in processes.iter().filter(|f| f.key.tgid != pid) {
             total.add(f);
         }
         total
@@ -267,7 +291,8 @@ impl Session {
         match &self.launched {
             Some(child) => child.exit_code().map(End::Exited),
             None => {
-                (!std::path::Path::new(&format!("/proc/{}", self.pid)).exists()).then_some(End::Exited(None))
+                let gone = |pid: &u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
+                self.pids.iter().all(gone).then_some(End::Exited(None))
             }
         }
     }
@@ -314,25 +339,30 @@ impl Session {
             End::Asked => (false, None),
         };
         let mut report = Report::new(
-            self.pid,
+            self.pids[0],
             &figures,
             self.started.elapsed().as_secs_f64(),
             exited,
             code,
-        );
+        )
+        .with_pids(&self.pids);
         // The cgroup the kernel last saw the process in, named from the whole hierarchy.
         let mut cgroups = CgroupNames::new(None, false)?;
         report = report
             .with_cgroup(cgroups.path(figures.cgroup_id))
             .with_missed_runs(self.tracer.missed_runs()?);
-        if self.follow.is_some() {
+        if self.retired.is_some() {
             report = report.with_processes(&processes);
-        } else if figures.bytes() == 0 {
-            let children = procfs::parents().values().filter(|&&p| p == self.pid).count();
+        }
+        if !self.follow && figures.bytes() == 0 {
+            let children = procfs::parents()
+                .values()
+                .filter(|p| self.pids.contains(p))
+                .count();
             if children > 0 {
                 eprintln!(
-                    "zctrace: pid {} moved no bytes itself, but has {children} child processes: --follow traces them too",
-                    self.pid
+                    "zctrace: {} moved no bytes itself, but has {children} child processes: --follow traces them too",
+                    pids_label(self.pids[0], &self.pids)
                 );
             }
         }
@@ -352,8 +382,8 @@ impl Session {
         }
         if exited {
             eprintln!(
-                "zctrace: process {} exited; the report covers what was seen until then",
-                self.pid
+                "zctrace: {} exited; the report covers what was seen until then",
+                pids_label(self.pids[0], &self.pids)
             );
         }
         let text = if args.json {
@@ -424,7 +454,11 @@ impl Session {
             })
             .collect();
         Frame {
-            title: format!("zctrace attach: pid {} ({})", self.pid, total.comm),
+            title: format!(
+                "zctrace attach: {} ({})",
+                pids_label(self.pids[0], &self.pids),
+                total.comm
+            ),
             summary,
             header: vec![
                 "syscall",

@@ -13,7 +13,11 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct Report {
+    /// The traced process; with several `--pid`s, the first.
     pub pid: u32,
+    /// With several `--pid`s: each of them, in the order given.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pids: Vec<u32>,
     pub comm: String,
     /// The process's cgroup v2 path when last seen, where zctrace can name it.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -34,8 +38,8 @@ pub struct Report {
     /// With `--stacks`: where the copies happen.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub stacks: Option<StacksReport>,
-    /// With `--follow`: each process of the tree (the totals are their sum), the traced one
-    /// first, then by bytes moved.
+    /// With `--follow` or several `--pid`s: each process (the totals are their sum), the traced
+    /// ones first, then by bytes moved.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub processes: Option<Vec<ProcessRow>>,
     /// Runs of zctrace's programs the kernel skipped (a program already running on that CPU), for
@@ -234,6 +238,16 @@ pub struct TcpSendBytes {
     pub unclassified: u64,
 }
 
+/// `pid 12`, or `pids 12, 15` for several.
+pub fn pids_label(pid: u32, pids: &[u32]) -> String {
+    if pids.len() > 1 {
+        let pids: Vec<String> = pids.iter().map(u32::to_string).collect();
+        format!("pids {}", pids.join(", "))
+    } else {
+        format!("pid {pid}")
+    }
+}
+
 impl Report {
     pub fn new(
         pid: u32,
@@ -245,6 +259,7 @@ impl Report {
         let io_style = classify(f);
         Report {
             pid,
+            pids: Vec::new(),
             comm: f.comm.clone(),
             cgroup: None,
             workload: Workload::default(),
@@ -318,9 +333,18 @@ impl Report {
                 syscalls: f.counters.syscalls_total,
             })
             .collect();
-        rows.sort_by_key(|r| (r.pid != self.pid, std::cmp::Reverse(r.bytes), r.pid));
+        let traced = |pid: u32| pid == self.pid || self.pids.contains(&pid);
+        rows.sort_by_key(|r| (!traced(r.pid), std::cmp::Reverse(r.bytes), r.pid));
         Report {
             processes: Some(rows),
+            ..self
+        }
+    }
+
+    /// Every process traced at once, when there are several.
+    pub fn with_pids(self, pids: &[u32]) -> Report {
+        Report {
+            pids: if pids.len() > 1 { pids.to_vec() } else { Vec::new() },
             ..self
         }
     }
@@ -360,12 +384,12 @@ impl Report {
     pub fn text(&self) -> String {
         let t = &self.totals;
         let mut out = format!(
-            "zctrace report for pid {} ({}) over {:.1} s{}\n{}\
+            "zctrace report for {} ({}) over {:.1} s{}\n{}\
              bytes moved {}  delivered {}  CPU-copied {} ({})  copies per delivered byte {}\n\
              {}\n\
              syscalls {}  mode switches {}  context switches {} voluntary / {} involuntary  off-CPU {:.2} s\n\
              I/O style: {}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  basis\n",
-            self.pid,
+            pids_label(self.pid, &self.pids),
             self.comm,
             self.duration_seconds,
             if self.exited { " (the process exited)" } else { "" },
@@ -518,6 +542,32 @@ mod tests {
             unobserved,
             unwound,
         ))
+    }
+
+    #[test]
+    fn several_pids_name_the_report_and_lead_its_process_rows() {
+        let process = |tgid: u32, parent_tgid: u32| ProcessFigures {
+            key: zctrace_common::ProcessKey {
+                tgid,
+                ..Default::default()
+            },
+            parent_tgid,
+            ..Default::default()
+        };
+        let processes = [process(5, 9), process(9, 1), process(7, 1)];
+        let report = Report::new(7, &processes[2], 1.0, false, None)
+            .with_pids(&[7, 9])
+            .with_processes(&processes);
+        let rows: Vec<u32> = report.processes.iter().flatten().map(|r| r.pid).collect();
+        assert_eq!(rows, [7, 9, 5]);
+        assert!(
+            report.text().starts_with("zctrace report for pids 7, 9 ("),
+            "{}",
+            report.text()
+        );
+        let one = Report::new(7, &processes[2], 1.0, false, None).with_pids(&[7]);
+        assert!(one.pids.is_empty());
+        assert!(one.text().starts_with("zctrace report for pid 7 ("));
     }
 
     #[test]
