@@ -467,6 +467,101 @@ fn several_pids_are_traced_together() {
     check_rows_add_up(&report);
 }
 
+/// `attach --container ID`: every process of a container, found by its cgroup under the start
+/// of its id, and no other process.
+#[test]
+fn a_container_is_traced_by_the_start_of_its_id() {
+    if !privileged("a_container_is_traced_by_the_start_of_its_id") {
+        return;
+    }
+    const CONTAINER: &str = "4444444444444444444444444444444444444444444444444444444444444444";
+    let cgroups = TestCgroups::new("attach-container");
+    let scope = cgroups.make(&format!("/system.slice/docker-{CONTAINER}.scope"));
+    let report = without_missed_runs("a traced container", || {
+        let receivers = [Receiver::start(&[]), Receiver::start(&[]), Receiver::start(&[])];
+        let file = test_file(SIZE);
+        let send = |method: &str, receiver: &Receiver, inside: bool| {
+            let enter = match inside {
+                true => format!("echo $$ > {}; ", cgroups.procs(&scope).display()),
+                false => String::new(),
+            };
+            held(&format!(
+                "{enter}exec {} send --method {method} --file {} --to {} --chunk 65536",
+                zctrace_bin(),
+                file.display(),
+                receiver.addr
+            ))
+        };
+        let senders = [
+            send("sendfile", &receivers[0], true),
+            send("read-write", &receivers[1], true),
+            send("splice", &receivers[2], false),
+        ];
+        let pids = senders.each_ref().map(|s| u64::from(s.id()));
+        let (attach, _log) = attach_started(&["--container", &CONTAINER[..12]]);
+        senders.into_iter().for_each(release);
+        let attach_pid = nix::unistd::Pid::from_raw(attach.id() as i32);
+        nix::sys::signal::kill(attach_pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        let report = report_of(attach.wait_with_output().unwrap());
+        for receiver in receivers {
+            receiver.finish();
+        }
+        let rows: Vec<u64> = report["processes"]
+            .as_array()
+            .expect("a row per process")
+            .iter()
+            .map(|r| u(&r["pid"]))
+            .collect();
+        assert_eq!(rows.len(), 2, "the container's two processes: {report:#}");
+        assert!(rows.contains(&pids[0]) && rows.contains(&pids[1]), "{report:#}");
+        report
+    });
+    assert_eq!(report["target"], format!("container {CONTAINER}"), "{report:#}");
+    assert!(report.get("pid").is_none(), "{report:#}");
+    assert_eq!(
+        u(&path(&report, "sendfile", "file", "tcp")["bytes"]),
+        SIZE,
+        "{report:#}"
+    );
+    assert_eq!(
+        u(&path(&report, "write", "user", "tcp")["bytes"]),
+        SIZE,
+        "{report:#}"
+    );
+    let flows = report["flows"].as_array().unwrap();
+    assert!(
+        !flows.iter().any(|f| f["syscall"] == "splice"),
+        "the outsider's splices: {report:#}"
+    );
+    check_rows_add_up(&report);
+}
+
+/// A container or unit that no cgroup here is, or an id that is not one, is refused up front.
+#[test]
+fn a_container_or_unit_that_is_not_here_is_refused() {
+    if !privileged("a_container_or_unit_that_is_not_here_is_refused") {
+        return;
+    }
+    let refusal = |args: &[&str]| {
+        let output = Command::new(zctrace_bin())
+            .arg("attach")
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        String::from_utf8_lossy(&output.stderr).into_owned()
+    };
+    let missing = refusal(&["--container", "fedcba9876543210"]);
+    assert!(
+        missing.contains("no container on this host has an id starting fedcba9876543210"),
+        "{missing}"
+    );
+    let unit = refusal(&["--unit", "zctrace-no-such-unit"]);
+    assert!(unit.contains("zctrace-no-such-unit.service"), "{unit}");
+    let bad = refusal(&["--container", "XYZ"]);
+    assert!(bad.contains("is not a container id"), "{bad}");
+}
+
 /// Without --follow, a parent that moved nothing while its children exist says where to look.
 #[test]
 fn an_idle_parent_says_its_children_can_be_followed() {

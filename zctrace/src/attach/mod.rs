@@ -28,15 +28,23 @@ use crate::{
     probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     procfs,
     stacks::{self, symbols::Frames, Site, StackKind, Weight},
-    workload::cgroups::CgroupNames,
+    workload::{cgroups::CgroupNames, Workload, WorkloadTarget},
 };
 
 #[derive(Clone, Debug, clap::Args)]
 pub struct AttachArgs {
     /// The process to trace (all its threads). Repeat it, or list pids separated by commas, to
     /// trace several processes together: the report shows each and their sum.
-    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "command", conflicts_with = "command")]
+    #[arg(long, value_delimiter = ',', allow_negative_numbers = true, value_parser = clap::value_parser!(u32).range(1..), required_unless_present_any = ["command", "container", "unit"], conflicts_with = "command")]
     pub pid: Vec<u32>,
+    /// Trace every process of this container, by its runtime's id or the start of it (as
+    /// `docker ps` shows it), as their cgroups say, until Ctrl-C or --duration.
+    #[arg(long, value_parser = WorkloadTarget::container, conflicts_with_all = ["pid", "command", "follow", "unit"])]
+    pub container: Option<WorkloadTarget>,
+    /// Trace every process of this systemd service (`nginx` or `nginx.service`), as their
+    /// cgroups say, until Ctrl-C or --duration.
+    #[arg(long, value_parser = WorkloadTarget::unit, conflicts_with_all = ["pid", "command", "follow"])]
+    pub unit: Option<WorkloadTarget>,
     /// Stop after this long (for example 30s); default: until Ctrl-C or the process exits.
     #[arg(long, allow_hyphen_values = true, value_parser = crate::duration::parse)]
     pub duration: Option<Duration>,
@@ -122,9 +130,11 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
             pids.push(pid);
         }
     }
-    if pids.len() > 1 && args.stacks.is_some() {
+    let workload = args.container.as_ref().or(args.unit.as_ref());
+    if (pids.len() > 1 || workload.is_some()) && args.stacks.is_some() {
         bail!("--stacks records one process's stacks: name a single --pid");
     }
+    let workload = workload.map(workload_target).transpose()?;
     check_outputs(&args)?;
     privileges::require()?;
     let mut launched = if args.command.is_empty() {
@@ -135,11 +145,10 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     if let Some(child) = &launched {
         pids.push(child.pid.as_raw() as u32);
     }
-    let pid = pids[0];
     // Several processes are picked out of the whole machine's counts, as a followed tree is.
-    let several = args.follow || pids.len() > 1;
+    let several = args.follow || pids.len() != 1;
     let tracer = Tracer::load(&ProbeOptions {
-        filter_tgid: (!several).then_some(pid),
+        filter_tgid: (!several).then(|| pids[0]),
         stacks: args.stacks.map(StackKind::mode),
         ..probe.options()
     });
@@ -159,7 +168,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         stacks: args.stacks.map(|kind| {
             let frames = match kind {
                 StackKind::Kernel => Frames::kernel_only(),
-                StackKind::User | StackKind::Both => Frames::watch(pid),
+                StackKind::User | StackKind::Both => Frames::watch(pids[0]),
             };
             (kind, RefCell::new(frames))
         }),
@@ -169,8 +178,22 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
         launched,
         follow: args.follow,
         retired: several.then(HashMap::new),
+        workload,
     };
     session.trace(&args)
+}
+
+/// The container or unit as this host's cgroups name it, and the names to find its processes by.
+fn workload_target(target: &WorkloadTarget) -> Result<(WorkloadTarget, CgroupNames)> {
+    let mut names = CgroupNames::new(None, false)?;
+    if !names.complete() {
+        bail!(
+            "--container and --unit find processes by their cgroups, and this view of the cgroup \
+             hierarchy is not whole (see --cgroup-root of the daemon)"
+        );
+    }
+    let resolved = target.resolve(names.all_paths()).map_err(anyhow::Error::msg)?;
+    Ok((resolved, names))
 }
 
 struct Session {
@@ -183,9 +206,11 @@ struct Session {
     stacks: Option<(StackKind, RefCell<Frames>)>,
     /// `--follow`: their descendants are traced too.
     follow: bool,
-    /// With `--follow` or several pids: the final figures of the traced processes that exited,
-    /// kept once their entries are freed.
+    /// With `--follow`, several pids or a workload: the final figures of the traced processes
+    /// that exited, kept once their entries are freed.
     retired: Option<HashMap<ProcessKey, ProcessFigures>>,
+    /// `--container` or `--unit`: its processes are traced, found by their cgroups' names.
+    workload: Option<(WorkloadTarget, CgroupNames)>,
 }
 
 /// Why tracing stopped.
@@ -203,7 +228,18 @@ impl Session {
         let Some(retired) = &mut self.retired else {
             return Ok(all.into_iter().filter(|f| f.key.tgid == self.pids[0]).collect());
         };
-        let members: HashSet<u32> = if self.follow {
+        let members: HashSet<u32> = if let Some((target, names)) = &mut self.workload {
+            let mut ours = |f: &ProcessFigures| {
+                names
+                    .path(f.cgroup_id)
+                    .is_some_and(|path| target.matches(&Workload::from_cgroup_path(path)))
+            };
+            all.iter()
+                .chain(retired.values())
+                .filter(|f| ours(f))
+                .map(|f| f.key.tgid)
+                .collect()
+        } else if self.follow {
             // A parent recorded when the entry was made outlives the parent, where /proc would
             // show the child reparented.
             let mut parents = procfs::parents();
@@ -236,16 +272,21 @@ impl Session {
         Ok(live)
     }
 
-    /// The first traced process's figures, with every other traced process's added.
+    /// The first traced process's figures, with every other traced process's added; for a
+    /// workload, named after its busiest process.
     fn total(&self, processes: &[ProcessFigures]) -> ProcessFigures {
-        let pid = self.pids[0];
+        let pid = self.pids.first().copied().unwrap_or(0);
+        let busiest = processes.iter().max_by_key(|f| f.bytes()).map(|f| f.comm.clone());
         let root = processes.iter().find(|f| f.key.tgid == pid);
         let mut total = root.cloned().unwrap_or_else(|| ProcessFigures {
             key: ProcessKey {
                 tgid: pid,
                 ..ProcessKey::default()
             },
-            comm: procfs::comm(pid).unwrap_or_default(),
+            comm: match pid {
+                0 => busiest.unwrap_or_default(),
+                pid => procfs::comm(pid).unwrap_or_default(),
+            },
             copies_observed: self.tracer.copies_observed(),
             ..Default::default()
         });
@@ -287,9 +328,19 @@ impl Session {
         Ok(stacks::merge(sites))
     }
 
+    /// What is traced: a container, a unit, or pids.
+    fn subject(&self) -> String {
+        match &self.workload {
+            Some((target, _)) => target.label(),
+            None => pids_label(self.pids[0], &self.pids),
+        }
+    }
+
     fn ended(&self) -> Option<End> {
         match &self.launched {
             Some(child) => child.exit_code().map(End::Exited),
+            // A workload's processes come and go; it is traced until asked to stop.
+            None if self.workload.is_some() => None,
             None => {
                 let gone = |pid: &u32| !std::path::Path::new(&format!("/proc/{pid}")).exists();
                 self.pids.iter().all(gone).then_some(End::Exited(None))
@@ -339,13 +390,14 @@ impl Session {
             End::Asked => (false, None),
         };
         let mut report = Report::new(
-            self.pids[0],
+            figures.key.tgid,
             &figures,
             self.started.elapsed().as_secs_f64(),
             exited,
             code,
         )
-        .with_pids(&self.pids);
+        .with_pids(&self.pids)
+        .with_target(self.workload.as_ref().map(|(target, _)| target.label()));
         // The cgroup the kernel last saw the process in, named from the whole hierarchy.
         let mut cgroups = CgroupNames::new(None, false)?;
         report = report
@@ -354,7 +406,7 @@ impl Session {
         if self.retired.is_some() {
             report = report.with_processes(&processes);
         }
-        if !self.follow && figures.bytes() == 0 {
+        if !self.follow && self.workload.is_none() && figures.bytes() == 0 {
             let children = procfs::parents()
                 .values()
                 .filter(|p| self.pids.contains(p))
@@ -362,7 +414,7 @@ impl Session {
             if children > 0 {
                 eprintln!(
                     "zctrace: {} moved no bytes itself, but has {children} child processes: --follow traces them too",
-                    pids_label(self.pids[0], &self.pids)
+                    self.subject()
                 );
             }
         }
@@ -383,7 +435,7 @@ impl Session {
         if exited {
             eprintln!(
                 "zctrace: {} exited; the report covers what was seen until then",
-                pids_label(self.pids[0], &self.pids)
+                self.subject()
             );
         }
         let text = if args.json {
@@ -454,11 +506,7 @@ impl Session {
             })
             .collect();
         Frame {
-            title: format!(
-                "zctrace attach: {} ({})",
-                pids_label(self.pids[0], &self.pids),
-                total.comm
-            ),
+            title: format!("zctrace attach: {} ({})", self.subject(), total.comm),
             summary,
             header: vec![
                 "syscall",

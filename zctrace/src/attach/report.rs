@@ -13,8 +13,12 @@ use crate::{
 
 #[derive(Debug, Serialize)]
 pub struct Report {
-    /// The traced process; with several `--pid`s, the first.
+    /// The traced process; with several `--pid`s, the first; none for a container or unit.
+    #[serde(skip_serializing_if = "is_zero")]
     pub pid: u32,
+    /// `--container` or `--unit`: `container <id>` or `unit <name>`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
     /// With several `--pid`s: each of them, in the order given.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub pids: Vec<u32>,
@@ -238,6 +242,10 @@ pub struct TcpSendBytes {
     pub unclassified: u64,
 }
 
+fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
 /// `pid 12`, or `pids 12, 15` for several.
 pub fn pids_label(pid: u32, pids: &[u32]) -> String {
     if pids.len() > 1 {
@@ -259,6 +267,7 @@ impl Report {
         let io_style = classify(f);
         Report {
             pid,
+            target: None,
             pids: Vec::new(),
             comm: f.comm.clone(),
             cgroup: None,
@@ -341,6 +350,18 @@ impl Report {
         }
     }
 
+    /// The container or unit traced, all of whose processes the report covers.
+    pub fn with_target(self, target: Option<String>) -> Report {
+        Report { target, ..self }
+    }
+
+    /// What the report is of: a container, a unit, or its pids.
+    fn subject(&self) -> String {
+        self.target
+            .clone()
+            .unwrap_or_else(|| pids_label(self.pid, &self.pids))
+    }
+
     /// Every process traced at once, when there are several.
     pub fn with_pids(self, pids: &[u32]) -> Report {
         Report {
@@ -389,7 +410,7 @@ impl Report {
              {}\n\
              syscalls {}  mode switches {}  context switches {} voluntary / {} involuntary  off-CPU {:.2} s\n\
              I/O style: {}\n\n{:<16} {:<7} {:<7} {:>10} {:>14} {:>14}  basis\n",
-            pids_label(self.pid, &self.pids),
+            self.subject(),
             self.comm,
             self.duration_seconds,
             if self.exited { " (the process exited)" } else { "" },

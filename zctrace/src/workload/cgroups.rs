@@ -59,6 +59,14 @@ impl CgroupNames {
         self.root.is_some()
     }
 
+    /// Every cgroup's path, read afresh; none where the hierarchy is not whole.
+    pub fn all_paths(&mut self) -> impl Iterator<Item = &str> {
+        if let Some(root) = &self.root {
+            self.paths = procfs::cgroup_paths(root);
+        }
+        self.paths.values().map(String::as_str)
+    }
+
     /// The path of cgroup `id`, rescanning the hierarchy when the id is new. A cgroup removed
     /// before it was seen is remembered as unnamed rather than rescanned at every scrape.
     pub fn path(&mut self, id: u64) -> Option<&str> {

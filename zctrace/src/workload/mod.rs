@@ -65,6 +65,88 @@ impl Workload {
     }
 }
 
+/// A container or systemd service `attach` traces every process of, as their cgroup paths say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WorkloadTarget {
+    /// A container's id, or the start of one (`docker ps` shows 12 hex digits).
+    Container(String),
+    /// A systemd service, `.service` included.
+    Unit(String),
+}
+
+impl WorkloadTarget {
+    /// `--container ID`: hex digits, the whole id or the start of it.
+    pub fn container(id: &str) -> Result<WorkloadTarget, String> {
+        let hex = id
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        if id.is_empty() || id.len() > 64 || !hex {
+            return Err(format!(
+                "{id:?} is not a container id: up to 64 lowercase hex digits, or the start of them"
+            ));
+        }
+        Ok(WorkloadTarget::Container(id.to_string()))
+    }
+
+    /// `--unit NAME`: a service, named with or without `.service`.
+    pub fn unit(name: &str) -> Result<WorkloadTarget, String> {
+        let name = name.trim_end_matches(".service");
+        if name.is_empty() || name.contains('/') {
+            return Err(format!(
+                "{name:?} is not a systemd service name (like nginx or nginx.service)"
+            ));
+        }
+        Ok(WorkloadTarget::Unit(format!("{name}.service")))
+    }
+
+    pub fn matches(&self, workload: &Workload) -> bool {
+        match self {
+            WorkloadTarget::Container(id) => workload.container_id.as_deref() == Some(id),
+            WorkloadTarget::Unit(name) => workload.systemd_unit.as_deref() == Some(name),
+        }
+    }
+
+    /// The target as the cgroup paths in `paths` have it: the whole id of the one container
+    /// whose id starts with the one given, or the unit if some cgroup is its own.
+    pub fn resolve<'a>(&self, paths: impl Iterator<Item = &'a str>) -> Result<WorkloadTarget, String> {
+        let workloads: Vec<Workload> = paths.map(Workload::from_cgroup_path).collect();
+        match self {
+            WorkloadTarget::Container(start) => {
+                let mut ids: Vec<&str> = workloads
+                    .iter()
+                    .filter_map(|w| w.container_id.as_deref())
+                    .filter(|id| id.starts_with(start.as_str()))
+                    .collect();
+                ids.sort_unstable();
+                ids.dedup();
+                match ids[..] {
+                    [id] => Ok(WorkloadTarget::Container(id.to_string())),
+                    [] => Err(format!("no container on this host has an id starting {start}")),
+                    _ => Err(format!(
+                        "{} containers have ids starting {start}: give more of the id",
+                        ids.len()
+                    )),
+                }
+            }
+            WorkloadTarget::Unit(name) => {
+                if workloads.iter().any(|w| self.matches(w)) {
+                    Ok(self.clone())
+                } else {
+                    Err(format!("no cgroup on this host is systemd's {name}"))
+                }
+            }
+        }
+    }
+
+    /// `container <id>` or `unit <name>`.
+    pub fn label(&self) -> String {
+        match self {
+            WorkloadTarget::Container(id) => format!("container {id}"),
+            WorkloadTarget::Unit(name) => format!("unit {name}"),
+        }
+    }
+}
+
 /// `<prefix><64 hex>.scope` (systemd driver), `<prefix><64 hex>` (CRI-O and podman under the
 /// cgroupfs driver), or a bare 64-hex directory (containerd under cgroupfs, `/docker/<id>`).
 fn container_id(segment: &str) -> Option<&str> {

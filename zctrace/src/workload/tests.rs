@@ -1,4 +1,4 @@
-use super::Workload;
+use super::{Workload, WorkloadTarget};
 
 const ID: &str = "4f3c9a7e1b2d4c6e8f0a1b3c5d7e9f1a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e";
 const INNER: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
@@ -97,4 +97,50 @@ fn near_misses_name_no_workload() {
     ] {
         assert!(Workload::from_cgroup_path(&path).is_empty(), "{path}");
     }
+}
+
+#[test]
+fn a_container_is_found_by_the_start_of_its_id_and_only_if_unique() {
+    let paths = [
+        format!("/system.slice/docker-{ID}.scope"),
+        format!("/kubepods/burstable/pod{UID}/{INNER}"),
+        "/system.slice/nginx.service".to_string(),
+    ];
+    let resolve = |target: WorkloadTarget| target.resolve(paths.iter().map(String::as_str));
+    let short = WorkloadTarget::container(&ID[..12]).unwrap();
+    assert_eq!(resolve(short), Ok(WorkloadTarget::Container(ID.to_string())));
+    let both = WorkloadTarget::container("").map_err(|e| e.contains("not a container id"));
+    assert_eq!(both, Err(true));
+    assert!(resolve(WorkloadTarget::container("0a").unwrap()).is_ok());
+    let none = resolve(WorkloadTarget::container("ffff").unwrap()).unwrap_err();
+    assert!(none.contains("no container"), "{none}");
+    assert!(WorkloadTarget::container("4F3C").is_err());
+    assert!(WorkloadTarget::container(&format!("{ID}0")).is_err());
+    // Two ids starting the same are ambiguous.
+    let twins = [
+        format!("/docker/{ID}"),
+        format!("/docker/{}{}", &ID[..4], "0".repeat(60)),
+    ];
+    let ambiguous = WorkloadTarget::container("4f3c")
+        .unwrap()
+        .resolve(twins.iter().map(String::as_str))
+        .unwrap_err();
+    assert!(ambiguous.contains("2 containers"), "{ambiguous}");
+}
+
+#[test]
+fn a_unit_matches_its_own_processes_and_not_a_containers() {
+    let unit = WorkloadTarget::unit("nginx").unwrap();
+    assert_eq!(unit, WorkloadTarget::unit("nginx.service").unwrap());
+    assert_eq!(unit.label(), "unit nginx.service");
+    assert!(unit.matches(&Workload::from_cgroup_path("/system.slice/nginx.service")));
+    assert!(!unit.matches(&Workload::from_cgroup_path("/system.slice/nginx-debug.service")));
+    // A container started by a runtime under that unit is the container's.
+    let inside = format!("/system.slice/nginx.service/docker-{ID}.scope");
+    assert!(!unit.matches(&Workload::from_cgroup_path(&inside)));
+    assert!(WorkloadTarget::unit("a/b").is_err());
+    let missing = unit
+        .resolve(["/system.slice/sshd.service"].into_iter())
+        .unwrap_err();
+    assert!(missing.contains("nginx.service"), "{missing}");
 }
