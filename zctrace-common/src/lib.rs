@@ -39,6 +39,10 @@ pub struct SyscallStats {
     pub bytes: u64,
     /// Calls that returned an error.
     pub errors: u64,
+    /// Bytes sent from the buffer the same thread's last read had filled (read, pread64 and
+    /// recvfrom into, write, pwrite64 and sendto out of one buffer): evidence of a relay, a
+    /// lower bound.
+    pub relayed_bytes: u64,
 }
 
 /// Per-process counters that do not belong to one syscall; updated with atomic adds.
@@ -122,6 +126,10 @@ pub struct ThreadSwitches {
     /// the scheduler's where the kernel keeps `sched_info`, `bpf_ktime_get_ns` elsewhere.
     pub last_out_ns: u64,
     pub last_runtime_ns: u64,
+    /// The buffer the thread's last read (read, pread64, recvfrom) filled, and how much of it:
+    /// a send from there relays what was read.
+    pub last_fill_buffer: u64,
+    pub last_fill_len: u64,
 }
 
 /// What `tcp_sendmsg_locked` decided about the send in progress on one thread, kept until its

@@ -14,6 +14,7 @@ mod floor;
 mod kernel;
 mod maps;
 mod preemption;
+mod relay;
 mod sched;
 mod stacks;
 mod syscalls;

@@ -14,7 +14,7 @@ use zctrace_common::{
 use crate::{
     kernel::{current_task, fd_file, field, filtered_out, offset, process_key, task_field},
     maps::{add, count_error, syscall_entry},
-    stacks,
+    relay, stacks,
 };
 
 /// Where a syscall's number and first arguments sit in `struct pt_regs` at its exit. x86_64's
@@ -111,6 +111,7 @@ fn count_exit<C: StackIdContext>(ctx: &C, pt_regs: u64, ret: i64) -> Result<u32,
     if stacks::syscall_sites_wanted() && call.src != FdKind::None {
         stacks::record(ctx, &key, ret < 0, call.bytes);
     }
+    let relayed = relay_evidence(syscall as u16, task, pt_regs, &call);
     let entry = syscall_entry(&key).ok_or(0u32)?;
     // SAFETY: `entry` points into a live map value.
     unsafe {
@@ -120,8 +121,33 @@ fn count_exit<C: StackIdContext>(ctx: &C, pt_regs: u64, ret: i64) -> Result<u32,
         } else if call.bytes > 0 {
             add(&raw mut (*entry).bytes, call.bytes);
         }
+        if relayed > 0 {
+            add(&raw mut (*entry).relayed_bytes, relayed);
+        }
     }
     Ok(0)
+}
+
+/// For the calls that take one plain buffer: a read notes what it filled, and a send returns how
+/// many of its bytes came from the buffer the same thread's last read filled.
+#[inline(always)]
+fn relay_evidence(nr: u16, task: u64, pt_regs: u64, call: &Call) -> u64 {
+    let reading = match nr {
+        nr::READ | nr::PREAD64 | nr::RECVFROM => true,
+        nr::WRITE | nr::PWRITE64 | nr::SENDTO => false,
+        _ => return 0,
+    };
+    if call.bytes == 0 {
+        return 0;
+    }
+    let buffer: u64 = field(pt_regs, regs::ARG1);
+    let tid: u32 = task_field(task, offset!(task_pid));
+    if reading {
+        relay::filled(tid, buffer, call.bytes);
+        0
+    } else {
+        relay::relayed(tid, buffer, call.bytes)
+    }
 }
 
 /// What a syscall moved, between what.

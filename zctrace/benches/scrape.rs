@@ -30,6 +30,7 @@ fn process(i: usize) -> (SeriesKey, ProcessFigures) {
         bytes,
         cpu_copy_bytes: bytes,
         basis: Basis::Model,
+        relayed_bytes: 0,
     };
     let figures = ProcessFigures {
         flows: vec![

@@ -122,6 +122,9 @@ pub struct FlowFigures {
     pub bytes: u64,
     pub cpu_copy_bytes: u64,
     pub basis: Basis,
+    /// Sent from the buffer the same thread's last read had filled: seen in the kernel (buffer
+    /// addresses), a lower bound on the bytes relayed.
+    pub relayed_bytes: u64,
 }
 
 #[derive(Clone, Debug, Default, PartialEq)]
@@ -239,6 +242,7 @@ impl ProcessFigures {
                     same.errors += flow.errors;
                     same.bytes += flow.bytes;
                     same.cpu_copy_bytes += flow.cpu_copy_bytes;
+                    same.relayed_bytes += flow.relayed_bytes;
                 }
                 None => self.flows.push(flow.clone()),
             }
@@ -297,6 +301,7 @@ impl FlowFigures {
             errors: self.errors - before.errors,
             bytes: self.bytes - before.bytes,
             cpu_copy_bytes: self.cpu_copy_bytes - before.cpu_copy_bytes,
+            relayed_bytes: self.relayed_bytes - before.relayed_bytes,
             ..self.clone()
         }
     }
@@ -371,6 +376,7 @@ fn apply_syscall(figures: &mut ProcessFigures, key: &SyscallKey, stats: &Syscall
         bytes: stats.bytes,
         cpu_copy_bytes: stats.bytes * mechanism.copies(),
         basis: Basis::Model,
+        relayed_bytes: stats.relayed_bytes,
     });
 }
 

@@ -33,7 +33,7 @@ fn syscall(
         SyscallStats {
             calls,
             bytes,
-            errors: 0,
+            ..SyscallStats::default()
         },
     )
 }

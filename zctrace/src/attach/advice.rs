@@ -143,17 +143,51 @@ pub fn classify(f: &ProcessFigures) -> IoStyle {
     .max_by_key(|(bytes, _)| *bytes)
     .expect("four candidates");
     match best {
-        (bytes, IoStyle::SendFromMemory) if share(read_into_user(f).min(bytes)) >= 0.5 => {
-            IoStyle::ReadWriteRelay
-        }
+        (bytes, IoStyle::SendFromMemory) if relays(f, bytes, share) => IoStyle::ReadWriteRelay,
         (_, style) => style,
     }
+}
+
+/// Whether most of the `copied_out` bytes sent from memory are bytes a read had just put there:
+/// from the kernel's evidence where the sends give it (one-buffer calls, whose buffer is
+/// compared with the last read's), else from volumes alone (vectored sends name no one buffer).
+fn relays(f: &ProcessFigures, copied_out: u64, share: impl Fn(u64) -> f64) -> bool {
+    let witnessed = sent_by(f, |syscall, src, _, zc| {
+        src == FdKind::User && !zc && matches!(syscall, "write" | "pwrite64" | "sendto")
+    });
+    if witnessed * 2 >= copied_out {
+        relayed(f) * 2 >= witnessed
+    } else {
+        share(read_into_user(f).min(copied_out)) >= 0.5
+    }
+}
+
+/// Bytes sent from the buffer the same thread's last read had filled (observed).
+fn relayed(f: &ProcessFigures) -> u64 {
+    f.flows
+        .iter()
+        .filter(|p| p.src == FdKind::User && is_outbound(p.dst))
+        .map(|p| p.relayed_bytes)
+        .sum()
 }
 
 /// Sends from memory at least this large on average gain from MSG_ZEROCOPY, whose page pinning
 /// and completion notices cost more than copying smaller ones (the kernel's documentation puts
 /// the break-even near 10 KB).
 const ZEROCOPY_WORTH: u64 = 10_000;
+
+/// Below this on average, sends are small: more calls than the bytes need.
+const SMALL_SEND: u64 = 16 * 1024;
+
+/// The average copied send to a stream socket (TCP or Unix).
+fn average_stream_send(f: &ProcessFigures) -> u64 {
+    let (calls, bytes) = f
+        .flows
+        .iter()
+        .filter(|p| matches!(p.dst, FdKind::Tcp | FdKind::Unix) && p.src == FdKind::User && !p.zerocopy_flag)
+        .fold((0, 0), |(calls, bytes), p| (calls + p.calls, bytes + p.bytes));
+    bytes.checked_div(calls).unwrap_or(0)
+}
 
 /// Many small sends: for datagrams, segmentation offload or batching calls; for replies that
 /// each answer a receive, batching replies; else larger buffers.
@@ -162,7 +196,7 @@ fn small_sends_advice(f: &ProcessFigures, udp: u64) -> Option<String> {
         |pick: fn(FdKind) -> bool| -> u64 { f.flows.iter().filter(|p| pick(p.dst)).map(|p| p.calls).sum() };
     let sends = calls_to(|dst| dst != FdKind::User);
     let delivered = f.delivered_bytes();
-    if sends <= 100 || delivered < MEANINGFUL_BYTES || delivered / sends >= 16 * 1024 {
+    if sends <= 100 || delivered < MEANINGFUL_BYTES || delivered / sends >= SMALL_SEND {
         return None;
     }
     let average = delivered / sends;
@@ -212,21 +246,20 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
         )),
         // sendfile() cannot read a socket: splice through a pipe is the one zero-copy relay.
         IoStyle::ReadWriteRelay if udp * 2 < to_sockets => advice.push(format!(
-            "read()+write() copied {} through user space twice ({} of CPU copies); if these writes \
-             forward what the reads received, splice() through a pipe moves socket to socket without \
-             the copies (sendfile() cannot read from a socket)",
+            "read()+write() copied {} through user space twice ({} of CPU copies; {} seen sent straight \
+             from the buffer a read had just filled); splice() through a pipe moves socket to socket \
+             without the copies (sendfile() cannot read from a socket)",
             mb(to_sockets),
-            mb(f.cpu_copy_bytes())
+            mb(f.cpu_copy_bytes()),
+            mb(relayed(f))
         )),
-        IoStyle::SendFromMemory if to_sockets.saturating_sub(udp) >= MEANINGFUL_BYTES => {
+        // Small sends from memory are requests' replies or messages, not a file's contents: there
+        // the small-sends advice below is the one that applies.
+        IoStyle::SendFromMemory
+            if to_sockets.saturating_sub(udp) >= MEANINGFUL_BYTES && average_stream_send(f) >= SMALL_SEND =>
+        {
             let to_streams = to_sockets.saturating_sub(udp);
-            let tcp_sends = f
-                .flows
-                .iter()
-                .filter(|p| p.dst == FdKind::Tcp && p.src == FdKind::User)
-                .map(|p| p.calls)
-                .sum::<u64>();
-            let large = tcp_sends > 0 && to_streams / tcp_sends >= ZEROCOPY_WORTH;
+            let large = average_stream_send(f) >= ZEROCOPY_WORTH;
             advice.push(format!(
                 "write() from memory copied {} into socket buffers; if that memory maps a file, sendfile() \
                  avoids the copy (and the SIGBUS a truncated file causes under mmap){}",
@@ -296,17 +329,29 @@ mod tests {
             bytes,
             cpu_copy_bytes: bytes * copies,
             basis: Basis::Model,
+            relayed_bytes: 0,
         }
     }
 
     const MIB: u64 = 1 << 20;
+
+    /// A flow whose sends the kernel saw leave from the buffer a read had just filled.
+    fn relayed(flow: FlowFigures, relayed_bytes: u64) -> FlowFigures {
+        FlowFigures {
+            relayed_bytes,
+            ..flow
+        }
+    }
 
     #[test]
     fn a_read_write_relay_is_told_about_sendfile() {
         let f = ProcessFigures {
             flows: vec![
                 flow("read", FdKind::Regular, FdKind::User, 1000, 64 * MIB, 1),
-                flow("write", FdKind::User, FdKind::Tcp, 1000, 64 * MIB, 1),
+                relayed(
+                    flow("write", FdKind::User, FdKind::Tcp, 1000, 64 * MIB, 1),
+                    64 * MIB,
+                ),
             ],
             ..Default::default()
         };
@@ -355,14 +400,44 @@ mod tests {
         let f = ProcessFigures {
             flows: vec![
                 flow("read", FdKind::Tcp, FdKind::User, 1000, 64 * MIB, 1),
-                flow("write", FdKind::User, FdKind::Tcp, 1000, 64 * MIB, 1),
+                relayed(
+                    flow("write", FdKind::User, FdKind::Tcp, 1000, 64 * MIB, 1),
+                    60 * MIB,
+                ),
             ],
             ..Default::default()
         };
         assert_eq!(classify(&f), IoStyle::ReadWriteRelay);
         let advice = advise(&f, IoStyle::ReadWriteRelay);
         assert!(advice[0].contains("splice() through a pipe"), "{advice:?}");
+        assert!(advice[0].contains("62.9 MB seen sent straight"), "{advice:?}");
         names_only_what_works(&advice, false);
+    }
+
+    /// A key-value store reads requests and writes replies of about the same volume, but from
+    /// its memory, not from what it read: no relay, and no relay advice.
+    #[test]
+    fn reads_and_sends_of_one_volume_are_no_relay_without_the_evidence() {
+        let f = ProcessFigures {
+            flows: vec![
+                flow("read", FdKind::Tcp, FdKind::User, 50_000, 64 * MIB, 1),
+                relayed(flow("write", FdKind::User, FdKind::Tcp, 50_000, 64 * MIB, 1), MIB),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::SendFromMemory);
+        let advice = advise(&f, classify(&f));
+        assert!(!advice.iter().any(|a| a.contains("splice()")), "{advice:?}");
+        names_only_what_works(&advice, false);
+        // Vectored sends name no one buffer: there the volumes decide, as before.
+        let vectored = ProcessFigures {
+            flows: vec![
+                flow("read", FdKind::Tcp, FdKind::User, 1000, 64 * MIB, 1),
+                flow("writev", FdKind::User, FdKind::Tcp, 1000, 64 * MIB, 1),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&vectored), IoStyle::ReadWriteRelay);
     }
 
     #[test]

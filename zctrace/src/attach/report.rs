@@ -221,6 +221,10 @@ pub struct FlowReport {
     pub bytes: u64,
     pub cpu_copy_bytes: u64,
     pub basis: &'static str,
+    /// Bytes the kernel saw sent from the buffer the same thread's last read filled (observed;
+    /// one-buffer calls only, so a lower bound). Absent where none were.
+    #[serde(skip_serializing_if = "is_zero_u64")]
+    pub relayed_bytes: u64,
 }
 
 #[derive(Debug, Serialize)]
@@ -243,6 +247,10 @@ pub struct TcpSendBytes {
 }
 
 fn is_zero(value: &u32) -> bool {
+    *value == 0
+}
+
+fn is_zero_u64(value: &u64) -> bool {
     *value == 0
 }
 
@@ -306,6 +314,7 @@ impl Report {
                     bytes: p.bytes,
                     cpu_copy_bytes: p.cpu_copy_bytes,
                     basis: p.basis.label(),
+                    relayed_bytes: p.relayed_bytes,
                 })
                 .collect(),
             observed: Observed {
@@ -604,6 +613,7 @@ mod tests {
             bytes: 9,
             cpu_copy_bytes: 9,
             basis: Basis::Model,
+            relayed_bytes: 0,
         });
         let report = Report::new(1, &figures, 1.0, false, None);
         assert_eq!(report.totals.copies_per_byte, None);

@@ -334,6 +334,7 @@ mod tests {
                 bytes,
                 cpu_copy_bytes: bytes,
                 basis: Basis::Model,
+                relayed_bytes: 0,
             }],
             syscalls: BTreeMap::from([("write", bytes)]),
             counters: Counters {

@@ -18,8 +18,8 @@ fn key(nr: u16, src: FdKind, dst: FdKind, variant: Variant) -> StackKey {
 fn stats(calls: u64, bytes: u64) -> SyscallStats {
     SyscallStats {
         calls,
-        errors: 0,
         bytes,
+        ..SyscallStats::default()
     }
 }
 
