@@ -216,6 +216,35 @@ fn bad_pids_are_refused_with_the_reason() {
     fails_with(&["attach", "--pid", "1", "--duration", "forever"], "--duration");
 }
 
+/// The plain view of a command that exits mid-interval ends when it exits, not at the interval.
+#[test]
+fn a_short_command_ends_the_plain_view_when_it_exits() {
+    if !privileged("a_short_command_ends_the_plain_view_when_it_exits") {
+        return;
+    }
+    let output = Command::new(zctrace_bin())
+        .args(["attach", "--plain", "--interval", "30s", "--", "sleep", "0.3"])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let seconds: f64 = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("zctrace report for pid "))
+        .and_then(|l| l.split(" over ").nth(1))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no report line: {stdout}"));
+    assert!(
+        (0.3..30.0).contains(&seconds),
+        "traced for {seconds} s:\n{stdout}"
+    );
+}
+
 /// A launched command that moves itself into a container's cgroup and execs, as runc starts a
 /// container's first process: the report names the cgroup it moved to, and that container.
 #[test]

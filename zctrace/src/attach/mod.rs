@@ -373,7 +373,7 @@ impl Session {
                         frame.footer = top_sites_lines(&stacks::top(&self.sites()?, 3));
                     }
                     previous = now;
-                    if view.show(&frame, wait)? {
+                    if view.show(&frame, wait, || self.ended().is_some())? {
                         break End::Asked;
                     }
                 }

@@ -51,7 +51,7 @@ pub fn run(args: TopArgs, probe: &ProbeArgs) -> Result<()> {
         let wait = args.duration.map_or(args.interval, |d| {
             args.interval.min(d.saturating_sub(started.elapsed()))
         });
-        if view.show(&frame, wait)? {
+        if view.show(&frame, wait, || false)? {
             break;
         }
     }

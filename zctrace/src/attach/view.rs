@@ -69,12 +69,16 @@ impl View {
 
     /// Shows a frame, then waits up to `wait` for q or Ctrl-C on a terminal, or for SIGINT or
     /// SIGTERM anywhere (true: asked to stop), noticing either within 100 ms.
-    pub fn show(&mut self, frame: &Frame, wait: Duration) -> Result<bool> {
+    pub fn show(&mut self, frame: &Frame, wait: Duration, done: impl Fn() -> bool) -> Result<bool> {
         let until = Instant::now() + wait;
         self.draw(frame)?;
         while let Some(left) = until.checked_duration_since(Instant::now()) {
             if interrupted() || self.key_pressed(left.min(RESPONSIVENESS))? {
                 return Ok(true);
+            }
+            // A traced process that ends mid-interval ends the trace then, not at the interval.
+            if done() {
+                break;
             }
         }
         Ok(interrupted())
