@@ -355,38 +355,6 @@ fn check_tree(report: &serde_json::Value, shell: u32) {
     check_rows_add_up(report);
 }
 
-/// Each process's row adds up to the report's totals.
-fn check_rows_add_up(report: &serde_json::Value) {
-    let rows = report["processes"].as_array().expect("a row per process");
-    for figure in ["bytes", "delivered_bytes", "cpu_copy_bytes", "syscalls"] {
-        let sum: u64 = rows.iter().map(|r| u(&r[figure])).sum();
-        assert_eq!(
-            sum,
-            u(&report["totals"][figure]),
-            "{figure}: the rows add up to the total\n{report:#}"
-        );
-    }
-}
-
-/// Starts `zctrace attach --json ARGS` and returns once its probes are attached, with the rest
-/// of its log (kept open, so that zctrace can go on writing it).
-fn attach_started(args: &[&str]) -> (std::process::Child, impl Iterator) {
-    use std::io::BufRead as _;
-    let mut attach = Command::new(zctrace_bin())
-        .args(["--log.level", "info", "attach", "--json"])
-        .args(args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut log = std::io::BufReader::new(attach.stderr.take().unwrap()).lines();
-    assert!(
-        log.any(|line| line.unwrap().contains("probes attached; tracing")),
-        "attach never started tracing"
-    );
-    (attach, log)
-}
-
 /// A shell that waits for a line on its stdin, then becomes (exec) `command`.
 fn held(command: &str) -> std::process::Child {
     Command::new("sh")

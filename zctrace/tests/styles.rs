@@ -29,20 +29,28 @@ fn attach_styles(args: &[&str]) -> serde_json::Value {
     )
 }
 
-/// A loopback TCP sink: its address, and the bytes its one connection brought.
-fn sink() -> (String, JoinHandle<u64>) {
+/// A loopback TCP sink: its address, and the bytes its `connections` brought, drained one at a
+/// time as they come.
+fn sink(connections: usize) -> (String, JoinHandle<u64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = listener.local_addr().unwrap().to_string();
     let drained = std::thread::spawn(move || {
-        let (mut connection, _) = listener.accept().unwrap();
-        let mut buffer = vec![0; 1 << 16];
-        let mut total = 0;
-        loop {
-            match connection.read(&mut buffer).unwrap() {
-                0 => return total,
-                n => total += n as u64,
-            }
-        }
+        let drains: Vec<JoinHandle<u64>> = (0..connections)
+            .map(|_| {
+                let (mut connection, _) = listener.accept().unwrap();
+                std::thread::spawn(move || {
+                    let mut buffer = vec![0; 1 << 16];
+                    let mut total = 0;
+                    loop {
+                        match connection.read(&mut buffer).unwrap() {
+                            0 => return total,
+                            n => total += n as u64,
+                        }
+                    }
+                })
+            })
+            .collect();
+        drains.into_iter().map(|d| d.join().unwrap()).sum()
     });
     (addr, drained)
 }
@@ -89,7 +97,7 @@ fn a_file_to_socket_relay_is_told_about_sendfile() {
         return;
     }
     let report = without_missed_runs("file-relay", || {
-        let (to, drained) = sink();
+        let (to, drained) = sink(1);
         let file = test_file(SIZE);
         let report = attach_styles(&["file-relay", file.to_str().unwrap(), &to]);
         assert_eq!(drained.join().unwrap(), SIZE);
@@ -113,7 +121,7 @@ fn a_socket_to_socket_relay_is_told_about_splice_and_not_sendfile() {
         return;
     }
     let report = without_missed_runs("socket-relay", || {
-        let (to, drained) = sink();
+        let (to, drained) = sink(1);
         let report = attach_styles(&["socket-relay", &to, &SIZE.to_string()]);
         assert_eq!(drained.join().unwrap(), SIZE);
         report
@@ -194,4 +202,89 @@ fn a_file_reader_is_a_file_reader() {
         "{report:#}"
     );
     names_only_what_works(&report, true, false);
+}
+
+#[test]
+fn a_socket_to_file_writer_is_told_about_splice() {
+    if !privileged("a_socket_to_file_writer_is_told_about_splice") {
+        return;
+    }
+    let report = without_missed_runs("socket-to-file", || {
+        let out = scratch_path("socket-to-file.out");
+        let _ = std::fs::remove_file(&out);
+        let report = attach_styles(&["socket-to-file", out.to_str().unwrap(), &SIZE.to_string()]);
+        assert_eq!(std::fs::metadata(&out).unwrap().len(), SIZE);
+        std::fs::remove_file(&out).unwrap();
+        report
+    });
+    assert_eq!(report["io_style"], "file_writer", "{report:#}");
+    assert_eq!(
+        flow_bytes(&report, "write", "user", "file", "bytes"),
+        SIZE,
+        "{report:#}"
+    );
+    assert!(
+        advice(&report)[0].contains("splice() from the socket into a pipe"),
+        "{report:#}"
+    );
+    names_only_what_works(&report, false, true);
+}
+
+/// `attach --follow --pid LISTENER` on a server that forks a child per connection: the
+/// children's relaying is the tree's, exactly, and the rows add up.
+#[test]
+fn a_forking_relay_is_followed_from_its_listener() {
+    if !privileged("a_forking_relay_is_followed_from_its_listener") {
+        return;
+    }
+    use std::io::{BufRead as _, Write as _};
+    let report = without_missed_runs("forking-relay", || {
+        let (to, drained) = sink(2);
+        let mut listener = Command::new("python3")
+            .arg(styles_py())
+            .args(["forking-relay", &to, "2"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(listener.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .expect("its address")
+            .to_string();
+        let (attach, _log) = attach_started(&["--follow", "--pid", &listener.id().to_string()]);
+        let block = vec![7u8; 1 << 16];
+        for _ in 0..2 {
+            let mut feed = std::net::TcpStream::connect(&addr).unwrap();
+            for _ in 0..SIZE / block.len() as u64 {
+                feed.write_all(&block).unwrap();
+            }
+        }
+        assert!(listener.wait().unwrap().success());
+        let report = report_of(attach.wait_with_output().unwrap());
+        assert_eq!(drained.join().unwrap(), 2 * SIZE);
+        report
+    });
+    assert_eq!(
+        flow_bytes(&report, "recvfrom", "tcp", "user", "bytes"),
+        2 * SIZE,
+        "{report:#}"
+    );
+    assert_eq!(
+        flow_bytes(&report, "sendto", "user", "tcp", "bytes"),
+        2 * SIZE,
+        "{report:#}"
+    );
+    assert_eq!(report["io_style"], "read_write_relay", "{report:#}");
+    assert!(
+        advice(&report)[0].contains("splice() through a pipe"),
+        "{report:#}"
+    );
+    names_only_what_works(&report, false, true);
+    let rows = report["processes"].as_array().expect("a row per process");
+    assert_eq!(rows.len(), 3, "the listener and its two children: {report:#}");
+    check_rows_add_up(&report);
 }

@@ -162,6 +162,40 @@ fn relays(f: &ProcessFigures, copied_out: u64, share: impl Fn(u64) -> f64) -> bo
     }
 }
 
+/// Bytes written to files from the buffer a read had just filled (observed).
+fn relayed_into_files(f: &ProcessFigures) -> u64 {
+    f.flows
+        .iter()
+        .filter(|p| p.src == FdKind::User && p.dst == FdKind::Regular)
+        .map(|p| p.relayed_bytes)
+        .sum()
+}
+
+/// For a process that writes to files what it reads: file to file, `copy_file_range()`; socket
+/// to file, `splice()` through a pipe.
+fn file_relay_advice(f: &ProcessFigures) -> String {
+    let from_sockets: u64 = f
+        .flows
+        .iter()
+        .filter(|p| p.dst == FdKind::User && is_outbound(p.src) && p.src != FdKind::Pipe)
+        .map(|p| p.bytes)
+        .sum();
+    let (written, relayed) = (mb(written_to_files(f)), mb(relayed_into_files(f)));
+    if from_sockets > read_from_files(f) {
+        format!(
+            "receiving from sockets and writing to files copied {written} through user space (two CPU \
+             copies a byte; {relayed} seen written straight from the buffer a receive had just filled); \
+             splice() from the socket into a pipe, then from the pipe into the file, moves it without them"
+        )
+    } else {
+        format!(
+            "read() and write() copied {written} from files into files through user space (two CPU copies \
+             a byte; {relayed} seen written straight from the buffer a read had just filled); \
+             copy_file_range() copies in the kernel, once, or not at all on a filesystem that shares extents"
+        )
+    }
+}
+
 /// Bytes sent from the buffer the same thread's last read had filled (observed).
 fn relayed(f: &ProcessFigures) -> u64 {
     f.flows
@@ -271,11 +305,14 @@ pub fn advise(f: &ProcessFigures, style: IoStyle) -> Vec<String> {
                 }
             ))
         }
-        IoStyle::FileWriter if read_from_files(f) >= MEANINGFUL_BYTES => advice.push(format!(
-            "read() and write() copied {} from files into files through user space (two CPU copies a byte); \
-             copy_file_range() copies in the kernel, once, or not at all on a filesystem that shares extents",
-            mb(read_from_files(f).min(written_to_files(f)))
-        )),
+        // Files written from the buffer a read had just filled: whichever source the reads were
+        // mostly from says how to skip user space.
+        IoStyle::FileWriter
+            if relayed_into_files(f) >= MEANINGFUL_BYTES
+                && relayed_into_files(f) * 2 >= written_to_files(f) =>
+        {
+            advice.push(file_relay_advice(f))
+        }
         _ => {}
     }
     if f.counters.tcp(TcpPath::Zerocopy) > 0
@@ -504,12 +541,54 @@ mod tests {
         let copier = ProcessFigures {
             flows: vec![
                 flow("read", FdKind::Regular, FdKind::User, 256, 16 * MIB, 1),
-                flow("write", FdKind::User, FdKind::Regular, 256, 16 * MIB, 1),
+                relayed(
+                    flow("write", FdKind::User, FdKind::Regular, 256, 16 * MIB, 1),
+                    16 * MIB,
+                ),
             ],
             ..Default::default()
         };
         assert_eq!(classify(&copier), IoStyle::FileWriter);
         assert!(advise(&copier, IoStyle::FileWriter)[0].contains("copy_file_range()"));
+        // Start-up reads (a runtime's own files) and writes of what it made are no file copy.
+        let unrelated = ProcessFigures {
+            flows: vec![
+                flow("read", FdKind::Regular, FdKind::User, 256, 2 * MIB, 1),
+                flow("write", FdKind::User, FdKind::Regular, 256, 16 * MIB, 1),
+            ],
+            ..Default::default()
+        };
+        assert!(advise(&unrelated, classify(&unrelated)).is_empty());
+    }
+
+    #[test]
+    fn a_socket_to_file_writer_is_told_about_splice() {
+        let f = ProcessFigures {
+            flows: vec![
+                flow("recvfrom", FdKind::Tcp, FdKind::User, 1000, 64 * MIB, 1),
+                relayed(
+                    flow("write", FdKind::User, FdKind::Regular, 1000, 64 * MIB, 1),
+                    64 * MIB,
+                ),
+            ],
+            ..Default::default()
+        };
+        assert_eq!(classify(&f), IoStyle::FileWriter);
+        let advice = advise(&f, IoStyle::FileWriter);
+        assert!(
+            advice[0].contains("splice() from the socket into a pipe"),
+            "{advice:?}"
+        );
+        names_only_what_works(&advice, false);
+        // Written from memory it fills itself, not from what it received: nothing to splice.
+        let generated = ProcessFigures {
+            flows: vec![
+                flow("recvfrom", FdKind::Tcp, FdKind::User, 1000, 64 * MIB, 1),
+                flow("write", FdKind::User, FdKind::Regular, 1000, 64 * MIB, 1),
+            ],
+            ..Default::default()
+        };
+        assert!(advise(&generated, classify(&generated)).is_empty());
     }
 
     #[test]

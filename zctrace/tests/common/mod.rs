@@ -343,6 +343,37 @@ pub fn without_missed_runs(test: &str, mut attempt: impl FnMut() -> serde_json::
     attempt()
 }
 
+/// Each process's row adds up to the report's totals.
+pub fn check_rows_add_up(report: &serde_json::Value) {
+    let rows = report["processes"].as_array().expect("a row per process");
+    for figure in ["bytes", "delivered_bytes", "cpu_copy_bytes", "syscalls"] {
+        let sum: u64 = rows.iter().map(|r| r[figure].as_u64().unwrap()).sum();
+        assert_eq!(
+            sum,
+            report["totals"][figure].as_u64().unwrap(),
+            "{figure}: the rows add up to the total\n{report:#}"
+        );
+    }
+}
+
+/// Starts `zctrace attach --json ARGS` and returns once its probes are attached, with the rest
+/// of its log (kept open, so that zctrace can go on writing it).
+pub fn attach_started(args: &[&str]) -> (Child, impl Iterator<Item = std::io::Result<String>>) {
+    let mut attach = Command::new(zctrace_bin())
+        .args(["--log.level", "info", "attach", "--json"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut log = BufReader::new(attach.stderr.take().unwrap()).lines();
+    assert!(
+        log.any(|line| line.unwrap().contains("probes attached; tracing")),
+        "attach never started tracing"
+    );
+    (attach, log)
+}
+
 /// The report of a finished `zctrace attach --json`, which must have succeeded.
 pub fn report_of(output: std::process::Output) -> serde_json::Value {
     assert!(

@@ -7,6 +7,9 @@ Each moves a known volume the way real programs of its kind do, then exits:
                                 client child that pipelines nothing: one request, one reply
   udp-sender HOST:PORT COUNT    sends COUNT datagrams of 1400 bytes
   file-reader FILE              reads a file into memory
+  socket-to-file FILE BYTES     writes to a new FILE what a TCP peer (a child it forks) sends
+  forking-relay HOST:PORT N     a listener that prints its address, then forks a child for each of
+                                N connections, which relays it to HOST:PORT (the parent moves none)
 The children it forks are other processes: `attach -- python3 styles.py ...` traces only it.
 """
 import os
@@ -48,15 +51,7 @@ def peer_sends(total):
 
 
 def socket_relay(to, total):
-    source = peer_sends(total)
-    buffer = bytearray(CHUNK)
-    view = memoryview(buffer)
-    with socket.create_connection(address(to)) as out:
-        while True:
-            n = source.recv_into(buffer)
-            if not n:
-                break
-            out.sendall(view[:n])
+    relay(peer_sends(total), to)
     os.wait()
 
 
@@ -120,6 +115,45 @@ def file_reader(path):
     return len(kept)
 
 
+def socket_to_file(path, total):
+    source = peer_sends(total)
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with open(path, "xb", buffering=0) as out:
+        while True:
+            n = source.recv_into(buffer)
+            if not n:
+                break
+            out.write(view[:n])
+    os.wait()
+
+
+def relay(source, to):
+    buffer = bytearray(CHUNK)
+    view = memoryview(buffer)
+    with socket.create_connection(address(to)) as out:
+        while True:
+            n = source.recv_into(buffer)
+            if not n:
+                break
+            out.sendall(view[:n])
+
+
+def forking_relay(to, connections):
+    listener = socket.create_server(("127.0.0.1", 0))
+    host, port = listener.getsockname()
+    print(f"listening on {host}:{port}", flush=True)
+    for _ in range(connections):
+        connection, _ = listener.accept()
+        if os.fork() == 0:
+            listener.close()
+            relay(connection, to)
+            os._exit(0)
+        connection.close()
+    for _ in range(connections):
+        os.wait()
+
+
 def main(argv):
     style, args = argv[1], argv[2:]
     if style == "file-relay":
@@ -132,6 +166,10 @@ def main(argv):
         udp_sender(args[0], int(args[1]))
     elif style == "file-reader":
         file_reader(args[0])
+    elif style == "socket-to-file":
+        socket_to_file(args[0], int(args[1]))
+    elif style == "forking-relay":
+        forking_relay(args[0], int(args[1]))
     else:
         sys.exit(f"styles.py: no style {style!r}")
 
