@@ -679,14 +679,14 @@ mod tests {
         assert_eq!(size_of::<StackKey>(), 4 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 1 + 7);
         assert_eq!(size_of::<CopyStackCounts>(), 2 * 8);
-        assert_eq!(size_of::<SyscallStats>(), 3 * 8);
+        assert_eq!(size_of::<SyscallStats>(), 4 * 8);
         assert_eq!(
             size_of::<ProcessStats>(),
             16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2) + 4 + 4
         );
-        assert_eq!(size_of::<KernelOffsets>(), 49 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 50 * 4);
         assert_eq!(size_of::<PendingSend>(), 8);
-        assert_eq!(size_of::<ThreadSwitches>(), 16 + 6 * 8);
+        assert_eq!(size_of::<ThreadSwitches>(), 16 + 8 * 8);
     }
 
     #[test]
