@@ -151,15 +151,17 @@ impl ProcessFigures {
     }
 
     /// Bytes that left the process: written to a file, pipe or socket, by syscalls or by
-    /// io_uring.
+    /// io_uring; bytes it passed through a pipe of its own count once.
     pub fn delivered_bytes(&self) -> u64 {
-        let by_syscalls: u64 = self
-            .flows
-            .iter()
-            .filter(|p| p.dst != FdKind::User)
-            .map(|p| p.bytes)
-            .sum();
-        by_syscalls + self.tcp_without_syscalls().0
+        let bytes = |pick: fn(&FlowFigures) -> bool| -> u64 {
+            self.flows.iter().filter(|p| pick(p)).map(|p| p.bytes).sum()
+        };
+        let by_syscalls = bytes(|p| p.dst != FdKind::User);
+        // A pipe the process fills and drains itself (a splice pipeline's middle) delivers
+        // nothing: its bytes are delivered where they are drained to.
+        let filled = bytes(|p| p.dst == FdKind::Pipe && p.src != FdKind::Pipe);
+        let drained = bytes(|p| p.src == FdKind::Pipe && p.dst != FdKind::User);
+        by_syscalls - filled.min(drained) + self.tcp_without_syscalls().0
     }
 
     /// CPU-copied bytes by the copy model, the deferred zerocopy copies and the copies of TCP

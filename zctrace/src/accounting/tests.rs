@@ -44,6 +44,45 @@ fn comm(name: &str) -> [u8; 16] {
     out
 }
 
+/// What one process delivers, from its syscall flows alone.
+fn delivered(flows: &[(u16, FdKind, FdKind, u64)]) -> u64 {
+    let snapshot = RawSnapshot {
+        syscalls: flows
+            .iter()
+            .map(|&(nr, src, dst, bytes)| syscall(SENDER, nr, src, dst, 1, bytes))
+            .collect(),
+        processes: vec![(SENDER, ProcessStats::default())],
+        ..Default::default()
+    };
+    per_process(&snapshot, false)[0].delivered_bytes()
+}
+
+#[test]
+fn a_pipe_a_process_fills_and_drains_itself_delivers_nothing_of_its_own() {
+    let n = 1 << 20;
+    let (file, pipe, tcp, user) = (FdKind::Regular, FdKind::Pipe, FdKind::Tcp, FdKind::User);
+    // A splice pipeline: file into a pipe, the pipe into TCP.
+    assert_eq!(
+        delivered(&[(nr::SPLICE, file, pipe, n), (nr::SPLICE, pipe, tcp, n)]),
+        n
+    );
+    // vmsplice into a pipe, then splice out: the same.
+    assert_eq!(
+        delivered(&[(nr::VMSPLICE, user, pipe, n), (nr::SPLICE, pipe, tcp, n)]),
+        n
+    );
+    // A writer into a pipe another process drains, and a filter between two pipes, deliver all.
+    assert_eq!(delivered(&[(nr::WRITE, user, pipe, n)]), n);
+    assert_eq!(delivered(&[(nr::SPLICE, pipe, pipe, n)]), n);
+    // Mixed: sends from memory beside a pipeline count once each.
+    let mixed = [
+        (nr::SPLICE, file, pipe, n),
+        (nr::SPLICE, pipe, tcp, n),
+        (nr::WRITE, user, tcp, n),
+    ];
+    assert_eq!(delivered(&mixed), 2 * n);
+}
+
 #[test]
 fn read_write_relay_copies_every_delivered_byte_twice() {
     let size = 64 << 20;
