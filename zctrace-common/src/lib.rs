@@ -368,6 +368,10 @@ pub struct ProbeConfig {
     pub filter_tgid: u32,
     /// Which stacks `attach --stacks` records: a [`StackMode`] as u32 (0: none).
     pub record_stacks: u32,
+    /// 1 where a process's I/O style is wanted (`attach`, `top`): sys_exit then keeps each
+    /// thread's last read buffer and counts the bytes sent from it. The daemon, which names no
+    /// styles, does not pay for it.
+    pub relay_evidence: u32,
 }
 
 /// The stacks `attach --stacks` asks the programs for.

@@ -66,6 +66,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
 static CONFIG: ProbeConfig = ProbeConfig {
     filter_tgid: 0,
     record_stacks: 0,
+    relay_evidence: 0,
 };
 
 /// Reads one field of `OFFSETS`; volatile so the loader's value is used, not the zero above.
@@ -129,6 +130,13 @@ pub fn filtered_out(tgid: u32) -> bool {
     // SAFETY: a static, aligned and always initialised; volatile so the loader's value is read.
     let wanted = unsafe { core::ptr::read_volatile(&raw const CONFIG.filter_tgid) };
     tgid == 0 || (wanted != 0 && wanted != tgid)
+}
+
+/// Whether user space wants the evidence of relays (see [`crate::relay`]).
+#[inline(always)]
+pub fn relay_evidence_wanted() -> bool {
+    // SAFETY: as in `filtered_out`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.relay_evidence) != 0 }
 }
 
 /// The stacks `attach --stacks` asked for, as a [`zctrace_common::StackMode`] value; 0 for none.

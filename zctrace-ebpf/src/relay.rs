@@ -1,4 +1,5 @@
 //! Evidence that a process relays: the bytes a thread sends from the buffer its last read filled.
+//! Only `attach` and `top`, which name I/O styles, ask for it: a hash lookup per one-buffer call.
 //! Kept in the thread's own `THREADS` entry (made at its first switch-out), which follows it
 //! across CPUs and blocking sends; a thread not yet switched out has none, so the count is a
 //! lower bound.

@@ -12,7 +12,9 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{current_task, fd_file, field, filtered_out, offset, process_key, task_field},
+    kernel::{
+        current_task, fd_file, field, filtered_out, offset, process_key, relay_evidence_wanted, task_field,
+    },
     maps::{add, count_error, syscall_entry},
     relay, stacks,
 };
@@ -137,7 +139,7 @@ fn relay_evidence(nr: u16, task: u64, pt_regs: u64, call: &Call) -> u64 {
         nr::WRITE | nr::PWRITE64 | nr::SENDTO => false,
         _ => return 0,
     };
-    if call.bytes == 0 {
+    if call.bytes == 0 || !relay_evidence_wanted() {
         return 0;
     }
     let buffer: u64 = field(pt_regs, regs::ARG1);

@@ -150,6 +150,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     let tracer = Tracer::load(&ProbeOptions {
         filter_tgid: (!several).then(|| pids[0]),
         stacks: args.stacks.map(StackKind::mode),
+        relay_evidence: true,
         ..probe.options()
     });
     let tracer = match (tracer, &mut launched) {

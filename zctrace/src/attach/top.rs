@@ -13,7 +13,7 @@ use super::{
 };
 use crate::{
     accounting::{per_process, ProcessFigures},
-    probes::{args::ProbeArgs, privileges, Tracer},
+    probes::{args::ProbeArgs, privileges, ProbeOptions, Tracer},
     procfs,
 };
 
@@ -35,7 +35,10 @@ pub struct TopArgs {
 
 pub fn run(args: TopArgs, probe: &ProbeArgs) -> Result<()> {
     privileges::require()?;
-    let tracer = Tracer::load(&probe.options())?;
+    let tracer = Tracer::load(&ProbeOptions {
+        relay_evidence: true,
+        ..probe.options()
+    })?;
     catch_interrupts()?;
     let started = Instant::now();
     let mut view = View::open(args.plain);

@@ -49,6 +49,9 @@ pub struct ProbeOptions {
     pub without: Vec<Mode>,
     /// The stacks `attach --stacks` records; `None` records none.
     pub stacks: Option<StackMode>,
+    /// Count the bytes each thread sends from the buffer its last read filled (what an I/O
+    /// style is decided from), at a hash lookup per one-buffer read or send.
+    pub relay_evidence: bool,
 }
 
 /// Distinct stacks `attach --stacks` keeps (about 1 KiB of kernel memory each), and sites (a
@@ -404,6 +407,7 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
     let config = ProbeConfig {
         filter_tgid: options.filter_tgid.unwrap_or(0),
         record_stacks: options.stacks.map_or(0, |mode| mode as u32),
+        relay_evidence: options.relay_evidence as u32,
     };
     let mut loader = EbpfLoader::new();
     // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come
