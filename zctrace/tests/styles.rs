@@ -278,6 +278,11 @@ fn a_forking_relay_is_followed_from_its_listener() {
         2 * SIZE,
         "{report:#}"
     );
+    // Each relayed byte copied twice, once in and once out, as the children's flows say.
+    for (syscall, src, dst) in [("recvfrom", "tcp", "user"), ("sendto", "user", "tcp")] {
+        let copied = flow_bytes(&report, syscall, src, dst, "cpu_copy_bytes");
+        assert_eq!(copied, 2 * SIZE, "{syscall}: {report:#}");
+    }
     assert_eq!(report["io_style"], "read_write_relay", "{report:#}");
     assert!(
         advice(&report)[0].contains("splice() through a pipe"),
