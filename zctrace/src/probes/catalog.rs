@@ -73,11 +73,12 @@ pub struct Way {
 }
 
 impl Way {
-    /// Whether the kernel would skip some runs of this way's programs where it runs raw
-    /// tracepoint programs preemptibly: while one task's run is preempted, it skips every other
-    /// task's run of that program on the CPU. It matters where a later way runs unpreempted.
-    pub fn preemptible_skips(&self) -> bool {
-        self.mode == Mode::TpBtf
+    /// Whether this way's programs run with preemption off on every kernel: a classic
+    /// tracepoint's perf path disables it. Where the kernel runs raw tracepoint and trampoline
+    /// programs preemptibly, it skips every other task's run of one on a CPU while one run there
+    /// is preempted, so such a way goes first there.
+    pub fn never_preempted(&self) -> bool {
+        self.mode == Mode::Tracepoint
     }
 }
 
@@ -128,7 +129,7 @@ const fn tp_args(name: &'static str, tracepoint: &'static str, args: usize) -> P
 }
 
 /// The classic tracepoint a syscall's exit also passes, for kernels that would skip runs of a
-/// raw tracepoint's program (see [`Way::preemptible_skips`]).
+/// raw tracepoint's program (see [`Way::never_preempted`]).
 const fn sys_exit_tracepoint(name: &'static str) -> Program {
     program(name, Hook::Tracepoint, SYS_EXIT_TRACEPOINT, None)
 }

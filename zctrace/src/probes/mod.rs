@@ -434,12 +434,12 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
         .context(privilege_hint("loading zctrace's eBPF programs"))
 }
 
-/// Whether a selected probe has a way that runs unpreempted after one that may be skipped.
+/// Whether a selected probe has a way the kernel never preempts to prefer where it would.
 fn asks_about_preemption(options: &ProbeOptions) -> bool {
     PROBES
         .iter()
-        .filter(|probe| options.selected(probe) || (options.only.is_none() && probe.role.by_default()))
-        .any(|probe| probe.ways.iter().any(|way| way.mode == Mode::Tracepoint))
+        .filter(|probe| options.selected(probe))
+        .any(|probe| probe.ways.iter().any(|way| way.never_preempted()))
 }
 
 /// Asks the kernel; a kernel that cannot answer is taken to run programs unpreempted, as every
@@ -522,12 +522,12 @@ fn attach_probe(
     ProbeMode::Unavailable(refusals.join("; "))
 }
 
-/// `probe`'s ways best first: where the kernel runs programs preemptibly, a way it would skip
-/// runs of comes after those it would not, and is the fallback if none of them attaches.
+/// `probe`'s ways best first: where the kernel runs programs preemptibly, a way it never
+/// preempts comes first, and the others, in their order, are the fallback.
 fn ways_in_order(probe: &Probe, preemptible: bool) -> Vec<&'static catalog::Way> {
     let mut ways: Vec<&catalog::Way> = probe.ways.iter().collect();
     if preemptible {
-        ways.sort_by_key(|way| way.preemptible_skips());
+        ways.sort_by_key(|way| !way.never_preempted());
     }
     ways
 }
@@ -701,5 +701,28 @@ fn privilege_hint(what: &str) -> String {
     match privileges::require() {
         Ok(()) => what.to_string(),
         Err(missing) => format!("{what}: {missing}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn modes(probe: &str, preemptible: bool) -> Vec<Mode> {
+        let probe = catalog::probe(probe).expect("a probe");
+        ways_in_order(probe, preemptible)
+            .iter()
+            .map(|way| way.mode)
+            .collect()
+    }
+
+    #[test]
+    fn only_a_way_never_preempted_moves_ahead_where_the_kernel_preempts() {
+        assert_eq!(modes("sys_exit", false), [Mode::TpBtf, Mode::Tracepoint]);
+        assert_eq!(modes("sys_exit", true), [Mode::Tracepoint, Mode::TpBtf]);
+        // Without such a way, the order stays the catalog's, cheapest first.
+        let tcp_send = [Mode::TpBtf, Mode::Fexit, Mode::Kprobe];
+        assert_eq!(modes("tcp_send", false), tcp_send);
+        assert_eq!(modes("tcp_send", true), tcp_send);
     }
 }
