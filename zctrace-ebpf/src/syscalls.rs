@@ -134,14 +134,15 @@ fn count_exit<C: StackIdContext>(ctx: &C, pt_regs: u64, ret: i64) -> Result<u32,
 /// many of its bytes came from the buffer the same thread's last read filled.
 #[inline(always)]
 fn relay_evidence(nr: u16, task: u64, pt_regs: u64, call: &Call) -> u64 {
+    // First, so that where it is not wanted (the daemon) the verifier drops the rest.
+    if !relay_evidence_wanted() || call.bytes == 0 {
+        return 0;
+    }
     let reading = match nr {
         nr::READ | nr::PREAD64 | nr::RECVFROM => true,
         nr::WRITE | nr::PWRITE64 | nr::SENDTO => false,
         _ => return 0,
     };
-    if call.bytes == 0 || !relay_evidence_wanted() {
-        return 0;
-    }
     let buffer: u64 = field(pt_regs, regs::ARG1);
     let tid: u32 = task_field(task, offset!(task_pid));
     if reading {
