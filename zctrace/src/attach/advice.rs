@@ -164,11 +164,7 @@ fn relays(f: &ProcessFigures, copied_out: u64, share: impl Fn(u64) -> f64) -> bo
 
 /// Bytes written to files from the buffer a read had just filled (observed).
 fn relayed_into_files(f: &ProcessFigures) -> u64 {
-    f.flows
-        .iter()
-        .filter(|p| p.src == FdKind::User && p.dst == FdKind::Regular)
-        .map(|p| p.relayed_bytes)
-        .sum()
+    relayed_to(f, |dst| dst == FdKind::Regular)
 }
 
 /// For a process that writes to files what it reads: file to file, `copy_file_range()`; socket
@@ -198,9 +194,14 @@ fn file_relay_advice(f: &ProcessFigures) -> String {
 
 /// Bytes sent from the buffer the same thread's last read had filled (observed).
 fn relayed(f: &ProcessFigures) -> u64 {
+    relayed_to(f, is_outbound)
+}
+
+/// Bytes written to endpoints `pick` takes from the buffer the same thread's last read filled.
+fn relayed_to(f: &ProcessFigures, pick: fn(FdKind) -> bool) -> u64 {
     f.flows
         .iter()
-        .filter(|p| p.src == FdKind::User && is_outbound(p.dst))
+        .filter(|p| p.src == FdKind::User && pick(p.dst))
         .map(|p| p.relayed_bytes)
         .sum()
 }
