@@ -315,34 +315,41 @@ fn the_report_in_its_own_file_leaves_the_commands_output_untouched() {
 /// A shell line that starts two senders in the background, one by sendfile and one by
 /// read-write, each to its own receiver, and waits for both: the shell moves no data itself.
 fn two_senders(file: &std::path::Path, receivers: &[Receiver; 2]) -> String {
-    let send = |method: &str, receiver: &Receiver| {
-        format!(
-            "{} send --method {method} --file {} --to {} --chunk 65536",
-            zctrace_bin(),
-            file.display(),
-            receiver.addr
-        )
-    };
     format!(
         "{} & {} & wait",
-        send("sendfile", &receivers[0]),
-        send("read-write", &receivers[1])
+        send_command("sendfile", file, &receivers[0]),
+        send_command("read-write", file, &receivers[1])
     )
+}
+
+/// A shell command line that sends `file` to `receiver` by `method`.
+fn send_command(method: &str, file: &std::path::Path, receiver: &Receiver) -> String {
+    format!(
+        "{} send --method {method} --file {} --to {} --chunk 65536",
+        zctrace_bin(),
+        file.display(),
+        receiver.addr
+    )
+}
+
+/// Exactly the transfers of [`two_senders`]: one by sendfile, one by read-write.
+fn check_two_transfers(report: &serde_json::Value) {
+    for (syscall, src) in [("sendfile", "file"), ("write", "user")] {
+        let bytes = u(&path(report, syscall, src, "tcp")["bytes"]);
+        assert_eq!(bytes, SIZE, "{syscall}: {report:#}");
+    }
+}
+
+/// The pids of the report's process rows.
+fn row_pids(report: &serde_json::Value) -> Vec<u64> {
+    let rows = report["processes"].as_array().expect("a row per process");
+    rows.iter().map(|r| u(&r["pid"])).collect()
 }
 
 /// The tree's totals: exactly the two children's transfers, and each process's row adds up to
 /// them.
 fn check_tree(report: &serde_json::Value, shell: u32) {
-    assert_eq!(
-        u(&path(report, "sendfile", "file", "tcp")["bytes"]),
-        SIZE,
-        "{report:#}"
-    );
-    assert_eq!(
-        u(&path(report, "write", "user", "tcp")["bytes"]),
-        SIZE,
-        "{report:#}"
-    );
+    check_two_transfers(report);
     // The read-write sender's reads of the file, and the start-up reads of every process.
     let read = u(&path(report, "read", "file", "user")["bytes"]);
     assert!((SIZE..SIZE + MIB).contains(&read), "{report:#}");
@@ -426,13 +433,7 @@ fn several_pids_are_traced_together() {
         let receivers = [Receiver::start(&[]), Receiver::start(&[])];
         let file = test_file(SIZE);
         let send = |method: &str, receiver: &Receiver| {
-            let command = format!(
-                "exec {} send --method {method} --file {} --to {} --chunk 65536",
-                zctrace_bin(),
-                file.display(),
-                receiver.addr
-            );
-            held(&command)
+            held(&format!("exec {}", send_command(method, &file, receiver)))
         };
         let senders = [send("sendfile", &receivers[0]), send("read-write", &receivers[1])];
         let pids = senders.each_ref().map(|s| s.id());
@@ -447,22 +448,8 @@ fn several_pids_are_traced_together() {
     });
     let pids: Vec<u64> = report["pids"].as_array().unwrap().iter().map(u).collect();
     assert_eq!(u(&report["pid"]), pids[0], "{report:#}");
-    assert_eq!(
-        u(&path(&report, "sendfile", "file", "tcp")["bytes"]),
-        SIZE,
-        "{report:#}"
-    );
-    assert_eq!(
-        u(&path(&report, "write", "user", "tcp")["bytes"]),
-        SIZE,
-        "{report:#}"
-    );
-    let rows: Vec<u64> = report["processes"]
-        .as_array()
-        .expect("a row per process")
-        .iter()
-        .map(|r| u(&r["pid"]))
-        .collect();
+    check_two_transfers(&report);
+    let rows = row_pids(&report);
     assert_eq!(rows.len(), 2, "only the two traced processes: {report:#}");
     assert!(rows.iter().all(|pid| pids.contains(pid)), "{report:#}");
     check_rows_add_up(&report);
@@ -486,12 +473,7 @@ fn a_container_is_traced_by_the_start_of_its_id() {
                 true => format!("echo $$ > {}; ", cgroups.procs(&scope).display()),
                 false => String::new(),
             };
-            held(&format!(
-                "{enter}exec {} send --method {method} --file {} --to {} --chunk 65536",
-                zctrace_bin(),
-                file.display(),
-                receiver.addr
-            ))
+            held(&format!("{enter}exec {}", send_command(method, &file, receiver)))
         };
         let senders = [
             send("sendfile", &receivers[0], true),
@@ -507,28 +489,14 @@ fn a_container_is_traced_by_the_start_of_its_id() {
         for receiver in receivers {
             receiver.finish();
         }
-        let rows: Vec<u64> = report["processes"]
-            .as_array()
-            .expect("a row per process")
-            .iter()
-            .map(|r| u(&r["pid"]))
-            .collect();
+        let rows = row_pids(&report);
         assert_eq!(rows.len(), 2, "the container's two processes: {report:#}");
         assert!(rows.contains(&pids[0]) && rows.contains(&pids[1]), "{report:#}");
         report
     });
     assert_eq!(report["target"], format!("container {CONTAINER}"), "{report:#}");
     assert!(report.get("pid").is_none(), "{report:#}");
-    assert_eq!(
-        u(&path(&report, "sendfile", "file", "tcp")["bytes"]),
-        SIZE,
-        "{report:#}"
-    );
-    assert_eq!(
-        u(&path(&report, "write", "user", "tcp")["bytes"]),
-        SIZE,
-        "{report:#}"
-    );
+    check_two_transfers(&report);
     let flows = report["flows"].as_array().unwrap();
     assert!(
         !flows.iter().any(|f| f["syscall"] == "splice"),
