@@ -198,6 +198,7 @@ const BETWEEN_SUITE: Suite = &[
         &[
             "every_exit_is_marked_and_leaves_no_per_thread_entry",
             "a_recycled_pid_starts_from_zero_and_exited_processes_are_freed",
+            "every_kind_lands_right_at_a_reused_descriptor_number",
         ],
     ),
     ("attach", &[]),

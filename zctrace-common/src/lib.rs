@@ -178,6 +178,59 @@ impl FdKind {
     }
 }
 
+/// A socket's kind, remembered in slot `i_ino % SOCKET_KIND_SLOTS` of `SOCKET_KINDS` so that a
+/// socket's `sock` is read once, not on every call. A hit needs both the inode's address and its
+/// number: a socket freed and another made at the same address gets a new number (sockfs
+/// numbers every inode from one counter).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SocketKindSlot {
+    /// The socket's inode; 0 while the slot is empty.
+    pub inode: u64,
+    /// `i_ino << 8 | kind`, one word, so that no reader can pair one socket's number with
+    /// another's kind while a slot is rewritten.
+    pub ino_kind: u64,
+}
+
+/// Slots of `SOCKET_KINDS` unless the loader is asked for other: a power of two, 256 KiB in all.
+pub const SOCKET_KIND_SLOTS: u32 = 16384;
+
+impl SocketKindSlot {
+    pub const fn new(inode: u64, ino: u64, kind: FdKind) -> SocketKindSlot {
+        SocketKindSlot {
+            inode,
+            ino_kind: ino << 8 | kind as u64,
+        }
+    }
+
+    /// The slot an inode number goes to, of `slots` (a power of two).
+    pub const fn index(ino: u64, slots: u32) -> u32 {
+        ino as u32 & slots.wrapping_sub(1)
+    }
+
+    /// The kind remembered for this socket, if the slot holds this one.
+    pub const fn kind_of(inode: u64, ino: u64, slot_inode: u64, slot_ino_kind: u64) -> Option<FdKind> {
+        if slot_inode == inode && slot_ino_kind >> 8 == ino << 8 >> 8 {
+            Some(FdKind::from_u8(slot_ino_kind as u8))
+        } else {
+            None
+        }
+    }
+}
+
+/// What `SOCKET_KIND_CACHE` counts, by index.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocketKindCache {
+    /// A call on a socket the cache did not hold: its `sock` was read.
+    Misses = 0,
+    /// Misses that filled an empty slot: the slots in use.
+    Fills = 1,
+    /// Misses that replaced another socket's slot.
+    Evictions = 2,
+}
+pub const SOCKET_KIND_CACHE_COUNTS: u32 = 3;
+
 /// Flags of a call that change how many copies it makes.
 #[repr(u8)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -289,6 +342,8 @@ pub struct KernelOffsets {
     pub file_mode: u32,
     pub inode_mode: u32,
     pub inode_rdev: u32,
+    /// `inode.i_ino`: sockfs numbers every socket's inode anew.
+    pub inode_ino: u32,
     pub socket_sk: u32,
     pub sock_family: u32,
     pub sock_type: u32,
@@ -372,6 +427,9 @@ pub struct ProbeConfig {
     /// thread's last read buffer and counts the bytes sent from it. The daemon, which names no
     /// styles, does not pay for it.
     pub relay_evidence: u32,
+    /// Slots of `SOCKET_KINDS`, a power of two: [`SOCKET_KIND_SLOTS`] unless a test asks for
+    /// fewer, to make sockets share slots.
+    pub socket_kind_slots: u32,
 }
 
 /// The stacks `attach --stacks` asks the programs for.
@@ -619,6 +677,8 @@ mod pod {
     unsafe impl aya::Pod for CopyStackKey {}
     // SAFETY: as above.
     unsafe impl aya::Pod for CopyStackCounts {}
+    // SAFETY: as above.
+    unsafe impl aya::Pod for SocketKindSlot {}
 }
 
 #[cfg(test)]
@@ -688,9 +748,41 @@ mod tests {
             size_of::<ProcessStats>(),
             16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2) + 4 + 4
         );
-        assert_eq!(size_of::<KernelOffsets>(), 50 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 51 * 4);
+        assert_eq!(size_of::<SocketKindSlot>(), 2 * 8);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 8 * 8);
+    }
+
+    #[test]
+    fn a_socket_kind_slot_answers_only_for_its_own_socket() {
+        let (inode, ino) = (0xffff_8880_1234_5600, 48_213);
+        let slot = SocketKindSlot::new(inode, ino, FdKind::Tcp);
+        let ask = |inode, ino| SocketKindSlot::kind_of(inode, ino, slot.inode, slot.ino_kind);
+        assert_eq!(ask(inode, ino), Some(FdKind::Tcp));
+        // A socket made where a closed one was: same address, new number.
+        assert_eq!(ask(inode, ino + 1), None);
+        // Another socket whose number shares the slot.
+        assert_eq!(ask(inode + 0x700, ino + SOCKET_KIND_SLOTS as u64), None);
+        // Half rewritten by another socket: its address with this socket's word.
+        let other = SocketKindSlot::new(inode + 0x700, ino + 1, FdKind::Unix);
+        assert_eq!(
+            SocketKindSlot::kind_of(other.inode, ino + 1, other.inode, slot.ino_kind),
+            None
+        );
+        let empty = SocketKindSlot::default();
+        assert_eq!(
+            SocketKindSlot::kind_of(inode, ino, empty.inode, empty.ino_kind),
+            None
+        );
+        assert!(SOCKET_KIND_SLOTS.is_power_of_two());
+        let slots = SOCKET_KIND_SLOTS;
+        assert_eq!(
+            SocketKindSlot::index(ino + slots as u64, slots),
+            SocketKindSlot::index(ino, slots)
+        );
+        assert!(SocketKindSlot::index(u64::MAX, slots) < slots);
+        assert_eq!(SocketKindSlot::index(ino, 1), 0);
     }
 
     #[test]

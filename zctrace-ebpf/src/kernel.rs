@@ -3,10 +3,12 @@ use core::arch::asm;
 
 use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
 use zctrace_common::{
-    FdKind, KernelOffsets, ProbeConfig, ProcessKey, AF_INET, AF_INET6, AF_UNIX, DEV_NULL, EMBEDDED_FDS,
-    IPPROTO_TCP, IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR, S_IFIFO, S_IFMT, S_IFREG,
-    S_IFSOCK,
+    FdKind, KernelOffsets, ProbeConfig, ProcessKey, SocketKindCache, SocketKindSlot, AF_INET, AF_INET6,
+    AF_UNIX, DEV_NULL, EMBEDDED_FDS, IPPROTO_TCP, IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR,
+    S_IFIFO, S_IFMT, S_IFREG, S_IFSOCK,
 };
+
+use crate::maps::{count_socket_kind_cache, SOCKET_KINDS};
 
 #[unsafe(no_mangle)]
 pub static OFFSETS: KernelOffsets = KernelOffsets {
@@ -28,6 +30,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     file_mode: 0,
     inode_mode: 0,
     inode_rdev: 0,
+    inode_ino: 0,
     socket_sk: 0,
     sock_family: 0,
     sock_type: 0,
@@ -67,6 +70,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     filter_tgid: 0,
     record_stacks: 0,
     relay_evidence: 0,
+    socket_kind_slots: 0,
 };
 
 /// Reads one field of `OFFSETS`; volatile so the loader's value is used, not the zero above.
@@ -307,15 +311,49 @@ fn file_kind<A: Access>(file: u64) -> FdKind {
     match mode & S_IFMT {
         S_IFREG => FdKind::Regular,
         S_IFIFO => FdKind::Pipe,
-        S_IFSOCK => socket_kind::<A>(file).unwrap_or(FdKind::OtherSocket),
+        S_IFSOCK => socket_kind::<A>(file, inode),
         S_IFCHR if A::get::<u32>(inode, offset!(inode_rdev)) == Ok(DEV_NULL) => FdKind::Null,
         _ => FdKind::Other,
     }
 }
 
+/// What socket is behind `file` (whose inode is `inode`): remembered from an earlier call where
+/// the cache holds this very socket, else read from its `sock` and remembered.
+#[inline(always)]
+fn socket_kind<A: Access>(file: u64, inode: u64) -> FdKind {
+    let Ok(ino) = A::get::<u64>(inode, offset!(inode_ino)) else {
+        return FdKind::OtherSocket;
+    };
+    // SAFETY: as in `filtered_out`.
+    let slots = unsafe { core::ptr::read_volatile(&raw const CONFIG.socket_kind_slots) };
+    let Some(slot) = SOCKET_KINDS.get_ptr_mut(SocketKindSlot::index(ino, slots)) else {
+        return FdKind::OtherSocket;
+    };
+    // SAFETY: a live array slot. Another CPU may be rewriting it: `kind_of` then finds no match.
+    let (slot_inode, slot_ino_kind) = unsafe { ((*slot).inode, (*slot).ino_kind) };
+    if let Some(kind) = SocketKindSlot::kind_of(inode, ino, slot_inode, slot_ino_kind) {
+        return kind;
+    }
+    count_socket_kind_cache(SocketKindCache::Misses);
+    let Ok(kind) = read_socket_kind::<A>(file) else {
+        return FdKind::OtherSocket;
+    };
+    count_socket_kind_cache(if slot_inode == 0 {
+        SocketKindCache::Fills
+    } else {
+        SocketKindCache::Evictions
+    });
+    // SAFETY: as above.
+    unsafe {
+        (*slot).inode = inode;
+        (*slot).ino_kind = SocketKindSlot::new(inode, ino, kind).ino_kind;
+    }
+    kind
+}
+
 /// `file->private_data` is a `void *`, so the socket behind it is read with the helper.
 #[inline(always)]
-fn socket_kind<A: Access>(file: u64) -> Result<FdKind, u32> {
+fn read_socket_kind<A: Access>(file: u64) -> Result<FdKind, u32> {
     let socket: u64 = A::get(file, offset!(file_private_data))?;
     let sk: u64 = read(socket, offset!(socket_sk))?;
     let family: u16 = read(sk, offset!(sock_family))?;

@@ -6,10 +6,11 @@ use aya_ebpf::{
     bindings::BPF_NOEXIST,
     helpers::bpf_get_current_cgroup_id,
     macros::map,
-    maps::{HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use zctrace_common::{
-    MapSlot, PendingSend, ProcessKey, ProcessStats, SyscallKey, SyscallStats, ThreadSwitches, MAP_SLOTS,
+    MapSlot, PendingSend, ProcessKey, ProcessStats, SocketKindCache, SocketKindSlot, SyscallKey,
+    SyscallStats, ThreadSwitches, MAP_SLOTS, SOCKET_KIND_CACHE_COUNTS, SOCKET_KIND_SLOTS,
 };
 
 use crate::kernel::{current_task, current_task_exiting, leader_comm, offset, task_field};
@@ -57,6 +58,15 @@ pub static PENDING_COPY: HashMap<u64, i64> = HashMap::with_max_entries(MapSlot::
 #[map]
 pub static ZEROCOPY_SENDERS: LruHashMap<u64, ProcessKey> = LruHashMap::with_max_entries(4096, 0);
 
+/// Socket kinds already read, direct-mapped by inode number: an array, whose lookup the verifier
+/// inlines, where a hash lookup would cost about what reading the `sock` does.
+#[map]
+pub static SOCKET_KINDS: Array<SocketKindSlot> = Array::with_max_entries(SOCKET_KIND_SLOTS, 0);
+
+/// The socket kind cache's misses, fills and evictions, indexed by [`SocketKindCache`].
+#[map]
+pub static SOCKET_KIND_CACHE: PerCpuArray<u64> = PerCpuArray::with_max_entries(SOCKET_KIND_CACHE_COUNTS, 0);
+
 /// Failed updates, indexed by [`MapSlot`].
 #[map]
 pub static MAP_UPDATE_ERRORS: PerCpuArray<u64> = PerCpuArray::with_max_entries(MAP_SLOTS, 0);
@@ -72,6 +82,14 @@ pub fn add(counter: *mut u64, value: u64) {
 pub fn count_error(slot: MapSlot) {
     if let Some(counter) = MAP_UPDATE_ERRORS.get_ptr_mut(slot as u32) {
         // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
+        unsafe { *counter += 1 };
+    }
+}
+
+#[inline(always)]
+pub fn count_socket_kind_cache(event: SocketKindCache) {
+    if let Some(counter) = SOCKET_KIND_CACHE.get_ptr_mut(event as u32) {
+        // SAFETY: as in `count_error`.
         unsafe { *counter += 1 };
     }
 }

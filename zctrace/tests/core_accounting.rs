@@ -320,6 +320,52 @@ fn descriptor_kinds_hold_once_the_descriptor_table_grows() {
 }
 
 #[test]
+fn every_kind_lands_right_at_a_reused_descriptor_number() {
+    if !privileged("every_kind_lands_right_at_a_reused_descriptor_number") {
+        return;
+    }
+    use zctrace::check::workload::{REUSED_FD_NUMBERS, REUSED_FD_WRITES};
+    use zctrace_common::SocketKindCache::{Evictions, Misses};
+    // A socket kind cache of 64 slots: sockets share slots all the time, and a slot often holds
+    // a closed socket whose inode sits where a new one's does.
+    let tracer = zctrace::probes::Tracer::load(&zctrace::probes::ProbeOptions {
+        map_capacity: vec![("SOCKET_KINDS", 64)],
+        ..Default::default()
+    })
+    .unwrap();
+    let rounds = 1000;
+    let workload = Workload::run(&["reused-fds", &rounds.to_string()]);
+    let f = figures_of(&tracer, &workload.traced.key);
+    workload.finish();
+    let opened = rounds * REUSED_FD_NUMBERS.len() as u64;
+    // The workload's "ready" line is one more write into a pipe, its stdout.
+    let ready = "ready\n".len() as u64;
+    for (kind, len) in REUSED_FD_WRITES {
+        let (extra_bytes, extra_calls) = if kind == Pipe { (ready, 1) } else { (0, 0) };
+        let flow = f
+            .flow("write", User, kind)
+            .unwrap_or_else(|| panic!("no write into {kind:?} in {:#?}", f.flows));
+        assert_eq!(
+            (flow.bytes, flow.calls),
+            (opened * len as u64 + extra_bytes, opened + extra_calls),
+            "writes into {kind:?}"
+        );
+    }
+    let writes = f.flows.iter().filter(|flow| flow.syscall == "write").count();
+    assert_eq!(
+        writes,
+        REUSED_FD_WRITES.len(),
+        "no write under another kind: {:#?}",
+        f.flows
+    );
+    let cache = tracer.socket_kind_cache().unwrap();
+    assert!(
+        cache[Misses as usize] >= 3 * opened && cache[Evictions as usize] > 0,
+        "each new Unix, TCP and UDP socket is read at its first call, evicting another: {cache:?}"
+    );
+}
+
+#[test]
 fn a_recycled_pid_starts_from_zero_and_exited_processes_are_freed() {
     if !privileged("a_recycled_pid_starts_from_zero_and_exited_processes_are_freed") {
         return;

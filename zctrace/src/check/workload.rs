@@ -43,6 +43,11 @@ pub enum Workload {
     /// table outgrows the slots embedded in `files_struct`, and do the same through that pipe, a
     /// new pipe and a Unix socket pair, both numbered past those slots.
     GrownFdTable { rounds: u64 },
+    /// ROUNDS times, at each of [`REUSED_FD_NUMBERS`], open a pipe, a Unix, a TCP and a UDP
+    /// socket, a file and /dev/null in turn, write [`REUSED_FD_WRITES`] bytes into each under
+    /// that number and close it: one number, every kind in turn, with files and sockets freed
+    /// and allocated again all the while.
+    ReusedFds { rounds: u64 },
     /// Bounce a byte between two processes through pipes ROUNDS times; print nanoseconds per
     /// context switch (each round trip is two).
     PingPong { rounds: u64 },
@@ -118,6 +123,7 @@ pub fn run(workload: &Workload) -> Result<()> {
         }
         Workload::PingPong { rounds } => return ping_pong(rounds),
         Workload::GrownFdTable { rounds } => grown_fd_table(rounds)?,
+        Workload::ReusedFds { rounds } => reused_fds(rounds)?,
         Workload::Rename { count } => return rename_loop(count),
         Workload::RenameThenSend {
             ref name,
@@ -234,6 +240,77 @@ fn grown_fd_table(rounds: u64) -> Result<()> {
     bounce(&high_writer, &high_reader, rounds)?;
     bounce(&high_a, &high_b, rounds)?;
     drop(spares);
+    Ok(())
+}
+
+/// The descriptor numbers `reused-fds` writes through: one among the slots embedded in
+/// `files_struct`, one past them.
+pub const REUSED_FD_NUMBERS: [i32; 2] = [40, 100];
+
+/// What `reused-fds` writes into each kind at each number, each round: a count of its own.
+pub const REUSED_FD_WRITES: [(zctrace_common::FdKind, usize); 6] = {
+    use zctrace_common::FdKind::*;
+    [(Pipe, 1), (Unix, 2), (Tcp, 3), (Udp, 4), (Regular, 5), (Null, 6)]
+};
+
+fn reused_fds(rounds: u64) -> Result<()> {
+    use std::{
+        net::{TcpListener, TcpStream, UdpSocket},
+        os::{fd::OwnedFd, unix::net::UnixStream},
+    };
+
+    use zctrace_common::FdKind;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let datagram_sink = UdpSocket::bind("127.0.0.1:0")?;
+    // A name of this process's own, made anew: no file of the user's is written.
+    let scratch = std::env::temp_dir().join(format!("zctrace-reused-fds.{}", std::process::id()));
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&scratch)
+        .with_context(|| format!("creating {}", scratch.display()))?;
+    let payload = [0x5a_u8; 8];
+    for _ in 0..rounds {
+        for number in REUSED_FD_NUMBERS {
+            for (kind, len) in REUSED_FD_WRITES {
+                // The far ends stay open until the write is done.
+                let (descriptor, far_end): (OwnedFd, Option<OwnedFd>) = match kind {
+                    FdKind::Pipe => {
+                        let (reader, writer) = nix::unistd::pipe()?;
+                        (writer, Some(reader))
+                    }
+                    FdKind::Unix => {
+                        let (one, other) = UnixStream::pair()?;
+                        (one.into(), Some(other.into()))
+                    }
+                    FdKind::Tcp => {
+                        let client = TcpStream::connect(listener.local_addr()?)?;
+                        (client.into(), Some(listener.accept()?.0.into()))
+                    }
+                    FdKind::Udp => {
+                        let socket = UdpSocket::bind("127.0.0.1:0")?;
+                        socket.connect(datagram_sink.local_addr()?)?;
+                        (socket.into(), None)
+                    }
+                    FdKind::Regular => (
+                        std::fs::OpenOptions::new().write(true).open(&scratch)?.into(),
+                        None,
+                    ),
+                    _ => (
+                        std::fs::OpenOptions::new().write(true).open("/dev/null")?.into(),
+                        None,
+                    ),
+                };
+                // SAFETY: nothing else owns `number`: each round closes it before the next.
+                let at_number = unsafe { nix::unistd::dup2_raw(&descriptor, number) }?;
+                drop(descriptor);
+                let written = nix::unistd::write(&at_number, &payload[..len])?;
+                anyhow::ensure!(written == len, "{kind:?} took {written} of {len} bytes");
+                drop((at_number, far_end));
+            }
+        }
+    }
+    std::fs::remove_file(&scratch)?;
     Ok(())
 }
 

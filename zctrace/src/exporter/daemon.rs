@@ -6,7 +6,7 @@ use std::{
 };
 
 use anyhow::{Context as _, Result};
-use zctrace_common::MapSlot;
+use zctrace_common::{MapSlot, SocketKindCache};
 
 use super::{
     connections::HttpStats,
@@ -109,6 +109,7 @@ impl Daemon {
             .collect();
         let series = state.book.render(&live, Instant::now());
         let maps = state.tracer.map_usage(&snapshot)?;
+        let socket_kind_cache = state.tracer.socket_kind_cache()?;
         let scrape = Scrape {
             series,
             probes: state
@@ -134,6 +135,8 @@ impl Daemon {
                 .map(|(n, slot)| (slot.name().to_string(), *n))
                 .collect(),
             missed_runs: state.tracer.missed_runs()?,
+            socket_kind_misses: socket_kind_cache[SocketKindCache::Misses as usize],
+            socket_kind_evictions: socket_kind_cache[SocketKindCache::Evictions as usize],
             series_dropped: state.book.dropped(),
             cgroup_hierarchy_visible: state.cgroups.complete(),
             http_connections: self

@@ -30,6 +30,9 @@ pub struct Scrape {
     pub update_errors: Vec<(String, u64)>,
     /// (eBPF program, runs the kernel skipped), where the kernel counts them.
     pub missed_runs: Vec<(String, u64)>,
+    /// The socket kind cache's misses and, of them, evictions.
+    pub socket_kind_misses: u64,
+    pub socket_kind_evictions: u64,
     pub series_dropped: u64,
     /// Whether the cgroup hierarchy zctrace reads is whole, so that cgroup and workload labels
     /// can name every process's.
@@ -248,6 +251,18 @@ impl Scrape {
             "zctrace_program_missed_runs",
             "Runs of an eBPF program the kernel skipped because the program was already running on that CPU: events not counted.",
             by_label("program", &self.missed_runs),
+        )?;
+        counters(
+            encoder,
+            "zctrace_socket_kind_cache_misses",
+            "Calls on a socket whose kind the SOCKET_KINDS cache did not hold, so the socket was read.",
+            vec![(vec![], self.socket_kind_misses)],
+        )?;
+        counters(
+            encoder,
+            "zctrace_socket_kind_cache_evictions",
+            "Misses of the SOCKET_KINDS cache that replaced another socket's slot.",
+            vec![(vec![], self.socket_kind_evictions)],
         )?;
         let dropped: Vec<(Labels<'_>, u64)> = vec![(vec![], self.series_dropped)];
         counters(

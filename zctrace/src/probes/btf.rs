@@ -52,6 +52,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         file_mode: field("file", "f_mode")?,
         inode_mode: field("inode", "i_mode")?,
         inode_rdev: field("inode", "i_rdev")?,
+        inode_ino: field("inode", "i_ino")?,
         socket_sk: field("socket", "sk")?,
         sock_family: field("sock", "__sk_common.skc_family")?,
         sock_type: field("sock", "sk_type")?,

@@ -25,7 +25,8 @@ use catalog::{Hook, Probe, Program, COPIER_PROBES, PROBES};
 pub use catalog::{Mode, Role};
 use zctrace_common::{
     Copier, CopyStackCounts, CopyStackKey, KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey,
-    ProcessStats, StackKey, StackMode, SyscallKey, SyscallStats, ThreadSwitches, MAP_SLOTS,
+    ProcessStats, SocketKindCache, StackKey, StackMode, SyscallKey, SyscallStats, ThreadSwitches, MAP_SLOTS,
+    SOCKET_KIND_CACHE_COUNTS, SOCKET_KIND_SLOTS,
 };
 
 use crate::{
@@ -52,6 +53,21 @@ pub struct ProbeOptions {
     /// Count the bytes each thread sends from the buffer its last read filled (what an I/O
     /// style is decided from), at a hash lookup per one-buffer read or send.
     pub relay_evidence: bool,
+}
+
+impl ProbeOptions {
+    /// Slots of the socket kind cache: its `map_capacity` override, which must be a power of two
+    /// (the programs mask inode numbers with it), or the default.
+    fn socket_kind_slots(&self) -> Result<u32> {
+        let Some(&(_, slots)) = self.map_capacity.iter().find(|(map, _)| *map == "SOCKET_KINDS") else {
+            return Ok(SOCKET_KIND_SLOTS);
+        };
+        anyhow::ensure!(
+            slots.is_power_of_two(),
+            "SOCKET_KINDS needs a power of two slots, not {slots}"
+        );
+        Ok(slots)
+    }
 }
 
 /// Distinct stacks `attach --stacks` keeps (about 1 KiB of kernel memory each), and sites (a
@@ -139,6 +155,7 @@ pub struct Tracer {
     /// unwinders learned to in 5.15 (through `kretprobe_find_ret_addr`, or `rethook_find_ret_addr`
     /// where kretprobes run on rethook).
     kretprobe_stacks: bool,
+    socket_kind_slots: u32,
 }
 
 impl Tracer {
@@ -177,6 +194,7 @@ impl Tracer {
             bounded,
             switch_floor: Mutex::default(),
             kretprobe_stacks,
+            socket_kind_slots: options.socket_kind_slots()?,
         })
     }
 
@@ -233,6 +251,16 @@ impl Tracer {
             *total = errors.get(&(slot as u32), 0)?.iter().sum();
         }
         Ok(update_errors)
+    }
+
+    /// The socket kind cache's counts so far, summed over CPUs, indexed by [`SocketKindCache`].
+    pub fn socket_kind_cache(&self) -> Result<[u64; SOCKET_KIND_CACHE_COUNTS as usize]> {
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("SOCKET_KIND_CACHE")?)?;
+        let mut totals = [0u64; SOCKET_KIND_CACHE_COUNTS as usize];
+        for (index, total) in totals.iter_mut().enumerate() {
+            *total = counts.get(&(index as u32), 0)?.iter().sum();
+        }
+        Ok(totals)
     }
 
     /// Runs the kernel skipped, by program, where the kernel counts them.
@@ -316,6 +344,13 @@ impl Tracer {
             self.read_all::<u64, PendingSend>(MapSlot::PendingSend)?.len(),
             self.read_all::<u64, i64>(MapSlot::PendingCopy)?.len(),
         ];
+        let socket_kinds = MapUsage {
+            map: "SOCKET_KINDS",
+            // Two CPUs may fill one empty slot at once, each counting it.
+            entries: self.socket_kind_cache()?[SocketKindCache::Fills as usize]
+                .min(self.socket_kind_slots.into()),
+            capacity: self.socket_kind_slots.into(),
+        };
         Ok(MapSlot::SIZED
             .iter()
             .zip(entries)
@@ -325,6 +360,7 @@ impl Tracer {
                 entries: entries as u64,
                 capacity: bounded.capacity,
             })
+            .chain([socket_kinds])
             .collect())
     }
 
@@ -408,6 +444,7 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
         filter_tgid: options.filter_tgid.unwrap_or(0),
         record_stacks: options.stacks.map_or(0, |mode| mode as u32),
         relay_evidence: options.relay_evidence as u32,
+        socket_kind_slots: options.socket_kind_slots()?,
     };
     let mut loader = EbpfLoader::new();
     // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come

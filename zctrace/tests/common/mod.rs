@@ -73,8 +73,19 @@ pub fn zctrace_bin() -> &'static str {
     BIN.get_or_init(|| std::env::var("ZCTRACE_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_zctrace").into()))
 }
 
+/// A tracer with the default probes, whose sys_exit (every test's ground) attached.
 pub fn load_tracer() -> Tracer {
-    Tracer::load(&ProbeOptions::default()).expect("loading zctrace's probes")
+    // `{:#}`, not the Debug form: that carries a backtrace long enough to hide the cause in a log.
+    let tracer =
+        Tracer::load(&ProbeOptions::default()).unwrap_or_else(|e| panic!("loading zctrace's probes: {e:#}"));
+    let statuses = tracer.statuses();
+    assert!(
+        statuses
+            .iter()
+            .any(|s| s.probe == "sys_exit" && s.mode.is_attached()),
+        "sys_exit did not attach: {statuses:?}"
+    );
+    tracer
 }
 
 /// A file of `size` pseudo-random bytes, created once per size and test binary.
