@@ -127,11 +127,17 @@ impl Drop for BracketedSend {
 
 /// The figures of the newest process with this PID.
 pub fn figures_of(tracer: &Tracer, pid: u32) -> Result<ProcessFigures> {
-    per_process(&tracer.snapshot()?, tracer.copies_observed())
-        .into_iter()
+    let seen = per_process(&tracer.snapshot()?, tracer.copies_observed());
+    let processes = seen.len();
+    seen.into_iter()
         .filter(|f| f.key.tgid == pid)
         .max_by_key(|f| f.key.start_boottime_ns)
-        .with_context(|| format!("zctrace saw nothing of process {pid}"))
+        .with_context(|| {
+            format!(
+                "zctrace saw nothing of process {pid} ({processes} other processes seen, runs skipped by program: {:?})",
+                tracer.missed_runs().unwrap_or_default()
+            )
+        })
 }
 
 /// The child's side: print "ready", wait for SIGUSR1, send, stop with SIGSTOP, then (after
