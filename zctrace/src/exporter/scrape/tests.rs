@@ -54,6 +54,8 @@ fn fixture() -> Scrape {
         maps: vec![("SYSCALLS".into(), 10, 65536)],
         update_errors: vec![("SYSCALLS".into(), 0)],
         missed_runs: vec![("sys_exit".into(), 4)],
+        socket_kind_misses: 7,
+        socket_kind_evictions: 2,
         series_dropped: 1,
         cgroup_hierarchy_visible: true,
         http_connections: 3,
