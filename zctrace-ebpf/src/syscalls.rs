@@ -97,23 +97,36 @@ fn count_exit<C: StackIdContext>(ctx: &C, pt_regs: u64, ret: i64) -> Result<u32,
     if filtered_out(tgid) {
         return Ok(0);
     }
-    let syscall = regs::syscall_nr(pt_regs);
-    if !(0..=u16::MAX as i64).contains(&syscall) {
+    let Some(nr) = syscall_nr(pt_regs) else {
         return Ok(0);
-    }
-    let call = describe(syscall as u16, task, pt_regs, ret);
+    };
+    let (src, dst) = kinds(nr, task, pt_regs);
+    // Read again: the verifier then knows nothing of which arm of `kinds` the call took, so the
+    // paths out of every arm are one to it from here on, and it checks what follows once.
+    let Some(nr) = syscall_nr(pt_regs) else {
+        return Ok(0);
+    };
+    let (variant, bytes) = amounts(nr, pt_regs, ret);
+    let call = Call {
+        src,
+        dst,
+        variant,
+        bytes,
+    };
     let key = SyscallKey {
         process: process_key(task, tgid)?,
-        nr: syscall as u16,
+        nr,
         src: call.src as u8,
         dst: call.dst as u8,
         variant: call.variant as u32,
     };
-    // Only data-path calls have kinds: the call sites `attach --stacks` is after.
-    if stacks::syscall_sites_wanted() && call.src != FdKind::None {
+    // Only data-path calls have kinds: the call sites `attach --stacks` is after. The kind is
+    // looked at only once stacks are known to be wanted: where they are not (the daemon), the
+    // verifier then never tells one kind from another, and checks what follows once for all.
+    if stacks::syscall_sites_wanted() && opaque(call.src as u64) != FdKind::None as u64 {
         stacks::record(ctx, &key, ret < 0, call.bytes);
     }
-    let relayed = relay_evidence(syscall as u16, task, pt_regs, &call);
+    let relayed = relay_evidence(nr, task, pt_regs, &call);
     let entry = syscall_entry(&key).ok_or(0u32)?;
     // SAFETY: `entry` points into a live map value.
     unsafe {
@@ -161,81 +174,109 @@ struct Call {
     bytes: u64,
 }
 
-/// One side of a data-path call, before its descriptor is looked at.
-#[derive(Clone, Copy)]
-enum Side {
-    User,
-    Fd(u64),
+/// The syscall's number, if it is one.
+#[inline(always)]
+fn syscall_nr(pt_regs: u64) -> Option<u16> {
+    let nr = regs::syscall_nr(pt_regs);
+    (0..=u16::MAX as i64).contains(&nr).then_some(nr as u16)
 }
 
-/// Describes a data-path syscall. Every call in here is inlined, and the descriptor walk appears
-/// twice, once per side: a BPF subprogram call costs a return, which this host's SRSO
-/// mitigation makes as dear as the rest of the walk.
+/// One side of a data-path call, before its descriptor is looked at: the descriptor (the 32 bits
+/// of its register the kernel takes), [`USER_SIDE`] or [`NO_SIDE`].
+type Side = u64;
+
+/// The caller's own memory, as a [`Side`]: above every 32-bit descriptor.
+const USER_SIDE: Side = 1 << 32;
+
+/// A call that moves no data, as a [`Side`].
+const NO_SIDE: Side = 1 << 33;
+
+/// What each side of a data-path call is. Every call in here is inlined (a BPF subprogram call
+/// costs a return, which this host's SRSO mitigation makes as dear as the rest of the walk), and
+/// the descriptor walk appears once per side, after the match: the sides pass through [`opaque`],
+/// so that LLVM cannot copy a walk into each arm, where the verifier would check every copy.
 #[inline(always)]
-fn describe(nr: u16, task: u64, pt_regs: u64, ret: i64) -> Call {
+fn kinds(nr: u16, task: u64, pt_regs: u64) -> (FdKind, FdKind) {
+    let fd = |offset: u64| field::<u64>(pt_regs, offset) & u32::MAX as u64;
+    let (src, dst) = match nr {
+        nr::READ
+        | nr::PREAD64
+        | nr::READV
+        | nr::PREADV
+        | nr::PREADV2
+        | nr::RECVFROM
+        | nr::RECVMSG
+        | nr::RECVMMSG => (fd(regs::ARG0), USER_SIDE),
+        nr::WRITE
+        | nr::PWRITE64
+        | nr::WRITEV
+        | nr::PWRITEV
+        | nr::PWRITEV2
+        | nr::SENDTO
+        | nr::SENDMSG
+        | nr::SENDMMSG => (USER_SIDE, fd(regs::ARG0)),
+        nr::SENDFILE => (fd(regs::ARG1), fd(regs::ARG0)),
+        nr::TEE => (fd(regs::ARG0), fd(regs::ARG1)),
+        nr::SPLICE | nr::COPY_FILE_RANGE => (fd(regs::ARG0), fd(regs::ARG2)),
+        nr::VMSPLICE => return vmsplice_direction(task, fd(regs::ARG0)),
+        _ => (NO_SIDE, NO_SIDE),
+    };
+    (side_kind(task, opaque(src)), side_kind(task, opaque(dst)))
+}
+
+/// What a data-path call moved, and how.
+#[inline(always)]
+fn amounts(nr: u16, pt_regs: u64, ret: i64) -> (Variant, u64) {
     let arg = |offset: u64| field::<u64>(pt_regs, offset);
     let moved = if ret > 0 { ret as u64 } else { 0 };
-    let fd = |offset: u64| Side::Fd(arg(offset));
-    let (src, dst, variant, bytes) = match nr {
-        nr::READ | nr::PREAD64 | nr::READV | nr::PREADV | nr::PREADV2 | nr::RECVFROM | nr::RECVMSG => {
-            (fd(regs::ARG0), Side::User, Variant::Plain, moved)
-        }
-        nr::RECVMMSG => (
-            fd(regs::ARG0),
-            Side::User,
-            Variant::Plain,
-            mmsg_bytes(arg(regs::ARG1), ret),
-        ),
-        nr::WRITE | nr::PWRITE64 | nr::WRITEV | nr::PWRITEV | nr::PWRITEV2 => {
-            (Side::User, fd(regs::ARG0), Variant::Plain, moved)
-        }
-        nr::SENDTO => (Side::User, fd(regs::ARG0), send_variant(arg(regs::ARG3)), moved),
-        nr::SENDMSG => (Side::User, fd(regs::ARG0), send_variant(arg(regs::ARG2)), moved),
-        nr::SENDMMSG => (
-            Side::User,
-            fd(regs::ARG0),
-            send_variant(arg(regs::ARG3)),
-            mmsg_bytes(arg(regs::ARG1), ret),
-        ),
-        nr::SENDFILE => (fd(regs::ARG1), fd(regs::ARG0), Variant::Plain, moved),
-        nr::TEE => (fd(regs::ARG0), fd(regs::ARG1), Variant::Plain, moved),
-        nr::SPLICE | nr::COPY_FILE_RANGE => (fd(regs::ARG0), fd(regs::ARG2), Variant::Plain, moved),
-        nr::VMSPLICE => {
-            let (src, dst) = vmsplice_direction(task, arg(regs::ARG0));
-            return Call {
-                src,
-                dst,
-                variant: Variant::Plain,
-                bytes: moved,
-            };
-        }
-        _ => {
-            return Call {
-                src: FdKind::None,
-                dst: FdKind::None,
-                variant: Variant::Plain,
-                bytes: 0,
-            }
-        }
-    };
-    Call {
-        src: side_kind(task, src),
-        dst: side_kind(task, dst),
-        variant,
-        bytes,
+    match nr {
+        nr::RECVMMSG => (Variant::Plain, mmsg_bytes(arg(regs::ARG1), ret)),
+        nr::SENDTO => (send_variant(arg(regs::ARG3)), moved),
+        nr::SENDMSG => (send_variant(arg(regs::ARG2)), moved),
+        nr::SENDMMSG => (send_variant(arg(regs::ARG3)), mmsg_bytes(arg(regs::ARG1), ret)),
+        nr::READ
+        | nr::PREAD64
+        | nr::READV
+        | nr::PREADV
+        | nr::PREADV2
+        | nr::RECVFROM
+        | nr::RECVMSG
+        | nr::WRITE
+        | nr::PWRITE64
+        | nr::WRITEV
+        | nr::PWRITEV
+        | nr::PWRITEV2
+        | nr::SENDFILE
+        | nr::TEE
+        | nr::SPLICE
+        | nr::COPY_FILE_RANGE
+        | nr::VMSPLICE => (Variant::Plain, moved),
+        _ => (Variant::Plain, 0),
     }
+}
+
+/// `value`, which LLVM can no longer see through, at the cost of one register move. (An empty
+/// template would emit no instruction but a line of debug info, which the kernel refuses to
+/// share with the next instruction.)
+#[inline(always)]
+fn opaque(mut value: u64) -> u64 {
+    // SAFETY: copies a register onto itself.
+    unsafe { core::arch::asm!("{0} = {0}", inout(reg) value, options(pure, nomem, nostack)) };
+    value
 }
 
 #[inline(always)]
 fn side_kind(task: u64, side: Side) -> FdKind {
     match side {
-        Side::User => FdKind::User,
-        Side::Fd(fd) => fd_kind(task, fd),
+        USER_SIDE => FdKind::User,
+        NO_SIDE => FdKind::None,
+        fd => fd_kind(task, fd),
     }
 }
 
 #[inline(always)]
 fn fd_kind(task: u64, fd: u64) -> FdKind {
+    // A negative `int`: no descriptor.
     if fd > i32::MAX as u64 {
         return FdKind::None;
     }
@@ -272,16 +313,19 @@ fn vmsplice_direction(task: u64, fd: u64) -> (FdKind, FdKind) {
 
 /// sendmmsg/recvmmsg return a message count; the bytes are the `msg_len` of each message.
 #[inline(always)]
-fn mmsg_bytes(vector: u64, messages: i64) -> u64 {
-    if messages <= 0 {
+fn mmsg_bytes(vector: u64, ret: i64) -> u64 {
+    if ret <= 0 {
         return 0;
     }
-    if messages > MMSG_WALK as i64 {
+    // A copy the verifier does not tie to `ret`: each exit of the walk would otherwise leave
+    // `ret` in a range of its own, and the verifier would check all that follows once per exit.
+    let messages = opaque(ret as u64 & u32::MAX as u64);
+    if messages > MMSG_WALK as u64 {
         count_error(MapSlot::MmsgTruncated);
     }
     let mut total = 0u64;
     for i in 0..MMSG_WALK as u64 {
-        if i >= messages as u64 {
+        if i >= messages {
             break;
         }
         let len_ptr = (vector + i * MMSGHDR_SIZE + MMSGHDR_LEN_OFFSET) as *const u32;
