@@ -58,10 +58,26 @@ fn sendfile_report() {
     assert!(u(&r["totals"]["syscalls"]) > 0);
     assert_eq!(u(&r["totals"]["mode_switches"]), 2 * u(&r["totals"]["syscalls"]));
     assert!(
-        r["advice"].as_array().unwrap().is_empty(),
+        copy_path_advice(&r).is_empty(),
         "nothing to improve: {}",
         r["advice"]
     );
+}
+
+/// The report's advice without the CPU-competition finding, where the report's own context
+/// switches bear it out: a busy or emulated machine preempts even a sender that copies nothing.
+fn copy_path_advice(r: &serde_json::Value) -> Vec<&str> {
+    let switches = &r["totals"]["context_switches"];
+    let involuntary = u(&switches["involuntary"]);
+    let preempted = involuntary * 2 > involuntary + u(&switches["voluntary"]);
+    let competing = format!("{involuntary} of ");
+    r["advice"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a.as_str().unwrap())
+        .filter(|a| !(preempted && a.starts_with(&competing) && a.contains("were involuntary")))
+        .collect()
 }
 
 #[test]

@@ -88,6 +88,9 @@ pub struct SendReport {
     /// MSG_ZEROCOPY sends the kernel reported complete, and how many of those it had to copy.
     pub zerocopy_completions: u64,
     pub zerocopy_copied: u64,
+    /// Bytes TCP sent again on the MSG_ZEROCOPY socket: a local receiver copies each resend too.
+    #[serde(default)]
+    pub zerocopy_resent_bytes: u64,
     pub seconds: f64,
     pub cpu_seconds: f64,
 }
@@ -99,6 +102,7 @@ pub(crate) struct Tally {
     pub syscalls: u64,
     pub zerocopy_completions: u64,
     pub zerocopy_copied: u64,
+    pub zerocopy_resent_bytes: u64,
 }
 
 #[derive(Clone, Debug, clap::Args)]
@@ -190,6 +194,7 @@ pub fn send(options: &SendOptions) -> Result<SendReport> {
         data_syscalls: tally.syscalls,
         zerocopy_completions: tally.zerocopy_completions,
         zerocopy_copied: tally.zerocopy_copied,
+        zerocopy_resent_bytes: tally.zerocopy_resent_bytes,
         seconds: started.elapsed().as_secs_f64(),
         cpu_seconds: cpu_seconds() - cpu_before,
     })

@@ -68,7 +68,31 @@ pub(crate) fn send(
         }
         wait_for_completions(out, &mut tally, Duration::from_millis(100))?;
     }
+    // Every send is complete, so every segment is acknowledged: the count is final.
+    tally.zerocopy_resent_bytes = resent_bytes(out)?;
     Ok(tally)
+}
+
+/// Bytes TCP sent again on `socket` (`tcpi_bytes_retrans`, 4.19 on). A zerocopy segment that
+/// reaches a local receiver is copied there, and so is each of its retransmissions.
+fn resent_bytes(socket: &OwnedFd) -> Result<u64> {
+    // SAFETY: tcp_info is plain integers, for which all zeroes is a valid value.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::tcp_info>() as libc::socklen_t;
+    // SAFETY: a valid socket, and a buffer of `len` bytes that outlives the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(explain("getsockopt(TCP_INFO)", Errno::last()));
+    }
+    Ok(info.tcpi_bytes_retrans)
 }
 
 fn enable_zerocopy(socket: &OwnedFd) -> Result<()> {
