@@ -562,48 +562,53 @@ pub(crate) fn payload(dir: &Path, size: u64) -> Result<PathBuf> {
 
 /// How the sender of [`stacks_overhead`] runs: directly, under `attach`, under `attach --stacks`
 /// (user stacks at every data-path syscall), under `attach --stacks both` (both stacks at every
-/// observed copy).
-const ATTACH_WAYS: [&[&str]; 4] = [
+/// observed copy), and under `attach --stacks` sampling a stack per 512 KiB on average.
+const ATTACH_WAYS: [&[&str]; 5] = [
     &[],
     &["attach", "--json", "--"],
     &["attach", "--json", "--stacks", "--"],
     &["attach", "--json", "--stacks", "both", "--"],
+    &["attach", "--json", "--stacks", "--stacks-period", "524288", "--"],
 ];
 
 /// What recording stacks adds to a relay, against attach without them and against no tracing, by
 /// the sender's own timing (attach's start-up is not in it).
 fn stacks_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
     println!(
-        "\n# attach --stacks: read-write relays, {rounds} rounds of untraced / attach / attach --stacks / attach --stacks both, rotating order; ratios to untraced"
+        "\n# attach --stacks: read-write relays, {rounds} rounds of untraced / attach / attach --stacks / attach --stacks both / attach --stacks --stacks-period 524288, rotating order; ratios to untraced"
     );
     println!(
-        "{:<18} {:>20} {:>20} {:>20} {:>20} {:>8} {:>8} {:>8}",
+        "{:<18} {:>20} {:>20} {:>20} {:>20} {:>20} {:>8} {:>8} {:>8} {:>8}",
         "workload",
         "untraced MB/s",
         "attach MB/s",
         "--stacks MB/s",
         "--stacks both MB/s",
+        "sampled MB/s",
         "attach",
         "stacks",
-        "both"
+        "both",
+        "sampled"
     );
     for chunk in [64 << 10, 4 << 10] {
-        let runs: [Vec<Transfer>; 4] = rotating(rounds, |way| {
+        let runs: [Vec<Transfer>; 5] = rotating(rounds, |way| {
             transfer_via(zctrace, ATTACH_WAYS[way], "read-write", file, chunk)
         })?;
-        let [plain, attached, user, both] = runs
+        let [plain, attached, user, both, sampled] = runs
             .each_ref()
             .map(|r| Stats::of(r.iter().map(|t| t.bytes_per_second / 1e6).collect()));
         println!(
-            "{:<18} {:>20} {:>20} {:>20} {:>20} {:>8.3} {:>8.3} {:>8.3}",
+            "{:<18} {:>20} {:>20} {:>20} {:>20} {:>20} {:>8.3} {:>8.3} {:>8.3} {:>8.3}",
             format!("read-write {}KiB", chunk >> 10),
             plain.show(0),
             attached.show(0),
             user.show(0),
             both.show(0),
+            sampled.show(0),
             attached.median / plain.median,
             user.median / plain.median,
             both.median / plain.median,
+            sampled.median / plain.median,
         );
     }
     Ok(())

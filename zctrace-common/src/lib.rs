@@ -430,6 +430,23 @@ pub struct ProbeConfig {
     /// Slots of `SOCKET_KINDS`, a power of two: [`SOCKET_KIND_SLOTS`] unless a test asks for
     /// fewer, to make sockets share slots.
     pub socket_kind_slots: u32,
+    /// With stacks: 0 records every call and copy; otherwise a stack is taken about once per
+    /// this many bytes, at random points, and weighted to stand for the bytes between.
+    pub sample_period: u64,
+}
+
+/// Gaps between sampling points to draw from at random (a power of two): quantiles of the
+/// exponential distribution with the sampling period as mean, filled in by user space.
+pub const SAMPLE_GAPS: u32 = 256;
+
+/// Byte streams sampled apart, each with its own sampling points on every CPU.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SampledStream {
+    /// Bytes moved by data-path syscalls (user stacks).
+    Syscalls = 0,
+    /// Bytes the kernel was seen copying (kernel stacks).
+    Copies = 1,
 }
 
 /// The stacks `attach --stacks` asks the programs for.
@@ -752,6 +769,7 @@ mod tests {
         assert_eq!(size_of::<SocketKindSlot>(), 2 * 8);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 8 * 8);
+        assert_eq!(size_of::<ProbeConfig>(), 4 * 4 + 8);
     }
 
     #[test]

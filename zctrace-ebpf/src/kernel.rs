@@ -71,6 +71,7 @@ static CONFIG: ProbeConfig = ProbeConfig {
     record_stacks: 0,
     relay_evidence: 0,
     socket_kind_slots: 0,
+    sample_period: 0,
 };
 
 /// Reads one field of `OFFSETS`; volatile so the loader's value is used, not the zero above.
@@ -148,6 +149,13 @@ pub fn relay_evidence_wanted() -> bool {
 pub fn stack_mode() -> u32 {
     // SAFETY: as in `filtered_out`.
     unsafe { core::ptr::read_volatile(&raw const CONFIG.record_stacks) }
+}
+
+/// With stacks, the bytes between stacks taken on average; 0 takes every one.
+#[inline(always)]
+pub fn sample_period() -> u64 {
+    // SAFETY: as in `filtered_out`.
+    unsafe { core::ptr::read_volatile(&raw const CONFIG.sample_period) }
 }
 
 /// The current task: BTF-typed where the kernel has `bpf_get_current_task_btf` (5.11), else a

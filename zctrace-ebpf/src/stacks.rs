@@ -3,16 +3,18 @@
 //! (user mode), or the kernel stack, and the user stack with it, wherever a copy is observed.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
+    helpers::bpf_get_prandom_u32,
     macros::map,
-    maps::{HashMap, StackTrace},
+    maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
 };
 use zctrace_common::{
-    Copier, CopyStackCounts, CopyStackKey, MapSlot, StackKey, StackMode, SyscallKey, SyscallStats, NO_STACK,
+    Copier, CopyStackCounts, CopyStackKey, MapSlot, SampledStream, StackKey, StackMode, SyscallKey,
+    SyscallStats, NO_STACK, SAMPLE_GAPS,
 };
 
 use crate::{
-    kernel::stack_mode,
+    kernel::{sample_period, stack_mode},
     maps::{add, count_error, zeroed_entry},
 };
 
@@ -32,6 +34,15 @@ static STACK_COUNTS: HashMap<StackKey, SyscallStats> = HashMap::with_max_entries
 
 #[map]
 static COPY_STACK_COUNTS: HashMap<CopyStackKey, CopyStackCounts> = HashMap::with_max_entries(1, 0);
+
+/// Per CPU, for each [`SampledStream`], the bytes left before its next sampling point; 0 before
+/// the first gap is drawn.
+#[map]
+static SAMPLE_LEFT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
+
+/// Gaps to draw from, [`SAMPLE_GAPS`] of them when sampling (user space sizes and fills it).
+#[map]
+static SAMPLE_GAP_QUANTILES: Array<u64> = Array::with_max_entries(1, 0);
 
 /// True when `attach --stacks user` asked for the call sites of data-path syscalls.
 #[inline(always)]
@@ -57,11 +68,64 @@ fn stack_id<C: StackIdContext>(ctx: &C, flags: u64) -> i32 {
     }
 }
 
+/// What one recorded stack stands for: every call, or with sampling the calls and bytes between
+/// sampling points, so that sums over stacks estimate the totals without bias.
+struct Weight {
+    calls: u64,
+    bytes: u64,
+}
+
+/// The weight of a call or copy of `bytes`, or `None` when sampling passes it by. A stack is
+/// taken where the stream's bytes cross a sampling point; the points fall at random, with
+/// exponential gaps of mean `period` (a Poisson process, as heap profilers sample allocations),
+/// so each point stands for `period` bytes and each call for `period / bytes` calls.
+#[inline(always)]
+fn weight(stream: SampledStream, bytes: u64) -> Option<Weight> {
+    let period = sample_period();
+    if period == 0 {
+        return Some(Weight { calls: 1, bytes });
+    }
+    let left = SAMPLE_LEFT.get_ptr_mut(stream as u32)?;
+    // SAFETY: this CPU's slot of a live map.
+    let left = unsafe { &mut *left };
+    if *left == 0 {
+        *left = gap(period);
+    }
+    if bytes < *left {
+        *left -= bytes;
+        return None;
+    }
+    let beyond = bytes - *left;
+    *left = gap(period);
+    // Past the first point, the expected count of further ones, rounded up or down at random in
+    // proportion, so that it stays exact on average.
+    // SAFETY: no preconditions.
+    let fraction = u64::from(unsafe { bpf_get_prandom_u32() }) % period;
+    let points = 1 + (beyond + fraction) / period;
+    let estimate = points * period;
+    Some(Weight {
+        calls: estimate / bytes,
+        bytes: estimate,
+    })
+}
+
+/// A gap to the next sampling point, drawn from user space's quantiles (never 0).
+#[inline(always)]
+fn gap(period: u64) -> u64 {
+    // SAFETY: no preconditions.
+    let pick = unsafe { bpf_get_prandom_u32() } & (SAMPLE_GAPS - 1);
+    SAMPLE_GAP_QUANTILES.get(pick).copied().unwrap_or(period).max(1)
+}
+
 /// Counts one data-path call against the user stack it was made from. A call whose stack the
 /// map cannot take is counted under [`NO_STACK`], so no bytes go missing; each stack or site
-/// refused is one drop.
+/// refused is one drop. With sampling, only calls at a sampling point are recorded, and failed
+/// calls, which move no bytes, never are.
 #[inline(always)]
 pub fn record<C: StackIdContext>(ctx: &C, key: &SyscallKey, failed: bool, bytes: u64) {
+    let Some(weight) = weight(SampledStream::Syscalls, bytes) else {
+        return;
+    };
     let user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
     let site = StackKey {
         user_stack,
@@ -80,11 +144,11 @@ pub fn record<C: StackIdContext>(ctx: &C, key: &SyscallKey, failed: bool, bytes:
     };
     // SAFETY: `entry` points into a live map value.
     unsafe {
-        add(&raw mut (*entry).calls, 1);
+        add(&raw mut (*entry).calls, weight.calls);
         if failed {
             add(&raw mut (*entry).errors, 1);
         } else {
-            add(&raw mut (*entry).bytes, bytes);
+            add(&raw mut (*entry).bytes, weight.bytes);
         }
     }
 }
@@ -99,6 +163,9 @@ pub fn record_copy<C: StackIdContext>(ctx: &C, copier: Copier, bytes: u64) {
     if mode < StackMode::Kernel as u32 {
         return;
     }
+    let Some(weight) = weight(SampledStream::Copies, bytes) else {
+        return;
+    };
     let kernel_stack = stack_id(ctx, 0);
     let user_wanted = mode == StackMode::Both as u32 && copier != Copier::ZerocopyDeferred;
     let site = CopyStackKey {
@@ -120,7 +187,7 @@ pub fn record_copy<C: StackIdContext>(ctx: &C, copier: Copier, bytes: u64) {
     };
     // SAFETY: `entry` points into a live map value.
     unsafe {
-        add(&raw mut (*entry).copies, 1);
-        add(&raw mut (*entry).bytes, bytes);
+        add(&raw mut (*entry).copies, weight.calls);
+        add(&raw mut (*entry).bytes, weight.bytes);
     }
 }

@@ -193,6 +193,91 @@ fn copied_bytes_are_attributed_to_the_functions_that_copy_them() {
     );
 }
 
+/// The weight of `relay_body`'s sites whose syscall is `syscall` (the folded leaf `[syscall ...]`).
+fn relay_body_weight(folded: &[(String, u64)], syscall: &str) -> u64 {
+    let leaf = format!(";[{syscall} ");
+    folded
+        .iter()
+        .filter(|(frames, _)| has_frame(frames, "relay_body") && frames.contains(&leaf))
+        .map(|(_, w)| w)
+        .sum()
+}
+
+#[test]
+fn sampled_stacks_estimate_each_heavy_site_within_a_tenth_of_its_bytes() {
+    if !privileged("sampled_stacks_estimate_each_heavy_site_within_a_tenth_of_its_bytes") {
+        return;
+    }
+    // 32 MiB read and written in 16 KiB chunks: about 2048 sampling points at each site, so a
+    // tenth is more than four standard deviations.
+    let period = 16 * 1024;
+    let traced = trace_relay(
+        true,
+        "sampled",
+        "user",
+        Dst::File,
+        &["--stacks-period", &period.to_string()],
+    );
+    assert_eq!(traced.report["stacks"]["sample_period_bytes"], period);
+    assert!(traced.svg.contains("estimated from samples"));
+    for syscall in ["read", "write"] {
+        let estimate = relay_body_weight(&traced.folded, syscall);
+        let error = estimate.abs_diff(traced.relayed) as f64 / traced.relayed as f64;
+        assert!(
+            error < 0.1,
+            "relay_body's {syscall} sites: {estimate} copied bytes estimated, {} true:\n{:#?}",
+            traced.relayed,
+            traced.folded
+        );
+    }
+    // Each sample stands for the calls between, too: relay_body read in CHUNK-byte calls.
+    let read_calls: u64 = traced.report["stacks"]["top"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|site| {
+            site["frames"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|f| f == "relay_body")
+                && site["mechanism"].as_str().unwrap().starts_with("read")
+        })
+        .map(|site| site["calls"].as_u64().unwrap())
+        .sum();
+    let true_calls = traced.relayed / CHUNK.parse::<u64>().unwrap();
+    assert!(
+        read_calls.abs_diff(true_calls) * 10 < true_calls,
+        "{read_calls} read calls estimated at relay_body, {true_calls} true: {:#}",
+        traced.report["stacks"]["top"]
+    );
+}
+
+#[test]
+fn sampled_kernel_stacks_estimate_the_tcp_copies_within_a_tenth() {
+    if !privileged("sampled_kernel_stacks_estimate_the_tcp_copies_within_a_tenth") {
+        return;
+    }
+    let period = 16 * 1024;
+    let traced = trace_relay(
+        true,
+        "kernel-sampled",
+        "kernel",
+        Dst::Tcp,
+        &["--stacks-period", &period.to_string()],
+    );
+    assert_eq!(traced.report["stacks"]["sample_period_bytes"], period);
+    // The TCP send and receive copies are observed on every kernel of the matrix.
+    for copier in ["tcp_sendmsg_locked", "skb_copy_datagram_iter"] {
+        let (_, estimate) = ending_in(&traced.folded, copier);
+        assert!(
+            estimate.abs_diff(RELAY_SIZE) * 10 < RELAY_SIZE,
+            "{copier}: {estimate} bytes estimated, {RELAY_SIZE} copied:\n{:#?}",
+            traced.folded
+        );
+    }
+}
+
 #[test]
 fn without_frame_pointers_the_stacks_shrink_but_no_byte_is_lost() {
     if !privileged("without_frame_pointers_the_stacks_shrink_but_no_byte_is_lost") {

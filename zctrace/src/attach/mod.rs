@@ -78,6 +78,11 @@ pub struct AttachArgs {
     /// Write an SVG flame graph of the call sites to this new file.
     #[arg(long, requires = "stacks")]
     pub flamegraph: Option<PathBuf>,
+    /// Take a stack about once per this many bytes, at random points, each standing for the
+    /// bytes between (an unbiased estimate, as heap profilers sample allocations): the cost then
+    /// grows with bytes, not calls, for a busy process. Without it every call is recorded.
+    #[arg(long, value_name = "BYTES", requires = "stacks", value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    pub stacks_period: Option<u64>,
     /// What folded stacks and the flame graph are weighted by.
     #[arg(long, value_enum, default_value = "copied", requires = "stacks")]
     pub stack_weight: Weight,
@@ -150,6 +155,7 @@ pub fn run(args: AttachArgs, probe: &ProbeArgs) -> Result<()> {
     let tracer = Tracer::load(&ProbeOptions {
         filter_tgid: (!several).then(|| pids[0]),
         stacks: args.stacks.map(StackKind::mode),
+        sample_period: args.stacks_period,
         relay_evidence: true,
         ..probe.options()
     });
@@ -431,7 +437,9 @@ impl Session {
                     self.tracer.copiers_without_kernel_stacks(),
                 ),
             };
-            report = report.with_stacks(StacksReport::new(kind, &sites, drops, &unobserved, &unwound));
+            report = report.with_stacks(
+                StacksReport::new(kind, &sites, drops, &unobserved, &unwound).sampled(args.stacks_period),
+            );
         }
         if exited {
             eprintln!(
@@ -464,6 +472,7 @@ impl Session {
                 &lines,
                 args.stack_weight,
                 kind.basis(),
+                args.stacks_period.is_some(),
                 stacks::create_output(path)?,
             )?;
         }

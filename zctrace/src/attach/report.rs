@@ -92,6 +92,9 @@ pub struct StacksReport {
     pub copiers_without_kernel_stacks: Option<Vec<&'static str>>,
     /// The heaviest sites by CPU-copied bytes.
     pub top: Vec<TopSite>,
+    /// Null when every call (or copy) was recorded. Otherwise a stack was taken about once per
+    /// this many bytes, and each site's calls and bytes are sampled estimates.
+    pub sample_period_bytes: Option<u64>,
 }
 
 impl StacksReport {
@@ -115,6 +118,14 @@ impl StacksReport {
             unobserved_copiers: names(unobserved),
             copiers_without_kernel_stacks: names(unwound),
             top: stacks::top(sites, TOP_SITES),
+            sample_period_bytes: None,
+        }
+    }
+
+    pub fn sampled(self, period: Option<u64>) -> StacksReport {
+        StacksReport {
+            sample_period_bytes: period,
+            ..self
         }
     }
 }
@@ -497,6 +508,12 @@ impl Report {
                 stacks.call_sites,
                 stacks.drops.text(stacks.dropped)
             );
+            if let Some(period) = stacks.sample_period_bytes {
+                out += &format!(
+                    "sampled: a stack about once per {period} bytes, each standing for the bytes between; \
+                     the sites' figures are estimates (the totals above are exact)\n"
+                );
+            }
             if let Some(unobserved) = stacks.unobserved_copiers.as_ref().filter(|u| !u.is_empty()) {
                 out += &format!(
                     "not observed on this kernel, so without stacks (--stacks user shows their call sites): {}\n",

@@ -26,7 +26,7 @@ pub use catalog::{Mode, Role};
 use zctrace_common::{
     Copier, CopyStackCounts, CopyStackKey, KernelOffsets, MapSlot, PendingSend, ProbeConfig, ProcessKey,
     ProcessStats, SocketKindCache, StackKey, StackMode, SyscallKey, SyscallStats, ThreadSwitches, MAP_SLOTS,
-    SOCKET_KIND_CACHE_COUNTS, SOCKET_KIND_SLOTS,
+    SAMPLE_GAPS, SOCKET_KIND_CACHE_COUNTS, SOCKET_KIND_SLOTS,
 };
 
 use crate::{
@@ -50,6 +50,9 @@ pub struct ProbeOptions {
     pub without: Vec<Mode>,
     /// The stacks `attach --stacks` records; `None` records none.
     pub stacks: Option<StackMode>,
+    /// With stacks: take one about once per this many bytes (see `stacks::sampling`); `None`
+    /// takes every call's and copy's.
+    pub sample_period: Option<u64>,
     /// Count the bytes each thread sends from the buffer its last read filled (what an I/O
     /// style is decided from), at a hash lookup per one-buffer read or send.
     pub relay_evidence: bool,
@@ -445,6 +448,7 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
         record_stacks: options.stacks.map_or(0, |mode| mode as u32),
         relay_evidence: options.relay_evidence as u32,
         socket_kind_slots: options.socket_kind_slots()?,
+        sample_period: options.sample_period.unwrap_or(0),
     };
     let mut loader = EbpfLoader::new();
     // The loader parses the kernel's BTF for CO-RE, which these programs do not use (offsets come
@@ -463,12 +467,34 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf
             .map_max_entries("STACKS", STACK_CAPACITY)
             .map_max_entries(sites, STACK_SITE_CAPACITY);
     }
+    if options.sample_period.is_some() {
+        loader.map_max_entries(SAMPLE_GAP_MAP, SAMPLE_GAPS);
+    }
     for (map, capacity) in &options.map_capacity {
         loader.map_max_entries(map, *capacity);
     }
-    loader
+    let mut ebpf = loader
         .load(aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/zctrace")))
-        .context(privilege_hint("loading zctrace's eBPF programs"))
+        .context(privilege_hint("loading zctrace's eBPF programs"))?;
+    if let Some(period) = options.sample_period {
+        fill_sampling_gaps(&mut ebpf, period)?;
+    }
+    Ok(ebpf)
+}
+
+/// The map the programs draw gaps between sampling points from.
+const SAMPLE_GAP_MAP: &str = "SAMPLE_GAP_QUANTILES";
+
+/// Gives the programs their gaps before any is attached, so the first draw is from them too.
+fn fill_sampling_gaps(ebpf: &mut Ebpf, period: u64) -> Result<()> {
+    let mut gaps: aya::maps::Array<_, u64> = ebpf
+        .map_mut(SAMPLE_GAP_MAP)
+        .context("the eBPF object has no sampling gap map")?
+        .try_into()?;
+    for (index, gap) in (0..).zip(crate::stacks::sampling::gaps(period)) {
+        gaps.set(index, gap, 0)?;
+    }
+    Ok(())
 }
 
 /// Whether a selected probe has a way the kernel never preempts to prefer where it would.

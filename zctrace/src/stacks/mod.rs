@@ -3,6 +3,7 @@
 //! copy model; or the kernel stacks (with the user stacks above them) of the copies the kernel
 //! was seen making, weighted by the bytes observed. Pure: the kernel side aggregates,
 //! [`symbols`] names the frames, this module folds and ranks.
+pub mod sampling;
 pub mod symbols;
 
 use std::io::Write;
@@ -262,13 +263,24 @@ pub fn create_output(path: &std::path::Path) -> Result<std::fs::File> {
 
 /// An SVG flame graph of folded lines, by inferno; with no lines, an SVG that says so (inferno
 /// treats an empty profile as an error, but "nothing was copied" is an answer).
-pub fn flamegraph(lines: &[String], weight: Weight, basis: Basis, mut out: impl Write) -> Result<()> {
-    let count_name = match (weight, basis) {
+pub fn flamegraph(
+    lines: &[String],
+    weight: Weight,
+    basis: Basis,
+    sampled: bool,
+    mut out: impl Write,
+) -> Result<()> {
+    let counted = match (weight, basis) {
         (Weight::Copied, Basis::Model) => "CPU-copied bytes (copy model)",
         (Weight::Copied, Basis::Observed) => "CPU-copied bytes (observed)",
         (Weight::Moved, _) => "bytes moved",
         (Weight::Calls, Basis::Model) => "calls",
         (Weight::Calls, Basis::Observed) => "copies",
+    };
+    let count_name = if sampled {
+        format!("{counted}, estimated from samples")
+    } else {
+        counted.to_string()
     };
     if lines.is_empty() {
         writeln!(
@@ -285,7 +297,7 @@ pub fn flamegraph(lines: &[String], weight: Weight, basis: Basis, mut out: impl 
         Basis::Model => "leaf frames in brackets: the syscall and what it moved bytes between".to_string(),
         Basis::Observed => "leaf frames in brackets: the kernel routine seen copying".to_string(),
     });
-    options.count_name = count_name.to_string();
+    options.count_name = count_name;
     inferno::flamegraph::from_lines(&mut options, lines.iter().map(String::as_str), out)
         .context("drawing the flame graph")
 }

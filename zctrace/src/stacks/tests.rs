@@ -137,10 +137,23 @@ fn top_sites_carry_their_share_of_copied_bytes() {
 
 /// The flame graph of `lines`, weighted by copied bytes on `basis`.
 fn copied_svg(lines: &[&str], basis: Basis) -> String {
+    svg_of(lines, basis, false)
+}
+
+fn svg_of(lines: &[&str], basis: Basis, sampled: bool) -> String {
     let lines: Vec<String> = lines.iter().map(|l| l.to_string()).collect();
     let mut svg = Vec::new();
-    flamegraph(&lines, Weight::Copied, basis, &mut svg).unwrap();
+    flamegraph(&lines, Weight::Copied, basis, sampled, &mut svg).unwrap();
     String::from_utf8(svg).unwrap()
+}
+
+#[test]
+fn a_sampled_flame_graph_says_its_figures_are_estimates() {
+    let lines = ["main;relay;[read file->user] 100"];
+    assert!(
+        svg_of(&lines, Basis::Model, true).contains("CPU-copied bytes (copy model), estimated from samples")
+    );
+    assert!(!svg_of(&lines, Basis::Model, false).contains("estimated"));
 }
 
 #[test]
