@@ -572,6 +572,55 @@ pub const S_IFCHR: u16 = 0o020000;
 /// `/dev/null` as the kernel encodes it in `i_rdev`: MKDEV(1, 3).
 pub const DEV_NULL: u32 = (1 << 20) | 3;
 
+/// Which sides a data-path syscall moves bytes between, by its number: the one list of
+/// data-path syscalls, which the programs read a call's sides and its amount by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DataPath {
+    /// From its first argument's descriptor into the caller's memory (read, recv and kin).
+    IntoUser,
+    /// From the caller's memory into its first argument's descriptor (write, send and kin).
+    FromUser,
+    /// sendfile: from the second argument's descriptor into the first's.
+    Sendfile,
+    /// tee: from the first argument's pipe into the second's.
+    Tee,
+    /// splice and copy_file_range: from the first argument's descriptor into the third's.
+    Splice,
+    /// vmsplice: between the caller's memory and a pipe, which way the pipe's mode says.
+    Vmsplice,
+    /// Moves no data.
+    None,
+}
+
+impl DataPath {
+    #[inline(always)]
+    pub const fn of(syscall: u16) -> DataPath {
+        match syscall {
+            nr::READ
+            | nr::PREAD64
+            | nr::READV
+            | nr::PREADV
+            | nr::PREADV2
+            | nr::RECVFROM
+            | nr::RECVMSG
+            | nr::RECVMMSG => DataPath::IntoUser,
+            nr::WRITE
+            | nr::PWRITE64
+            | nr::WRITEV
+            | nr::PWRITEV
+            | nr::PWRITEV2
+            | nr::SENDTO
+            | nr::SENDMSG
+            | nr::SENDMMSG => DataPath::FromUser,
+            nr::SENDFILE => DataPath::Sendfile,
+            nr::TEE => DataPath::Tee,
+            nr::SPLICE | nr::COPY_FILE_RANGE => DataPath::Splice,
+            nr::VMSPLICE => DataPath::Vmsplice,
+            _ => DataPath::None,
+        }
+    }
+}
+
 /// Numbers of the data-path syscalls the programs decode, for the architecture being built: the
 /// target's own for user space, `bpf_target_arch` (set by aya-build from it) for the programs.
 pub mod nr {
@@ -770,6 +819,20 @@ mod tests {
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 8 * 8);
         assert_eq!(size_of::<ProbeConfig>(), 4 * 4 + 8);
+    }
+
+    #[test]
+    fn every_data_path_syscall_has_its_sides_and_no_other_call_has_any() {
+        assert_eq!(DataPath::of(nr::PREADV2), DataPath::IntoUser);
+        assert_eq!(DataPath::of(nr::RECVMMSG), DataPath::IntoUser);
+        assert_eq!(DataPath::of(nr::PWRITEV2), DataPath::FromUser);
+        assert_eq!(DataPath::of(nr::SENDMMSG), DataPath::FromUser);
+        assert_eq!(DataPath::of(nr::COPY_FILE_RANGE), DataPath::Splice);
+        assert_eq!(DataPath::of(nr::VMSPLICE), DataPath::Vmsplice);
+        // getpid on both architectures' tables, and a number no table has.
+        for other in [39, 172, u16::MAX] {
+            assert_eq!(DataPath::of(other), DataPath::None);
+        }
     }
 
     #[test]

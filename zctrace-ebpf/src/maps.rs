@@ -80,16 +80,19 @@ pub fn add(counter: *mut u64, value: u64) {
 
 #[inline(always)]
 pub fn count_error(slot: MapSlot) {
-    if let Some(counter) = MAP_UPDATE_ERRORS.get_ptr_mut(slot as u32) {
-        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
-        unsafe { *counter += 1 };
-    }
+    bump(&MAP_UPDATE_ERRORS, slot as u32);
 }
 
 #[inline(always)]
 pub fn count_socket_kind_cache(event: SocketKindCache) {
-    if let Some(counter) = SOCKET_KIND_CACHE.get_ptr_mut(event as u32) {
-        // SAFETY: as in `count_error`.
+    bump(&SOCKET_KIND_CACHE, event as u32);
+}
+
+/// Adds one to this CPU's counter at `slot`.
+#[inline(always)]
+fn bump(counters: &PerCpuArray<u64>, slot: u32) {
+    if let Some(counter) = counters.get_ptr_mut(slot) {
+        // SAFETY: per-CPU slot, no other writer while this program runs on this CPU.
         unsafe { *counter += 1 };
     }
 }

@@ -7,8 +7,8 @@ use aya_ebpf::{
     EbpfContext,
 };
 use zctrace_common::{
-    nr, FdKind, MapSlot, SyscallKey, Variant, FMODE_WRITE, MMSGHDR_LEN_OFFSET, MMSGHDR_SIZE, MMSG_WALK,
-    MSG_ZEROCOPY, SYS_EXIT_RECORD_RET,
+    nr, DataPath, FdKind, MapSlot, SyscallKey, Variant, FMODE_WRITE, MMSGHDR_LEN_OFFSET, MMSGHDR_SIZE,
+    MMSG_WALK, MSG_ZEROCOPY, SYS_EXIT_RECORD_RET,
 };
 
 use crate::{
@@ -198,28 +198,14 @@ const NO_SIDE: Side = 1 << 33;
 #[inline(always)]
 fn kinds(nr: u16, task: u64, pt_regs: u64) -> (FdKind, FdKind) {
     let fd = |offset: u64| field::<u64>(pt_regs, offset) & u32::MAX as u64;
-    let (src, dst) = match nr {
-        nr::READ
-        | nr::PREAD64
-        | nr::READV
-        | nr::PREADV
-        | nr::PREADV2
-        | nr::RECVFROM
-        | nr::RECVMSG
-        | nr::RECVMMSG => (fd(regs::ARG0), USER_SIDE),
-        nr::WRITE
-        | nr::PWRITE64
-        | nr::WRITEV
-        | nr::PWRITEV
-        | nr::PWRITEV2
-        | nr::SENDTO
-        | nr::SENDMSG
-        | nr::SENDMMSG => (USER_SIDE, fd(regs::ARG0)),
-        nr::SENDFILE => (fd(regs::ARG1), fd(regs::ARG0)),
-        nr::TEE => (fd(regs::ARG0), fd(regs::ARG1)),
-        nr::SPLICE | nr::COPY_FILE_RANGE => (fd(regs::ARG0), fd(regs::ARG2)),
-        nr::VMSPLICE => return vmsplice_direction(task, fd(regs::ARG0)),
-        _ => (NO_SIDE, NO_SIDE),
+    let (src, dst) = match DataPath::of(nr) {
+        DataPath::IntoUser => (fd(regs::ARG0), USER_SIDE),
+        DataPath::FromUser => (USER_SIDE, fd(regs::ARG0)),
+        DataPath::Sendfile => (fd(regs::ARG1), fd(regs::ARG0)),
+        DataPath::Tee => (fd(regs::ARG0), fd(regs::ARG1)),
+        DataPath::Splice => (fd(regs::ARG0), fd(regs::ARG2)),
+        DataPath::Vmsplice => return vmsplice_direction(task, fd(regs::ARG0)),
+        DataPath::None => (NO_SIDE, NO_SIDE),
     };
     (side_kind(task, opaque(src)), side_kind(task, opaque(dst)))
 }
@@ -234,24 +220,8 @@ fn amounts(nr: u16, pt_regs: u64, ret: i64) -> (Variant, u64) {
         nr::SENDTO => (send_variant(arg(regs::ARG3)), moved),
         nr::SENDMSG => (send_variant(arg(regs::ARG2)), moved),
         nr::SENDMMSG => (send_variant(arg(regs::ARG3)), mmsg_bytes(arg(regs::ARG1), ret)),
-        nr::READ
-        | nr::PREAD64
-        | nr::READV
-        | nr::PREADV
-        | nr::PREADV2
-        | nr::RECVFROM
-        | nr::RECVMSG
-        | nr::WRITE
-        | nr::PWRITE64
-        | nr::WRITEV
-        | nr::PWRITEV
-        | nr::PWRITEV2
-        | nr::SENDFILE
-        | nr::TEE
-        | nr::SPLICE
-        | nr::COPY_FILE_RANGE
-        | nr::VMSPLICE => (Variant::Plain, moved),
-        _ => (Variant::Plain, 0),
+        _ if DataPath::of(nr) == DataPath::None => (Variant::Plain, 0),
+        _ => (Variant::Plain, moved),
     }
 }
 

@@ -167,7 +167,8 @@ impl Tracer {
     /// working; the load fails only when no selected probe attached at all.
     pub fn load(options: &ProbeOptions) -> Result<Tracer> {
         let kernel = btf::kernel_btf()?;
-        let mut ebpf = load_programs(options, &btf::resolve(&kernel)?)?;
+        let socket_kind_slots = options.socket_kind_slots()?;
+        let mut ebpf = load_programs(options, &btf::resolve(&kernel)?, socket_kind_slots)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
         let preemptible = asks_about_preemption(options) && runs_preemptibly(&mut ebpf, &btf);
         let statuses = attach_probes(&mut ebpf, options, &btf, &kernel, preemptible);
@@ -197,7 +198,7 @@ impl Tracer {
             bounded,
             switch_floor: Mutex::default(),
             kretprobe_stacks,
-            socket_kind_slots: options.socket_kind_slots()?,
+            socket_kind_slots,
         })
     }
 
@@ -248,20 +249,20 @@ impl Tracer {
 
     /// Failed updates so far, summed over CPUs, indexed by [`MapSlot`].
     pub fn update_errors(&self) -> Result<[u64; MAP_SLOTS as usize]> {
-        let errors: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("MAP_UPDATE_ERRORS")?)?;
-        let mut update_errors = [0u64; MAP_SLOTS as usize];
-        for (slot, total) in update_errors.iter_mut().enumerate() {
-            *total = errors.get(&(slot as u32), 0)?.iter().sum();
-        }
-        Ok(update_errors)
+        self.per_cpu_totals("MAP_UPDATE_ERRORS")
     }
 
     /// The socket kind cache's counts so far, summed over CPUs, indexed by [`SocketKindCache`].
     pub fn socket_kind_cache(&self) -> Result<[u64; SOCKET_KIND_CACHE_COUNTS as usize]> {
-        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map("SOCKET_KIND_CACHE")?)?;
-        let mut totals = [0u64; SOCKET_KIND_CACHE_COUNTS as usize];
-        for (index, total) in totals.iter_mut().enumerate() {
-            *total = counts.get(&(index as u32), 0)?.iter().sum();
+        self.per_cpu_totals("SOCKET_KIND_CACHE")
+    }
+
+    /// Each slot of a per-CPU array of counters, summed over CPUs.
+    fn per_cpu_totals<const SLOTS: usize>(&self, map: &str) -> Result<[u64; SLOTS]> {
+        let counts: PerCpuArray<_, u64> = PerCpuArray::try_from(self.map(map)?)?;
+        let mut totals = [0u64; SLOTS];
+        for (slot, total) in (0u32..).zip(totals.iter_mut()) {
+            *total = counts.get(&slot, 0)?.iter().sum();
         }
         Ok(totals)
     }
@@ -442,12 +443,12 @@ fn stack_ips(stacks: &StackTraceMap<&aya::maps::MapData>, id: i32) -> Vec<u64> {
 }
 
 /// Creates the maps and parses the programs, with the kernel's offsets and the options filled in.
-fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets) -> Result<Ebpf> {
+fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets, socket_kind_slots: u32) -> Result<Ebpf> {
     let config = ProbeConfig {
         filter_tgid: options.filter_tgid.unwrap_or(0),
         record_stacks: options.stacks.map_or(0, |mode| mode as u32),
         relay_evidence: options.relay_evidence as u32,
-        socket_kind_slots: options.socket_kind_slots()?,
+        socket_kind_slots,
         sample_period: options.sample_period.unwrap_or(0),
     };
     let mut loader = EbpfLoader::new();
