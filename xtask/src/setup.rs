@@ -20,6 +20,8 @@ const DEBIAN_PACKAGES: &[&str] = &[
     "bpftrace",
     "systemd",
     "curl",
+    // `go tool pprof`, the reader of the daemon's copy profiles that the tests check them with.
+    "golang-go",
     "openssl",
     "qemu-system-x86",
     "qemu-system-arm",

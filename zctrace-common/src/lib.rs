@@ -471,6 +471,8 @@ pub const NO_STACK: i32 = -1;
 pub struct StackKey {
     /// Id in the `STACKS` map, or [`NO_STACK`].
     pub user_stack: i32,
+    /// The process that made the call: the daemon's profiles hold every process's stacks.
+    pub tgid: u32,
     pub nr: u16,
     pub src: u8,
     pub dst: u8,
@@ -806,7 +808,7 @@ mod tests {
     fn shared_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 4);
-        assert_eq!(size_of::<StackKey>(), 4 + 2 + 1 + 1 + 1 + 3);
+        assert_eq!(size_of::<StackKey>(), 4 + 4 + 2 + 1 + 1 + 1 + 3);
         assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 1 + 7);
         assert_eq!(size_of::<CopyStackCounts>(), 2 * 8);
         assert_eq!(size_of::<SyscallStats>(), 4 * 8);

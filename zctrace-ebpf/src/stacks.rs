@@ -129,6 +129,7 @@ pub fn record<C: StackIdContext>(ctx: &C, key: &SyscallKey, failed: bool, bytes:
     let user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
     let site = StackKey {
         user_stack,
+        tgid: key.process.tgid,
         nr: key.nr,
         src: key.src,
         dst: key.dst,

@@ -454,3 +454,90 @@ fn a_daemon_in_a_pod_names_every_workload_on_the_node_from_the_host_hierarchy() 
         "{log}"
     );
 }
+
+/// `go tool pprof -top` rows: (flat bytes, function), heaviest first.
+fn pprof_top(profile: &Path, pid: u32) -> Vec<(u64, String)> {
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-top", "-unit=B", "-sample_index=copied_bytes"])
+        .arg(format!("-tagfocus=pid={pid}"))
+        .arg(profile)
+        .env("PPROF_TMPDIR", scratch_path("pprof-tmp"))
+        .output()
+        .expect("go tool pprof (`cargo xtask setup` installs golang-go)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flat = fields.first()?.strip_suffix('B')?.parse().ok()?;
+            Some((flat, fields[5..].join(" ")))
+        })
+        .collect()
+}
+
+/// The daemon's copy profile (`--profiles`), read by `go tool pprof` (Debian's golang-go, a
+/// reader nobody here wrote): the relay's heaviest function is its top entry, within a tenth of
+/// the bytes it truly copied (2 per relayed byte, as `attach --stacks` counts exactly), and the
+/// function that writes the log is there too. The daemon holds every process's stacks in one
+/// map keyed by a hash of their addresses: where another process's stack holds the relay's
+/// bucket, the relay's calls there are counted under `[stack not recorded]`, a counted loss of
+/// chance that another run does not repeat; the test runs again then, up to three runs in all.
+#[test]
+fn go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay() {
+    if !privileged("go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay") {
+        return;
+    }
+    let mut runs = 1;
+    let (top, relayed) = loop {
+        let (top, relayed) = profiled_relay(&format!("profiled-{runs}"));
+        if runs == 3 || !top.iter().any(|(_, f)| f == zctrace::stacks::UNRECORDED) {
+            break (top, relayed);
+        }
+        eprintln!("a stack of the relay's collided with another process's; running once more: {top:?}");
+        runs += 1;
+    };
+    let (flat, function) = &top[0];
+    assert_eq!(function, "relay_body", "{top:?}");
+    let copied = 2 * relayed;
+    assert!(
+        flat.abs_diff(copied) * 10 < copied,
+        "relay_body: {flat} bytes estimated, {copied} copied: {top:?}"
+    );
+    assert!(top.iter().any(|(_, f)| f == "write_log"), "{top:?}");
+}
+
+/// Runs the stack relay beside a daemon with profiles; its rows of `go tool pprof -top`, and
+/// the bytes it relayed.
+fn profiled_relay(name: &str) -> (Vec<(u64, String)>, u64) {
+    let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384"]);
+    // It lingers past a sweep of the daemon, which names its frames while it lives.
+    let relay = Command::new(relay_program(true))
+        .arg(test_file(32 * MIB))
+        .arg(scratch_path(&format!("{name}.out")))
+        .arg(scratch_path(&format!("{name}.log")))
+        .args(["16384", "1024", "3000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the relay");
+    let pid = relay.id();
+    let output = relay.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let relayed: u64 = stderr
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("relayed="))
+        .and_then(|n| n.parse().ok())
+        .expect("relayed=");
+    let (status, body) = daemon.get_bytes("/debug/pprof/copies");
+    assert_eq!(status, 200);
+    let profile = scratch_path(&format!("{name}.pb.gz"));
+    std::fs::write(&profile, body).unwrap();
+    (pprof_top(&profile, pid), relayed)
+}

@@ -94,6 +94,33 @@ fn tls_and_basic_auth_guard_the_metrics() {
     );
 }
 
+#[test]
+fn the_copy_profile_is_behind_the_same_tls_and_basic_auth() {
+    if !privileged("the_copy_profile_is_behind_the_same_tls_and_basic_auth") {
+        return;
+    }
+    let (config, cert) = tls_web_config("tls-profiles");
+    let daemon = Daemon::start(&["--web.config.file", config.to_str().unwrap(), "--profiles"]);
+    let url = format!("https://{}/debug/pprof/copies", daemon.addr);
+    let cacert = cert.to_str().unwrap();
+    let (status, body) = curl(&["--cacert", cacert, &url]);
+    assert_eq!(status, 401, "no credentials: {body}");
+    assert_eq!(curl(&["--cacert", cacert, "-u", "alice:wrong", &url]).0, 401);
+    let window = format!("{url}?seconds=1");
+    assert_eq!(curl(&["--cacert", cacert, "-u", "alice:s3cret", &window]).0, 200);
+    let (status, body) = curl(&[
+        "--cacert",
+        cacert,
+        "-u",
+        "alice:s3cret",
+        &format!("{url}?seconds=0"),
+    ]);
+    assert_eq!(
+        (status, body.trim()),
+        (400, "seconds=0: give a whole number of seconds from 1 to 300")
+    );
+}
+
 /// TLS clients that finish the handshake and then send nothing are closed after the daemon's
 /// idle deadline.
 fn sessions_idle_after_the_handshake_are_closed(addr: &str, cacert: &str) {

@@ -2,46 +2,13 @@
 //! observed copies, against a relay whose functions and byte counts are known.
 mod common;
 
-use std::{path::PathBuf, process::Command, sync::OnceLock};
+use std::{path::PathBuf, process::Command};
 
 use common::*;
 
 const RELAY_SIZE: u64 = 32 * MIB;
 const CHUNK: &str = "16384";
 const LOG_RECORD: &str = "1024";
-
-/// `tests/programs/stack_relay.c`, built with or without frame pointers, once per variant: the
-/// tests run in parallel, and a rebuild while another test's relay runs or has its frames named
-/// races with both.
-fn relay_program(frame_pointers: bool) -> PathBuf {
-    static BUILT: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
-    BUILT[usize::from(frame_pointers)]
-        .get_or_init(|| build_relay(frame_pointers))
-        .clone()
-}
-
-/// Built by gcc here, or by `cargo xtask vmtest` on the host, where the tests run in a VM without
-/// a compiler.
-fn build_relay(frame_pointers: bool) -> PathBuf {
-    let variant = if frame_pointers { "fp" } else { "nofp" };
-    if let Ok(prefix) = std::env::var("ZCTRACE_STACK_RELAY") {
-        return PathBuf::from(format!("{prefix}-{variant}"));
-    }
-    let out = scratch_path(&format!("relay-{variant}"));
-    let flag = if frame_pointers {
-        "-fno-omit-frame-pointer"
-    } else {
-        "-fomit-frame-pointer"
-    };
-    let status = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Werror", "-pthread", flag, "-o"])
-        .arg(&out)
-        .arg(repo("zctrace/tests/programs/stack_relay.c"))
-        .status()
-        .expect("gcc");
-    assert!(status.success(), "building stack_relay.c");
-    out
-}
 
 struct Traced {
     report: serde_json::Value,

@@ -10,6 +10,7 @@ use zctrace_common::{MapSlot, SocketKindCache};
 
 use super::{
     connections::HttpStats,
+    profiles::Profiles,
     scrape::{Format, Scrape},
     series::{SeriesBook, SeriesKey},
 };
@@ -17,6 +18,7 @@ use crate::{
     accounting::{per_process, ProcessFigures},
     probes::Tracer,
     procfs,
+    stacks::pprof::ProfileSample,
     workload::{cgroups::CgroupNames, Workload},
 };
 
@@ -48,6 +50,7 @@ struct State {
     labels: Labels,
     cgroups: CgroupNames,
     sweeps: u64,
+    profiles: Option<Profiles>,
 }
 
 impl Daemon {
@@ -57,6 +60,7 @@ impl Daemon {
         labels: Labels,
         cgroups: CgroupNames,
         http: Arc<HttpStats>,
+        profiles: Option<Profiles>,
     ) -> Daemon {
         let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .unwrap_or_default()
@@ -69,6 +73,7 @@ impl Daemon {
                 labels,
                 cgroups,
                 sweeps: 0,
+                profiles,
             }),
             kernel,
             started: SystemTime::now(),
@@ -87,6 +92,11 @@ impl Daemon {
             .forget_exited(&snapshot, full_check)?
             .into_iter()
             .collect();
+        let state = &mut *state;
+        if let Some(profiles) = &mut state.profiles {
+            let tgids = gone.iter().map(|key| key.tgid).collect();
+            profiles.collect(&mut state.tracer, &tgids)?;
+        }
         let now = Instant::now();
         for figures in per_process(&snapshot, state.tracer.copies_observed()) {
             if gone.contains(&figures.key) {
@@ -95,6 +105,21 @@ impl Daemon {
             }
         }
         Ok(gone.len())
+    }
+
+    /// Every process's sampled call sites so far, and the sampling period; `None` without
+    /// `--profiles`.
+    pub fn profile_samples(&self) -> Result<Option<(Vec<ProfileSample>, u64)>> {
+        let mut state = self.state.lock().expect("daemon state");
+        let state = &mut *state;
+        let Some(profiles) = &mut state.profiles else {
+            return Ok(None);
+        };
+        Ok(Some((profiles.samples(&state.tracer)?, profiles.period)))
+    }
+
+    pub fn started(&self) -> SystemTime {
+        self.started
     }
 
     /// Reads the maps and encodes every metric.
@@ -138,6 +163,7 @@ impl Daemon {
             socket_kind_misses: socket_kind_cache[SocketKindCache::Misses as usize],
             socket_kind_evictions: socket_kind_cache[SocketKindCache::Evictions as usize],
             series_dropped: state.book.dropped(),
+            profile_sites_dropped: state.profiles.as_ref().map_or(0, |p| p.dropped),
             cgroup_hierarchy_visible: state.cgroups.complete(),
             http_connections: self
                 .http

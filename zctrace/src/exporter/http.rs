@@ -100,29 +100,46 @@ pub fn router(
         stats: stats.clone(),
         headers: Arc::new(headers),
     };
-    let deadline = ServiceBuilder::new()
-        .layer(axum::error_handling::HandleErrorLayer::new(
-            move |_: tower::BoxError| {
-                stats.refuse(Refusal::Timeout);
-                async {
-                    (
-                        StatusCode::SERVICE_UNAVAILABLE,
-                        "zctrace is busy or the request took too long\n",
-                    )
-                }
-            },
-        ))
-        .timeout(REQUEST_TIMEOUT);
+    // A profile over N seconds takes N seconds: it has a deadline and a slot of its own, apart
+    // from the scrapes'.
+    let profiles = Router::new()
+        .route(
+            PROFILE_PATH,
+            get(copy_profile).layer(ConcurrencyLimitLayer::new(CONCURRENT_PROFILES)),
+        )
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     // Credentials are checked outside the scrape slots; the deadline covers both waits.
-    Router::new()
+    let scrapes = Router::new()
         .route("/", get(landing))
         .route(
             telemetry_path,
             get(metrics).layer(ConcurrencyLimitLayer::new(CONCURRENT_SCRAPES)),
         )
-        .layer(middleware::from_fn_with_state(app.clone(), authenticate))
-        .layer(deadline)
+        .layer(middleware::from_fn_with_state(app.clone(), authenticate));
+    with_deadline(scrapes, stats.clone(), REQUEST_TIMEOUT)
+        .merge(with_deadline(
+            profiles,
+            stats,
+            MAX_PROFILE_WINDOW + REQUEST_TIMEOUT,
+        ))
         .with_state(app)
+}
+
+/// `routes`, answering 503 to a request not answered within `timeout`, waiting included.
+fn with_deadline(routes: Router<App>, stats: Arc<HttpStats>, timeout: Duration) -> Router<App> {
+    routes.layer(
+        ServiceBuilder::new()
+            .layer(axum::error_handling::HandleErrorLayer::new(
+                move |_: tower::BoxError| {
+                    stats.refuse(Refusal::Timeout);
+                    std::future::ready((
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "zctrace is busy or the request took too long\n",
+                    ))
+                },
+            ))
+            .timeout(timeout),
+    )
 }
 
 async fn authenticate(
@@ -201,6 +218,81 @@ async fn landing(State(app): State<App>) -> Html<String> {
     ))
 }
 
+/// Where `--profiles` serves the copy profile, as Go's net/http/pprof names its profiles.
+pub const PROFILE_PATH: &str = "/debug/pprof/copies";
+/// The longest `?seconds=` a profile request may ask for.
+pub const MAX_PROFILE_WINDOW: Duration = Duration::from_secs(300);
+/// Profiles taken at once; more wait for a slot within their deadline.
+const CONCURRENT_PROFILES: usize = 1;
+
+/// The copy profile since the daemon started, or over the next `?seconds=N`, gzipped pprof.
+async fn copy_profile(State(app): State<App>, uri: axum::http::Uri) -> Response {
+    let seconds = match profile_window(uri.query().unwrap_or("")) {
+        Ok(seconds) => seconds,
+        Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
+    };
+    match profile_body(app.daemon, seconds).await {
+        Ok(Some(body)) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
+        Ok(None) => (
+            StatusCode::NOT_FOUND,
+            "profiles are off: start the daemon with --profiles\n",
+        )
+            .into_response(),
+        Err(e) => {
+            tracing::error!("profile failed: {e:#}");
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("profile failed: {e:#}\n"),
+            )
+                .into_response()
+        }
+    }
+}
+
+/// The window a profile request's query asks for: `None` for all since the start.
+fn profile_window(query: &str) -> Result<Option<Duration>, String> {
+    let Some(value) = query.split('&').find_map(|pair| pair.strip_prefix("seconds=")) else {
+        return Ok(None);
+    };
+    match value.parse::<u64>() {
+        Ok(n) if (1..=MAX_PROFILE_WINDOW.as_secs()).contains(&n) => Ok(Some(Duration::from_secs(n))),
+        _ => Err(format!(
+            "seconds={value}: give a whole number of seconds from 1 to {}",
+            MAX_PROFILE_WINDOW.as_secs()
+        )),
+    }
+}
+
+async fn profile_body(daemon: Arc<Daemon>, window: Option<Duration>) -> anyhow::Result<Option<Vec<u8>>> {
+    let read = |daemon: Arc<Daemon>| async move {
+        tokio::task::spawn_blocking(move || daemon.profile_samples()).await?
+    };
+    let Some((earlier, period)) = read(daemon.clone()).await? else {
+        return Ok(None);
+    };
+    let (samples, start, duration) = match window {
+        None => {
+            let start = daemon.started();
+            (earlier, start, start.elapsed().unwrap_or_default())
+        }
+        Some(window) => {
+            let start = std::time::SystemTime::now();
+            tokio::time::sleep(window).await;
+            let (later, _) = read(daemon).await?.unwrap_or_default();
+            (super::profiles::delta(&earlier, later), start, window)
+        }
+    };
+    let window = crate::stacks::pprof::Window {
+        start_nanos: start
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX)),
+        duration,
+        period,
+    };
+    let profile = crate::stacks::pprof::profile(&samples, &window);
+    Ok(Some(crate::stacks::pprof::gzipped(&profile)?))
+}
+
 async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
     let format = Format::negotiate(headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()));
     let daemon = app.daemon.clone();
@@ -225,6 +317,25 @@ async fn metrics(State(app): State<App>, headers: HeaderMap) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_profile_window_is_whole_seconds_within_the_limit() {
+        assert_eq!(profile_window(""), Ok(None));
+        assert_eq!(
+            profile_window("debug=1&seconds=9"),
+            Ok(Some(Duration::from_secs(9)))
+        );
+        for bad in [
+            "seconds=0",
+            "seconds=301",
+            "seconds=-1",
+            "seconds=1.5",
+            "seconds=",
+        ] {
+            let refused = profile_window(bad).unwrap_err();
+            assert!(refused.contains("from 1 to 300"), "{bad}: {refused}");
+        }
+    }
 
     #[test]
     fn an_address_is_throttled_after_its_failures_until_its_window_ends() {

@@ -3,6 +3,7 @@
 pub mod connections;
 pub mod daemon;
 pub mod http;
+pub mod profiles;
 pub mod scrape;
 pub mod series;
 pub mod webconfig;
@@ -11,11 +12,13 @@ use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time:
 
 use anyhow::{bail, Context as _, Result};
 use axum::http::{HeaderName, HeaderValue};
+use caps::Capability;
 use daemon::{Daemon, SWEEP_INTERVAL};
 use hyper_util::rt::TokioTimer;
 use series::SeriesBook;
 use tokio::signal::unix::{signal, Signal, SignalKind};
 use webconfig::{BasicAuth, WebConfig};
+use zctrace_common::StackMode;
 
 use crate::{
     probes::{
@@ -65,7 +68,21 @@ pub struct DaemonArgs {
     /// observer); the rest are exported as zctrace_probe_attached{mode="off"} 0.
     #[arg(long = "probes", value_delimiter = ',', value_parser = parse_probe_name)]
     pub probes: Option<Vec<String>>,
+    /// Serve every process's copy profile (pprof) at /debug/pprof/copies: the user stacks of its
+    /// data-path syscalls, sampled by bytes moved and weighted by CPU-copied bytes.
+    #[arg(long)]
+    pub profiles: bool,
+    /// With --profiles: take a stack about once per this many bytes moved, on average.
+    #[arg(long = "profiles.period", value_name = "BYTES", default_value_t = DEFAULT_PROFILE_PERIOD, requires = "profiles", value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
+    pub profile_period: u64,
 }
+
+/// Bytes moved per stack the daemon's profiles take, on average.
+pub const DEFAULT_PROFILE_PERIOD: u64 = 1 << 20;
+/// Distinct stacks the daemon's profiles hold (about 1 KiB of kernel memory each): every
+/// process's, so twice `attach --stacks`'s, which makes a stack refused because another holds its
+/// bucket rarer.
+pub const PROFILE_STACKS: u32 = 8192;
 
 /// A literal path: the router would read `{x}`, `{*rest}` or a segment starting with ':' or '*'
 /// as a pattern (matching any path) or refuse it by panicking.
@@ -116,11 +133,30 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     privileges::require()?;
     let tracer = Tracer::load(&ProbeOptions {
         only: args.probes.clone(),
+        stacks: args.profiles.then_some(StackMode::User),
+        sample_period: args.profiles.then_some(args.profile_period),
+        map_capacity: if args.profiles {
+            vec![("STACKS", PROFILE_STACKS)]
+        } else {
+            Vec::new()
+        },
         ..probe.options()
     })?;
     log_statuses(tracer.statuses());
-    let dropped = privileges::drop_all_but_map_reads(|| tracer.update_errors().is_ok())
+    // Naming a profile's frames reads other processes' mappings and files, through /proc.
+    let naming: &[Capability] = if args.profiles {
+        &[Capability::CAP_SYS_PTRACE]
+    } else {
+        &[]
+    };
+    let dropped = privileges::drop_all_but_map_reads(|| tracer.update_errors().is_ok(), naming)
         .context("dropping capabilities")?;
+    if args.profiles {
+        tracing::info!(
+            period = args.profile_period,
+            "profiles at /debug/pprof/copies; kept CAP_SYS_PTRACE to name other processes' frames"
+        );
+    }
     if dropped.kept_bpf {
         tracing::info!(
             "probes attached; dropped {} capabilities and kept CAP_BPF, without which this kernel refuses map reads",
@@ -139,7 +175,17 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
         workload: args.workload_labels,
     };
     let stats = Arc::new(connections::HttpStats::default());
-    let daemon = Arc::new(Daemon::new(tracer, book, labels, cgroups, stats.clone()));
+    let profiles = args
+        .profiles
+        .then(|| profiles::Profiles::new(args.profile_period));
+    let daemon = Arc::new(Daemon::new(
+        tracer,
+        book,
+        labels,
+        cgroups,
+        stats.clone(),
+        profiles,
+    ));
     let auth = BasicAuth::new(web_config.basic_auth_users.clone())?;
     let router = http::router(daemon.clone(), &args.telemetry_path, auth, headers, stats.clone());
     // Blocking work is scrapes, bcrypt checks and sweeps, each with limits of its own: a few

@@ -34,6 +34,8 @@ pub struct Scrape {
     pub socket_kind_misses: u64,
     pub socket_kind_evictions: u64,
     pub series_dropped: u64,
+    /// With `--profiles`: sites of exited processes the profiles had no room to keep.
+    pub profile_sites_dropped: u64,
     /// Whether the cgroup hierarchy zctrace reads is whole, so that cgroup and workload labels
     /// can name every process's.
     pub cgroup_hierarchy_visible: bool,
@@ -270,6 +272,12 @@ impl Scrape {
             "zctrace_series_dropped",
             "Label sets folded into comm=\"other\" by --top or --comm.",
             dropped,
+        )?;
+        counters(
+            encoder,
+            "zctrace_profile_sites_dropped",
+            "Call sites of exited processes that --profiles had no room to keep.",
+            vec![(vec![], self.profile_sites_dropped)],
         )?;
         gauges(
             encoder,

@@ -10,7 +10,7 @@ pub mod privileges;
 mod tracefs;
 
 use std::{
-    collections::BTreeSet,
+    collections::{BTreeSet, HashSet},
     os::fd::{AsFd as _, BorrowedFd, OwnedFd},
     sync::Mutex,
 };
@@ -386,6 +386,30 @@ impl Tracer {
             sites.push((key, stats, ips));
         }
         Ok(sites)
+    }
+
+    /// Removes the call sites `keys` from the kernel's maps, and the stacks no other site uses.
+    pub fn forget_stack_sites(&mut self, keys: &[StackKey]) -> Result<()> {
+        let mut counts: HashMap<_, StackKey, SyscallStats> = HashMap::try_from(
+            self.ebpf
+                .map_mut("STACK_COUNTS")
+                .context("STACK_COUNTS map missing")?,
+        )?;
+        for key in keys {
+            let _ = counts.remove(key);
+        }
+        let kept: HashSet<i32> = counts
+            .keys()
+            .filter_map(Result::ok)
+            .map(|k| k.user_stack)
+            .collect();
+        let mut stacks = StackTraceMap::try_from(self.ebpf.map_mut("STACKS").context("STACKS map missing")?)?;
+        for id in keys.iter().map(|k| k.user_stack).filter(|id| !kept.contains(id)) {
+            if let Ok(id) = u32::try_from(id) {
+                let _ = stacks.remove(&id);
+            }
+        }
+        Ok(())
     }
 
     /// The copies `attach --stacks kernel|both` saw, by site.

@@ -32,11 +32,14 @@ pub struct Dropped {
     pub kept_bpf: bool,
 }
 
-/// Drops every capability that reading the maps does not need: attached programs and open map
-/// descriptors keep working without any on current kernels, and with CAP_BPF alone on older
-/// ones. Which it is, is found by trying: a thread of its own (capabilities are per thread)
+/// Drops every capability that reading the maps does not need, but `also`: attached programs and
+/// open map descriptors keep working without any on current kernels, and with CAP_BPF alone on
+/// older ones. Which it is, is found by trying: a thread of its own (capabilities are per thread)
 /// drops everything and calls `read_map`.
-pub fn drop_all_but_map_reads(read_map: impl FnOnce() -> bool + Send) -> Result<Dropped> {
+pub fn drop_all_but_map_reads(
+    read_map: impl FnOnce() -> bool + Send,
+    also: &[Capability],
+) -> Result<Dropped> {
     let reads_without_any = std::thread::scope(|scope| {
         scope
             .spawn(move || caps::clear(None, CapSet::Effective).is_ok() && read_map())
@@ -45,11 +48,12 @@ pub fn drop_all_but_map_reads(read_map: impl FnOnce() -> bool + Send) -> Result<
     });
     let held = caps::read(None, CapSet::Effective)?;
     let kept_bpf = !reads_without_any && held.contains(&Capability::CAP_BPF);
-    let keep: caps::CapsHashSet = if kept_bpf {
-        [Capability::CAP_BPF].into_iter().collect()
-    } else {
-        caps::CapsHashSet::new()
-    };
+    let keep: caps::CapsHashSet = also
+        .iter()
+        .copied()
+        .chain(kept_bpf.then_some(Capability::CAP_BPF))
+        .filter(|cap| held.contains(cap))
+        .collect();
     for set in [CapSet::Effective, CapSet::Permitted] {
         caps::set(None, set, &keep)?;
     }

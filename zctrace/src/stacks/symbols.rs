@@ -34,6 +34,9 @@ pub struct Frames {
     mappings: Arc<Mutex<Vec<Mapping>>>,
     names: HashMap<u64, String>,
     symbolizer: Symbolizer,
+    /// A file a frame lies in could not be read (its process may have exited since its
+    /// mappings were read): those frames are named by offset.
+    unreadable: bool,
 }
 
 impl Frames {
@@ -51,18 +54,43 @@ impl Frames {
         frames
     }
 
+    /// Names for `pid`'s frames from its mappings as they are now, its files reached through its
+    /// own root (a container's files are not at those paths on the host); `None` once it is
+    /// gone. For the daemon, which names many processes' stacks while they live: no thread
+    /// watches them.
+    pub fn live(pid: u32) -> Option<Frames> {
+        let frames = Frames::kernel_only();
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mappings = read_mappings(pid)
+            .filter(|m| !m.is_empty())?
+            .into_iter()
+            .map(|m| Mapping {
+                path: root.join(m.path.strip_prefix("/").unwrap_or(&m.path)),
+                ..m
+            })
+            .collect();
+        *frames.mappings.lock().unwrap_or_else(|e| e.into_inner()) = mappings;
+        Some(frames)
+    }
+
     /// Names for kernel frames only: no process's mappings are watched.
     pub fn kernel_only() -> Frames {
         Frames {
             mappings: Arc::default(),
             names: HashMap::new(),
             symbolizer: Symbolizer::new(),
+            unreadable: false,
         }
     }
 
     /// Names of a user stack's frames, root first, from the kernel's addresses (leaf first).
     pub fn names(&mut self, ips: &[u64]) -> Vec<String> {
         self.named(ips, Self::name_user)
+    }
+
+    /// Whether every file the frames named so far lie in could be read.
+    pub fn complete(&self) -> bool {
+        !self.unreadable
     }
 
     /// Names of a kernel stack's frames, root first, from its addresses (leaf first).
@@ -123,7 +151,11 @@ impl Frames {
             let symbolized = self
                 .symbolizer
                 .symbolize(&Source::Elf(Elf::new(&path)), Input::FileOffset(&offsets))
-                .unwrap_or_default();
+                .unwrap_or_else(|e| {
+                    tracing::debug!("naming frames in {}: {e}", path.display());
+                    self.unreadable = true;
+                    Vec::new()
+                });
             let module = path.file_name().map_or_else(
                 || path.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),

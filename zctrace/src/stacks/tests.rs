@@ -7,6 +7,7 @@ use super::*;
 fn key(nr: u16, src: FdKind, dst: FdKind, variant: Variant) -> StackKey {
     StackKey {
         user_stack: 7,
+        tgid: 42,
         nr,
         src: src as u8,
         dst: dst as u8,

@@ -465,6 +465,21 @@ impl Daemon {
         )
     }
 
+    /// A response body as bytes (a gzipped profile), with the status.
+    pub fn get_bytes(&self, path: &str) -> (u16, Vec<u8>) {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .build()
+            .into();
+        let mut response = agent
+            .get(&format!("http://{}{path}", self.addr))
+            .call()
+            .expect("HTTP request to the daemon");
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_to_vec().expect("body");
+        (status, body)
+    }
+
     pub fn metrics(&self) -> String {
         let (status, _, body) = self.get("/metrics", None);
         assert_eq!(status, 200, "{body}");
@@ -748,4 +763,37 @@ pub fn serve_exposition(body: String) -> String {
         }
     });
     addr
+}
+
+/// `tests/programs/stack_relay.c`, built with or without frame pointers, once per variant: the
+/// tests run in parallel, and a rebuild while another test's relay runs or has its frames named
+/// races with both.
+pub fn relay_program(frame_pointers: bool) -> PathBuf {
+    static BUILT: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
+    BUILT[usize::from(frame_pointers)]
+        .get_or_init(|| build_relay(frame_pointers))
+        .clone()
+}
+
+/// Built by gcc here, or by `cargo xtask vmtest` on the host, where the tests run in a VM without
+/// a compiler.
+fn build_relay(frame_pointers: bool) -> PathBuf {
+    let variant = if frame_pointers { "fp" } else { "nofp" };
+    if let Ok(prefix) = std::env::var("ZCTRACE_STACK_RELAY") {
+        return PathBuf::from(format!("{prefix}-{variant}"));
+    }
+    let out = scratch_path(&format!("relay-{variant}"));
+    let flag = if frame_pointers {
+        "-fno-omit-frame-pointer"
+    } else {
+        "-fomit-frame-pointer"
+    };
+    let status = Command::new("gcc")
+        .args(["-O2", "-Wall", "-Werror", "-pthread", flag, "-o"])
+        .arg(&out)
+        .arg(repo("zctrace/tests/programs/stack_relay.c"))
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "building stack_relay.c");
+    out
 }

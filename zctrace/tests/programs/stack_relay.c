@@ -1,7 +1,8 @@
 /* A relay with known call sites, for `zctrace attach --stacks`: relay_body() copies a file into
  * another by read+write, and write_log() writes a log record of LOG_BYTES after each chunk. With
  * DST "tcp", relay_body() writes into a loopback TCP connection instead, which a thread drains in
- * drain_socket(). It prints the bytes each path moved, the test's ground truth. */
+ * drain_socket(). It prints the bytes each path moved, the test's ground truth, then lingers
+ * LINGER_MS if given. */
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -91,8 +92,8 @@ static int drained_connection(pthread_t *drainer)
 
 int main(int argc, char **argv)
 {
-	if (argc != 6) {
-		fprintf(stderr, "usage: %s SRC DST LOG CHUNK LOG_BYTES\n", argv[0]);
+	if (argc != 6 && argc != 7) {
+		fprintf(stderr, "usage: %s SRC DST LOG CHUNK LOG_BYTES [LINGER_MS]\n", argv[0]);
 		return 2;
 	}
 	pthread_t drainer;
@@ -111,5 +112,9 @@ int main(int argc, char **argv)
 	if (tcp && (shutdown(out, SHUT_WR) || pthread_join(drainer, NULL)))
 		return 6;
 	fprintf(stderr, "relayed=%ld logged=%ld drained=%ld\n", relayed, logged, drained);
+	/* Alive a while after its work, as a server is, for a profiler that names frames while the
+	 * process lives. */
+	if (argc == 7)
+		usleep(atol(argv[6]) * 1000);
 	return n < 0;
 }

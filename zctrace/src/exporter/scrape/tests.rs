@@ -57,6 +57,7 @@ fn fixture() -> Scrape {
         socket_kind_misses: 7,
         socket_kind_evictions: 2,
         series_dropped: 1,
+        profile_sites_dropped: 2,
         cgroup_hierarchy_visible: true,
         http_connections: 3,
         http_refused: vec![("unauthorized", 2), ("throttled", 0)],

@@ -1,0 +1,308 @@
+//! The daemon's copy profiles in pprof's format (profile.proto, gzipped), which `go tool pprof`,
+//! Parca and Pyroscope read: each sampled call site a sample, its frames locations and its
+//! process and mechanism labels, weighted by CPU-copied bytes (the copy model), bytes moved and
+//! calls, all estimated from byte samples.
+//! Only the messages and fields zctrace fills are declared, with profile.proto's tags.
+use std::{collections::HashMap, io::Write as _, time::Duration};
+
+use anyhow::Result;
+use flate2::{write::GzEncoder, Compression};
+
+use super::Site;
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Profile {
+    #[prost(message, repeated, tag = "1")]
+    pub sample_type: Vec<ValueType>,
+    #[prost(message, repeated, tag = "2")]
+    pub sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "4")]
+    pub location: Vec<Location>,
+    #[prost(message, repeated, tag = "5")]
+    pub function: Vec<Function>,
+    #[prost(string, repeated, tag = "6")]
+    pub string_table: Vec<String>,
+    #[prost(int64, tag = "9")]
+    pub time_nanos: i64,
+    #[prost(int64, tag = "10")]
+    pub duration_nanos: i64,
+    #[prost(message, optional, tag = "11")]
+    pub period_type: Option<ValueType>,
+    #[prost(int64, tag = "12")]
+    pub period: i64,
+    #[prost(int64, repeated, tag = "13")]
+    pub comment: Vec<i64>,
+    #[prost(int64, tag = "14")]
+    pub default_sample_type: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ValueType {
+    #[prost(int64, tag = "1")]
+    pub r#type: i64,
+    #[prost(int64, tag = "2")]
+    pub unit: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Sample {
+    /// Leaf first.
+    #[prost(uint64, repeated, tag = "1")]
+    pub location_id: Vec<u64>,
+    #[prost(int64, repeated, tag = "2")]
+    pub value: Vec<i64>,
+    #[prost(message, repeated, tag = "3")]
+    pub label: Vec<Label>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Label {
+    #[prost(int64, tag = "1")]
+    pub key: i64,
+    #[prost(int64, tag = "2")]
+    pub str: i64,
+    #[prost(int64, tag = "3")]
+    pub num: i64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Location {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(message, repeated, tag = "4")]
+    pub line: Vec<Line>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Line {
+    #[prost(uint64, tag = "1")]
+    pub function_id: u64,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Function {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(int64, tag = "2")]
+    pub name: i64,
+    #[prost(int64, tag = "3")]
+    pub system_name: i64,
+}
+
+/// The sample types, in the order of each sample's values; the first is the default.
+pub const SAMPLE_TYPES: [(&str, &str); 3] = [
+    ("copied_bytes", "bytes"),
+    ("moved_bytes", "bytes"),
+    ("calls", "count"),
+];
+
+/// One process's call site over the profile's time.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ProfileSample {
+    pub pid: u32,
+    pub comm: String,
+    pub site: Site,
+}
+
+/// What the profile covers.
+pub struct Window {
+    /// Wall-clock start, in nanoseconds since the epoch.
+    pub start_nanos: i64,
+    pub duration: Duration,
+    /// Bytes moved per sampling point, on average.
+    pub period: u64,
+}
+
+/// The profile of `samples`, as profile.proto.
+pub fn profile(samples: &[ProfileSample], window: &Window) -> Profile {
+    let mut builder = Builder::default();
+    builder.string("");
+    let sample_type = SAMPLE_TYPES
+        .iter()
+        .map(|(kind, unit)| builder.value_type(kind, unit))
+        .collect();
+    let comments = [
+        format!(
+            "zctrace copy profile: a stack was taken about once per {} bytes moved, at random points, \
+             and each stands for the bytes between: every value is a sampled estimate",
+            window.period
+        ),
+        "copied_bytes: bytes the CPU copied, by zctrace's copy model (modelled, not observed)".to_string(),
+        "moved_bytes and calls: the data-path syscalls' bytes and calls, from the same samples".to_string(),
+        "label mechanism: the syscall and what it moved bytes between".to_string(),
+    ];
+    let comment = comments.iter().map(|c| builder.string(c)).collect();
+    let [comm_key, pid_key, mechanism_key] = ["comm", "pid", "mechanism"].map(|key| builder.string(key));
+    let sample = samples
+        .iter()
+        .map(|s| Sample {
+            location_id: builder.stack(&s.site),
+            value: [s.site.copied_bytes, s.site.bytes, s.site.calls]
+                .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+                .to_vec(),
+            label: vec![
+                Label {
+                    key: comm_key,
+                    str: builder.string(&s.comm),
+                    num: 0,
+                },
+                Label {
+                    key: pid_key,
+                    str: 0,
+                    num: i64::from(s.pid),
+                },
+                Label {
+                    key: mechanism_key,
+                    str: builder.string(&s.site.mechanism),
+                    num: 0,
+                },
+            ],
+        })
+        .collect();
+    let period_type = Some(builder.value_type(SAMPLE_TYPES[1].0, SAMPLE_TYPES[1].1));
+    Profile {
+        sample_type,
+        sample,
+        location: builder.locations,
+        function: builder.functions,
+        string_table: builder.strings,
+        time_nanos: window.start_nanos,
+        duration_nanos: i64::try_from(window.duration.as_nanos()).unwrap_or(i64::MAX),
+        period_type,
+        period: i64::try_from(window.period).unwrap_or(i64::MAX),
+        comment,
+        default_sample_type: 1,
+    }
+}
+
+/// The profile, encoded and gzipped, as pprof serves it.
+pub fn gzipped(profile: &Profile) -> Result<Vec<u8>> {
+    let mut gzip = GzEncoder::new(Vec::new(), Compression::default());
+    gzip.write_all(&prost::Message::encode_to_vec(profile))?;
+    Ok(gzip.finish()?)
+}
+
+/// The string table, and a function and a location per distinct frame name.
+#[derive(Default)]
+struct Builder {
+    strings: Vec<String>,
+    string_ids: HashMap<String, i64>,
+    functions: Vec<Function>,
+    locations: Vec<Location>,
+    location_ids: HashMap<String, u64>,
+}
+
+impl Builder {
+    fn string(&mut self, s: &str) -> i64 {
+        if let Some(&id) = self.string_ids.get(s) {
+            return id;
+        }
+        let id = self.strings.len() as i64;
+        self.strings.push(s.to_string());
+        self.string_ids.insert(s.to_string(), id);
+        id
+    }
+
+    fn value_type(&mut self, kind: &str, unit: &str) -> ValueType {
+        ValueType {
+            r#type: self.string(kind),
+            unit: self.string(unit),
+        }
+    }
+
+    /// The site's locations, leaf first: the function that made the syscall is the leaf, so
+    /// that a profile's top entries are code (its mechanism is a label).
+    fn stack(&mut self, site: &Site) -> Vec<u64> {
+        if site.frames.is_empty() {
+            return vec![self.location(super::UNRECORDED)];
+        }
+        site.frames.iter().rev().map(|name| self.location(name)).collect()
+    }
+
+    fn location(&mut self, name: &str) -> u64 {
+        if let Some(&id) = self.location_ids.get(name) {
+            return id;
+        }
+        let id = self.locations.len() as u64 + 1;
+        let name_id = self.string(name);
+        self.functions.push(Function {
+            id,
+            name: name_id,
+            system_name: name_id,
+        });
+        self.locations.push(Location {
+            id,
+            line: vec![Line { function_id: id }],
+        });
+        self.location_ids.insert(name.to_string(), id);
+        id
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read as _;
+
+    use prost::Message as _;
+
+    use super::*;
+
+    fn sample(pid: u32, frames: &[&str], mechanism: &str, copied: u64) -> ProfileSample {
+        ProfileSample {
+            pid,
+            comm: "relay".into(),
+            site: Site {
+                frames: frames.iter().map(|f| f.to_string()).collect(),
+                mechanism: mechanism.into(),
+                calls: 3,
+                bytes: copied,
+                copied_bytes: copied,
+            },
+        }
+    }
+
+    fn decoded(bytes: &[u8]) -> Profile {
+        let mut raw = Vec::new();
+        flate2::read::GzDecoder::new(bytes).read_to_end(&mut raw).unwrap();
+        Profile::decode(raw.as_slice()).unwrap()
+    }
+
+    #[test]
+    fn samples_keep_their_frames_leaf_first_their_values_and_their_process() {
+        let window = Window {
+            start_nanos: 1,
+            duration: Duration::from_secs(2),
+            period: 4096,
+        };
+        let samples = [
+            sample(7, &["main", "relay_body"], "read file->user", 100),
+            sample(8, &["main", "write_log"], "write user->file", 5),
+        ];
+        let profile = decoded(&gzipped(&profile(&samples, &window)).unwrap());
+        let name = |id: i64| profile.string_table[id as usize].as_str();
+        let frames = |s: &Sample| -> Vec<&str> {
+            s.location_id
+                .iter()
+                .map(|id| {
+                    let location = &profile.location[*id as usize - 1];
+                    name(profile.function[location.line[0].function_id as usize - 1].name)
+                })
+                .collect()
+        };
+        assert_eq!(profile.string_table[0], "");
+        assert_eq!(name(profile.sample_type[0].r#type), "copied_bytes");
+        assert_eq!(name(profile.sample_type[0].unit), "bytes");
+        assert_eq!(profile.sample.len(), 2);
+        assert_eq!(frames(&profile.sample[0]), ["relay_body", "main"]);
+        assert_eq!(name(profile.sample[0].label[2].str), "read file->user");
+        assert_eq!(profile.sample[0].value, [100, 100, 3]);
+        assert_eq!(profile.sample[1].label[1].num, 8);
+        assert_eq!(name(profile.sample[1].label[0].str), "relay");
+        // Frames shared by samples are one location.
+        assert_eq!(profile.sample[0].location_id[1], profile.sample[1].location_id[1]);
+        assert_eq!((profile.period, profile.duration_nanos), (4096, 2_000_000_000));
+        let comments: Vec<&str> = profile.comment.iter().map(|c| name(*c)).collect();
+        assert!(comments.iter().any(|c| c.contains("sampled estimate")));
+        assert!(comments.iter().any(|c| c.contains("modelled, not observed")));
+    }
+}
