@@ -28,14 +28,16 @@ pub fn run(pairs: u32, size_mib: u64) -> Result<()> {
     micro(&zctrace, pairs)?;
     whole_workloads(&zctrace, &file, pairs)?;
     stacks_overhead(&zctrace, &file, pairs)?;
+    profiles_overhead(&zctrace, &file, pairs)?;
     per_program(&zctrace, pairs, "")?;
     println!("\n# scrape of 10,000 series (encode only, no maps)");
     cargo(&["bench", "--package", "zctrace", "--bench", "scrape"])
 }
 
 /// Only the part named by `only`: the daemon scrape for `scrape`, the whole workloads against
-/// their floors for `whole`, `attach --stacks` against `attach` for `stacks`, else the
-/// per-program A/B of the programs whose label contains it.
+/// their floors for `whole`, `attach --stacks` against `attach` for `stacks`, the daemon with
+/// and without `--profiles` for `profiles`, else the per-program A/B of the programs whose label
+/// contains it.
 pub fn only(pairs: u32, size_mib: u64, only: &str) -> Result<()> {
     let zctrace = target_dir().join("release/zctrace");
     let dir = std::env::temp_dir().join("zctrace-bench");
@@ -44,6 +46,7 @@ pub fn only(pairs: u32, size_mib: u64, only: &str) -> Result<()> {
         "scrape" => return daemon_scrape(&zctrace, &dir),
         "whole" => return whole_workloads(&zctrace, &payload(&dir, size_mib << 20)?, pairs),
         "stacks" => return stacks_overhead(&zctrace, &payload(&dir, size_mib << 20)?, pairs),
+        "profiles" => return profiles_overhead(&zctrace, &payload(&dir, size_mib << 20)?, pairs),
         _ => {}
     }
     per_program(&zctrace, pairs, only)
@@ -611,6 +614,67 @@ fn stacks_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
             sampled.median / plain.median,
         );
     }
+    Ok(())
+}
+
+/// The daemon's `--profiles` flags: at its default period, and at a sixteenth of it.
+const PROFILE_WAYS: [&[&str]; 3] = [
+    &[],
+    &["--profiles"],
+    &["--profiles", "--profiles.period", "65536"],
+];
+
+/// What the daemon's byte-sampled profiles add to the whole workloads the daemon is measured on,
+/// against the same daemon without them, alternating.
+fn profiles_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
+    println!(
+        "\n# daemon --profiles: {rounds} rounds of daemon / daemon --profiles (1 MiB period) / --profiles.period 65536, rotating order; ratios to the daemon without profiles"
+    );
+    println!(
+        "{:<32} {:>22} {:>22} {:>22} {:>9} {:>9}",
+        "workload", "daemon", "--profiles", "period 65536", "profiles", "64 KiB"
+    );
+    let ping_pong = || ns_per_event(zctrace, &PING_PONG);
+    profiles_row(
+        zctrace,
+        rounds,
+        "pipe ping-pong, ns per switch",
+        Faster::Smaller,
+        &ping_pong,
+    )?;
+    let relay = || transfer(zctrace, "read-write", file, 4 << 10).map(|t| t.bytes_per_second / 1e6);
+    profiles_row(
+        zctrace,
+        rounds,
+        "read-write 4 KiB relay, MB/s",
+        Faster::Larger,
+        &relay,
+    )
+}
+
+/// One row of [`profiles_overhead`]: a workload under each of [`PROFILE_WAYS`].
+fn profiles_row(
+    zctrace: &Path,
+    rounds: u32,
+    name: &str,
+    faster: Faster,
+    run: &dyn Fn() -> Result<f64>,
+) -> Result<()> {
+    let sides: [Vec<f64>; 3] = rotating(rounds, |way| with_daemon(zctrace, PROFILE_WAYS[way], run))?;
+    let [daemon, profiles, dense] = sides.map(Stats::of);
+    let speed = |with: &Stats| match faster {
+        Faster::Larger => with.median / daemon.median,
+        Faster::Smaller => daemon.median / with.median,
+    };
+    println!(
+        "{:<32} {:>22} {:>22} {:>22} {:>9.3} {:>9.3}",
+        name,
+        daemon.show(1),
+        profiles.show(1),
+        dense.show(1),
+        speed(&profiles),
+        speed(&dense)
+    );
     Ok(())
 }
 

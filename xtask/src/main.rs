@@ -55,8 +55,9 @@ enum Task {
         #[arg(long, default_value_t = 256)]
         size_mib: u64,
         /// Run only the daemon scrape (`scrape`), the whole workloads against their floors
-        /// (`whole`), `attach --stacks` against `attach` (`stacks`), or the per-program A/B of
-        /// the programs whose label contains this.
+        /// (`whole`), `attach --stacks` against `attach` (`stacks`), the daemon with and
+        /// without `--profiles` (`profiles`), or the per-program A/B of the programs whose
+        /// label contains this.
         #[arg(long)]
         only: Option<String>,
     },
