@@ -149,7 +149,15 @@ const FULL_SUITE: Suite = &[
     ("core_accounting", &[]),
     ("attach", &[]),
     ("stacks", &[]),
-    ("nginx_stacks", &[]),
+    // The profile test reads with `go tool pprof`, which the VMs do not carry.
+    (
+        "nginx_stacks",
+        &[
+            "nginx_without_sendfile_copies_from_its_event_loop_down_to_pread_and_writev",
+            "nginx_with_sendfile_copies_only_its_headers",
+            "nginx_without_sendfile_shows_each_copy_from_its_event_loop_into_the_kernel",
+        ],
+    ),
     ("bench_doctor", &[]),
     (
         "daemon",

@@ -455,33 +455,6 @@ fn a_daemon_in_a_pod_names_every_workload_on_the_node_from_the_host_hierarchy() 
     );
 }
 
-/// `go tool pprof -top` rows: (flat bytes, function), heaviest first.
-fn pprof_top(profile: &Path, pid: u32) -> Vec<(u64, String)> {
-    let output = Command::new("go")
-        .args(["tool", "pprof", "-top", "-unit=B", "-sample_index=copied_bytes"])
-        .arg(format!("-tagfocus=pid={pid}"))
-        .arg(profile)
-        .env("PPROF_TMPDIR", scratch_path("pprof-tmp"))
-        .output()
-        .expect("go tool pprof (`cargo xtask setup` installs golang-go)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
-        .lines()
-        .skip_while(|line| !line.trim_start().starts_with("flat"))
-        .skip(1)
-        .filter_map(|line| {
-            let fields: Vec<&str> = line.split_whitespace().collect();
-            let flat = fields.first()?.strip_suffix('B')?.parse().ok()?;
-            Some((flat, fields[5..].join(" ")))
-        })
-        .collect()
-}
-
 /// The daemon's copy profile (`--profiles`), read by `go tool pprof` (Debian's golang-go, a
 /// reader nobody here wrote): the relay's heaviest function is its top entry, within a tenth of
 /// the bytes it truly copied (2 per relayed byte, as `attach --stacks` counts exactly), and the
@@ -535,9 +508,6 @@ fn profiled_relay(name: &str) -> (Vec<(u64, String)>, u64) {
         .find_map(|field| field.strip_prefix("relayed="))
         .and_then(|n| n.parse().ok())
         .expect("relayed=");
-    let (status, body) = daemon.get_bytes("/debug/pprof/copies");
-    assert_eq!(status, 200);
-    let profile = scratch_path(&format!("{name}.pb.gz"));
-    std::fs::write(&profile, body).unwrap();
+    let profile = daemon.profile(&format!("{name}.pb.gz"));
     (pprof_top(&profile, pid), relayed)
 }

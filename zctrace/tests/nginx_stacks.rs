@@ -1,5 +1,6 @@
-//! `zctrace attach --stacks` on a real server: nginx, built with frame pointers by `cargo xtask
-//! setup`, serving a file over loopback with `sendfile off` and then `sendfile on`.
+//! `zctrace attach --stacks` and the daemon's copy profiles on a real server: nginx, built with
+//! frame pointers by `cargo xtask setup`, serving a file over loopback with `sendfile off` and
+//! then `sendfile on`.
 mod common;
 
 use std::{
@@ -188,6 +189,45 @@ fn nginx_with_sendfile_copies_only_its_headers() {
 
 /// The heaviest folded line ending in `[COPIER copy]` for any of `copiers`, and the weight of
 /// all of them.
+/// The daemon's copy profile of nginx with `sendfile off`, read by `go tool pprof` (on the host:
+/// the VMs carry no Go): its two heaviest functions are the libc wrappers nginx reads the body in
+/// with and writes it out with, each within a tenth of the bytes its responses carried, and the
+/// functions the `attach --stacks` tests find above them are in it too.
+#[test]
+fn go_tool_pprof_reads_the_daemons_copy_profile_of_nginx() {
+    if !privileged("go_tool_pprof_reads_the_daemons_copy_profile_of_nginx") {
+        return;
+    }
+    let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384"]);
+    let nginx = Nginx::start(false);
+    for _ in 0..REQUESTS {
+        assert!(nginx.get() > BODY);
+    }
+    let top = pprof_top(&daemon.profile("nginx-off.pb.gz"), nginx.child.id());
+    let served = REQUESTS * BODY;
+    for (wrapper, (flat, function)) in ["pread", "writev"].iter().zip(sorted_by_name(&top[..2])) {
+        assert!(function.contains(wrapper), "{top:?}");
+        assert!(
+            flat.abs_diff(served) * 10 < served,
+            "{function}: {flat} bytes estimated, {served} served: {top:?}"
+        );
+    }
+    for frame in [
+        "ngx_process_events_and_timers",
+        "ngx_http_static_handler",
+        "ngx_output_chain",
+    ] {
+        assert!(top.iter().any(|(_, f)| f == frame), "{frame} missing: {top:?}");
+    }
+}
+
+/// `rows`, the one whose function names pread first.
+fn sorted_by_name(rows: &[(u64, String)]) -> Vec<(u64, String)> {
+    let mut rows = rows.to_vec();
+    rows.sort_by_key(|(_, function)| !function.contains("pread"));
+    rows
+}
+
 fn heaviest_copy<'a>(folded: &'a [(String, u64)], copiers: &[&str]) -> Option<(&'a str, u64)> {
     let lines: Vec<&(String, u64)> = copiers.iter().flat_map(|c| copied_by(folded, c)).collect();
     let total = lines.iter().map(|(_, w)| w).sum();

@@ -480,6 +480,15 @@ impl Daemon {
         (status, body)
     }
 
+    /// The copy profile (`--profiles`) since the daemon started, saved as `name`.
+    pub fn profile(&self, name: &str) -> PathBuf {
+        let (status, body) = self.get_bytes("/debug/pprof/copies");
+        assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
+        let path = scratch_path(name);
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+
     pub fn metrics(&self) -> String {
         let (status, _, body) = self.get("/metrics", None);
         assert_eq!(status, 200, "{body}");
@@ -796,4 +805,32 @@ fn build_relay(frame_pointers: bool) -> PathBuf {
         .expect("gcc");
     assert!(status.success(), "building stack_relay.c");
     out
+}
+
+/// `go tool pprof -top` rows of `pid`'s samples in a copy profile: (flat CPU-copied bytes,
+/// function), heaviest first.
+pub fn pprof_top(profile: &Path, pid: u32) -> Vec<(u64, String)> {
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-top", "-unit=B", "-sample_index=copied_bytes"])
+        .arg(format!("-tagfocus=pid={pid}"))
+        .arg(profile)
+        .env("PPROF_TMPDIR", scratch_path("pprof-tmp"))
+        .output()
+        .expect("go tool pprof (`cargo xtask setup` installs golang-go)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+        .lines()
+        .skip_while(|line| !line.trim_start().starts_with("flat"))
+        .skip(1)
+        .filter_map(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let flat = fields.first()?.trim_end_matches('B').parse().ok()?;
+            Some((flat, fields[5..].join(" ")))
+        })
+        .collect()
 }
