@@ -458,7 +458,8 @@ fn a_daemon_in_a_pod_names_every_workload_on_the_node_from_the_host_hierarchy() 
 /// The daemon's copy profile (`--profiles`), read by `go tool pprof` (Debian's golang-go, a
 /// reader nobody here wrote): the relay's heaviest function is its top entry, within a tenth of
 /// the bytes it truly copied (2 per relayed byte, as `attach --stacks` counts exactly), and the
-/// function that writes the log is there too. The daemon holds every process's stacks in one
+/// function that writes the log is there too, and its samples are labelled with the service it
+/// runs in (`--workload-labels`). The daemon holds every process's stacks in one
 /// map keyed by a hash of their addresses: where another process's stack holds the relay's
 /// bucket, the relay's calls there are counted under `[stack not recorded]`, a counted loss of
 /// chance that another run does not repeat; the test runs again then, up to three runs in all.
@@ -489,13 +490,21 @@ fn go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay() {
 /// Runs the stack relay beside a daemon with profiles; its rows of `go tool pprof -top`, and
 /// the bytes it relayed.
 fn profiled_relay(name: &str) -> (Vec<(u64, String)>, u64) {
-    let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384"]);
+    let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384", "--workload-labels"]);
+    // A host service, as the daemon names workloads from cgroup paths.
+    let cgroups = TestCgroups::new(name);
+    let service = cgroups.make("/system.slice/zc-profiled.service");
     // It lingers past a sweep of the daemon, which names its frames while it lives.
-    let relay = Command::new(relay_program(true))
-        .arg(test_file(32 * MIB))
-        .arg(scratch_path(&format!("{name}.out")))
-        .arg(scratch_path(&format!("{name}.log")))
-        .args(["16384", "1024", "3000"])
+    let relay = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "echo $$ > {} && exec {} {} {} {} 16384 1024 3000",
+            cgroups.procs(&service).display(),
+            relay_program(true).display(),
+            test_file(32 * MIB).display(),
+            scratch_path(&format!("{name}.out")).display(),
+            scratch_path(&format!("{name}.log")).display(),
+        ))
         .stderr(Stdio::piped())
         .spawn()
         .expect("the relay");
@@ -509,5 +518,10 @@ fn profiled_relay(name: &str) -> (Vec<(u64, String)>, u64) {
         .and_then(|n| n.parse().ok())
         .expect("relayed=");
     let profile = daemon.profile(&format!("{name}.pb.gz"));
+    let tags = pprof_tags(&profile, pid);
+    assert!(
+        tags.contains("systemd_unit") && tags.contains("zc-profiled.service"),
+        "the relay's samples carry its workload: {tags}"
+    );
     (pprof_top(&profile, pid), relayed)
 }

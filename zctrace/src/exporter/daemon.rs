@@ -93,12 +93,19 @@ impl Daemon {
             .into_iter()
             .collect();
         let state = &mut *state;
+        let processes = per_process(&snapshot, state.tracer.copies_observed());
         if let Some(profiles) = &mut state.profiles {
+            if state.labels.workload {
+                for figures in &processes {
+                    let path = state.cgroups.path(figures.cgroup_id).unwrap_or_default();
+                    profiles.note_workload(figures.key.tgid, Workload::from_cgroup_path(path));
+                }
+            }
             let tgids = gone.iter().map(|key| key.tgid).collect();
             profiles.collect(&mut state.tracer, &tgids)?;
         }
         let now = Instant::now();
-        for figures in per_process(&snapshot, state.tracer.copies_observed()) {
+        for figures in processes {
             if gone.contains(&figures.key) {
                 let key = state.series_key(&figures);
                 state.book.retire(key, &figures, now);

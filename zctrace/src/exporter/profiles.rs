@@ -10,6 +10,7 @@ use crate::{
     probes::Tracer,
     procfs,
     stacks::{pprof::ProfileSample, symbols::Frames, Site},
+    workload::Workload,
 };
 
 pub struct Profiles {
@@ -18,6 +19,8 @@ pub struct Profiles {
     /// The frame names of each process's stacks (by tgid and stack id), named while it lived.
     named: HashMap<(u32, i32), Vec<String>>,
     comms: HashMap<u32, String>,
+    /// Each process's workload, with `--workload-labels`.
+    workloads: HashMap<u32, Workload>,
     /// The sites of processes that exited, at most [`RETIRED_SITES`].
     retired: Vec<ProfileSample>,
     /// Sites of exited processes past [`RETIRED_SITES`], not kept.
@@ -34,6 +37,7 @@ impl Profiles {
             period,
             named: HashMap::new(),
             comms: HashMap::new(),
+            workloads: HashMap::new(),
             retired: Vec::new(),
             dropped: 0,
         }
@@ -59,7 +63,13 @@ impl Profiles {
         tracer.forget_stack_sites(&keys)?;
         self.named.retain(|(tgid, _), _| !gone.contains(tgid));
         self.comms.retain(|tgid, _| !gone.contains(tgid));
+        self.workloads.retain(|tgid, _| !gone.contains(tgid));
         Ok(())
+    }
+
+    /// The workload `tgid`'s cgroup names, for its samples' labels.
+    pub fn note_workload(&mut self, tgid: u32, workload: Workload) {
+        self.workloads.insert(tgid, workload);
     }
 
     /// Every process's sites since the daemon started, the new ones named now.
@@ -106,6 +116,7 @@ impl Profiles {
                 .get(&key.tgid)
                 .cloned()
                 .unwrap_or_else(|| procfs::UNKNOWN_COMM.to_string()),
+            workload: self.workloads.get(&key.tgid).cloned().unwrap_or_default(),
             site: Site::new(key, stats, frames),
         }
     }
@@ -173,6 +184,7 @@ mod tests {
         ProfileSample {
             pid,
             comm: "relay".into(),
+            workload: Workload::default(),
             site: Site {
                 frames: vec!["main".into(), frame.into()],
                 mechanism: "read file->user".into(),

@@ -1,6 +1,6 @@
 //! The daemon's copy profiles in pprof's format (profile.proto, gzipped), which `go tool pprof`,
 //! Parca and Pyroscope read: each sampled call site a sample, its frames locations and its
-//! process and mechanism labels, weighted by CPU-copied bytes (the copy model), bytes moved and
+//! process, mechanism and workload labels, weighted by CPU-copied bytes (the copy model), bytes moved and
 //! calls, all estimated from byte samples.
 //! Only the messages and fields zctrace fills are declared, with profile.proto's tags.
 use std::{collections::HashMap, io::Write as _, time::Duration};
@@ -9,6 +9,7 @@ use anyhow::Result;
 use flate2::{write::GzEncoder, Compression};
 
 use super::Site;
+use crate::workload::Workload;
 
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Profile {
@@ -101,6 +102,8 @@ pub const SAMPLE_TYPES: [(&str, &str); 3] = [
 pub struct ProfileSample {
     pub pid: u32,
     pub comm: String,
+    /// Its container, pod or service, where the daemon labels workloads.
+    pub workload: Workload,
     pub site: Site,
 }
 
@@ -132,31 +135,39 @@ pub fn profile(samples: &[ProfileSample], window: &Window) -> Profile {
         "label mechanism: the syscall and what it moved bytes between".to_string(),
     ];
     let comment = comments.iter().map(|c| builder.string(c)).collect();
-    let [comm_key, pid_key, mechanism_key] = ["comm", "pid", "mechanism"].map(|key| builder.string(key));
+    let pid_key = builder.string("pid");
     let sample = samples
         .iter()
-        .map(|s| Sample {
-            location_id: builder.stack(&s.site),
-            value: [s.site.copied_bytes, s.site.bytes, s.site.calls]
-                .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-                .to_vec(),
-            label: vec![
-                Label {
-                    key: comm_key,
-                    str: builder.string(&s.comm),
-                    num: 0,
-                },
-                Label {
-                    key: pid_key,
-                    str: 0,
-                    num: i64::from(s.pid),
-                },
-                Label {
-                    key: mechanism_key,
-                    str: builder.string(&s.site.mechanism),
-                    num: 0,
-                },
-            ],
+        .map(|s| {
+            let texts = [
+                ("comm", Some(&s.comm)),
+                ("mechanism", Some(&s.site.mechanism)),
+                ("container_id", s.workload.container_id.as_ref()),
+                ("pod_uid", s.workload.pod_uid.as_ref()),
+                ("systemd_unit", s.workload.systemd_unit.as_ref()),
+            ];
+            let mut label: Vec<Label> = texts
+                .into_iter()
+                .filter_map(|(key, value)| {
+                    Some(Label {
+                        key: builder.string(key),
+                        str: builder.string(value?),
+                        num: 0,
+                    })
+                })
+                .collect();
+            label.push(Label {
+                key: pid_key,
+                str: 0,
+                num: i64::from(s.pid),
+            });
+            Sample {
+                location_id: builder.stack(&s.site),
+                value: [s.site.copied_bytes, s.site.bytes, s.site.calls]
+                    .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
+                    .to_vec(),
+                label,
+            }
         })
         .collect();
     let period_type = Some(builder.value_type(SAMPLE_TYPES[1].0, SAMPLE_TYPES[1].1));
@@ -251,6 +262,7 @@ mod tests {
         ProfileSample {
             pid,
             comm: "relay".into(),
+            workload: Workload::default(),
             site: Site {
                 frames: frames.iter().map(|f| f.to_string()).collect(),
                 mechanism: mechanism.into(),
@@ -274,9 +286,18 @@ mod tests {
             duration: Duration::from_secs(2),
             period: 4096,
         };
+        let in_pod = ProfileSample {
+            workload: Workload {
+                pod_uid: Some("4f3c9a7e-1b2d-4c5e-8f90-a1b2c3d4e5f6".into()),
+                systemd_unit: Some("kubelet.service".into()),
+                ..Workload::default()
+            },
+            ..sample(9, &["main"], "read file->user", 1)
+        };
         let samples = [
             sample(7, &["main", "relay_body"], "read file->user", 100),
             sample(8, &["main", "write_log"], "write user->file", 5),
+            in_pod,
         ];
         let profile = decoded(&gzipped(&profile(&samples, &window)).unwrap());
         let name = |id: i64| profile.string_table[id as usize].as_str();
@@ -292,12 +313,40 @@ mod tests {
         assert_eq!(profile.string_table[0], "");
         assert_eq!(name(profile.sample_type[0].r#type), "copied_bytes");
         assert_eq!(name(profile.sample_type[0].unit), "bytes");
-        assert_eq!(profile.sample.len(), 2);
+        assert_eq!(profile.sample.len(), 3);
         assert_eq!(frames(&profile.sample[0]), ["relay_body", "main"]);
-        assert_eq!(name(profile.sample[0].label[2].str), "read file->user");
+
         assert_eq!(profile.sample[0].value, [100, 100, 3]);
-        assert_eq!(profile.sample[1].label[1].num, 8);
-        assert_eq!(name(profile.sample[1].label[0].str), "relay");
+        let labels = |s: &Sample| -> Vec<(String, String)> {
+            s.label
+                .iter()
+                .map(|l| {
+                    let value = if l.str == 0 {
+                        l.num.to_string()
+                    } else {
+                        name(l.str).to_string()
+                    };
+                    (name(l.key).to_string(), value)
+                })
+                .collect()
+        };
+        let pairs = |p: &[(&str, &str)]| -> Vec<(String, String)> {
+            p.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        };
+        assert_eq!(
+            labels(&profile.sample[1]),
+            pairs(&[("comm", "relay"), ("mechanism", "write user->file"), ("pid", "8")])
+        );
+        assert_eq!(
+            labels(&profile.sample[2]),
+            pairs(&[
+                ("comm", "relay"),
+                ("mechanism", "read file->user"),
+                ("pod_uid", "4f3c9a7e-1b2d-4c5e-8f90-a1b2c3d4e5f6"),
+                ("systemd_unit", "kubelet.service"),
+                ("pid", "9"),
+            ])
+        );
         // Frames shared by samples are one location.
         assert_eq!(profile.sample[0].location_id[1], profile.sample[1].location_id[1]);
         assert_eq!((profile.period, profile.duration_nanos), (4096, 2_000_000_000));

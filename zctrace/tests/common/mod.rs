@@ -810,20 +810,7 @@ fn build_relay(frame_pointers: bool) -> PathBuf {
 /// `go tool pprof -top` rows of `pid`'s samples in a copy profile: (flat CPU-copied bytes,
 /// function), heaviest first.
 pub fn pprof_top(profile: &Path, pid: u32) -> Vec<(u64, String)> {
-    let output = Command::new("go")
-        .args(["tool", "pprof", "-top", "-unit=B", "-sample_index=copied_bytes"])
-        .arg(format!("-tagfocus=pid={pid}"))
-        .arg(profile)
-        .env("PPROF_TMPDIR", scratch_path("pprof-tmp"))
-        .output()
-        .expect("go tool pprof (`cargo xtask setup` installs golang-go)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    stdout
+    pprof(profile, pid, "-top")
         .lines()
         .skip_while(|line| !line.trim_start().starts_with("flat"))
         .skip(1)
@@ -833,4 +820,27 @@ pub fn pprof_top(profile: &Path, pid: u32) -> Vec<(u64, String)> {
             Some((flat, fields[5..].join(" ")))
         })
         .collect()
+}
+
+/// `go tool pprof -tags` of `pid`'s samples in a copy profile: each label and its values.
+pub fn pprof_tags(profile: &Path, pid: u32) -> String {
+    pprof(profile, pid, "-tags")
+}
+
+/// What `go tool pprof REPORT` prints of `pid`'s samples, by CPU-copied bytes.
+fn pprof(profile: &Path, pid: u32, report: &str) -> String {
+    let output = Command::new("go")
+        .args(["tool", "pprof", report, "-unit=B", "-sample_index=copied_bytes"])
+        .arg(format!("-tagfocus=pid={pid}"))
+        .arg(profile)
+        .env("PPROF_TMPDIR", scratch_path("pprof-tmp"))
+        .output()
+        .expect("go tool pprof (`cargo xtask setup` installs golang-go)");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
 }
