@@ -256,53 +256,66 @@ fn whole_workloads(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
         "{:<32} {:>22} {:>22} {:>22} {:>13} {:>13}",
         "workload", "untraced", "full daemon", "counting floors", "daemon ratio", "floors ratio"
     );
+    workload_rows(
+        zctrace,
+        file,
+        rounds,
+        [None, Some(&[]), Some(&["--probes", "counting_floors"])],
+    )
+}
+
+/// How a workload runs in a comparison: untraced, or beside a daemon with these flags.
+type Way = Option<&'static [&'static str]>;
+
+/// The whole workloads, the pipe ping-pong and the 4 KiB relay, a row each under `ways`.
+fn workload_rows(zctrace: &Path, file: &Path, rounds: u32, ways: [Way; 3]) -> Result<()> {
     let ping_pong = || ns_per_event(zctrace, &PING_PONG);
-    whole_workload(
+    workload_row(
         zctrace,
         rounds,
+        ways,
         "pipe ping-pong, ns per switch",
         Faster::Smaller,
         &ping_pong,
     )?;
     let relay = || transfer(zctrace, "read-write", file, 4 << 10).map(|t| t.bytes_per_second / 1e6);
-    whole_workload(
+    workload_row(
         zctrace,
         rounds,
+        ways,
         "read-write 4 KiB relay, MB/s",
         Faster::Larger,
         &relay,
-    )?;
-    Ok(())
+    )
 }
 
-/// One row of [`whole_workloads`]: a workload's figure untraced, under the daemon and under the
-/// floors, and the speed of each traced side relative to untraced (below 1 is slower).
-fn whole_workload(
+/// One row of [`workload_rows`]: a workload's figure each of the three `ways` (rotating order),
+/// and the speed of the second and third relative to the first (below 1 is slower).
+fn workload_row(
     zctrace: &Path,
     rounds: u32,
+    ways: [Way; 3],
     name: &str,
     faster: Faster,
     run: &dyn Fn() -> Result<f64>,
 ) -> Result<()> {
-    let floors: &[&str] = &["--probes", "counting_floors"];
-    let sides: [Vec<f64>; 3] = rotating(rounds, |side| match side {
-        0 => run(),
-        1 => with_daemon(zctrace, &[], run),
-        _ => with_daemon(zctrace, floors, run),
+    let sides: [Vec<f64>; 3] = rotating(rounds, |way| match ways[way] {
+        None => run(),
+        Some(flags) => with_daemon(zctrace, flags, run),
     })?;
-    let [plain, daemon, floor] = sides.map(Stats::of);
-    let speed = |traced: &Stats| match faster {
-        Faster::Larger => traced.median / plain.median,
-        Faster::Smaller => plain.median / traced.median,
+    let [base, second, third] = sides.map(Stats::of);
+    let speed = |with: &Stats| match faster {
+        Faster::Larger => with.median / base.median,
+        Faster::Smaller => base.median / with.median,
     };
     println!(
         "{:<32} {:>22} {:>22} {:>22} {:>13.3} {:>13.3}",
         name,
-        plain.show(1),
-        daemon.show(1),
-        floor.show(1),
-        speed(&daemon),
-        speed(&floor)
+        base.show(1),
+        second.show(1),
+        third.show(1),
+        speed(&second),
+        speed(&third)
     );
     Ok(())
 }
@@ -617,65 +630,22 @@ fn stacks_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
     Ok(())
 }
 
-/// The daemon's `--profiles` flags: at its default period, and at a sixteenth of it.
-const PROFILE_WAYS: [&[&str]; 3] = [
-    &[],
-    &["--profiles"],
-    &["--profiles", "--profiles.period", "65536"],
-];
-
 /// What the daemon's byte-sampled profiles add to the whole workloads the daemon is measured on,
-/// against the same daemon without them, alternating.
+/// against the same daemon without them: at the default period, and at a sixteenth of it.
 fn profiles_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
     println!(
         "\n# daemon --profiles: {rounds} rounds of daemon / daemon --profiles (1 MiB period) / --profiles.period 65536, rotating order; ratios to the daemon without profiles"
     );
     println!(
-        "{:<32} {:>22} {:>22} {:>22} {:>9} {:>9}",
+        "{:<32} {:>22} {:>22} {:>22} {:>13} {:>13}",
         "workload", "daemon", "--profiles", "period 65536", "profiles", "64 KiB"
     );
-    let ping_pong = || ns_per_event(zctrace, &PING_PONG);
-    profiles_row(
-        zctrace,
-        rounds,
-        "pipe ping-pong, ns per switch",
-        Faster::Smaller,
-        &ping_pong,
-    )?;
-    let relay = || transfer(zctrace, "read-write", file, 4 << 10).map(|t| t.bytes_per_second / 1e6);
-    profiles_row(
-        zctrace,
-        rounds,
-        "read-write 4 KiB relay, MB/s",
-        Faster::Larger,
-        &relay,
-    )
-}
-
-/// One row of [`profiles_overhead`]: a workload under each of [`PROFILE_WAYS`].
-fn profiles_row(
-    zctrace: &Path,
-    rounds: u32,
-    name: &str,
-    faster: Faster,
-    run: &dyn Fn() -> Result<f64>,
-) -> Result<()> {
-    let sides: [Vec<f64>; 3] = rotating(rounds, |way| with_daemon(zctrace, PROFILE_WAYS[way], run))?;
-    let [daemon, profiles, dense] = sides.map(Stats::of);
-    let speed = |with: &Stats| match faster {
-        Faster::Larger => with.median / daemon.median,
-        Faster::Smaller => daemon.median / with.median,
-    };
-    println!(
-        "{:<32} {:>22} {:>22} {:>22} {:>9.3} {:>9.3}",
-        name,
-        daemon.show(1),
-        profiles.show(1),
-        dense.show(1),
-        speed(&profiles),
-        speed(&dense)
-    );
-    Ok(())
+    let ways: [Way; 3] = [
+        Some(&[]),
+        Some(&["--profiles"]),
+        Some(&["--profiles", "--profiles.period", "65536"]),
+    ];
+    workload_rows(zctrace, file, rounds, ways)
 }
 
 fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Transfer> {

@@ -390,6 +390,10 @@ impl Tracer {
 
     /// Removes the call sites `keys` from the kernel's maps, and the stacks no other site uses.
     pub fn forget_stack_sites(&mut self, keys: &[StackKey]) -> Result<()> {
+        // Every sweep asks; most have nothing to forget, and no map need be walked for that.
+        if keys.is_empty() {
+            return Ok(());
+        }
         let mut counts: HashMap<_, StackKey, SyscallStats> = HashMap::try_from(
             self.ebpf
                 .map_mut("STACK_COUNTS")
