@@ -649,11 +649,15 @@ fn pack_initramfs(kernel: &Kernel, dir: &Path, binaries: &Binaries) -> Result<Pa
     Ok(archive)
 }
 
-/// The C programs tests build with gcc, which the VM has not: (name in the VM, gcc flag). The
+/// The C programs tests build with gcc, which the VM has not: (name in the VM, gcc flags). The
 /// stacks test finds them through `ZCTRACE_STACK_RELAY` (the name less its variant).
-const PROGRAMS: &[(&str, &str)] = &[
-    ("stack-relay-fp", "-fno-omit-frame-pointer"),
-    ("stack-relay-nofp", "-fomit-frame-pointer"),
+const PROGRAMS: &[(&str, &[&str])] = &[
+    ("stack-relay-fp", &["-fno-omit-frame-pointer"]),
+    ("stack-relay-nofp", &["-fomit-frame-pointer"]),
+    (
+        "stack-relay-libc",
+        &["-fno-omit-frame-pointer", "-DLIBC_WRAPPERS"],
+    ),
 ];
 
 /// Built for `arch`: by the host's gcc for x86_64, else statically by its cross compiler.
@@ -661,13 +665,15 @@ fn build_programs(arch: Arch, dir: &Path) -> Result<Vec<(String, PathBuf)>> {
     let source = workspace_root().join("zctrace/tests/programs/stack_relay.c");
     PROGRAMS
         .iter()
-        .map(|(name, flag)| {
+        .map(|(name, flags)| {
             let out = dir.join(name);
             let mut gcc = Command::new(arch.c_compiler());
             if arch != Arch::X86_64 {
                 gcc.arg("-static");
             }
-            gcc.args(["-O2", "-Wall", "-Werror", "-pthread", flag, "-o"])
+            gcc.args(["-O2", "-Wall", "-Werror", "-pthread"])
+                .args(*flags)
+                .arg("-o")
                 .arg(&out)
                 .arg(&source);
             check(gcc)?;

@@ -473,12 +473,24 @@ pub struct StackKey {
     pub user_stack: i32,
     /// The process that made the call: the daemon's profiles hold every process's stacks.
     pub tgid: u32,
+    /// A return address the frame-pointer walk may have skipped, or 0: the first word of the
+    /// [`CALLER_SLOTS`] at the user stack pointer that follows a call instruction (x86_64), or the
+    /// link register when it does (arm64). Where the leaf function keeps no frame (libc's
+    /// syscall wrappers), it is its caller's; user space checks that against the leaf's CFI.
+    pub caller: u64,
     pub nr: u16,
     pub src: u8,
     pub dst: u8,
     pub variant: u8,
-    pub reserved: [u8; 3],
+    /// Which of the [`CALLER_SLOTS`] held `caller` (x86_64; 0 on arm64).
+    pub caller_slot: u8,
+    pub reserved: [u8; 2],
 }
+
+/// The words at the user stack pointer searched for a frameless leaf's return address: libc's
+/// wrappers keep it at the stack pointer, or 0x28 above it where they make room to call the
+/// cancellation hooks.
+pub const CALLER_SLOTS: usize = 8;
 
 /// Who copied, for a copy observed with its stack: a [`CopyRoutine`] (same values), or one of
 /// the TCP copies observed by the send and receive paths.
@@ -808,7 +820,7 @@ mod tests {
     fn shared_types_have_no_implicit_padding() {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 4);
-        assert_eq!(size_of::<StackKey>(), 4 + 4 + 2 + 1 + 1 + 1 + 3);
+        assert_eq!(size_of::<StackKey>(), 4 + 4 + 8 + 2 + 1 + 1 + 1 + 1 + 2);
         assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 1 + 7);
         assert_eq!(size_of::<CopyStackCounts>(), 2 * 8);
         assert_eq!(size_of::<SyscallStats>(), 4 * 8);

@@ -3,7 +3,7 @@
 //! (user mode), or the kernel stack, and the user stack with it, wherever a copy is observed.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::bpf_get_prandom_u32,
+    helpers::{bpf_get_prandom_u32, bpf_probe_read_user},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
@@ -14,7 +14,7 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{sample_period, stack_mode},
+    kernel::{field, sample_period, stack_mode},
     maps::{add, count_error, zeroed_entry},
 };
 
@@ -122,19 +122,22 @@ fn gap(period: u64) -> u64 {
 /// refused is one drop. With sampling, only calls at a sampling point are recorded, and failed
 /// calls, which move no bytes, never are.
 #[inline(always)]
-pub fn record<C: StackIdContext>(ctx: &C, key: &SyscallKey, failed: bool, bytes: u64) {
+pub fn record<C: StackIdContext>(ctx: &C, pt_regs: u64, key: &SyscallKey, failed: bool, bytes: u64) {
     let Some(weight) = weight(SampledStream::Syscalls, bytes) else {
         return;
     };
     let user_stack = stack_id(ctx, BPF_F_USER_STACK as u64);
+    let (caller, caller_slot) = frameless_caller(pt_regs);
     let site = StackKey {
         user_stack,
         tgid: key.process.tgid,
+        caller,
         nr: key.nr,
         src: key.src,
         dst: key.dst,
         variant: key.variant as u8,
-        reserved: [0; 3],
+        caller_slot,
+        reserved: [0; 2],
     };
     let entry = zeroed_entry(&STACK_COUNTS, &site);
     if entry.is_none() {
@@ -191,4 +194,65 @@ pub fn record_copy<C: StackIdContext>(ctx: &C, copier: Copier, bytes: u64) {
         add(&raw mut (*entry).copies, weight.calls);
         add(&raw mut (*entry).bytes, weight.bytes);
     }
+}
+
+/// The lowest user address a return address can be: below it lie small integers (descriptors,
+/// lengths), which need no read to be ruled out.
+const LOWEST_TEXT: u64 = 0x10000;
+
+/// The first of the [`CALLER_SLOTS`] words at the user stack pointer that follows a call
+/// instruction, and its slot; (0, 0) if none does. A frameless leaf (libc's syscall wrappers)
+/// leaves its return address there, which the frame-pointer walk skips; user space keeps it only
+/// where the leaf's CFI puts the return address in that very slot.
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn frameless_caller(pt_regs: u64) -> (u64, u8) {
+    /// sp in `struct pt_regs`.
+    const SP: u64 = 152;
+    let sp: u64 = field(pt_regs, SP);
+    // SAFETY: a fault-guarded read of the task's own stack.
+    let Ok(words) = (unsafe { bpf_probe_read_user(sp as *const [u64; zctrace_common::CALLER_SLOTS]) }) else {
+        return (0, 0);
+    };
+    for (slot, word) in words.into_iter().enumerate() {
+        if follows_call(word) {
+            return (word, slot as u8);
+        }
+    }
+    (0, 0)
+}
+
+/// Whether the bytes before `address` end in a call: direct (e8 rel32), through memory at a
+/// RIP-relative address (ff 15 disp32, as -fno-plt calls), or through a register (ff d0+r).
+#[cfg(bpf_target_arch = "x86_64")]
+#[inline(always)]
+fn follows_call(address: u64) -> bool {
+    if !(LOWEST_TEXT..1 << 47).contains(&address) {
+        return false;
+    }
+    // SAFETY: a fault-guarded read of the task's own memory.
+    let Ok(code) = (unsafe { bpf_probe_read_user((address - 8) as *const [u8; 8]) }) else {
+        return false;
+    };
+    code[3] == 0xe8 || (code[2] == 0xff && code[3] == 0x15) || (code[6] == 0xff && code[7] & 0xf8 == 0xd0)
+}
+
+/// The link register, if the instruction before it is a call (bl, blr): a leaf that keeps no
+/// frame never saves it, so it is its caller's return address.
+#[cfg(bpf_target_arch = "aarch64")]
+#[inline(always)]
+fn frameless_caller(pt_regs: u64) -> (u64, u8) {
+    /// regs[30] in `struct pt_regs`.
+    const LR: u64 = 240;
+    let lr: u64 = field(pt_regs, LR);
+    if !(LOWEST_TEXT..1 << 48).contains(&lr) {
+        return (0, 0);
+    }
+    // SAFETY: a fault-guarded read of the task's own memory.
+    let Ok(call) = (unsafe { bpf_probe_read_user((lr - 4) as *const u32) }) else {
+        return (0, 0);
+    };
+    let bl = call & 0xfc00_0000 == 0x9400_0000;
+    let blr = call & 0xffff_fc1f == 0xd63f_0000;
+    (if bl || blr { lr } else { 0 }, 0)
 }

@@ -124,7 +124,7 @@ fn count_exit<C: StackIdContext>(ctx: &C, pt_regs: u64, ret: i64) -> Result<u32,
     // looked at only once stacks are known to be wanted: where they are not (the daemon), the
     // verifier then never tells one kind from another, and checks what follows once for all.
     if stacks::syscall_sites_wanted() && opaque(call.src as u64) != FdKind::None as u64 {
-        stacks::record(ctx, &key, ret < 0, call.bytes);
+        stacks::record(ctx, pt_regs, &key, ret < 0, call.bytes);
     }
     let relayed = relay_evidence(nr, task, pt_regs, &call);
     let entry = syscall_entry(&key).ok_or(0u32)?;

@@ -468,15 +468,7 @@ fn go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay() {
     if !privileged("go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay") {
         return;
     }
-    let mut runs = 1;
-    let (top, relayed) = loop {
-        let (top, relayed) = profiled_relay(&format!("profiled-{runs}"));
-        if runs == 3 || !top.iter().any(|(_, f)| f == zctrace::stacks::UNRECORDED) {
-            break (top, relayed);
-        }
-        eprintln!("a stack of the relay's collided with another process's; running once more: {top:?}");
-        runs += 1;
-    };
+    let (top, relayed) = profiled_relay_in_three_runs("profiled", Relay::FramePointers, pprof_top);
     let (flat, function) = &top[0];
     assert_eq!(function, "relay_body", "{top:?}");
     let copied = 2 * relayed;
@@ -487,9 +479,49 @@ fn go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay() {
     assert!(top.iter().any(|(_, f)| f == "write_log"), "{top:?}");
 }
 
-/// Runs the stack relay beside a daemon with profiles; its rows of `go tool pprof -top`, and
-/// the bytes it relayed.
-fn profiled_relay(name: &str) -> (Vec<(u64, String)>, u64) {
+/// Through libc's frameless `read` and `write`, the profile still holds their caller: the
+/// wrappers are where the bytes sit (flat), relay_body above them (cumulative).
+#[test]
+fn the_daemons_profile_shows_the_caller_of_libcs_frameless_wrappers() {
+    if !privileged("the_daemons_profile_shows_the_caller_of_libcs_frameless_wrappers") {
+        return;
+    }
+    let (top, relayed) =
+        profiled_relay_in_three_runs("profiled-libc", Relay::LibcWrappers, pprof_top_cumulative);
+    let copied = 2 * relayed;
+    let relay_body = top.iter().find(|(_, f)| f == "relay_body");
+    assert!(
+        relay_body.is_some_and(|(cum, _)| cum.abs_diff(copied) * 10 < copied),
+        "relay_body above {copied} copied bytes: {top:?}"
+    );
+    assert!(top.iter().any(|(_, f)| f == "write_log"), "{top:?}");
+}
+
+/// `profiled_relay`'s rows, run again (up to three runs) while a stack of the relay's collided
+/// with another process's in the daemon's shared stack map.
+fn profiled_relay_in_three_runs(
+    name: &str,
+    relay: Relay,
+    rows: fn(&Path, u32) -> Vec<(u64, String)>,
+) -> (Vec<(u64, String)>, u64) {
+    let mut runs = 1;
+    loop {
+        let (top, relayed) = profiled_relay(&format!("{name}-{runs}"), relay, rows);
+        if runs == 3 || !top.iter().any(|(_, f)| f == zctrace::stacks::UNRECORDED) {
+            return (top, relayed);
+        }
+        eprintln!("a stack of the relay's collided with another process's; running once more: {top:?}");
+        runs += 1;
+    }
+}
+
+/// Runs the stack relay beside a daemon with profiles; its `rows` of `go tool pprof`, and the
+/// bytes it relayed.
+fn profiled_relay(
+    name: &str,
+    relay: Relay,
+    rows: fn(&Path, u32) -> Vec<(u64, String)>,
+) -> (Vec<(u64, String)>, u64) {
     let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384", "--workload-labels"]);
     // A host service, as the daemon names workloads from cgroup paths.
     let cgroups = TestCgroups::new(name);
@@ -500,7 +532,7 @@ fn profiled_relay(name: &str) -> (Vec<(u64, String)>, u64) {
         .arg(format!(
             "echo $$ > {} && exec {} {} {} {} 16384 1024 3000",
             cgroups.procs(&service).display(),
-            relay_program(true).display(),
+            relay_program(relay).display(),
             test_file(32 * MIB).display(),
             scratch_path(&format!("{name}.out")).display(),
             scratch_path(&format!("{name}.log")).display(),
@@ -523,5 +555,5 @@ fn profiled_relay(name: &str) -> (Vec<(u64, String)>, u64) {
         tags.contains("systemd_unit") && tags.contains("zc-profiled.service"),
         "the relay's samples carry its workload: {tags}"
     );
-    (pprof_top(&profile, pid), relayed)
+    (rows(&profile, pid), relayed)
 }

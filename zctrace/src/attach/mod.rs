@@ -319,7 +319,7 @@ impl Session {
                 .tracer
                 .stack_sites()?
                 .into_iter()
-                .map(|(key, stats, ips)| Site::new(&key, &stats, frames.names(&ips)))
+                .map(|(key, stats, ips)| Site::new(&key, &stats, frames.call_site_names(&key, &ips)))
                 .collect(),
             StackKind::Kernel | StackKind::Both => self
                 .tracer

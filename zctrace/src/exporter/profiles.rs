@@ -16,8 +16,8 @@ use crate::{
 pub struct Profiles {
     /// Bytes moved per sampling point, on average.
     pub period: u64,
-    /// The frame names of each process's stacks (by tgid and stack id), named while it lived.
-    named: HashMap<(u32, i32), Vec<String>>,
+    /// The frame names of each process's call sites, named while it lived.
+    named: HashMap<NamedAs, Vec<String>>,
     comms: HashMap<u32, String>,
     /// Each process's workload, with `--workload-labels`.
     workloads: HashMap<u32, Workload>,
@@ -61,7 +61,7 @@ impl Profiles {
         self.retired = kept;
         self.dropped += dropped;
         tracer.forget_stack_sites(&keys)?;
-        self.named.retain(|(tgid, _), _| !gone.contains(tgid));
+        self.named.retain(|(tgid, ..), _| !gone.contains(tgid));
         self.comms.retain(|tgid, _| !gone.contains(tgid));
         self.workloads.retain(|tgid, _| !gone.contains(tgid));
         Ok(())
@@ -84,19 +84,19 @@ impl Profiles {
     fn name_new(&mut self, sites: &[(StackKey, SyscallStats, Vec<u64>)], gone: &HashSet<u32>) {
         let mut frames: HashMap<u32, Option<Frames>> = HashMap::new();
         for (key, _, ips) in sites {
-            if gone.contains(&key.tgid) || self.named.contains_key(&(key.tgid, key.user_stack)) {
+            if gone.contains(&key.tgid) || self.named.contains_key(&named_as(key)) {
                 continue;
             }
             // A process that exited since it made its calls has no mappings left to name by.
             let Some(process) = frames.entry(key.tgid).or_insert_with(|| Frames::live(key.tgid)) else {
                 continue;
             };
-            let names = process.names(ips);
+            let names = process.call_site_names(key, ips);
             // Named by offsets because a file could not be read: another pass may read it.
             if !process.complete() {
                 continue;
             }
-            self.named.insert((key.tgid, key.user_stack), names);
+            self.named.insert(named_as(key), names);
             if let Some(comm) = procfs::comm(key.tgid) {
                 self.comms.entry(key.tgid).or_insert(comm);
             }
@@ -106,7 +106,7 @@ impl Profiles {
     fn sample(&self, key: &StackKey, stats: &SyscallStats) -> ProfileSample {
         let frames = self
             .named
-            .get(&(key.tgid, key.user_stack))
+            .get(&named_as(key))
             .cloned()
             .unwrap_or_else(|| vec![NOT_NAMED.to_string()]);
         ProfileSample {
@@ -120,6 +120,13 @@ impl Profiles {
             site: Site::new(key, stats, frames),
         }
     }
+}
+
+/// What a call site's frame names are kept by: its process, stack and hidden caller.
+type NamedAs = (u32, i32, u64);
+
+fn named_as(key: &StackKey) -> NamedAs {
+    (key.tgid, key.user_stack, key.caller)
 }
 
 /// The frames of a site whose process exited before the daemon could name them.

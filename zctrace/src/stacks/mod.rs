@@ -6,6 +6,7 @@
 pub mod pprof;
 pub mod sampling;
 pub mod symbols;
+pub mod unwind;
 
 use std::io::Write;
 

@@ -17,6 +17,9 @@ use blazesym::{
     },
     MaybeDefault,
 };
+use zctrace_common::StackKey;
+
+use super::unwind::{frameless_return, ReturnAddress};
 
 /// One file-backed mapping of the process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,6 +40,8 @@ pub struct Frames {
     /// A file a frame lies in could not be read (its process may have exited since its
     /// mappings were read): those frames are named by offset.
     unreadable: bool,
+    /// Where each leaf seen keeps its return address, if it keeps no frame.
+    leaf_returns: HashMap<u64, Option<ReturnAddress>>,
 }
 
 impl Frames {
@@ -80,12 +85,52 @@ impl Frames {
             names: HashMap::new(),
             symbolizer: Symbolizer::new(),
             unreadable: false,
+            leaf_returns: HashMap::new(),
         }
     }
 
     /// Names of a user stack's frames, root first, from the kernel's addresses (leaf first).
     pub fn names(&mut self, ips: &[u64]) -> Vec<String> {
         self.named(ips, Self::name_user)
+    }
+
+    /// Names of a data-path call site's user frames, root first: its stack's, and the caller the
+    /// walk skipped when the leaf keeps no frame, where the kernel found its return address in
+    /// the place the leaf's CFI says it is.
+    pub fn call_site_names(&mut self, key: &StackKey, ips: &[u64]) -> Vec<String> {
+        let hidden = match (ips.first(), ips.get(1)) {
+            (Some(&leaf), next) if key.caller != 0 && next != Some(&key.caller) => {
+                let found = if cfg!(target_arch = "aarch64") {
+                    ReturnAddress::LinkRegister
+                } else {
+                    ReturnAddress::StackSlot(key.caller_slot)
+                };
+                self.leaf_return(leaf) == Some(found)
+            }
+            _ => false,
+        };
+        if !hidden {
+            return self.names(ips);
+        }
+        let mut with_caller = ips.to_vec();
+        with_caller.insert(1, key.caller);
+        self.names(&with_caller)
+    }
+
+    fn leaf_return(&mut self, leaf: u64) -> Option<ReturnAddress> {
+        if let Some(known) = self.leaf_returns.get(&leaf) {
+            return *known;
+        }
+        let mapping = self
+            .mappings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|m| (m.start..m.end).contains(&leaf))
+            .cloned();
+        let found = mapping.and_then(|m| frameless_return(&m.path, leaf - m.start + m.file_offset));
+        self.leaf_returns.insert(leaf, found);
+        found
     }
 
     /// Whether every file the frames named so far lie in could be read.

@@ -12,7 +12,7 @@ fn key(nr: u16, src: FdKind, dst: FdKind, variant: Variant) -> StackKey {
         src: src as u8,
         dst: dst as u8,
         variant: variant as u8,
-        reserved: [0; 3],
+        ..StackKey::default()
     }
 }
 

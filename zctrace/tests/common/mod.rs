@@ -774,31 +774,53 @@ pub fn serve_exposition(body: String) -> String {
     addr
 }
 
-/// `tests/programs/stack_relay.c`, built with or without frame pointers, once per variant: the
-/// tests run in parallel, and a rebuild while another test's relay runs or has its frames named
-/// races with both.
-pub fn relay_program(frame_pointers: bool) -> PathBuf {
-    static BUILT: [OnceLock<PathBuf>; 2] = [OnceLock::new(), OnceLock::new()];
-    BUILT[usize::from(frame_pointers)]
-        .get_or_init(|| build_relay(frame_pointers))
-        .clone()
+/// How `tests/programs/stack_relay.c` is built.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Relay {
+    FramePointers,
+    NoFramePointers,
+    /// With frame pointers, its syscalls made through libc's wrappers, which keep no frame.
+    LibcWrappers,
+}
+
+impl Relay {
+    /// Its name's suffix, here and in the VM (`cargo xtask vmtest` builds the same variants).
+    fn variant(self) -> &'static str {
+        match self {
+            Relay::FramePointers => "fp",
+            Relay::NoFramePointers => "nofp",
+            Relay::LibcWrappers => "libc",
+        }
+    }
+
+    fn gcc_flags(self) -> &'static [&'static str] {
+        match self {
+            Relay::FramePointers => &["-fno-omit-frame-pointer"],
+            Relay::NoFramePointers => &["-fomit-frame-pointer"],
+            Relay::LibcWrappers => &["-fno-omit-frame-pointer", "-DLIBC_WRAPPERS"],
+        }
+    }
+}
+
+/// `tests/programs/stack_relay.c`, built once per variant: the tests run in parallel, and a
+/// rebuild while another test's relay runs or has its frames named races with both.
+pub fn relay_program(relay: Relay) -> PathBuf {
+    static BUILT: [OnceLock<PathBuf>; 3] = [OnceLock::new(), OnceLock::new(), OnceLock::new()];
+    BUILT[relay as usize].get_or_init(|| build_relay(relay)).clone()
 }
 
 /// Built by gcc here, or by `cargo xtask vmtest` on the host, where the tests run in a VM without
 /// a compiler.
-fn build_relay(frame_pointers: bool) -> PathBuf {
-    let variant = if frame_pointers { "fp" } else { "nofp" };
+fn build_relay(relay: Relay) -> PathBuf {
+    let variant = relay.variant();
     if let Ok(prefix) = std::env::var("ZCTRACE_STACK_RELAY") {
         return PathBuf::from(format!("{prefix}-{variant}"));
     }
     let out = scratch_path(&format!("relay-{variant}"));
-    let flag = if frame_pointers {
-        "-fno-omit-frame-pointer"
-    } else {
-        "-fomit-frame-pointer"
-    };
     let status = Command::new("gcc")
-        .args(["-O2", "-Wall", "-Werror", "-pthread", flag, "-o"])
+        .args(["-O2", "-Wall", "-Werror", "-pthread"])
+        .args(relay.gcc_flags())
+        .arg("-o")
         .arg(&out)
         .arg(repo("zctrace/tests/programs/stack_relay.c"))
         .status()
@@ -810,27 +832,40 @@ fn build_relay(frame_pointers: bool) -> PathBuf {
 /// `go tool pprof -top` rows of `pid`'s samples in a copy profile: (flat CPU-copied bytes,
 /// function), heaviest first.
 pub fn pprof_top(profile: &Path, pid: u32) -> Vec<(u64, String)> {
-    pprof(profile, pid, "-top")
+    top_rows(&pprof(profile, pid, &["-top"]), 0)
+}
+
+/// The same rows by cumulative CPU-copied bytes (a function's own and its callees'), heaviest
+/// first.
+pub fn pprof_top_cumulative(profile: &Path, pid: u32) -> Vec<(u64, String)> {
+    top_rows(&pprof(profile, pid, &["-top", "-cum"]), 3)
+}
+
+/// (the figure in `column`, function) of each row of a `-top` report.
+fn top_rows(report: &str, column: usize) -> Vec<(u64, String)> {
+    report
         .lines()
         .skip_while(|line| !line.trim_start().starts_with("flat"))
         .skip(1)
         .filter_map(|line| {
             let fields: Vec<&str> = line.split_whitespace().collect();
-            let flat = fields.first()?.trim_end_matches('B').parse().ok()?;
-            Some((flat, fields[5..].join(" ")))
+            let figure = fields.get(column)?.trim_end_matches('B').parse().ok()?;
+            Some((figure, fields[5..].join(" ")))
         })
         .collect()
 }
 
 /// `go tool pprof -tags` of `pid`'s samples in a copy profile: each label and its values.
 pub fn pprof_tags(profile: &Path, pid: u32) -> String {
-    pprof(profile, pid, "-tags")
+    pprof(profile, pid, &["-tags"])
 }
 
 /// What `go tool pprof REPORT` prints of `pid`'s samples, by CPU-copied bytes.
-fn pprof(profile: &Path, pid: u32, report: &str) -> String {
+fn pprof(profile: &Path, pid: u32, report: &[&str]) -> String {
     let output = Command::new("go")
-        .args(["tool", "pprof", report, "-unit=B", "-sample_index=copied_bytes"])
+        .args(["tool", "pprof"])
+        .args(report)
+        .args(["-unit=B", "-sample_index=copied_bytes"])
         .arg(format!("-tagfocus=pid={pid}"))
         .arg(profile)
         .env("PPROF_TMPDIR", scratch_path("pprof-tmp"))

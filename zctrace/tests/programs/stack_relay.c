@@ -17,8 +17,12 @@
 static char chunk[65536];
 
 /* The syscall instruction inline, in the function that wants the call: libc's wrappers keep no
- * frame, so a frame-pointer unwind from inside one skips its caller. */
-#if defined(__x86_64__)
+ * frame, so a frame-pointer unwind from inside one skips its caller. Built with -DLIBC_WRAPPERS,
+ * the calls go through libc's read and write, as most programs' do, for zctrace to find that
+ * caller again. */
+#if defined(LIBC_WRAPPERS)
+#define SYSCALL3(nr, a, b, c) ((nr) == SYS_read ? read((a), (b), (c)) : write((a), (b), (c)))
+#elif defined(__x86_64__)
 #define SYSCALL3(nr, a, b, c)                                                                      \
 	({                                                                                         \
 		long ret_;                                                                         \
