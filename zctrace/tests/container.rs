@@ -6,6 +6,7 @@ mod common;
 
 use std::{
     process::{Command, Output},
+    sync::Mutex,
     time::Duration,
 };
 
@@ -125,17 +126,88 @@ impl Drop for Container {
     }
 }
 
+/// The tests here count the programs loaded on the host before and after their daemon runs.
+static ONE_DAEMON_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+/// The DaemonSet's pod as podman runs it, serving on a loopback port of its own.
+struct DaemonSet {
+    container: Container,
+    port: u16,
+}
+
+impl DaemonSet {
+    /// Runs `pod`'s container with its args, served on loopback only, on a port no other test
+    /// holds; returns once it serves `/metrics`.
+    fn run(pod: &Value, name: &str) -> DaemonSet {
+        let image = pod["containers"][0]["image"].as_str().unwrap().to_string();
+        assert!(
+            podman(&["image", "exists", &image]).status.success(),
+            "{image} is not built: run `cargo xtask image` (cargo xtask test does)"
+        );
+        let port = free_port();
+        let name = format!("zctrace-test-{name}-{}", std::process::id());
+        let mut run: Vec<String> = ["run", "--detach", "--name", &name]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        run.extend(podman_flags(pod));
+        run.push(image);
+        let args = strings(&pod["containers"][0]["args"]);
+        assert!(args.iter().any(|a| a.starts_with("--web.listen-address=")));
+        run.extend(
+            args.into_iter()
+                .map(|arg| match arg.starts_with("--web.listen-address=") {
+                    true => format!("--web.listen-address=127.0.0.1:{port}"),
+                    false => arg,
+                }),
+        );
+        let started = podman(&run.iter().map(String::as_str).collect::<Vec<_>>());
+        assert!(
+            started.status.success(),
+            "podman run: {}",
+            String::from_utf8_lossy(&started.stderr)
+        );
+        let daemonset = DaemonSet {
+            container: Container(name),
+            port,
+        };
+        eventually("the container serves /metrics", Duration::from_secs(60), || {
+            daemonset
+                .get("/metrics")
+                .map_err(|e| format!("{e}\n{}", daemonset.logs()))
+        });
+        daemonset
+    }
+
+    fn get(&self, path: &str) -> Result<String, String> {
+        let bytes = self.get_bytes(path)?;
+        String::from_utf8(bytes).map_err(|e| format!("{e}"))
+    }
+
+    fn get_bytes(&self, path: &str) -> Result<Vec<u8>, String> {
+        let response = ureq::get(&format!("http://127.0.0.1:{}{path}", self.port))
+            .call()
+            .map_err(|e| format!("{e}"))?;
+        response.into_body().read_to_vec().map_err(|e| format!("{e}"))
+    }
+
+    fn logs(&self) -> String {
+        String::from_utf8_lossy(&podman(&["logs", &self.container.0]).stderr).into_owned()
+    }
+}
+
 #[test]
 fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
     if !privileged("the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded") {
         return;
     }
     let pod = &daemonset()["spec"]["template"]["spec"];
+    let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let image = pod["containers"][0]["image"].as_str().unwrap().to_string();
-    assert!(
-        podman(&["image", "exists", &image]).status.success(),
-        "{image} is not built: run `cargo xtask image` (cargo xtask test does)"
-    );
+    let before = loaded_zctrace_programs();
+    let daemonset = DaemonSet::run(pod, "serves");
+    let (container, metrics) = (&daemonset.container, || daemonset.get("/metrics"));
+    let logs = || daemonset.logs();
     // One name for every node: a manifest list with an image per architecture.
     let list: serde_json::Value =
         serde_json::from_slice(&podman(&["manifest", "inspect", &image]).stdout).expect("a manifest list");
@@ -156,42 +228,6 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
     assert!(annotations["org.opencontainers.image.revision"]
         .as_str()
         .is_some_and(|r| r.len() == 40));
-    let before = loaded_zctrace_programs();
-    let port = free_port();
-    let name = format!("zctrace-test-{}", std::process::id());
-    let mut run: Vec<String> = ["run", "--detach", "--name", &name]
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
-    run.extend(podman_flags(pod));
-    run.push(image);
-    // The pod's args, but served on loopback only, on a port no other test holds.
-    let args = strings(&pod["containers"][0]["args"]);
-    assert!(args.iter().any(|a| a.starts_with("--web.listen-address=")));
-    run.extend(
-        args.into_iter()
-            .map(|arg| match arg.starts_with("--web.listen-address=") {
-                true => format!("--web.listen-address=127.0.0.1:{port}"),
-                false => arg,
-            }),
-    );
-    let started = podman(&run.iter().map(String::as_str).collect::<Vec<_>>());
-    assert!(
-        started.status.success(),
-        "podman run: {}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let container = Container(name);
-    let logs = || String::from_utf8_lossy(&podman(&["logs", &container.0]).stderr).into_owned();
-    let metrics = || -> Result<String, String> {
-        let response = ureq::get(&format!("http://127.0.0.1:{port}/metrics"))
-            .call()
-            .map_err(|e| format!("{e}"))?;
-        response.into_body().read_to_string().map_err(|e| format!("{e}"))
-    };
-    eventually("the container serves /metrics", Duration::from_secs(60), || {
-        metrics().map_err(|e| format!("{e}\n{}", logs()))
-    });
 
     // A host service: the pod names it from the host's cgroup hierarchy it mounts.
     let cgroups = TestCgroups::new("podtest");
@@ -269,4 +305,127 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
                 .ok_or(format!("{loaded} loaded, {before} before"))
         },
     );
+}
+
+/// The DaemonSet with `profiles.yaml` applied as `kubectl patch` applies it: its lists replace
+/// the DaemonSet's.
+fn daemonset_with_profiles() -> Value {
+    let mut patched = daemonset();
+    let text = std::fs::read_to_string(repo("deploy/kubernetes/profiles.yaml")).unwrap();
+    let patch: Value = serde_norway::from_str(&text).unwrap();
+    let from = &patch["spec"]["template"]["spec"]["containers"][0];
+    let into = &mut patched["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(from["name"], into["name"]);
+    let (args, caps) = (
+        strings(&into["args"]),
+        strings(&into["securityContext"]["capabilities"]["add"]),
+    );
+    assert_eq!(strings(&from["args"]), [args, vec!["--profiles".into()]].concat());
+    assert_eq!(
+        strings(&from["securityContext"]["capabilities"]["add"]),
+        [caps, vec!["SYS_PTRACE".into()]].concat()
+    );
+    into["args"] = from["args"].clone();
+    into["securityContext"]["capabilities"]["add"] = from["securityContext"]["capabilities"]["add"].clone();
+    patched
+}
+
+/// A relay in a container of its own, its binary only in the container's filesystem: the
+/// DaemonSet's daemon, in a container too, names its frames through /proc/PID/root, and labels
+/// its samples with its container.
+#[test]
+fn the_daemonset_profiles_a_containerized_relay_by_its_own_frames() {
+    if !privileged("the_daemonset_profiles_a_containerized_relay_by_its_own_frames") {
+        return;
+    }
+    let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let patched = daemonset_with_profiles();
+    let daemonset = DaemonSet::run(&patched["spec"]["template"]["spec"], "profiles");
+    let rootfs = static_relay_rootfs();
+    let name = format!("zctrace-relay-{}", std::process::id());
+    let input = test_file(32 * MIB);
+    let started = podman(&[
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--network=none",
+        &format!("--volume={}:/in:ro", input.display()),
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "/relay",
+        "/in",
+        "/out",
+        "/log",
+        "16384",
+        "1024",
+        // Alive past a sweep of the daemon, which names frames while their process lives.
+        "3000",
+    ]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let relay = Container(name);
+    let inspect = |format: &str| {
+        let output = podman(&["inspect", "--format", format, &relay.0]);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    };
+    let (pid, id): (u32, String) = (
+        inspect("{{.State.Pid}}").parse().expect("the relay's pid"),
+        inspect("{{.Id}}"),
+    );
+    assert!(podman(&["wait", &relay.0]).status.success());
+    let stderr = String::from_utf8_lossy(&podman(&["logs", &relay.0]).stderr).into_owned();
+    let relayed: u64 = stderr
+        .split_whitespace()
+        .find_map(|field| field.strip_prefix("relayed="))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("relayed= in {stderr}"));
+    let profile = scratch_path("containerized.pb.gz");
+    let bytes = daemonset
+        .get_bytes("/debug/pprof/copies")
+        .unwrap_or_else(|e| panic!("{e}\n{}", daemonset.logs()));
+    std::fs::write(&profile, bytes).unwrap();
+    let top = pprof_top(&profile, pid);
+    assert_eq!(
+        top.first().map(|(_, f)| f.as_str()),
+        Some("relay_body"),
+        "{top:?}\n{}",
+        daemonset.logs()
+    );
+    let copied = 2 * relayed;
+    assert!(
+        top[0].0.abs_diff(copied) * 10 < copied,
+        "relay_body: {top:?}, {copied} copied"
+    );
+    let tags = pprof_tags(&profile, pid);
+    assert!(
+        tags.contains(&id),
+        "the relay's samples carry its container {id}: {tags}"
+    );
+}
+
+/// A root filesystem holding only the stack relay, built static, at `/relay`: a path the host
+/// does not have.
+fn static_relay_rootfs() -> std::path::PathBuf {
+    let rootfs = scratch_path("relay-rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    let status = Command::new("gcc")
+        .args([
+            "-O2",
+            "-Wall",
+            "-Werror",
+            "-pthread",
+            "-static",
+            "-fno-omit-frame-pointer",
+            "-o",
+        ])
+        .arg(rootfs.join("relay"))
+        .arg(repo("zctrace/tests/programs/stack_relay.c"))
+        .status()
+        .expect("gcc");
+    assert!(status.success(), "building a static stack_relay.c");
+    rootfs
 }
