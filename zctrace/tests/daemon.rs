@@ -522,6 +522,7 @@ fn profiled_relay(
     relay: Relay,
     rows: fn(&Path, u32) -> Vec<(u64, String)>,
 ) -> (Vec<(u64, String)>, u64) {
+    let program = relay_program(relay);
     let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384", "--workload-labels"]);
     // A host service, as the daemon names workloads from cgroup paths.
     let cgroups = TestCgroups::new(name);
@@ -532,7 +533,7 @@ fn profiled_relay(
         .arg(format!(
             "echo $$ > {} && exec {} {} {} {} 16384 1024 3000",
             cgroups.procs(&service).display(),
-            relay_program(relay).display(),
+            program.display(),
             test_file(32 * MIB).display(),
             scratch_path(&format!("{name}.out")).display(),
             scratch_path(&format!("{name}.log")).display(),
@@ -550,6 +551,10 @@ fn profiled_relay(
         .and_then(|n| n.parse().ok())
         .expect("relayed=");
     let profile = daemon.profile(&format!("{name}.pb.gz"));
+    // A profiler can name the frames again: the relay's mapping names its file and build ID.
+    let mapping = format!("{} {}", program.display(), build_id(&program));
+    let raw = pprof_raw(&profile);
+    assert!(raw.contains(&mapping), "no mapping `{mapping}` in:\n{raw}");
     let tags = pprof_tags(&profile, pid);
     assert!(
         tags.contains("systemd_unit") && tags.contains("zc-profiled.service"),

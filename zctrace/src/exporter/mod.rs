@@ -12,7 +12,7 @@ use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time:
 
 use anyhow::{bail, Context as _, Result};
 use axum::http::{HeaderName, HeaderValue};
-use caps::Capability;
+use caps::{CapSet, Capability};
 use daemon::{Daemon, SWEEP_INTERVAL};
 use hyper_util::rt::TokioTimer;
 use series::SeriesBook;
@@ -152,10 +152,18 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     let dropped = privileges::drop_all_but_map_reads(|| tracer.update_errors().is_ok(), naming)
         .context("dropping capabilities")?;
     if args.profiles {
-        tracing::info!(
-            period = args.profile_period,
-            "profiles at /debug/pprof/copies; kept CAP_SYS_PTRACE to name other processes' frames"
-        );
+        if caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_PTRACE).unwrap_or(false) {
+            tracing::info!(
+                period = args.profile_period,
+                "profiles at /debug/pprof/copies; kept CAP_SYS_PTRACE to name other processes' frames"
+            );
+        } else {
+            tracing::warn!(
+                period = args.profile_period,
+                "profiles at /debug/pprof/copies, but without CAP_SYS_PTRACE the frames of other users' \
+                 and more privileged processes cannot be named (grant it: the DaemonSet's profiles.yaml does)"
+            );
+        }
     }
     if dropped.kept_bpf {
         tracing::info!(

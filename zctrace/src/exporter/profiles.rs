@@ -9,15 +9,19 @@ use zctrace_common::{StackKey, SyscallStats};
 use crate::{
     probes::Tracer,
     procfs,
-    stacks::{pprof::ProfileSample, symbols::Frames, Site},
+    stacks::{
+        pprof::ProfileSample,
+        symbols::{Frame, Frames},
+        Site,
+    },
     workload::Workload,
 };
 
 pub struct Profiles {
     /// Bytes moved per sampling point, on average.
     pub period: u64,
-    /// The frame names of each process's call sites, named while it lived.
-    named: HashMap<NamedAs, Vec<String>>,
+    /// The frames of each process's call sites, named while it lived.
+    named: HashMap<NamedAs, Vec<Frame>>,
     comms: HashMap<u32, String>,
     /// Each process's workload, with `--workload-labels`.
     workloads: HashMap<u32, Workload>,
@@ -91,12 +95,12 @@ impl Profiles {
             let Some(process) = frames.entry(key.tgid).or_insert_with(|| Frames::live(key.tgid)) else {
                 continue;
             };
-            let names = process.call_site_names(key, ips);
+            let frames = process.call_site_frames(key, ips);
             // Named by offsets because a file could not be read: another pass may read it.
             if !process.complete() {
                 continue;
             }
-            self.named.insert(named_as(key), names);
+            self.named.insert(named_as(key), frames);
             if let Some(comm) = procfs::comm(key.tgid) {
                 self.comms.entry(key.tgid).or_insert(comm);
             }
@@ -104,12 +108,12 @@ impl Profiles {
     }
 
     fn sample(&self, key: &StackKey, stats: &SyscallStats) -> ProfileSample {
-        let frames = self
-            .named
-            .get(&named_as(key))
-            .cloned()
-            .unwrap_or_else(|| vec![NOT_NAMED.to_string()]);
+        let (frames, located) = match self.named.get(&named_as(key)) {
+            Some(frames) => frames.iter().map(|f| (f.name.clone(), f.at.clone())).unzip(),
+            None => (vec![NOT_NAMED.to_string()], vec![None]),
+        };
         ProfileSample {
+            located,
             pid: key.tgid,
             comm: self
                 .comms
@@ -129,8 +133,9 @@ fn named_as(key: &StackKey) -> NamedAs {
     (key.tgid, key.user_stack, key.caller)
 }
 
-/// The frames of a site whose process exited before the daemon could name them.
-pub const NOT_NAMED: &str = "[exited before its frames were named]";
+/// The frames of a site whose process exited before the daemon could name them, or whose
+/// mappings the daemon may not read (it lacks CAP_SYS_PTRACE; it says so when it starts).
+pub const NOT_NAMED: &str = "[frames not named: exited first, or unreadable]";
 
 /// Samples of the same process, frames and mechanism added together.
 fn merged(samples: impl Iterator<Item = ProfileSample>) -> Vec<ProfileSample> {
@@ -190,6 +195,7 @@ mod tests {
     fn sample(pid: u32, frame: &str, bytes: u64) -> ProfileSample {
         ProfileSample {
             pid,
+            located: vec![None, None],
             comm: "relay".into(),
             workload: Workload::default(),
             site: Site {

@@ -8,7 +8,10 @@ use std::{collections::HashMap, io::Write as _, time::Duration};
 use anyhow::Result;
 use flate2::{write::GzEncoder, Compression};
 
-use super::Site;
+use super::{
+    symbols::{Located, MappedFile},
+    Site,
+};
 use crate::workload::Workload;
 
 #[derive(Clone, PartialEq, prost::Message)]
@@ -17,6 +20,8 @@ pub struct Profile {
     pub sample_type: Vec<ValueType>,
     #[prost(message, repeated, tag = "2")]
     pub sample: Vec<Sample>,
+    #[prost(message, repeated, tag = "3")]
+    pub mapping: Vec<Mapping>,
     #[prost(message, repeated, tag = "4")]
     pub location: Vec<Location>,
     #[prost(message, repeated, tag = "5")]
@@ -67,9 +72,31 @@ pub struct Label {
 }
 
 #[derive(Clone, PartialEq, prost::Message)]
+pub struct Mapping {
+    #[prost(uint64, tag = "1")]
+    pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub memory_start: u64,
+    #[prost(uint64, tag = "3")]
+    pub memory_limit: u64,
+    #[prost(uint64, tag = "4")]
+    pub file_offset: u64,
+    #[prost(int64, tag = "5")]
+    pub filename: i64,
+    #[prost(int64, tag = "6")]
+    pub build_id: i64,
+    #[prost(bool, tag = "7")]
+    pub has_functions: bool,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
 pub struct Location {
     #[prost(uint64, tag = "1")]
     pub id: u64,
+    #[prost(uint64, tag = "2")]
+    pub mapping_id: u64,
+    #[prost(uint64, tag = "3")]
+    pub address: u64,
     #[prost(message, repeated, tag = "4")]
     pub line: Vec<Line>,
 }
@@ -105,6 +132,8 @@ pub struct ProfileSample {
     /// Its container, pod or service, where the daemon labels workloads.
     pub workload: Workload,
     pub site: Site,
+    /// Where each of the site's frames lies, root first, where known.
+    pub located: Vec<Option<Located>>,
 }
 
 /// What the profile covers.
@@ -162,7 +191,7 @@ pub fn profile(samples: &[ProfileSample], window: &Window) -> Profile {
                 num: i64::from(s.pid),
             });
             Sample {
-                location_id: builder.stack(&s.site),
+                location_id: builder.stack(s),
                 value: [s.site.copied_bytes, s.site.bytes, s.site.calls]
                     .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
                     .to_vec(),
@@ -174,6 +203,7 @@ pub fn profile(samples: &[ProfileSample], window: &Window) -> Profile {
     Profile {
         sample_type,
         sample,
+        mapping: builder.mappings,
         location: builder.locations,
         function: builder.functions,
         string_table: builder.strings,
@@ -193,14 +223,18 @@ pub fn gzipped(profile: &Profile) -> Result<Vec<u8>> {
     Ok(gzip.finish()?)
 }
 
-/// The string table, and a function and a location per distinct frame name.
+/// The string table; a function per distinct frame name, a mapping per distinct file mapping, and
+/// a location per distinct name and address.
 #[derive(Default)]
 struct Builder {
     strings: Vec<String>,
     string_ids: HashMap<String, i64>,
     functions: Vec<Function>,
+    function_ids: HashMap<String, u64>,
+    mappings: Vec<Mapping>,
+    mapping_ids: HashMap<MappedFile, u64>,
     locations: Vec<Location>,
-    location_ids: HashMap<String, u64>,
+    location_ids: HashMap<(String, Option<Located>), u64>,
 }
 
 impl Builder {
@@ -221,31 +255,75 @@ impl Builder {
         }
     }
 
-    /// The site's locations, leaf first: the function that made the syscall is the leaf, so
+    /// The sample's locations, leaf first: the function that made the syscall is the leaf, so
     /// that a profile's top entries are code (its mechanism is a label).
-    fn stack(&mut self, site: &Site) -> Vec<u64> {
-        if site.frames.is_empty() {
-            return vec![self.location(super::UNRECORDED)];
+    fn stack(&mut self, sample: &ProfileSample) -> Vec<u64> {
+        let frames = &sample.site.frames;
+        if frames.is_empty() {
+            return vec![self.location(super::UNRECORDED, None)];
         }
-        site.frames.iter().rev().map(|name| self.location(name)).collect()
+        let located = sample.located.iter().cloned().chain(std::iter::repeat(None));
+        let stack: Vec<u64> = frames
+            .iter()
+            .zip(located)
+            .map(|(name, at)| self.location(name, at))
+            .collect();
+        stack.into_iter().rev().collect()
     }
 
-    fn location(&mut self, name: &str) -> u64 {
-        if let Some(&id) = self.location_ids.get(name) {
+    fn location(&mut self, name: &str, at: Option<Located>) -> u64 {
+        let key = (name.to_string(), at);
+        if let Some(&id) = self.location_ids.get(&key) {
             return id;
         }
         let id = self.locations.len() as u64 + 1;
+        let function_id = self.function(name);
+        let (mapping_id, address) = match &key.1 {
+            Some(at) => (self.mapping(&at.mapping), at.address),
+            None => (0, 0),
+        };
+        self.locations.push(Location {
+            id,
+            mapping_id,
+            address,
+            line: vec![Line { function_id }],
+        });
+        self.location_ids.insert(key, id);
+        id
+    }
+
+    fn function(&mut self, name: &str) -> u64 {
+        if let Some(&id) = self.function_ids.get(name) {
+            return id;
+        }
+        let id = self.functions.len() as u64 + 1;
         let name_id = self.string(name);
         self.functions.push(Function {
             id,
             name: name_id,
             system_name: name_id,
         });
-        self.locations.push(Location {
+        self.function_ids.insert(name.to_string(), id);
+        id
+    }
+
+    fn mapping(&mut self, file: &MappedFile) -> u64 {
+        if let Some(&id) = self.mapping_ids.get(file) {
+            return id;
+        }
+        let id = self.mappings.len() as u64 + 1;
+        let filename = self.string(&file.path);
+        let build_id = self.string(file.build_id.as_deref().unwrap_or(""));
+        self.mappings.push(Mapping {
             id,
-            line: vec![Line { function_id: id }],
+            memory_start: file.start,
+            memory_limit: file.end,
+            file_offset: file.file_offset,
+            filename,
+            build_id,
+            has_functions: true,
         });
-        self.location_ids.insert(name.to_string(), id);
+        self.mapping_ids.insert(file.clone(), id);
         id
     }
 }
@@ -270,7 +348,62 @@ mod tests {
                 bytes: copied,
                 copied_bytes: copied,
             },
+            located: Vec::new(),
         }
+    }
+
+    #[test]
+    fn located_frames_carry_their_address_and_their_files_mapping_and_build_id() {
+        let relay = MappedFile {
+            start: 0x5000,
+            end: 0x9000,
+            file_offset: 0x1000,
+            path: "/usr/bin/relay".into(),
+            build_id: Some("4e2f".into()),
+        };
+        let at = |address| {
+            Some(Located {
+                address,
+                mapping: relay.clone(),
+            })
+        };
+        let window = Window {
+            start_nanos: 0,
+            duration: Duration::from_secs(1),
+            period: 4096,
+        };
+        let samples = [
+            ProfileSample {
+                located: vec![at(0x5100), at(0x5200)],
+                ..sample(7, &["main", "relay_body"], "read file->user", 10)
+            },
+            // The same function at another address is another location of the same function.
+            ProfileSample {
+                located: vec![at(0x5100), None],
+                ..sample(7, &["main", "relay_body"], "write user->file", 10)
+            },
+        ];
+        let profile = profile(&samples, &window);
+        let name = |id: i64| profile.string_table[id as usize].as_str();
+        assert_eq!(profile.mapping.len(), 1);
+        let mapping = &profile.mapping[0];
+        assert_eq!(
+            (mapping.memory_start, mapping.memory_limit, mapping.file_offset),
+            (0x5000, 0x9000, 0x1000)
+        );
+        assert_eq!(
+            (name(mapping.filename), name(mapping.build_id)),
+            ("/usr/bin/relay", "4e2f")
+        );
+        let location = |id: u64| &profile.location[id as usize - 1];
+        let leaf = location(profile.sample[0].location_id[0]);
+        assert_eq!((leaf.address, leaf.mapping_id), (0x5200, mapping.id));
+        let unlocated = location(profile.sample[1].location_id[0]);
+        assert_eq!((unlocated.address, unlocated.mapping_id), (0, 0));
+        assert_eq!(leaf.line[0].function_id, unlocated.line[0].function_id);
+        assert_eq!(profile.sample[0].location_id[1], profile.sample[1].location_id[1]);
+        assert_eq!(profile.location.len(), 3);
+        assert_eq!(profile.function.len(), 2);
     }
 
     fn decoded(bytes: &[u8]) -> Profile {

@@ -27,7 +27,36 @@ struct Mapping {
     start: u64,
     end: u64,
     file_offset: u64,
+    /// Where the daemon reads the file (through the process's root).
     path: PathBuf,
+    /// The file's path as the process sees it.
+    shown_path: PathBuf,
+}
+
+/// A named user frame, and where it lies, so that a profiler can name it again.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Frame {
+    pub name: String,
+    pub at: Option<Located>,
+}
+
+/// An address in a mapped file: for a caller, the byte before its return address (the call).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Located {
+    pub address: u64,
+    pub mapping: MappedFile,
+}
+
+/// A file mapping of a process, as pprof describes one.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct MappedFile {
+    pub start: u64,
+    pub end: u64,
+    pub file_offset: u64,
+    /// As the process sees it.
+    pub path: String,
+    /// The ELF's GNU build ID in hex, where it has one.
+    pub build_id: Option<String>,
 }
 
 /// How often the mappings are re-read: short enough to see a brief command's exec.
@@ -42,6 +71,7 @@ pub struct Frames {
     unreadable: bool,
     /// Where each leaf seen keeps its return address, if it keeps no frame.
     leaf_returns: HashMap<u64, Option<ReturnAddress>>,
+    build_ids: HashMap<PathBuf, Option<String>>,
 }
 
 impl Frames {
@@ -70,7 +100,7 @@ impl Frames {
             .filter(|m| !m.is_empty())?
             .into_iter()
             .map(|m| Mapping {
-                path: root.join(m.path.strip_prefix("/").unwrap_or(&m.path)),
+                path: root.join(m.shown_path.strip_prefix("/").unwrap_or(&m.shown_path)),
                 ..m
             })
             .collect();
@@ -86,6 +116,7 @@ impl Frames {
             symbolizer: Symbolizer::new(),
             unreadable: false,
             leaf_returns: HashMap::new(),
+            build_ids: HashMap::new(),
         }
     }
 
@@ -98,6 +129,52 @@ impl Frames {
     /// walk skipped when the leaf keeps no frame, where the kernel found its return address in
     /// the place the leaf's CFI says it is.
     pub fn call_site_names(&mut self, key: &StackKey, ips: &[u64]) -> Vec<String> {
+        let ips = self.with_hidden_caller(key, ips);
+        self.names(&ips)
+    }
+
+    /// [`Frames::call_site_names`], each frame with where it lies.
+    pub fn call_site_frames(&mut self, key: &StackKey, ips: &[u64]) -> Vec<Frame> {
+        let ips = self.with_hidden_caller(key, ips);
+        let names = self.names(&ips);
+        let located = lookups(&ips).into_iter().rev().map(|ip| self.located(ip));
+        names
+            .into_iter()
+            .zip(located)
+            .map(|(name, at)| Frame { name, at })
+            .collect()
+    }
+
+    fn located(&mut self, address: u64) -> Option<Located> {
+        let mapping = self.mapping_of(address)?;
+        let build_id = self
+            .build_ids
+            .entry(mapping.path.clone())
+            .or_insert_with(|| build_id(&mapping.path))
+            .clone();
+        Some(Located {
+            address,
+            mapping: MappedFile {
+                start: mapping.start,
+                end: mapping.end,
+                file_offset: mapping.file_offset,
+                path: mapping.shown_path.display().to_string(),
+                build_id,
+            },
+        })
+    }
+
+    fn mapping_of(&self, address: u64) -> Option<Mapping> {
+        self.mappings
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .find(|m| (m.start..m.end).contains(&address))
+            .cloned()
+    }
+
+    /// The stack's addresses, leaf first, with the caller the walk skipped put back.
+    fn with_hidden_caller(&mut self, key: &StackKey, ips: &[u64]) -> Vec<u64> {
         let hidden = match (ips.first(), ips.get(1)) {
             (Some(&leaf), next) if key.caller != 0 && next != Some(&key.caller) => {
                 let found = if cfg!(target_arch = "aarch64") {
@@ -109,26 +186,20 @@ impl Frames {
             }
             _ => false,
         };
-        if !hidden {
-            return self.names(ips);
+        let mut ips = ips.to_vec();
+        if hidden {
+            ips.insert(1, key.caller);
         }
-        let mut with_caller = ips.to_vec();
-        with_caller.insert(1, key.caller);
-        self.names(&with_caller)
+        ips
     }
 
     fn leaf_return(&mut self, leaf: u64) -> Option<ReturnAddress> {
         if let Some(known) = self.leaf_returns.get(&leaf) {
             return *known;
         }
-        let mapping = self
-            .mappings
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .find(|m| (m.start..m.end).contains(&leaf))
-            .cloned();
-        let found = mapping.and_then(|m| frameless_return(&m.path, leaf - m.start + m.file_offset));
+        let found = self
+            .mapping_of(leaf)
+            .and_then(|m| frameless_return(&m.path, leaf - m.start + m.file_offset));
         self.leaf_returns.insert(leaf, found);
         found
     }
@@ -144,12 +215,7 @@ impl Frames {
     }
 
     fn named(&mut self, ips: &[u64], name_all: fn(&mut Self, &[u64])) -> Vec<String> {
-        // Past the leaf, each address is a return address: the call is the byte before it.
-        let lookups: Vec<u64> = ips
-            .iter()
-            .enumerate()
-            .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
-            .collect();
+        let lookups = lookups(ips);
         let missing: Vec<u64> = lookups
             .iter()
             .copied()
@@ -216,6 +282,25 @@ impl Frames {
     }
 }
 
+/// The addresses a stack's frames are named by: past the leaf, each address is a return address,
+/// and the call is the byte before it.
+fn lookups(ips: &[u64]) -> Vec<u64> {
+    ips.iter()
+        .enumerate()
+        .map(|(i, ip)| if i == 0 { *ip } else { ip.saturating_sub(1) })
+        .collect()
+}
+
+/// The GNU build ID of the ELF file at `path`, in hex.
+fn build_id(path: &std::path::Path) -> Option<String> {
+    use object::Object as _;
+    let file = std::fs::File::open(path).ok()?;
+    let cache = object::ReadCache::new(file);
+    let elf = object::File::parse(&cache).ok()?;
+    let id = elf.build_id().ok()??;
+    Some(id.iter().map(|b| format!("{b:02x}")).collect())
+}
+
 /// The process's file-backed mappings, or `None` once it is gone.
 fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
     let maps = procfs::process::Process::new(pid as i32).ok()?.maps().ok()?;
@@ -226,6 +311,7 @@ fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
                     start: m.address.0,
                     end: m.address.1,
                     file_offset: m.offset,
+                    shown_path: path.clone(),
                     path,
                 }),
                 _ => None,

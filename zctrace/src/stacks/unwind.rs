@@ -23,8 +23,8 @@ pub enum ReturnAddress {
 /// if it keeps no frame; `None` when it keeps one (the frame-pointer walk then sees its caller),
 /// or when the file has no CFI for that instruction.
 pub fn frameless_return(path: &Path, file_offset: u64) -> Option<ReturnAddress> {
-    let data = std::fs::read(path).ok()?;
-    let elf = object::File::parse(&*data).ok()?;
+    let cache = object::ReadCache::new(std::fs::File::open(path).ok()?);
+    let elf = object::File::parse(&cache).ok()?;
     let address = elf.segments().find_map(|segment| {
         let (start, size) = segment.file_range();
         (start..start + size)

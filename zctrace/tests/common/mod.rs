@@ -860,6 +860,37 @@ pub fn pprof_tags(profile: &Path, pid: u32) -> String {
     pprof(profile, pid, &["-tags"])
 }
 
+/// `go tool pprof -raw` of a copy profile: its samples, locations and mappings as stored.
+pub fn pprof_raw(profile: &Path) -> String {
+    let output = Command::new("go")
+        .args(["tool", "pprof", "-raw"])
+        .arg(profile)
+        .env("PPROF_TMPDIR", scratch_path("pprof-tmp"))
+        .output()
+        .expect("go tool pprof (`cargo xtask setup` installs golang-go)");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The GNU build ID of the ELF at `path`, in hex, as `readelf -n` prints it.
+pub fn build_id(path: &Path) -> String {
+    let notes = Command::new("readelf")
+        .arg("-n")
+        .arg(path)
+        .output()
+        .expect("readelf");
+    let text = String::from_utf8_lossy(&notes.stdout);
+    text.split("Build ID: ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no build ID in {}: {text}", path.display()))
+        .to_string()
+}
+
 /// What `go tool pprof REPORT` prints of `pid`'s samples, by CPU-copied bytes.
 fn pprof(profile: &Path, pid: u32, report: &[&str]) -> String {
     let output = Command::new("go")
