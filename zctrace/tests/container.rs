@@ -342,7 +342,52 @@ fn the_daemonset_profiles_a_containerized_relay_by_its_own_frames() {
     let patched = daemonset_with_profiles();
     let daemonset = DaemonSet::run(&patched["spec"]["template"]["spec"], "profiles");
     let rootfs = static_relay_rootfs();
-    let name = format!("zctrace-relay-{}", std::process::id());
+    // A stack the daemon's shared stack map refuses (another process's holds its bucket) is
+    // counted and shown as not recorded: run the relay again, at new addresses, saying why.
+    for run in 1..=3 {
+        let (pid, id, relayed, profile) = profile_containerized_relay(&daemonset, &rootfs, run);
+        let top = pprof_top(&profile, pid);
+        if run < 3 && top.iter().any(|(_, f)| f == zctrace::stacks::UNRECORDED) {
+            let metrics = daemonset.get("/metrics").unwrap_or_default();
+            let drops: Vec<&str> = metrics
+                .lines()
+                .filter(|l| l.starts_with("zctrace_map_update_errors_total{map=\"STACKS"))
+                .collect();
+            eprintln!("a stack of the relay's was not recorded ({drops:?}); running once more: {top:?}");
+            continue;
+        }
+        assert_eq!(
+            top.first().map(|(_, f)| f.as_str()),
+            Some("relay_body"),
+            "{top:?}\n{}",
+            daemonset.logs()
+        );
+        // The pod samples at the default period, 1 MiB: the relay's 64 MiB through relay_body
+        // are about 64 points, a Poisson count whose standard deviation is an eighth of it.
+        let copied = 2 * relayed;
+        let points = copied as f64 / (1024.0 * 1024.0);
+        let four_deviations = 4.0 * copied as f64 / points.sqrt();
+        assert!(
+            (top[0].0.abs_diff(copied) as f64) < four_deviations,
+            "relay_body: {top:?}, {copied} copied"
+        );
+        let tags = pprof_tags(&profile, pid);
+        assert!(
+            tags.contains(&id),
+            "the relay's samples carry its container {id}: {tags}"
+        );
+        return;
+    }
+}
+
+/// Runs the relay in a container of its own from `rootfs`, then takes the daemon's profile:
+/// the relay's pid on the host, its container's id, the bytes it relayed, and the profile's path.
+fn profile_containerized_relay(
+    daemonset: &DaemonSet,
+    rootfs: &std::path::Path,
+    run: u32,
+) -> (u32, String, u64, std::path::PathBuf) {
+    let name = format!("zctrace-relay-{}-{run}", std::process::id());
     let input = test_file(32 * MIB);
     let started = podman(&[
         "run",
@@ -372,43 +417,27 @@ fn the_daemonset_profiles_a_containerized_relay_by_its_own_frames() {
         let output = podman(&["inspect", "--format", format, &relay.0]);
         String::from_utf8_lossy(&output.stdout).trim().to_string()
     };
-    let (pid, id): (u32, String) = (
+    let (pid, id) = (
         inspect("{{.State.Pid}}").parse().expect("the relay's pid"),
         inspect("{{.Id}}"),
     );
     assert!(podman(&["wait", &relay.0]).status.success());
     let stderr = String::from_utf8_lossy(&podman(&["logs", &relay.0]).stderr).into_owned();
-    let relayed: u64 = stderr
+    let relayed = stderr
         .split_whitespace()
         .find_map(|field| field.strip_prefix("relayed="))
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("relayed= in {stderr}"));
-    let profile = scratch_path("containerized.pb.gz");
+    let profile = scratch_path(&format!("containerized-{run}.pb.gz"));
     let bytes = daemonset
         .get_bytes("/debug/pprof/copies")
         .unwrap_or_else(|e| panic!("{e}\n{}", daemonset.logs()));
     std::fs::write(&profile, bytes).unwrap();
-    let top = pprof_top(&profile, pid);
-    assert_eq!(
-        top.first().map(|(_, f)| f.as_str()),
-        Some("relay_body"),
-        "{top:?}\n{}",
-        daemonset.logs()
-    );
-    let copied = 2 * relayed;
-    assert!(
-        top[0].0.abs_diff(copied) * 10 < copied,
-        "relay_body: {top:?}, {copied} copied"
-    );
-    let tags = pprof_tags(&profile, pid);
-    assert!(
-        tags.contains(&id),
-        "the relay's samples carry its container {id}: {tags}"
-    );
+    (pid, id, relayed, profile)
 }
 
-/// A root filesystem holding only the stack relay, built static, at `/relay`: a path the host
-/// does not have.
+/// A root filesystem holding only the stack relay, built static (position-independent, so that
+/// each run lies at new addresses), at `/relay`: a path the host does not have.
 fn static_relay_rootfs() -> std::path::PathBuf {
     let rootfs = scratch_path("relay-rootfs");
     std::fs::create_dir_all(&rootfs).unwrap();
