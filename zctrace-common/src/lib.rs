@@ -459,6 +459,9 @@ pub enum StackMode {
     Kernel = 2,
     /// Both stacks wherever a copy is observed.
     Both = 3,
+    /// The daemon's profiles: [`StackMode::User`]'s call sites and [`StackMode::Both`]'s copy
+    /// sites, of every process.
+    Profiles = 4,
 }
 
 /// A stack id that was not recorded (the stack map refused it, or none was asked for).
@@ -544,9 +547,11 @@ pub struct CopyStackKey {
     /// Ids in the `STACKS` map, or [`NO_STACK`].
     pub kernel_stack: i32,
     pub user_stack: i32,
+    /// The process the copy was made for; 0 for a copy in a softirq, on no process's behalf.
+    pub tgid: u32,
     /// A [`Copier`].
     pub copier: u8,
-    pub reserved: [u8; 7],
+    pub reserved: [u8; 3],
 }
 
 /// The copies observed at one [`CopyStackKey`].
@@ -821,7 +826,7 @@ mod tests {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 4);
         assert_eq!(size_of::<StackKey>(), 4 + 4 + 8 + 2 + 1 + 1 + 1 + 1 + 2);
-        assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 1 + 7);
+        assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 4 + 1 + 3);
         assert_eq!(size_of::<CopyStackCounts>(), 2 * 8);
         assert_eq!(size_of::<SyscallStats>(), 4 * 8);
         assert_eq!(

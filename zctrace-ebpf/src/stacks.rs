@@ -1,9 +1,9 @@
-//! Stacks for `attach --stacks`, aggregated here in bounded maps because an event per call would
+//! Stacks for `attach --stacks` and the daemon's profiles, aggregated here in bounded maps because an event per call would
 //! cost more than the call: the user stack of each data-path syscall with the mechanism it used
 //! (user mode), or the kernel stack, and the user stack with it, wherever a copy is observed.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
-    helpers::{bpf_get_prandom_u32, bpf_probe_read_user},
+    helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
     macros::map,
     maps::{Array, HashMap, PerCpuArray, StackTrace},
     programs::tracing::StackIdContext,
@@ -23,7 +23,7 @@ use crate::{
 const EEXIST: i32 = 17;
 const EFAULT: i32 = 14;
 
-/// One entry until `attach --stacks` sizes it: the daemon never records stacks.
+/// One entry until `attach --stacks` or the daemon's profiles size it.
 #[map]
 static STACKS: StackTrace = StackTrace::with_max_entries(1, 0);
 
@@ -44,10 +44,12 @@ static SAMPLE_LEFT: PerCpuArray<u64> = PerCpuArray::with_max_entries(2, 0);
 #[map]
 static SAMPLE_GAP_QUANTILES: Array<u64> = Array::with_max_entries(1, 0);
 
-/// True when `attach --stacks user` asked for the call sites of data-path syscalls.
+/// True when `attach --stacks user` or the daemon's profiles asked for the call sites of
+/// data-path syscalls.
 #[inline(always)]
 pub fn syscall_sites_wanted() -> bool {
-    stack_mode() == StackMode::User as u32
+    let mode = stack_mode();
+    mode == StackMode::User as u32 || mode == StackMode::Profiles as u32
 }
 
 /// The id of the current stack (user with `BPF_F_USER_STACK`), or [`NO_STACK`] with the reason
@@ -109,6 +111,12 @@ fn weight(stream: SampledStream, bytes: u64) -> Option<Weight> {
     })
 }
 
+/// The current task's process.
+#[inline(always)]
+fn current_tgid() -> u32 {
+    (bpf_get_current_pid_tgid() >> 32) as u32
+}
+
 /// A gap to the next sampling point, drawn from user space's quantiles (never 0).
 #[inline(always)]
 fn gap(period: u64) -> u64 {
@@ -158,7 +166,8 @@ pub fn record<C: StackIdContext>(ctx: &C, pt_regs: u64, key: &SyscallKey, failed
 }
 
 /// Counts `bytes` the current task just saw `copier` copy against the kernel stack of the copy
-/// (and the user stack, in both mode), when `attach --stacks kernel|both` asked for them. As in
+/// (and the user stack, in both mode and for profiles), when `attach --stacks kernel|both` or
+/// the daemon's profiles asked for them. As in
 /// [`record`], a stack the map refused is [`NO_STACK`] and one drop. A deferred zerocopy copy runs
 /// in a softirq, whose user stack belongs to whatever task it interrupted, so it gets none.
 #[inline(always)]
@@ -171,16 +180,18 @@ pub fn record_copy<C: StackIdContext>(ctx: &C, copier: Copier, bytes: u64) {
         return;
     };
     let kernel_stack = stack_id(ctx, 0);
-    let user_wanted = mode == StackMode::Both as u32 && copier != Copier::ZerocopyDeferred;
+    let in_softirq = copier == Copier::ZerocopyDeferred;
+    let user_wanted = mode == StackMode::Both as u32 || mode == StackMode::Profiles as u32;
     let site = CopyStackKey {
         kernel_stack,
-        user_stack: if user_wanted {
+        user_stack: if user_wanted && !in_softirq {
             stack_id(ctx, BPF_F_USER_STACK as u64)
         } else {
             NO_STACK
         },
+        tgid: if in_softirq { 0 } else { current_tgid() },
         copier: copier as u8,
-        reserved: [0; 7],
+        reserved: [0; 3],
     };
     let entry = zeroed_entry(&COPY_STACK_COUNTS, &site);
     if entry.is_none() {

@@ -468,7 +468,8 @@ fn go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay() {
     if !privileged("go_tool_pprof_reads_the_daemons_copy_profile_of_a_relay") {
         return;
     }
-    let (top, relayed) = profiled_relay_in_three_runs("profiled", Relay::FramePointers, pprof_top);
+    let (top, relayed, _) =
+        profiled_relay_in_three_runs("profiled", &ProfiledRun::calls(Relay::FramePointers, pprof_top));
     let (flat, function) = &top[0];
     assert_eq!(function, "relay_body", "{top:?}");
     let copied = 2 * relayed;
@@ -486,8 +487,10 @@ fn the_daemons_profile_shows_the_caller_of_libcs_frameless_wrappers() {
     if !privileged("the_daemons_profile_shows_the_caller_of_libcs_frameless_wrappers") {
         return;
     }
-    let (top, relayed) =
-        profiled_relay_in_three_runs("profiled-libc", Relay::LibcWrappers, pprof_top_cumulative);
+    let (top, relayed, _) = profiled_relay_in_three_runs(
+        "profiled-libc",
+        &ProfiledRun::calls(Relay::LibcWrappers, pprof_top_cumulative),
+    );
     let copied = 2 * relayed;
     let relay_body = top.iter().find(|(_, f)| f == "relay_body");
     assert!(
@@ -497,36 +500,88 @@ fn the_daemons_profile_shows_the_caller_of_libcs_frameless_wrappers() {
     assert!(top.iter().any(|(_, f)| f == "write_log"), "{top:?}");
 }
 
-/// `profiled_relay`'s rows, run again (up to three runs) while a stack of the relay's collided
-/// with another process's in the daemon's shared stack map.
-fn profiled_relay_in_three_runs(
-    name: &str,
+/// The kernel copy profile holds the copies the kernel made for the relay below the functions
+/// that asked for them: its TCP sends under relay_body, the draining thread's receives under
+/// drain_socket, each within 10% of the bytes (the TCP send and receive copies are observed on
+/// every kernel; a file read's copy too where the kernel lets zctrace see it, also under
+/// relay_body).
+#[test]
+fn the_daemons_kernel_copy_profile_shows_each_copy_below_its_caller() {
+    if !privileged("the_daemons_kernel_copy_profile_shows_each_copy_below_its_caller") {
+        return;
+    }
+    let run = ProfiledRun {
+        relay: Relay::FramePointers,
+        tcp: true,
+        profile: "/debug/pprof/kernel_copies",
+        rows: pprof_top_cumulative,
+    };
+    let (top, relayed, drained) = profiled_relay_in_three_runs("profiled-kernel", &run);
+    assert_eq!(drained, relayed);
+    let cumulative = |function: &str| top.iter().find(|(_, f)| f == function).map_or(0, |(cum, _)| *cum);
+    let (sent, received) = (cumulative("relay_body"), cumulative("drain_socket"));
+    assert!(
+        sent * 10 > relayed * 9,
+        "relay_body above {sent} copied bytes, {relayed} sent: {top:?}"
+    );
+    assert!(
+        received.abs_diff(drained) * 10 < drained,
+        "drain_socket above {received} copied bytes, {drained} received: {top:?}"
+    );
+    assert!(top.iter().any(|(_, f)| f.starts_with("tcp_sendmsg")), "{top:?}");
+}
+
+/// How a profiled relay runs: its build, whether it writes into TCP (a thread of it drains the
+/// other end) or a file, which profile is read, and which `go tool pprof` rows of it.
+struct ProfiledRun {
     relay: Relay,
+    tcp: bool,
+    profile: &'static str,
     rows: fn(&Path, u32) -> Vec<(u64, String)>,
-) -> (Vec<(u64, String)>, u64) {
+}
+
+impl ProfiledRun {
+    /// Into a file, read by its call sites.
+    fn calls(relay: Relay, rows: fn(&Path, u32) -> Vec<(u64, String)>) -> ProfiledRun {
+        ProfiledRun {
+            relay,
+            tcp: false,
+            profile: "/debug/pprof/copies",
+            rows,
+        }
+    }
+}
+
+/// `profiled_relay`'s figures, run again (up to three runs) while a stack of the relay's collided
+/// with another process's in the daemon's shared stack map.
+fn profiled_relay_in_three_runs(name: &str, run: &ProfiledRun) -> (Vec<(u64, String)>, u64, u64) {
     let mut runs = 1;
     loop {
-        let (top, relayed) = profiled_relay(&format!("{name}-{runs}"), relay, rows);
-        if runs == 3 || !top.iter().any(|(_, f)| f == zctrace::stacks::UNRECORDED) {
-            return (top, relayed);
+        let figures = profiled_relay(&format!("{name}-{runs}"), run);
+        if runs == 3 || !figures.0.iter().any(|(_, f)| f == zctrace::stacks::UNRECORDED) {
+            return figures;
         }
-        eprintln!("a stack of the relay's collided with another process's; running once more: {top:?}");
+        eprintln!(
+            "a stack of the relay's collided with another process's; running once more: {:?}",
+            figures.0
+        );
         runs += 1;
     }
 }
 
-/// Runs the stack relay beside a daemon with profiles; its `rows` of `go tool pprof`, and the
-/// bytes it relayed.
-fn profiled_relay(
-    name: &str,
-    relay: Relay,
-    rows: fn(&Path, u32) -> Vec<(u64, String)>,
-) -> (Vec<(u64, String)>, u64) {
-    let program = relay_program(relay);
+/// Runs the stack relay beside a daemon with profiles; its rows of the profile, and the bytes it
+/// relayed and drained.
+fn profiled_relay(name: &str, run: &ProfiledRun) -> (Vec<(u64, String)>, u64, u64) {
+    let program = relay_program(run.relay);
     let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384", "--workload-labels"]);
     // A host service, as the daemon names workloads from cgroup paths.
     let cgroups = TestCgroups::new(name);
     let service = cgroups.make("/system.slice/zc-profiled.service");
+    let dst = if run.tcp {
+        "tcp".into()
+    } else {
+        scratch_path(&format!("{name}.out"))
+    };
     // It lingers past a sweep of the daemon, which names its frames while it lives.
     let relay = Command::new("sh")
         .arg("-c")
@@ -535,7 +590,7 @@ fn profiled_relay(
             cgroups.procs(&service).display(),
             program.display(),
             test_file(32 * MIB).display(),
-            scratch_path(&format!("{name}.out")).display(),
+            dst.display(),
             scratch_path(&format!("{name}.log")).display(),
         ))
         .stderr(Stdio::piped())
@@ -545,12 +600,14 @@ fn profiled_relay(
     let output = relay.wait_with_output().unwrap();
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(output.status.success(), "{stderr}");
-    let relayed: u64 = stderr
-        .split_whitespace()
-        .find_map(|field| field.strip_prefix("relayed="))
-        .and_then(|n| n.parse().ok())
-        .expect("relayed=");
-    let profile = daemon.profile(&format!("{name}.pb.gz"));
+    let figure = |name: &str| -> u64 {
+        stderr
+            .split_whitespace()
+            .find_map(|field| field.strip_prefix(name))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in {stderr}"))
+    };
+    let profile = daemon.profile(run.profile, &format!("{name}.pb.gz"));
     // A profiler can name the frames again: the relay's mapping names its file and build ID.
     let mapping = format!("{} {}", program.display(), build_id(&program));
     let raw = pprof_raw(&profile);
@@ -560,5 +617,5 @@ fn profiled_relay(
         tags.contains("systemd_unit") && tags.contains("zc-profiled.service"),
         "the relay's samples carry its workload: {tags}"
     );
-    (rows(&profile, pid), relayed)
+    ((run.rows)(&profile, pid), figure("relayed="), figure("drained="))
 }

@@ -208,7 +208,10 @@ fn go_tool_pprof_reads_the_daemons_copy_profile_of_nginx() {
     for _ in 0..REQUESTS {
         assert!(nginx.get() > BODY);
     }
-    let top = pprof_top(&daemon.profile("nginx-off.pb.gz"), nginx.child.id());
+    let top = pprof_top(
+        &daemon.profile("/debug/pprof/copies", "nginx-off.pb.gz"),
+        nginx.child.id(),
+    );
     let served = REQUESTS * BODY;
     for (wrapper, (flat, function)) in ["pread", "writev"].iter().zip(sorted_by_name(&top[..2])) {
         assert!(function.contains(wrapper), "{top:?}");

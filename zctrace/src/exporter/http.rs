@@ -16,7 +16,10 @@ use axum::{
     Router,
 };
 use tokio::sync::Semaphore;
-use tower::{limit::ConcurrencyLimitLayer, ServiceBuilder};
+use tower::{
+    limit::{ConcurrencyLimitLayer, GlobalConcurrencyLimitLayer},
+    ServiceBuilder,
+};
 
 use super::{
     connections::{HttpStats, Refusal},
@@ -24,6 +27,7 @@ use super::{
     scrape::Format,
     webconfig::BasicAuth,
 };
+use crate::stacks::pprof::ProfileKind;
 
 /// Scrapes encoded at once. More wait their turn, within the request timeout, rather than fail.
 pub const CONCURRENT_SCRAPES: usize = 4;
@@ -102,10 +106,15 @@ pub fn router(
     };
     // A profile over N seconds takes N seconds: it has a deadline and a slot of its own, apart
     // from the scrapes'.
+    let one_profile_at_a_time = GlobalConcurrencyLimitLayer::new(CONCURRENT_PROFILES);
     let profiles = Router::new()
         .route(
             PROFILE_PATH,
-            get(copy_profile).layer(ConcurrencyLimitLayer::new(CONCURRENT_PROFILES)),
+            get(|state, uri| profile(state, uri, ProfileKind::Calls)).layer(one_profile_at_a_time.clone()),
+        )
+        .route(
+            KERNEL_PROFILE_PATH,
+            get(|state, uri| profile(state, uri, ProfileKind::Copies)).layer(one_profile_at_a_time),
         )
         .layer(middleware::from_fn_with_state(app.clone(), authenticate));
     // Credentials are checked outside the scrape slots; the deadline covers both waits.
@@ -218,20 +227,23 @@ async fn landing(State(app): State<App>) -> Html<String> {
     ))
 }
 
-/// Where `--profiles` serves the copy profile, as Go's net/http/pprof names its profiles.
+/// Where `--profiles` serves the copy profile (call sites), as Go's net/http/pprof names its
+/// profiles.
 pub const PROFILE_PATH: &str = "/debug/pprof/copies";
+/// Where it serves the kernel copy profile (observed copies, with their kernel stacks).
+pub const KERNEL_PROFILE_PATH: &str = "/debug/pprof/kernel_copies";
 /// The longest `?seconds=` a profile request may ask for.
 pub const MAX_PROFILE_WINDOW: Duration = Duration::from_secs(300);
 /// Profiles taken at once; more wait for a slot within their deadline.
 const CONCURRENT_PROFILES: usize = 1;
 
-/// The copy profile since the daemon started, or over the next `?seconds=N`, gzipped pprof.
-async fn copy_profile(State(app): State<App>, uri: axum::http::Uri) -> Response {
+/// The `kind` profile since the daemon started, or over the next `?seconds=N`, gzipped pprof.
+async fn profile(State(app): State<App>, uri: axum::http::Uri, kind: ProfileKind) -> Response {
     let seconds = match profile_window(uri.query().unwrap_or("")) {
         Ok(seconds) => seconds,
         Err(message) => return (StatusCode::BAD_REQUEST, format!("{message}\n")).into_response(),
     };
-    match profile_body(app.daemon, seconds).await {
+    match profile_body(app.daemon, seconds, kind).await {
         Ok(Some(body)) => ([(header::CONTENT_TYPE, "application/octet-stream")], body).into_response(),
         Ok(None) => (
             StatusCode::NOT_FOUND,
@@ -263,7 +275,11 @@ fn profile_window(query: &str) -> Result<Option<Duration>, String> {
     }
 }
 
-async fn profile_body(daemon: Arc<Daemon>, window: Option<Duration>) -> anyhow::Result<Option<Vec<u8>>> {
+async fn profile_body(
+    daemon: Arc<Daemon>,
+    window: Option<Duration>,
+    kind: ProfileKind,
+) -> anyhow::Result<Option<Vec<u8>>> {
     let read = |daemon: Arc<Daemon>| async move {
         tokio::task::spawn_blocking(move || daemon.profile_samples()).await?
     };
@@ -289,7 +305,7 @@ async fn profile_body(daemon: Arc<Daemon>, window: Option<Duration>) -> anyhow::
         duration,
         period,
     };
-    let profile = crate::stacks::pprof::profile(&samples, &window);
+    let profile = crate::stacks::pprof::profile(&samples, kind, &window);
     Ok(Some(crate::stacks::pprof::gzipped(&profile)?))
 }
 

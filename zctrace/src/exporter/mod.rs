@@ -133,7 +133,7 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     privileges::require()?;
     let tracer = Tracer::load(&ProbeOptions {
         only: args.probes.clone(),
-        stacks: args.profiles.then_some(StackMode::User),
+        stacks: args.profiles.then_some(StackMode::Profiles),
         sample_period: args.profiles.then_some(args.profile_period),
         map_capacity: if args.profiles {
             vec![("STACKS", PROFILE_STACKS)]

@@ -1,27 +1,29 @@
-//! The daemon's copy profiles (`--profiles`): every process's sampled call sites, their frames
-//! named while the process lives (its mappings and files are gone after), and kept once it exits,
-//! when its entries leave the kernel's maps. Served as pprof by `/debug/pprof/copies`.
+//! The daemon's copy profiles (`--profiles`): every process's sampled call sites of data-path
+//! syscalls, and the copies the kernel was seen making with their kernel stacks, their frames
+//! named while the process lives (its mappings and files are gone after), and kept once it
+//! exits, when its entries leave the kernel's maps. Served as pprof by `/debug/pprof/copies` and
+//! `/debug/pprof/kernel_copies`.
 use std::collections::{HashMap, HashSet};
 
 use anyhow::Result;
-use zctrace_common::{StackKey, SyscallStats};
+use zctrace_common::{CopyStackKey, StackKey, SyscallStats};
 
 use crate::{
-    probes::Tracer,
+    probes::{CopyStackSite, Tracer},
     procfs,
     stacks::{
-        pprof::ProfileSample,
-        symbols::{Frame, Frames},
-        Site,
+        pprof::{ProfileKind, ProfileSample},
+        symbols::{Frame, Frames, Located},
+        Site, StackKind,
     },
     workload::Workload,
 };
 
 pub struct Profiles {
-    /// Bytes moved per sampling point, on average.
+    /// Bytes per sampling point, on average.
     pub period: u64,
-    /// The frames of each process's call sites, named while it lived.
-    named: HashMap<NamedAs, Vec<Frame>>,
+    /// The frames of each process's sites, named while it lived.
+    named: HashMap<Named, NamedFrames>,
     comms: HashMap<u32, String>,
     /// Each process's workload, with `--workload-labels`.
     workloads: HashMap<u32, Workload>,
@@ -35,6 +37,51 @@ pub struct Profiles {
 /// would otherwise grow them without end.
 pub const RETIRED_SITES: usize = 16384;
 
+/// What a site's frame names are kept by: its process, and its stacks (a call site's user stack
+/// and hidden caller, a copy site's kernel and user stacks).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Named {
+    Call(u32, i32, u64),
+    Copy(u32, i32, i32),
+}
+
+impl Named {
+    fn call(key: &StackKey) -> Named {
+        Named::Call(key.tgid, key.user_stack, key.caller)
+    }
+
+    fn copy(key: &CopyStackKey) -> Named {
+        Named::Copy(key.tgid, key.kernel_stack, key.user_stack)
+    }
+
+    fn tgid(&self) -> u32 {
+        match *self {
+            Named::Call(tgid, ..) | Named::Copy(tgid, ..) => tgid,
+        }
+    }
+}
+
+/// A site's user frames, and for a copy site its kernel frames, root first.
+struct NamedFrames {
+    user: Vec<Frame>,
+    kernel: Vec<String>,
+}
+
+/// Every site the kernel's maps hold now.
+struct Sites {
+    calls: Vec<(StackKey, SyscallStats, Vec<u64>)>,
+    copies: Vec<CopyStackSite>,
+}
+
+impl Sites {
+    fn read(tracer: &Tracer) -> Result<Sites> {
+        Ok(Sites {
+            calls: tracer.stack_sites()?,
+            copies: tracer.copy_stack_sites()?,
+        })
+    }
+}
+
 impl Profiles {
     pub fn new(period: u64) -> Profiles {
         Profiles {
@@ -47,25 +94,35 @@ impl Profiles {
         }
     }
 
-    /// Names the stacks of live processes seen for the first time, and moves the sites of the
+    /// Names the sites of live processes seen for the first time, and moves the sites of the
     /// processes in `gone` out of the kernel's maps, into the profiles' own keeping.
     pub fn collect(&mut self, tracer: &mut Tracer, gone: &HashSet<u32>) -> Result<()> {
-        let sites = tracer.stack_sites()?;
+        let sites = Sites::read(tracer)?;
         self.name_new(&sites, gone);
-        let (retiring, _): (Vec<_>, Vec<_>) =
-            sites.into_iter().partition(|(key, ..)| gone.contains(&key.tgid));
-        let keys: Vec<StackKey> = retiring.iter().map(|(key, ..)| *key).collect();
-        let samples: Vec<ProfileSample> = retiring
+        let calls: Vec<&(StackKey, SyscallStats, Vec<u64>)> = sites
+            .calls
             .iter()
-            .map(|(key, stats, _)| self.sample(key, stats))
+            .filter(|(key, ..)| gone.contains(&key.tgid))
+            .collect();
+        let copies: Vec<&CopyStackSite> = sites
+            .copies
+            .iter()
+            .filter(|site| gone.contains(&site.key.tgid))
+            .collect();
+        let samples: Vec<ProfileSample> = calls
+            .iter()
+            .map(|(key, stats, _)| self.call_sample(key, stats))
+            .chain(copies.iter().map(|site| self.copy_sample(site)))
             .collect();
         let (kept, dropped) = bounded(merged(
             std::mem::take(&mut self.retired).into_iter().chain(samples),
         ));
         self.retired = kept;
         self.dropped += dropped;
-        tracer.forget_stack_sites(&keys)?;
-        self.named.retain(|(tgid, ..), _| !gone.contains(tgid));
+        let call_keys: Vec<StackKey> = calls.iter().map(|(key, ..)| *key).collect();
+        let copy_keys: Vec<CopyStackKey> = copies.iter().map(|site| site.key).collect();
+        tracer.forget_stack_sites(&call_keys, &copy_keys)?;
+        self.named.retain(|named, _| !gone.contains(&named.tgid()));
         self.comms.retain(|tgid, _| !gone.contains(tgid));
         self.workloads.retain(|tgid, _| !gone.contains(tgid));
         Ok(())
@@ -78,59 +135,115 @@ impl Profiles {
 
     /// Every process's sites since the daemon started, the new ones named now.
     pub fn samples(&mut self, tracer: &Tracer) -> Result<Vec<ProfileSample>> {
-        let sites = tracer.stack_sites()?;
+        let sites = Sites::read(tracer)?;
         self.name_new(&sites, &HashSet::new());
-        let live = sites.iter().map(|(key, stats, _)| self.sample(key, stats));
+        let live = sites
+            .calls
+            .iter()
+            .map(|(key, stats, _)| self.call_sample(key, stats))
+            .chain(sites.copies.iter().map(|site| self.copy_sample(site)));
         Ok(merged(self.retired.iter().cloned().chain(live)))
     }
 
-    /// Names the stacks not named yet, from their processes' mappings as they are now.
-    fn name_new(&mut self, sites: &[(StackKey, SyscallStats, Vec<u64>)], gone: &HashSet<u32>) {
-        let mut frames: HashMap<u32, Option<Frames>> = HashMap::new();
-        for (key, _, ips) in sites {
-            if gone.contains(&key.tgid) || self.named.contains_key(&named_as(key)) {
+    /// Names the sites not named yet, from their processes' mappings as they are now.
+    fn name_new(&mut self, sites: &Sites, gone: &HashSet<u32>) {
+        let mut processes: HashMap<u32, Option<Frames>> = HashMap::new();
+        let calls = sites
+            .calls
+            .iter()
+            .map(|(key, _, ips)| (Named::call(key), Unnamed::Call(key, ips.as_slice())));
+        let copies = sites
+            .copies
+            .iter()
+            .map(|site| (Named::copy(&site.key), Unnamed::Copy(site)));
+        for (named, unnamed) in calls.chain(copies) {
+            let tgid = named.tgid();
+            if gone.contains(&tgid) || self.named.contains_key(&named) {
                 continue;
             }
-            // A process that exited since it made its calls has no mappings left to name by.
-            let Some(process) = frames.entry(key.tgid).or_insert_with(|| Frames::live(key.tgid)) else {
+            // A process that exited since it made its calls has no mappings left to name by; a
+            // copy in a softirq has no process, only kernel frames.
+            let process = processes.entry(tgid).or_insert_with(|| match tgid {
+                0 => Some(Frames::kernel_only()),
+                _ => Frames::live(tgid),
+            });
+            let Some(process) = process else {
                 continue;
             };
-            let frames = process.call_site_frames(key, ips);
+            let frames = match unnamed {
+                Unnamed::Call(key, ips) => NamedFrames {
+                    user: process.call_site_frames(key, ips),
+                    kernel: Vec::new(),
+                },
+                Unnamed::Copy(site) => NamedFrames {
+                    user: process.frames(&site.user),
+                    kernel: process.kernel_names(&site.kernel),
+                },
+            };
             // Named by offsets because a file could not be read: another pass may read it.
             if !process.complete() {
                 continue;
             }
-            self.named.insert(named_as(key), frames);
-            if let Some(comm) = procfs::comm(key.tgid) {
-                self.comms.entry(key.tgid).or_insert(comm);
+            self.named.insert(named, frames);
+            if let Some(comm) = procfs::comm(tgid) {
+                self.comms.entry(tgid).or_insert(comm);
             }
         }
     }
 
-    fn sample(&self, key: &StackKey, stats: &SyscallStats) -> ProfileSample {
-        let (frames, located) = match self.named.get(&named_as(key)) {
-            Some(frames) => frames.iter().map(|f| (f.name.clone(), f.at.clone())).unzip(),
+    fn call_sample(&self, key: &StackKey, stats: &SyscallStats) -> ProfileSample {
+        let (frames, located) = match self.named.get(&Named::call(key)) {
+            Some(named) => named.user.iter().map(|f| (f.name.clone(), f.at.clone())).unzip(),
             None => (vec![NOT_NAMED.to_string()], vec![None]),
         };
-        ProfileSample {
+        self.sample(
+            key.tgid,
+            ProfileKind::Calls,
+            Site::new(key, stats, frames),
             located,
-            pid: key.tgid,
+        )
+    }
+
+    /// A copy site's sample: its user frames above its kernel frames, as `attach --stacks both`
+    /// shows them.
+    fn copy_sample(&self, site: &CopyStackSite) -> ProfileSample {
+        let named = self.named.get(&Named::copy(&site.key));
+        let (user, located): (Vec<String>, Vec<_>) = match named {
+            Some(named) => named.user.iter().map(|f| (f.name.clone(), f.at.clone())).unzip(),
+            None => (vec![NOT_NAMED.to_string()], vec![None]),
+        };
+        let kernel = named.map_or_else(Vec::new, |named| named.kernel.clone());
+        let tgid = site.key.tgid;
+        let site = Site::at_copy(StackKind::Both, &site.key, &site.copies, user, kernel);
+        self.sample(tgid, ProfileKind::Copies, site, located)
+    }
+
+    fn sample(
+        &self,
+        tgid: u32,
+        kind: ProfileKind,
+        site: Site,
+        located: Vec<Option<Located>>,
+    ) -> ProfileSample {
+        ProfileSample {
+            pid: tgid,
+            kind,
             comm: self
                 .comms
-                .get(&key.tgid)
+                .get(&tgid)
                 .cloned()
                 .unwrap_or_else(|| procfs::UNKNOWN_COMM.to_string()),
-            workload: self.workloads.get(&key.tgid).cloned().unwrap_or_default(),
-            site: Site::new(key, stats, frames),
+            workload: self.workloads.get(&tgid).cloned().unwrap_or_default(),
+            site,
+            located,
         }
     }
 }
 
-/// What a call site's frame names are kept by: its process, stack and hidden caller.
-type NamedAs = (u32, i32, u64);
-
-fn named_as(key: &StackKey) -> NamedAs {
-    (key.tgid, key.user_stack, key.caller)
+/// A site the kernel's maps hold, before it is named.
+enum Unnamed<'a> {
+    Call(&'a StackKey, &'a [u64]),
+    Copy(&'a CopyStackSite),
 }
 
 /// The frames of a site whose process exited before the daemon could name them, or whose
@@ -195,6 +308,7 @@ mod tests {
     fn sample(pid: u32, frame: &str, bytes: u64) -> ProfileSample {
         ProfileSample {
             pid,
+            kind: ProfileKind::Calls,
             located: vec![None, None],
             comm: "relay".into(),
             workload: Workload::default(),

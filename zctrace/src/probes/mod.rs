@@ -388,32 +388,52 @@ impl Tracer {
         Ok(sites)
     }
 
-    /// Removes the call sites `keys` from the kernel's maps, and the stacks no other site uses.
-    pub fn forget_stack_sites(&mut self, keys: &[StackKey]) -> Result<()> {
+    /// Removes the call sites `calls` and copy sites `copies` from the kernel's maps, and the
+    /// stacks no other site uses.
+    pub fn forget_stack_sites(&mut self, calls: &[StackKey], copies: &[CopyStackKey]) -> Result<()> {
         // Every sweep asks; most have nothing to forget, and no map need be walked for that.
-        if keys.is_empty() {
+        if calls.is_empty() && copies.is_empty() {
             return Ok(());
         }
-        let mut counts: HashMap<_, StackKey, SyscallStats> = HashMap::try_from(
-            self.ebpf
-                .map_mut("STACK_COUNTS")
-                .context("STACK_COUNTS map missing")?,
-        )?;
-        for key in keys {
-            let _ = counts.remove(key);
-        }
-        let kept: HashSet<i32> = counts
-            .keys()
-            .filter_map(Result::ok)
+        let mut kept = self.forget_sites::<_, SyscallStats>(CALL_SITES, calls, |k| vec![k.user_stack])?;
+        kept.extend(self.forget_sites::<_, CopyStackCounts>(COPY_SITES, copies, |k| {
+            vec![k.kernel_stack, k.user_stack]
+        })?);
+        let forgotten: Vec<i32> = calls
+            .iter()
             .map(|k| k.user_stack)
+            .chain(copies.iter().flat_map(|k| [k.kernel_stack, k.user_stack]))
+            .filter(|id| !kept.contains(id))
             .collect();
         let mut stacks = StackTraceMap::try_from(self.ebpf.map_mut("STACKS").context("STACKS map missing")?)?;
-        for id in keys.iter().map(|k| k.user_stack).filter(|id| !kept.contains(id)) {
+        for id in forgotten {
             if let Ok(id) = u32::try_from(id) {
                 let _ = stacks.remove(&id);
             }
         }
         Ok(())
+    }
+
+    /// Removes `keys` from the site map `name`; the stack ids its other sites still use.
+    fn forget_sites<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+        keys: &[K],
+        stacks_of: fn(&K) -> Vec<i32>,
+    ) -> Result<HashSet<i32>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .with_context(|| format!("{name} map missing"))?;
+        let mut counts: HashMap<_, K, V> = HashMap::try_from(map)?;
+        for key in keys {
+            let _ = counts.remove(key);
+        }
+        Ok(counts
+            .keys()
+            .filter_map(Result::ok)
+            .flat_map(|k| stacks_of(&k))
+            .collect())
     }
 
     /// The copies `attach --stacks kernel|both` saw, by site.
@@ -488,13 +508,15 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets, socket_kind_sl
         .override_global("OFFSETS", offsets, true)
         .override_global("CONFIG", &config, true);
     if let Some(mode) = options.stacks {
-        let sites = match mode {
-            StackMode::User => "STACK_COUNTS",
-            StackMode::Kernel | StackMode::Both => "COPY_STACK_COUNTS",
+        let sites: &[&str] = match mode {
+            StackMode::User => &[CALL_SITES],
+            StackMode::Kernel | StackMode::Both => &[COPY_SITES],
+            StackMode::Profiles => &[CALL_SITES, COPY_SITES],
         };
-        loader
-            .map_max_entries("STACKS", STACK_CAPACITY)
-            .map_max_entries(sites, STACK_SITE_CAPACITY);
+        loader.map_max_entries("STACKS", STACK_CAPACITY);
+        for map in sites {
+            loader.map_max_entries(map, STACK_SITE_CAPACITY);
+        }
     }
     if options.sample_period.is_some() {
         loader.map_max_entries(SAMPLE_GAP_MAP, SAMPLE_GAPS);
@@ -510,6 +532,11 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets, socket_kind_sl
     }
     Ok(ebpf)
 }
+
+/// The maps of call sites (user stacks of data-path calls) and copy sites (stacks of observed
+/// copies).
+const CALL_SITES: &str = "STACK_COUNTS";
+const COPY_SITES: &str = "COPY_STACK_COUNTS";
 
 /// The map the programs draw gaps between sampling points from.
 const SAMPLE_GAP_MAP: &str = "SAMPLE_GAP_QUANTILES";

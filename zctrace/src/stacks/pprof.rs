@@ -117,17 +117,71 @@ pub struct Function {
     pub system_name: i64,
 }
 
-/// The sample types, in the order of each sample's values; the first is the default.
-pub const SAMPLE_TYPES: [(&str, &str); 3] = [
-    ("copied_bytes", "bytes"),
-    ("moved_bytes", "bytes"),
-    ("calls", "count"),
-];
+/// What a profile's samples are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProfileKind {
+    /// Data-path syscalls' call sites (user stacks), their copies by the copy model.
+    Calls,
+    /// Copies the kernel was seen making, their kernel stacks below their user stacks.
+    Copies,
+}
 
-/// One process's call site over the profile's time.
+impl ProfileKind {
+    /// The sample types, in the order of each sample's values; the first is the default.
+    pub fn sample_types(self) -> &'static [(&'static str, &'static str)] {
+        match self {
+            ProfileKind::Calls => &[
+                ("copied_bytes", "bytes"),
+                ("moved_bytes", "bytes"),
+                ("calls", "count"),
+            ],
+            ProfileKind::Copies => &[("copied_bytes", "bytes"), ("copies", "count")],
+        }
+    }
+
+    fn values(self, site: &Site) -> Vec<u64> {
+        match self {
+            ProfileKind::Calls => vec![site.copied_bytes, site.bytes, site.calls],
+            ProfileKind::Copies => vec![site.copied_bytes, site.calls],
+        }
+    }
+
+    /// What the profile's values are, and how they were come by.
+    fn comments(self, period: u64) -> Vec<String> {
+        let sampled = |what: &str| {
+            format!(
+                "zctrace {what} profile: a stack was taken about once per {period} bytes {}, at random \
+                 points, and each stands for the bytes between: every value is a sampled estimate",
+                match self {
+                    ProfileKind::Calls => "moved",
+                    ProfileKind::Copies => "copied",
+                },
+            )
+        };
+        match self {
+            ProfileKind::Calls => vec![
+                sampled("copy"),
+                "copied_bytes: bytes the CPU copied, by zctrace's copy model (modelled, not observed)".into(),
+                "moved_bytes and calls: the data-path syscalls' bytes and calls, from the same samples"
+                    .into(),
+                "label mechanism: the syscall and what it moved bytes between".into(),
+            ],
+            ProfileKind::Copies => vec![
+                sampled("kernel copy"),
+                "copied_bytes and copies: copies the kernel was seen making (observed), with their kernel \
+                 stacks below their user stacks"
+                    .into(),
+                "label mechanism: the kernel routine seen copying".into(),
+            ],
+        }
+    }
+}
+
+/// One process's call site or copy site over the profile's time.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProfileSample {
     pub pid: u32,
+    pub kind: ProfileKind,
     pub comm: String,
     /// Its container, pod or service, where the daemon labels workloads.
     pub workload: Workload,
@@ -145,28 +199,24 @@ pub struct Window {
     pub period: u64,
 }
 
-/// The profile of `samples`, as profile.proto.
-pub fn profile(samples: &[ProfileSample], window: &Window) -> Profile {
+/// The `kind` profile of those of `samples` that are of that kind, as profile.proto.
+pub fn profile(samples: &[ProfileSample], kind: ProfileKind, window: &Window) -> Profile {
     let mut builder = Builder::default();
     builder.string("");
-    let sample_type = SAMPLE_TYPES
+    let sample_types = kind.sample_types();
+    let sample_type = sample_types
         .iter()
         .map(|(kind, unit)| builder.value_type(kind, unit))
         .collect();
-    let comments = [
-        format!(
-            "zctrace copy profile: a stack was taken about once per {} bytes moved, at random points, \
-             and each stands for the bytes between: every value is a sampled estimate",
-            window.period
-        ),
-        "copied_bytes: bytes the CPU copied, by zctrace's copy model (modelled, not observed)".to_string(),
-        "moved_bytes and calls: the data-path syscalls' bytes and calls, from the same samples".to_string(),
-        "label mechanism: the syscall and what it moved bytes between".to_string(),
-    ];
-    let comment = comments.iter().map(|c| builder.string(c)).collect();
+    let comment = kind
+        .comments(window.period)
+        .iter()
+        .map(|c| builder.string(c))
+        .collect();
     let pid_key = builder.string("pid");
     let sample = samples
         .iter()
+        .filter(|s| s.kind == kind)
         .map(|s| {
             let texts = [
                 ("comm", Some(&s.comm)),
@@ -192,14 +242,18 @@ pub fn profile(samples: &[ProfileSample], window: &Window) -> Profile {
             });
             Sample {
                 location_id: builder.stack(s),
-                value: [s.site.copied_bytes, s.site.bytes, s.site.calls]
+                value: kind
+                    .values(&s.site)
+                    .into_iter()
                     .map(|v| i64::try_from(v).unwrap_or(i64::MAX))
-                    .to_vec(),
+                    .collect(),
                 label,
             }
         })
         .collect();
-    let period_type = Some(builder.value_type(SAMPLE_TYPES[1].0, SAMPLE_TYPES[1].1));
+    // Sampling points fall by bytes: moved ones for call sites, copied ones for copy sites.
+    let (period_kind, period_unit) = sample_types[usize::from(kind == ProfileKind::Calls)];
+    let period_type = Some(builder.value_type(period_kind, period_unit));
     Profile {
         sample_type,
         sample,
@@ -339,6 +393,7 @@ mod tests {
     fn sample(pid: u32, frames: &[&str], mechanism: &str, copied: u64) -> ProfileSample {
         ProfileSample {
             pid,
+            kind: ProfileKind::Calls,
             comm: "relay".into(),
             workload: Workload::default(),
             site: Site {
@@ -350,6 +405,35 @@ mod tests {
             },
             located: Vec::new(),
         }
+    }
+
+    #[test]
+    fn a_kernel_copy_profile_holds_only_copy_sites_with_observed_values() {
+        let window = Window {
+            start_nanos: 0,
+            duration: Duration::from_secs(1),
+            period: 4096,
+        };
+        let copy = ProfileSample {
+            kind: ProfileKind::Copies,
+            ..sample(7, &["relay_body", "tcp_sendmsg"], "tcp_sendmsg_locked copy", 300)
+        };
+        let samples = [sample(7, &["main", "relay_body"], "write user->tcp", 100), copy];
+        let profile = profile(&samples, ProfileKind::Copies, &window);
+        let name = |id: i64| profile.string_table[id as usize].as_str();
+        let types: Vec<&str> = profile.sample_type.iter().map(|t| name(t.r#type)).collect();
+        assert_eq!(types, ["copied_bytes", "copies"]);
+        assert_eq!(profile.sample.len(), 1);
+        assert_eq!(profile.sample[0].value, [300, 3]);
+        assert_eq!(name(profile.period_type.as_ref().unwrap().r#type), "copied_bytes");
+        let comments: Vec<&str> = profile.comment.iter().map(|c| name(*c)).collect();
+        assert!(comments.iter().any(|c| c.contains("(observed)")), "{comments:?}");
+        assert!(comments.iter().all(|c| !c.contains("modelled")), "{comments:?}");
+        let calls = super::profile(&samples, ProfileKind::Calls, &window);
+        assert_eq!(
+            (calls.sample.len(), calls.sample[0].value.as_slice()),
+            (1, &[100, 100, 3][..])
+        );
     }
 
     #[test]
@@ -383,7 +467,7 @@ mod tests {
                 ..sample(7, &["main", "relay_body"], "write user->file", 10)
             },
         ];
-        let profile = profile(&samples, &window);
+        let profile = profile(&samples, ProfileKind::Calls, &window);
         let name = |id: i64| profile.string_table[id as usize].as_str();
         assert_eq!(profile.mapping.len(), 1);
         let mapping = &profile.mapping[0];
@@ -432,7 +516,7 @@ mod tests {
             sample(8, &["main", "write_log"], "write user->file", 5),
             in_pod,
         ];
-        let profile = decoded(&gzipped(&profile(&samples, &window)).unwrap());
+        let profile = decoded(&gzipped(&profile(&samples, ProfileKind::Calls, &window)).unwrap());
         let name = |id: i64| profile.string_table[id as usize].as_str();
         let frames = |s: &Sample| -> Vec<&str> {
             s.location_id

@@ -136,8 +136,13 @@ impl Frames {
     /// [`Frames::call_site_names`], each frame with where it lies.
     pub fn call_site_frames(&mut self, key: &StackKey, ips: &[u64]) -> Vec<Frame> {
         let ips = self.with_hidden_caller(key, ips);
-        let names = self.names(&ips);
-        let located = lookups(&ips).into_iter().rev().map(|ip| self.located(ip));
+        self.frames(&ips)
+    }
+
+    /// A user stack's frames, root first, each with where it lies.
+    pub fn frames(&mut self, ips: &[u64]) -> Vec<Frame> {
+        let names = self.names(ips);
+        let located = lookups(ips).into_iter().rev().map(|ip| self.located(ip));
         names
             .into_iter()
             .zip(located)

@@ -175,8 +175,9 @@ fn copy_key(copier: Copier) -> CopyStackKey {
     CopyStackKey {
         kernel_stack: 3,
         user_stack: 4,
+        tgid: 42,
         copier: copier as u8,
-        reserved: [0; 7],
+        reserved: [0; 3],
     }
 }
 

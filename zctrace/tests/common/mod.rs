@@ -481,8 +481,9 @@ impl Daemon {
     }
 
     /// The copy profile (`--profiles`) since the daemon started, saved as `name`.
-    pub fn profile(&self, name: &str) -> PathBuf {
-        let (status, body) = self.get_bytes("/debug/pprof/copies");
+    /// The profile at `path`, saved as `name`.
+    pub fn profile(&self, path: &str, name: &str) -> PathBuf {
+        let (status, body) = self.get_bytes(path);
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&body));
         let path = scratch_path(name);
         std::fs::write(&path, body).unwrap();
