@@ -95,17 +95,21 @@ fn tls_and_basic_auth_guard_the_metrics() {
 }
 
 #[test]
-fn the_copy_profile_is_behind_the_same_tls_and_basic_auth() {
-    if !privileged("the_copy_profile_is_behind_the_same_tls_and_basic_auth") {
+fn the_copy_profiles_are_behind_the_same_tls_and_basic_auth() {
+    if !privileged("the_copy_profiles_are_behind_the_same_tls_and_basic_auth") {
         return;
     }
     let (config, cert) = tls_web_config("tls-profiles");
     let daemon = Daemon::start(&["--web.config.file", config.to_str().unwrap(), "--profiles"]);
-    let url = format!("https://{}/debug/pprof/copies", daemon.addr);
     let cacert = cert.to_str().unwrap();
-    let (status, body) = curl(&["--cacert", cacert, &url]);
-    assert_eq!(status, 401, "no credentials: {body}");
-    assert_eq!(curl(&["--cacert", cacert, "-u", "alice:wrong", &url]).0, 401);
+    for profile in ["copies", "kernel_copies"] {
+        let url = format!("https://{}/debug/pprof/{profile}", daemon.addr);
+        let (status, body) = curl(&["--cacert", cacert, &url]);
+        assert_eq!(status, 401, "{profile}, no credentials: {body}");
+        assert_eq!(curl(&["--cacert", cacert, "-u", "alice:wrong", &url]).0, 401);
+        assert_eq!(curl(&["--cacert", cacert, "-u", "alice:s3cret", &url]).0, 200);
+    }
+    let url = format!("https://{}/debug/pprof/copies", daemon.addr);
     let window = format!("{url}?seconds=1");
     assert_eq!(curl(&["--cacert", cacert, "-u", "alice:s3cret", &window]).0, 200);
     let (status, body) = curl(&[

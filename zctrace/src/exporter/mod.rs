@@ -68,11 +68,13 @@ pub struct DaemonArgs {
     /// observer); the rest are exported as zctrace_probe_attached{mode="off"} 0.
     #[arg(long = "probes", value_delimiter = ',', value_parser = parse_probe_name)]
     pub probes: Option<Vec<String>>,
-    /// Serve every process's copy profile (pprof) at /debug/pprof/copies: the user stacks of its
-    /// data-path syscalls, sampled by bytes moved and weighted by CPU-copied bytes.
+    /// Serve every process's copy profiles (pprof): at /debug/pprof/copies the user stacks of its
+    /// data-path syscalls, sampled by bytes moved and weighted by CPU-copied bytes (modelled); at
+    /// /debug/pprof/kernel_copies the kernel and user stacks of the copies the kernel was seen
+    /// making for it, sampled by bytes copied (observed).
     #[arg(long)]
     pub profiles: bool,
-    /// With --profiles: take a stack about once per this many bytes moved, on average.
+    /// With --profiles: take a stack about once per this many bytes moved (or copied), on average.
     #[arg(long = "profiles.period", value_name = "BYTES", default_value_t = DEFAULT_PROFILE_PERIOD, requires = "profiles", value_parser = clap::value_parser!(u64).range(1..=(1 << 30)))]
     pub profile_period: u64,
 }
@@ -155,12 +157,12 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
         if caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_PTRACE).unwrap_or(false) {
             tracing::info!(
                 period = args.profile_period,
-                "profiles at /debug/pprof/copies; kept CAP_SYS_PTRACE to name other processes' frames"
+                "profiles at /debug/pprof/copies and kernel_copies; kept CAP_SYS_PTRACE to name other processes' frames"
             );
         } else {
             tracing::warn!(
                 period = args.profile_period,
-                "profiles at /debug/pprof/copies, but without CAP_SYS_PTRACE the frames of other users' \
+                "profiles at /debug/pprof/copies and kernel_copies, but without CAP_SYS_PTRACE the frames of other users' \
                  and more privileged processes cannot be named (grant it: the DaemonSet's profiles.yaml does)"
             );
         }
