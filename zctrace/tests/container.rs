@@ -294,7 +294,13 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
         "zctrace exits cleanly on the runtime's SIGTERM:\n{}",
         logs()
     );
-    // The kernel frees a program once its last link and descriptor close, after a grace period.
+    nothing_left_loaded(before);
+}
+
+/// Waits until as many zctrace programs are loaded as `before` the daemon started: the next
+/// test counts from there. The kernel frees a program once its last link and descriptor close,
+/// after a grace period.
+fn nothing_left_loaded(before: usize) {
     eventually(
         "no zctrace program loaded after the stop",
         Duration::from_secs(10),
@@ -339,6 +345,7 @@ fn the_daemonset_profiles_a_containerized_relay_by_its_own_frames() {
         return;
     }
     let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let before = loaded_zctrace_programs();
     let patched = daemonset_with_profiles();
     let daemonset = DaemonSet::run(&patched["spec"]["template"]["spec"], "profiles");
     let rootfs = static_relay_rootfs();
@@ -376,8 +383,10 @@ fn the_daemonset_profiles_a_containerized_relay_by_its_own_frames() {
             tags.contains(&id),
             "the relay's samples carry its container {id}: {tags}"
         );
-        return;
+        break;
     }
+    drop(daemonset);
+    nothing_left_loaded(before);
 }
 
 /// Runs the relay in a container of its own from `rootfs`, then takes the daemon's profile:

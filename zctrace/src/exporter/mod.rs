@@ -26,6 +26,7 @@ use crate::{
         privileges, ProbeOptions, Tracer,
     },
     procfs,
+    stacks::kallsyms::KernelSymbols,
     workload::cgroups::CgroupNames,
 };
 
@@ -151,6 +152,14 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     } else {
         &[]
     };
+    // Read now: once its capabilities are dropped, the daemon sees every kernel address as 0.
+    let kernel_symbols = if args.profiles {
+        KernelSymbols::read()
+            .inspect_err(|e| tracing::warn!("kernel frames in profiles stay unnamed: {e:#}"))
+            .ok()
+    } else {
+        None
+    };
     let dropped = privileges::drop_all_but_map_reads(|| tracer.update_errors().is_ok(), naming)
         .context("dropping capabilities")?;
     if args.profiles {
@@ -187,7 +196,7 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     let stats = Arc::new(connections::HttpStats::default());
     let profiles = args
         .profiles
-        .then(|| profiles::Profiles::new(args.profile_period));
+        .then(|| profiles::Profiles::new(args.profile_period, kernel_symbols));
     let daemon = Arc::new(Daemon::new(
         tracer,
         book,

@@ -3,7 +3,10 @@
 //! named while the process lives (its mappings and files are gone after), and kept once it
 //! exits, when its entries leave the kernel's maps. Served as pprof by `/debug/pprof/copies` and
 //! `/debug/pprof/kernel_copies`.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    sync::Arc,
+};
 
 use anyhow::Result;
 use zctrace_common::{CopyStackKey, StackKey, SyscallStats};
@@ -12,6 +15,7 @@ use crate::{
     probes::{CopyStackSite, Tracer},
     procfs,
     stacks::{
+        kallsyms::KernelSymbols,
         pprof::{ProfileKind, ProfileSample},
         symbols::{Frame, Frames, Located},
         Site, StackKind,
@@ -22,6 +26,8 @@ use crate::{
 pub struct Profiles {
     /// Bytes per sampling point, on average.
     pub period: u64,
+    /// Kernel names, read before the daemon dropped the right to see kernel addresses.
+    kernel_symbols: Option<Arc<KernelSymbols>>,
     /// The frames of each process's sites, named while it lived.
     named: HashMap<Named, NamedFrames>,
     comms: HashMap<u32, String>,
@@ -83,9 +89,10 @@ impl Sites {
 }
 
 impl Profiles {
-    pub fn new(period: u64) -> Profiles {
+    pub fn new(period: u64, kernel_symbols: Option<KernelSymbols>) -> Profiles {
         Profiles {
             period,
+            kernel_symbols: kernel_symbols.map(Arc::new),
             named: HashMap::new(),
             comms: HashMap::new(),
             workloads: HashMap::new(),
@@ -163,9 +170,12 @@ impl Profiles {
             }
             // A process that exited since it made its calls has no mappings left to name by; a
             // copy in a softirq has no process, only kernel frames.
-            let process = processes.entry(tgid).or_insert_with(|| match tgid {
-                0 => Some(Frames::kernel_only()),
-                _ => Frames::live(tgid),
+            let process = processes.entry(tgid).or_insert_with(|| {
+                let frames = match tgid {
+                    0 => Some(Frames::kernel_only()),
+                    _ => Frames::live(tgid),
+                };
+                frames.map(|f| f.with_kernel_symbols(self.kernel_symbols.clone()))
             });
             let Some(process) = process else {
                 continue;

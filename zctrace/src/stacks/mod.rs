@@ -3,6 +3,7 @@
 //! copy model; or the kernel stacks (with the user stacks above them) of the copies the kernel
 //! was seen making, weighted by the bytes observed. Pure: the kernel side aggregates,
 //! [`symbols`] names the frames, this module folds and ranks.
+pub mod kallsyms;
 pub mod pprof;
 pub mod sampling;
 pub mod symbols;

@@ -19,7 +19,10 @@ use blazesym::{
 };
 use zctrace_common::StackKey;
 
-use super::unwind::{frameless_return, ReturnAddress};
+use super::{
+    kallsyms::KernelSymbols,
+    unwind::{frameless_return, ReturnAddress},
+};
 
 /// One file-backed mapping of the process.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -72,6 +75,8 @@ pub struct Frames {
     /// Where each leaf seen keeps its return address, if it keeps no frame.
     leaf_returns: HashMap<u64, Option<ReturnAddress>>,
     build_ids: HashMap<PathBuf, Option<String>>,
+    /// Kernel names read while they could be: the daemon's, once it has dropped its privileges.
+    kernel_symbols: Option<Arc<KernelSymbols>>,
 }
 
 impl Frames {
@@ -117,7 +122,14 @@ impl Frames {
             unreadable: false,
             leaf_returns: HashMap::new(),
             build_ids: HashMap::new(),
+            kernel_symbols: None,
         }
+    }
+
+    /// Kernel frames named from `symbols`, not from `/proc/kallsyms` as it reads now.
+    pub fn with_kernel_symbols(mut self, symbols: Option<Arc<KernelSymbols>>) -> Frames {
+        self.kernel_symbols = symbols;
+        self
     }
 
     /// Names of a user stack's frames, root first, from the kernel's addresses (leaf first).
@@ -231,6 +243,15 @@ impl Frames {
     }
 
     fn name_kernel(&mut self, ips: &[u64]) {
+        if let Some(symbols) = &self.kernel_symbols {
+            for ip in ips {
+                let name = symbols
+                    .name(*ip)
+                    .map_or_else(|| format!("[kernel] {ip:#x}"), str::to_string);
+                self.names.insert(*ip, name);
+            }
+            return;
+        }
         let kernel = Kernel {
             vmlinux: MaybeDefault::None,
             ..Kernel::default()
