@@ -165,6 +165,7 @@ const FULL_SUITE: Suite = &[
             "metrics_attribute_each_workload_to_its_process_name",
             "a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one",
             "a_daemon_in_a_pod_names_every_workload_on_the_node_from_the_host_hierarchy",
+            "the_daemons_profiles_name_the_relays_call_and_copy_sites",
         ],
     ),
     ("daemon_shutdown", &[]),
@@ -182,8 +183,8 @@ const FULL_SUITE: Suite = &[
 /// kernel-dependent part: every probe in its best way and down its
 /// chains, doctor agreeing for every method and the observed copies with the model
 /// (kernel_matrix, bench_doctor); attach's copies per byte; the accounting of every mechanism and
-/// exit cleanup; user and kernel stacks (arm64 unwinds by frame records); a daemon scrape and
-/// shutdown. Left out: nginx (built for the host only) and the naming tests, which are
+/// exit cleanup; user and kernel stacks (arm64 unwinds by frame records); a daemon scrape, its
+/// profiles, and shutdown. Left out: nginx (built for the host only) and the naming tests, which are
 /// architecture-neutral user-space logic that the x86_64 runs at the matrix's ends cover.
 const CORE_SUITE: Suite = &[
     ("kernel_matrix", &[]),
@@ -191,7 +192,13 @@ const CORE_SUITE: Suite = &[
     ("attach", &[]),
     ("stacks", &[]),
     ("bench_doctor", &[]),
-    ("daemon", &["metrics_attribute_each_workload_to_its_process_name"]),
+    (
+        "daemon",
+        &[
+            "metrics_attribute_each_workload_to_its_process_name",
+            "the_daemons_profiles_name_the_relays_call_and_copy_sites",
+        ],
+    ),
     ("daemon_shutdown", &[]),
 ];
 
@@ -227,6 +234,7 @@ const BETWEEN_SUITE: Suite = &[
         &[
             "metrics_attribute_each_workload_to_its_process_name",
             "a_process_that_moves_to_another_cgroup_and_execs_is_counted_under_the_new_one",
+            "the_daemons_profiles_name_the_relays_call_and_copy_sites",
         ],
     ),
     ("daemon_shutdown", &[]),

@@ -536,6 +536,77 @@ fn the_daemons_kernel_copy_profile_shows_each_copy_below_its_caller() {
     );
 }
 
+/// The daemon's profiles load and attribute on every kernel of the matrix, both architectures
+/// (the VMs carry no Go, so the profiles are decoded here): the relay's call sites name
+/// relay_body, and its draining thread's observed receive copies name drain_socket above
+/// `tcp_recvmsg`, the kernel's frames named after the daemon dropped its capabilities.
+#[test]
+fn the_daemons_profiles_name_the_relays_call_and_copy_sites() {
+    if !privileged("the_daemons_profiles_name_the_relays_call_and_copy_sites") {
+        return;
+    }
+    let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384"]);
+    let relay = Command::new(relay_program(Relay::FramePointers))
+        .arg(test_file(8 * MIB))
+        .args(["tcp", scratch_path("profiled-everywhere.log").to_str().unwrap()])
+        // It lingers past a sweep of the daemon, which names its frames while it lives.
+        .args(["16384", "1024", "3000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the relay");
+    let pid = relay.id();
+    assert!(relay.wait_with_output().unwrap().status.success());
+    let frames = |path: &str| -> Vec<Vec<String>> {
+        let profile = decoded_profile(&daemon.profile(path, &format!("everywhere{}.pb.gz", path.len())));
+        let name = |id: i64| profile.string_table[id as usize].clone();
+        let pid_key = profile
+            .string_table
+            .iter()
+            .position(|s| s == "pid")
+            .expect("pid label") as i64;
+        profile
+            .sample
+            .iter()
+            .filter(|s| {
+                s.label
+                    .iter()
+                    .any(|l| l.key == pid_key && l.num == i64::from(pid))
+            })
+            .map(|s| {
+                s.location_id
+                    .iter()
+                    .map(|id| {
+                        let function = profile.location[*id as usize - 1].line[0].function_id;
+                        name(profile.function[function as usize - 1].name)
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let has = |stacks: &[Vec<String>], frame: &str| stacks.iter().any(|s| s.iter().any(|f| f == frame));
+    let calls = frames("/debug/pprof/copies");
+    assert!(
+        has(&calls, "relay_body") && has(&calls, "drain_socket"),
+        "{calls:#?}"
+    );
+    let copies = frames("/debug/pprof/kernel_copies");
+    let received = copies
+        .iter()
+        .filter(|s| s.iter().any(|f| f == "drain_socket"))
+        .any(|s| s.iter().any(|f| f == "tcp_recvmsg"));
+    assert!(received, "{copies:#?}");
+}
+
+/// A served profile, decoded as zctrace wrote it.
+fn decoded_profile(path: &Path) -> zctrace::stacks::pprof::Profile {
+    use std::io::Read as _;
+    let mut raw = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut raw)
+        .expect("a gzipped profile");
+    prost::Message::decode(raw.as_slice()).expect("a profile.proto")
+}
+
 /// How a profiled relay runs: its build, whether it writes into TCP (a thread of it drains the
 /// other end) or a file, which profile is read, and which `go tool pprof` rows of it.
 struct ProfiledRun {
