@@ -549,8 +549,9 @@ fn the_daemons_profiles_name_the_relays_call_and_copy_sites() {
     let relay = Command::new(relay_program(Relay::FramePointers))
         .arg(test_file(8 * MIB))
         .args(["tcp", scratch_path("profiled-everywhere.log").to_str().unwrap()])
-        // It lingers past a sweep of the daemon, which names its frames while it lives.
-        .args(["16384", "1024", "3000"])
+        // It lingers past a sweep of the daemon, which names its frames while it lives: under
+        // the VMs' emulation a sweep that names the test binary's frames takes seconds.
+        .args(["16384", "1024", "6000"])
         .stderr(Stdio::piped())
         .spawn()
         .expect("the relay");

@@ -154,7 +154,6 @@ impl Profiles {
 
     /// Names the sites not named yet, from their processes' mappings as they are now.
     fn name_new(&mut self, sites: &Sites, gone: &HashSet<u32>) {
-        let mut processes: HashMap<u32, Option<Frames>> = HashMap::new();
         let calls = sites
             .calls
             .iter()
@@ -163,21 +162,35 @@ impl Profiles {
             .copies
             .iter()
             .map(|site| (Named::copy(&site.key), Unnamed::Copy(site)));
-        for (named, unnamed) in calls.chain(copies) {
-            let tgid = named.tgid();
-            if gone.contains(&tgid) || self.named.contains_key(&named) {
+        let unnamed: Vec<(Named, Unnamed)> = calls
+            .chain(copies)
+            .filter(|(named, _)| !gone.contains(&named.tgid()) && !self.named.contains_key(named))
+            .collect();
+        // Every process's mappings and files first, before naming any: naming a big binary's
+        // frames takes a while, and a short-lived process may exit meanwhile. A process that
+        // exited since it made its calls has no mappings left to name by; a copy in a softirq
+        // has no process, only kernel frames.
+        let mut processes: HashMap<u32, Option<Frames>> = HashMap::new();
+        for tgid in unnamed.iter().map(|(named, _)| named.tgid()) {
+            if processes.contains_key(&tgid) {
                 continue;
             }
-            // A process that exited since it made its calls has no mappings left to name by; a
-            // copy in a softirq has no process, only kernel frames.
-            let process = processes.entry(tgid).or_insert_with(|| {
-                let frames = match tgid {
-                    0 => Some(Frames::kernel_only()),
-                    _ => Frames::live(tgid),
-                };
-                frames.map(|f| f.with_kernel_symbols(self.kernel_symbols.clone()))
-            });
-            let Some(process) = process else {
+            if let Some(comm) = procfs::comm(tgid) {
+                self.comms.entry(tgid).or_insert(comm);
+            }
+            let frames = match tgid {
+                0 => Some(Frames::kernel_only()),
+                _ => Frames::live(tgid),
+            };
+            if frames.is_none() {
+                tracing::debug!(tgid, "exited before its frames could be named");
+            }
+            let frames = frames.map(|f| f.with_kernel_symbols(self.kernel_symbols.clone()));
+            processes.insert(tgid, frames);
+        }
+        for (named, unnamed) in unnamed {
+            let tgid = named.tgid();
+            let Some(process) = processes.get_mut(&tgid).and_then(Option::as_mut) else {
                 continue;
             };
             let frames = match unnamed {
@@ -192,12 +205,10 @@ impl Profiles {
             };
             // Named by offsets because a file could not be read: another pass may read it.
             if !process.complete() {
+                tracing::debug!(tgid, "a file of the site's frames was unreadable");
                 continue;
             }
             self.named.insert(named, frames);
-            if let Some(comm) = procfs::comm(tgid) {
-                self.comms.entry(tgid).or_insert(comm);
-            }
         }
     }
 

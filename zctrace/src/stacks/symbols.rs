@@ -77,6 +77,12 @@ pub struct Frames {
     build_ids: HashMap<PathBuf, Option<String>>,
     /// Kernel names read while they could be: the daemon's, once it has dropped its privileges.
     kernel_symbols: Option<Arc<KernelSymbols>>,
+    /// Whether DWARF is read besides symbol tables: `attach` reads it; the daemon, which names
+    /// every process's frames between its sweeps, keeps to symbol tables, which name the same
+    /// functions at a fraction of the cost (a big binary's DWARF takes seconds).
+    dwarf: bool,
+    /// The process's files, open while its frames are named (by `/proc/self/fd/N`).
+    _held: Vec<std::fs::File>,
 }
 
 impl Frames {
@@ -95,22 +101,39 @@ impl Frames {
     }
 
     /// Names for `pid`'s frames from its mappings as they are now, its files reached through its
-    /// own root (a container's files are not at those paths on the host); `None` once it is
-    /// gone. For the daemon, which names many processes' stacks while they live: no thread
-    /// watches them.
+    /// own root (a container's files are not at those paths on the host) and opened now, so that
+    /// they can be read after it exits; `None` once it is gone. For the daemon, which names many
+    /// processes' stacks while they live: no thread watches them.
     pub fn live(pid: u32) -> Option<Frames> {
         let frames = Frames::kernel_only();
         let root = PathBuf::from(format!("/proc/{pid}/root"));
+        let mut opened: HashMap<PathBuf, (PathBuf, std::fs::File)> = HashMap::new();
         let mappings = read_mappings(pid)
             .filter(|m| !m.is_empty())?
             .into_iter()
-            .map(|m| Mapping {
-                path: root.join(m.shown_path.strip_prefix("/").unwrap_or(&m.shown_path)),
-                ..m
+            .map(|m| {
+                let through_root = root.join(m.shown_path.strip_prefix("/").unwrap_or(&m.shown_path));
+                let path = match opened.get(&through_root) {
+                    Some((held, _)) => held.clone(),
+                    None => match std::fs::File::open(&through_root) {
+                        Ok(file) => {
+                            use std::os::fd::AsRawFd as _;
+                            let held = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
+                            opened.insert(through_root, (held.clone(), file));
+                            held
+                        }
+                        Err(_) => through_root,
+                    },
+                };
+                Mapping { path, ..m }
             })
             .collect();
         *frames.mappings.lock().unwrap_or_else(|e| e.into_inner()) = mappings;
-        Some(frames)
+        Some(Frames {
+            dwarf: false,
+            _held: opened.into_values().map(|(_, file)| file).collect(),
+            ..frames
+        })
     }
 
     /// Names for kernel frames only: no process's mappings are watched.
@@ -123,6 +146,8 @@ impl Frames {
             leaf_returns: HashMap::new(),
             build_ids: HashMap::new(),
             kernel_symbols: None,
+            dwarf: true,
+            _held: Vec::new(),
         }
     }
 
@@ -287,7 +312,13 @@ impl Frames {
             let offsets: Vec<u64> = ips.iter().map(|(_, offset)| *offset).collect();
             let symbolized = self
                 .symbolizer
-                .symbolize(&Source::Elf(Elf::new(&path)), Input::FileOffset(&offsets))
+                .symbolize(
+                    &Source::Elf(Elf {
+                        debug_syms: self.dwarf,
+                        ..Elf::new(&path)
+                    }),
+                    Input::FileOffset(&offsets),
+                )
                 .unwrap_or_else(|e| {
                     tracing::debug!("naming frames in {}: {e}", path.display());
                     self.unreadable = true;
