@@ -296,11 +296,12 @@ impl Frames {
 
     fn name_user(&mut self, ips: &[u64]) {
         let mappings = self.mappings.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        let mut by_file: HashMap<PathBuf, Vec<(u64, u64)>> = HashMap::new();
+        // Read at one path, named as the process sees it.
+        let mut by_file: HashMap<(PathBuf, PathBuf), Vec<(u64, u64)>> = HashMap::new();
         for &ip in ips {
             match mappings.iter().find(|m| (m.start..m.end).contains(&ip)) {
                 Some(m) => by_file
-                    .entry(m.path.clone())
+                    .entry((m.path.clone(), m.shown_path.clone()))
                     .or_default()
                     .push((ip, ip - m.start + m.file_offset)),
                 None => {
@@ -308,7 +309,7 @@ impl Frames {
                 }
             }
         }
-        for (path, ips) in by_file {
+        for ((path, shown_path), ips) in by_file {
             let offsets: Vec<u64> = ips.iter().map(|(_, offset)| *offset).collect();
             let symbolized = self
                 .symbolizer
@@ -324,8 +325,8 @@ impl Frames {
                     self.unreadable = true;
                     Vec::new()
                 });
-            let module = path.file_name().map_or_else(
-                || path.display().to_string(),
+            let module = shown_path.file_name().map_or_else(
+                || shown_path.display().to_string(),
                 |n| n.to_string_lossy().into_owned(),
             );
             for (i, (ip, offset)) in ips.into_iter().enumerate() {
@@ -375,4 +376,28 @@ fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
             })
             .collect(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The daemon reads a process's files through descriptors it holds; a frame no symbol covers
+    /// is still named by the file as the process knows it.
+    #[test]
+    fn a_live_process_frame_without_a_symbol_is_named_by_its_file() {
+        let pid = std::process::id();
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let header = read_mappings(pid)
+            .unwrap()
+            .into_iter()
+            .find(|m| m.shown_path == exe && m.file_offset == 0)
+            .expect("the executable's first mapping");
+        let mut frames = Frames::live(pid).expect("this process's mappings");
+        let name = &frames.names(&[header.start])[0];
+        let module = exe.file_name().unwrap().to_string_lossy();
+        assert_eq!(name, &format!("{module}+0x0"));
+        let located = frames.frames(&[header.start])[0].at.clone().expect("located");
+        assert_eq!(located.mapping.path, exe.display().to_string());
+    }
 }
