@@ -1,6 +1,7 @@
-//! Stacks for `attach --stacks` and the daemon's profiles, aggregated here in bounded maps because an event per call would
-//! cost more than the call: the user stack of each data-path syscall with the mechanism it used
-//! (user mode), or the kernel stack, and the user stack with it, wherever a copy is observed.
+//! Stacks for `attach --stacks` and the daemon's profiles, aggregated here in bounded maps
+//! because an event per call would cost more than the call: the user stack of each data-path
+//! syscall with the mechanism it used (user mode), or the kernel stack, and the user stack with
+//! it, wherever a copy is observed.
 use aya_ebpf::{
     bindings::BPF_F_USER_STACK,
     helpers::{bpf_get_current_pid_tgid, bpf_get_prandom_u32, bpf_probe_read_user},
@@ -167,9 +168,9 @@ pub fn record<C: StackIdContext>(ctx: &C, pt_regs: u64, key: &SyscallKey, failed
 
 /// Counts `bytes` the current task just saw `copier` copy against the kernel stack of the copy
 /// (and the user stack, in both mode and for profiles), when `attach --stacks kernel|both` or
-/// the daemon's profiles asked for them. As in
-/// [`record`], a stack the map refused is [`NO_STACK`] and one drop. A deferred zerocopy copy runs
-/// in a softirq, whose user stack belongs to whatever task it interrupted, so it gets none.
+/// the daemon's profiles asked for them. As in [`record`], a stack the map refused is
+/// [`NO_STACK`] and one drop. A deferred zerocopy copy runs in a softirq, whose user stack and
+/// process belong to whatever task it interrupted, so it gets neither.
 #[inline(always)]
 pub fn record_copy<C: StackIdContext>(ctx: &C, copier: Copier, bytes: u64) {
     let mode = stack_mode();

@@ -213,10 +213,7 @@ impl Profiles {
     }
 
     fn call_sample(&self, key: &StackKey, stats: &SyscallStats) -> ProfileSample {
-        let (frames, located) = match self.named.get(&Named::call(key)) {
-            Some(named) => named.user.iter().map(|f| (f.name.clone(), f.at.clone())).unzip(),
-            None => (vec![NOT_NAMED.to_string()], vec![None]),
-        };
+        let (frames, located) = user_frames(self.named.get(&Named::call(key)));
         self.sample(
             key.tgid,
             ProfileKind::Calls,
@@ -229,10 +226,7 @@ impl Profiles {
     /// shows them.
     fn copy_sample(&self, site: &CopyStackSite) -> ProfileSample {
         let named = self.named.get(&Named::copy(&site.key));
-        let (user, located): (Vec<String>, Vec<_>) = match named {
-            Some(named) => named.user.iter().map(|f| (f.name.clone(), f.at.clone())).unzip(),
-            None => (vec![NOT_NAMED.to_string()], vec![None]),
-        };
+        let (user, located) = user_frames(named);
         let kernel = named.map_or_else(Vec::new, |named| named.kernel.clone());
         let tgid = site.key.tgid;
         let site = Site::at_copy(StackKind::Both, &site.key, &site.copies, user, kernel);
@@ -261,6 +255,14 @@ impl Profiles {
     }
 }
 
+/// A site's user frame names and where each lies, root first; [`NOT_NAMED`] if it has none.
+fn user_frames(named: Option<&NamedFrames>) -> (Vec<String>, Vec<Option<Located>>) {
+    match named {
+        Some(named) => named.user.iter().map(|f| (f.name.clone(), f.at.clone())).unzip(),
+        None => (vec![NOT_NAMED.to_string()], vec![None]),
+    }
+}
+
 /// A site the kernel's maps hold, before it is named.
 enum Unnamed<'a> {
     Call(&'a StackKey, &'a [u64]),
@@ -271,16 +273,18 @@ enum Unnamed<'a> {
 /// mappings the daemon may not read (it lacks CAP_SYS_PTRACE; it says so when it starts).
 pub const NOT_NAMED: &str = "[frames not named: exited first, or unreadable]";
 
-/// Samples of the same process, frames and mechanism added together.
+/// What makes two samples one site: the same process, frames and mechanism.
+fn identity(sample: &ProfileSample) -> (u32, &[String], &str) {
+    (sample.pid, &sample.site.frames, &sample.site.mechanism)
+}
+
+/// Samples of the same site added together.
 fn merged(samples: impl Iterator<Item = ProfileSample>) -> Vec<ProfileSample> {
     let mut index: HashMap<(u32, Vec<String>, String), usize> = HashMap::new();
     let mut out: Vec<ProfileSample> = Vec::new();
     for sample in samples {
-        let identity = (
-            sample.pid,
-            sample.site.frames.clone(),
-            sample.site.mechanism.clone(),
-        );
+        let (pid, frames, mechanism) = identity(&sample);
+        let identity = (pid, frames.to_vec(), mechanism.to_string());
         match index.get(&identity) {
             Some(&i) => add(&mut out[i].site, &sample.site, u64::saturating_add),
             None => {
@@ -310,11 +314,7 @@ pub fn delta(earlier: &[ProfileSample], later: Vec<ProfileSample>) -> Vec<Profil
     later
         .into_iter()
         .filter_map(|mut sample| {
-            if let Some(before) = earlier.iter().find(|e| {
-                e.pid == sample.pid
-                    && e.site.frames == sample.site.frames
-                    && e.site.mechanism == sample.site.mechanism
-            }) {
+            if let Some(before) = earlier.iter().find(|e| identity(e) == identity(&sample)) {
                 add(&mut sample.site, &before.site, u64::saturating_sub);
             }
             (sample.site.bytes > 0 || sample.site.calls > 0).then_some(sample)

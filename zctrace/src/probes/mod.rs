@@ -395,14 +395,12 @@ impl Tracer {
         if calls.is_empty() && copies.is_empty() {
             return Ok(());
         }
-        let mut kept = self.forget_sites::<_, SyscallStats>(CALL_SITES, calls, |k| vec![k.user_stack])?;
-        kept.extend(self.forget_sites::<_, CopyStackCounts>(COPY_SITES, copies, |k| {
-            vec![k.kernel_stack, k.user_stack]
-        })?);
+        let mut kept = self.forget_sites::<_, SyscallStats>(CALL_SITES, calls, call_site_stacks)?;
+        kept.extend(self.forget_sites::<_, CopyStackCounts>(COPY_SITES, copies, copy_site_stacks)?);
         let forgotten: Vec<i32> = calls
             .iter()
-            .map(|k| k.user_stack)
-            .chain(copies.iter().flat_map(|k| [k.kernel_stack, k.user_stack]))
+            .flat_map(call_site_stacks)
+            .chain(copies.iter().flat_map(copy_site_stacks))
             .filter(|id| !kept.contains(id))
             .collect();
         let mut stacks = StackTraceMap::try_from(self.ebpf.map_mut("STACKS").context("STACKS map missing")?)?;
@@ -531,6 +529,15 @@ fn load_programs(options: &ProbeOptions, offsets: &KernelOffsets, socket_kind_sl
         fill_sampling_gaps(&mut ebpf, period)?;
     }
     Ok(ebpf)
+}
+
+/// The ids in `STACKS` of a call site's user stack, and of a copy site's kernel and user stacks.
+fn call_site_stacks(key: &StackKey) -> Vec<i32> {
+    vec![key.user_stack]
+}
+
+fn copy_site_stacks(key: &CopyStackKey) -> Vec<i32> {
+    vec![key.kernel_stack, key.user_stack]
 }
 
 /// The maps of call sites (user stacks of data-path calls) and copy sites (stacks of observed

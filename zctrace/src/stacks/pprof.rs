@@ -1,7 +1,8 @@
 //! The daemon's copy profiles in pprof's format (profile.proto, gzipped), which `go tool pprof`,
-//! Parca and Pyroscope read: each sampled call site a sample, its frames locations and its
-//! process, mechanism and workload labels, weighted by CPU-copied bytes (the copy model), bytes moved and
-//! calls, all estimated from byte samples.
+//! Parca and Pyroscope read: each sampled call site (or observed copy site) a sample, its frames
+//! locations with their mappings, and its process, mechanism and workload labels; call sites
+//! weighted by CPU-copied bytes (the copy model), bytes moved and calls, copy sites by the bytes
+//! and copies observed, all estimated from byte samples.
 //! Only the messages and fields zctrace fills are declared, with profile.proto's tags.
 use std::{collections::HashMap, io::Write as _, time::Duration};
 
@@ -146,16 +147,22 @@ impl ProfileKind {
         }
     }
 
+    /// The bytes the sampling points fall by: moved ones for call sites, copied ones for copy
+    /// sites.
+    fn sampled_bytes(self) -> &'static str {
+        match self {
+            ProfileKind::Calls => "moved",
+            ProfileKind::Copies => "copied",
+        }
+    }
+
     /// What the profile's values are, and how they were come by.
     fn comments(self, period: u64) -> Vec<String> {
         let sampled = |what: &str| {
             format!(
                 "zctrace {what} profile: a stack was taken about once per {period} bytes {}, at random \
                  points, and each stands for the bytes between: every value is a sampled estimate",
-                match self {
-                    ProfileKind::Calls => "moved",
-                    ProfileKind::Copies => "copied",
-                },
+                self.sampled_bytes(),
             )
         };
         match self {
@@ -203,8 +210,8 @@ pub struct Window {
 pub fn profile(samples: &[ProfileSample], kind: ProfileKind, window: &Window) -> Profile {
     let mut builder = Builder::default();
     builder.string("");
-    let sample_types = kind.sample_types();
-    let sample_type = sample_types
+    let sample_type = kind
+        .sample_types()
         .iter()
         .map(|(kind, unit)| builder.value_type(kind, unit))
         .collect();
@@ -251,9 +258,7 @@ pub fn profile(samples: &[ProfileSample], kind: ProfileKind, window: &Window) ->
             }
         })
         .collect();
-    // Sampling points fall by bytes: moved ones for call sites, copied ones for copy sites.
-    let (period_kind, period_unit) = sample_types[usize::from(kind == ProfileKind::Calls)];
-    let period_type = Some(builder.value_type(period_kind, period_unit));
+    let period_type = Some(builder.value_type(&format!("{}_bytes", kind.sampled_bytes()), "bytes"));
     Profile {
         sample_type,
         sample,
@@ -567,6 +572,7 @@ mod tests {
         // Frames shared by samples are one location.
         assert_eq!(profile.sample[0].location_id[1], profile.sample[1].location_id[1]);
         assert_eq!((profile.period, profile.duration_nanos), (4096, 2_000_000_000));
+        assert_eq!(name(profile.period_type.as_ref().unwrap().r#type), "moved_bytes");
         let comments: Vec<&str> = profile.comment.iter().map(|c| name(*c)).collect();
         assert!(comments.iter().any(|c| c.contains("sampled estimate")));
         assert!(comments.iter().any(|c| c.contains("modelled, not observed")));
