@@ -5,6 +5,7 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     process::{Command, Output},
     sync::Mutex,
     time::Duration,
@@ -204,7 +205,7 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
     let pod = &daemonset()["spec"]["template"]["spec"];
     let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let image = pod["containers"][0]["image"].as_str().unwrap().to_string();
-    let before = loaded_zctrace_programs();
+    let before = loaded_zctrace_program_ids();
     let daemonset = DaemonSet::run(pod, "serves");
     let (container, metrics) = (&daemonset.container, || daemonset.get("/metrics"));
     let logs = || daemonset.logs();
@@ -297,18 +298,21 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
     nothing_left_loaded(before);
 }
 
-/// Waits until as many zctrace programs are loaded as `before` the daemon started: the next
-/// test counts from there. The kernel frees a program once its last link and descriptor close,
-/// after a grace period.
-fn nothing_left_loaded(before: usize) {
+/// Waits until every zctrace program loaded now was loaded `before` the daemon started: the
+/// next test counts from there. The kernel frees a program once its last link and descriptor
+/// close, after a grace period; an earlier test's may be freed meanwhile too.
+fn nothing_left_loaded(before: BTreeSet<u32>) {
     eventually(
         "no zctrace program loaded after the stop",
         Duration::from_secs(10),
         || {
-            let loaded = loaded_zctrace_programs();
-            (loaded == before)
+            let left: Vec<u32> = loaded_zctrace_program_ids()
+                .difference(&before)
+                .copied()
+                .collect();
+            left.is_empty()
                 .then_some(())
-                .ok_or(format!("{loaded} loaded, {before} before"))
+                .ok_or(format!("programs {left:?} still loaded, {before:?} before"))
         },
     );
 }
@@ -345,7 +349,7 @@ fn the_daemonset_profiles_a_containerized_relay_by_its_own_frames() {
         return;
     }
     let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let before = loaded_zctrace_programs();
+    let before = loaded_zctrace_program_ids();
     let patched = daemonset_with_profiles();
     let daemonset = DaemonSet::run(&patched["spec"]["template"]["spec"], "profiles");
     let rootfs = static_relay_rootfs();

@@ -129,13 +129,20 @@ pub fn repo(path: &str) -> PathBuf {
 /// of each zctrace and asking the kernel directly (the VMs of `cargo xtask vmtest` have no
 /// bpftool).
 pub fn loaded_zctrace_programs() -> usize {
+    loaded_zctrace_program_ids().len()
+}
+
+/// The kernel's ids of the programs `loaded_zctrace_programs` counts: a test that must leave
+/// nothing behind compares ids, since an earlier test's programs may be freed meanwhile.
+pub fn loaded_zctrace_program_ids() -> std::collections::BTreeSet<u32> {
     // sys_exit's program by either way: tp_btf, or the classic tracepoint's, whose name the
     // kernel cuts to 15 bytes.
     let names = [Some("sys_exit"), Some("sys_exit_tracep")];
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .filter(|p| names.contains(&p.name_as_str()))
-        .count()
+        .map(|p| p.id())
+        .collect()
 }
 
 /// A running child whose process key is known.
