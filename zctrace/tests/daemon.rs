@@ -557,33 +557,7 @@ fn the_daemons_profiles_name_the_relays_call_and_copy_sites() {
         .expect("the relay");
     let pid = relay.id();
     assert!(relay.wait_with_output().unwrap().status.success());
-    let frames = |path: &str| -> Vec<Vec<String>> {
-        let profile = decoded_profile(&daemon.profile(path, &format!("everywhere{}.pb.gz", path.len())));
-        let name = |id: i64| profile.string_table[id as usize].clone();
-        let pid_key = profile
-            .string_table
-            .iter()
-            .position(|s| s == "pid")
-            .expect("pid label") as i64;
-        profile
-            .sample
-            .iter()
-            .filter(|s| {
-                s.label
-                    .iter()
-                    .any(|l| l.key == pid_key && l.num == i64::from(pid))
-            })
-            .map(|s| {
-                s.location_id
-                    .iter()
-                    .map(|id| {
-                        let function = profile.location[*id as usize - 1].line[0].function_id;
-                        name(profile.function[function as usize - 1].name)
-                    })
-                    .collect()
-            })
-            .collect()
-    };
+    let frames = |path: &str| profiled_stacks(&daemon, path, pid);
     let has = |stacks: &[Vec<String>], frame: &str| stacks.iter().any(|s| s.iter().any(|f| f == frame));
     let calls = frames("/debug/pprof/copies");
     assert!(
@@ -596,6 +570,68 @@ fn the_daemons_profiles_name_the_relays_call_and_copy_sites() {
         .filter(|s| s.iter().any(|f| f == "drain_socket"))
         .any(|s| s.iter().any(|f| f == "tcp_recvmsg"));
     assert!(received, "{copies:#?}");
+}
+
+/// A relay whose binary is deleted while it runs, as a package upgrade replaces a running
+/// service's: the daemon opens it through the process's exe link and names its frames.
+#[test]
+fn the_daemons_profiles_name_a_binary_deleted_while_it_runs() {
+    if !privileged("the_daemons_profiles_name_a_binary_deleted_while_it_runs") {
+        return;
+    }
+    let daemon = Daemon::start(&["--profiles", "--profiles.period", "16384"]);
+    let binary = scratch_path("deleted-relay");
+    std::fs::copy(relay_program(Relay::FramePointers), &binary).unwrap();
+    let relay = Command::new(&binary)
+        .arg(test_file(8 * MIB))
+        .args([
+            scratch_path("deleted-relay.out"),
+            scratch_path("deleted-relay.log"),
+        ])
+        // It lingers past a sweep of the daemon, as in the test above.
+        .args(["16384", "1024", "6000"])
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("the relay");
+    // spawn returns once the exec succeeded: the relay maps the binary deleted here.
+    std::fs::remove_file(&binary).unwrap();
+    let pid = relay.id();
+    assert!(relay.wait_with_output().unwrap().status.success());
+    let calls = profiled_stacks(&daemon, "/debug/pprof/copies", pid);
+    assert!(
+        calls.iter().any(|s| s.iter().any(|f| f == "relay_body")),
+        "{calls:#?}"
+    );
+}
+
+/// The stacks of `pid`'s samples in the daemon's profile at `path`, root first, by function name.
+fn profiled_stacks(daemon: &Daemon, path: &str, pid: u32) -> Vec<Vec<String>> {
+    let file = format!("stacks-{pid}{}.pb.gz", path.len());
+    let profile = decoded_profile(&daemon.profile(path, &file));
+    let name = |id: i64| profile.string_table[id as usize].clone();
+    let pid_key = profile
+        .string_table
+        .iter()
+        .position(|s| s == "pid")
+        .expect("pid label") as i64;
+    profile
+        .sample
+        .iter()
+        .filter(|s| {
+            s.label
+                .iter()
+                .any(|l| l.key == pid_key && l.num == i64::from(pid))
+        })
+        .map(|s| {
+            s.location_id
+                .iter()
+                .map(|id| {
+                    let function = profile.location[*id as usize - 1].line[0].function_id;
+                    name(profile.function[function as usize - 1].name)
+                })
+                .collect()
+        })
+        .collect()
 }
 
 /// A served profile, decoded as zctrace wrote it.

@@ -10,7 +10,7 @@ use zctrace_common::{MapSlot, SocketKindCache};
 
 use super::{
     connections::HttpStats,
-    profiles::Profiles,
+    profiles::{Profiles, Unnamed},
     scrape::{Format, Scrape},
     series::{SeriesBook, SeriesKey},
 };
@@ -24,11 +24,17 @@ use crate::{
 
 /// How often exited processes are folded into their series and freed.
 pub const SWEEP_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the profiles' new sites are named: a process that exits sooner than this after its
+/// first sampled call leaves its sites unnamed, its mappings gone.
+pub const NAMING_INTERVAL: Duration = Duration::from_millis(500);
 /// Every this many sweeps, `/proc` is asked about processes the kernel did not mark as exited.
 const FULL_CHECK_EVERY: u64 = 15;
 
 pub struct Daemon {
     state: Mutex<State>,
+    /// Held by whoever names the profiles' new sites, from reading them to keeping their names:
+    /// no sweep retires a process between the two.
+    naming: Mutex<()>,
     kernel: String,
     started: SystemTime,
     http: Arc<HttpStats>,
@@ -75,6 +81,7 @@ impl Daemon {
                 sweeps: 0,
                 profiles,
             }),
+            naming: Mutex::new(()),
             kernel,
             started: SystemTime::now(),
             http,
@@ -83,46 +90,73 @@ impl Daemon {
 
     /// Folds the final counts of exited processes into their series and frees their entries.
     pub fn sweep(&self) -> Result<usize> {
-        let mut state = self.state.lock().expect("daemon state");
-        state.sweeps += 1;
-        let full_check = state.sweeps.is_multiple_of(FULL_CHECK_EVERY);
-        let snapshot = state.tracer.snapshot()?;
-        let gone: HashSet<_> = state
-            .tracer
-            .forget_exited(&snapshot, full_check)?
-            .into_iter()
-            .collect();
-        let state = &mut *state;
-        let processes = per_process(&snapshot, state.tracer.copies_observed());
-        if let Some(profiles) = &mut state.profiles {
-            if state.labels.workload {
-                for figures in &processes {
-                    let path = state.cgroups.path(figures.cgroup_id).unwrap_or_default();
-                    profiles.note_workload(figures.key.tgid, Workload::from_cgroup_path(path));
+        self.with_new_sites_named(|state| {
+            state.sweeps += 1;
+            let full_check = state.sweeps.is_multiple_of(FULL_CHECK_EVERY);
+            let snapshot = state.tracer.snapshot()?;
+            let gone: HashSet<_> = state
+                .tracer
+                .forget_exited(&snapshot, full_check)?
+                .into_iter()
+                .collect();
+            let processes = per_process(&snapshot, state.tracer.copies_observed());
+            if let Some(profiles) = &mut state.profiles {
+                if state.labels.workload {
+                    for figures in &processes {
+                        let path = state.cgroups.path(figures.cgroup_id).unwrap_or_default();
+                        profiles.note_workload(figures.key.tgid, Workload::from_cgroup_path(path));
+                    }
+                }
+                let tgids = gone.iter().map(|key| key.tgid).collect();
+                profiles.collect(&mut state.tracer, &tgids)?;
+            }
+            let now = Instant::now();
+            for figures in processes {
+                if gone.contains(&figures.key) {
+                    let key = state.series_key(&figures);
+                    state.book.retire(key, &figures, now);
                 }
             }
-            let tgids = gone.iter().map(|key| key.tgid).collect();
-            profiles.collect(&mut state.tracer, &tgids)?;
-        }
-        let now = Instant::now();
-        for figures in processes {
-            if gone.contains(&figures.key) {
-                let key = state.series_key(&figures);
-                state.book.retire(key, &figures, now);
-            }
-        }
-        Ok(gone.len())
+            Ok(gone.len())
+        })
     }
 
     /// Every process's sampled call sites so far, and the sampling period; `None` without
     /// `--profiles`.
     pub fn profile_samples(&self) -> Result<Option<(Vec<ProfileSample>, u64)>> {
-        let mut state = self.state.lock().expect("daemon state");
-        let state = &mut *state;
-        let Some(profiles) = &mut state.profiles else {
-            return Ok(None);
+        self.with_new_sites_named(|state| {
+            let Some(profiles) = &state.profiles else {
+                return Ok(None);
+            };
+            Ok(Some((profiles.samples(&state.tracer)?, profiles.period)))
+        })
+    }
+
+    /// Names the profiles' new sites, if profiles are on.
+    pub fn name_new_sites(&self) -> Result<()> {
+        self.with_new_sites_named(|_| Ok(()))
+    }
+
+    pub fn profiles_on(&self) -> bool {
+        self.state.lock().expect("daemon state").profiles.is_some()
+    }
+
+    /// Names the profiles' new sites, then runs `then` on the state. The sites are read and
+    /// their names kept under the state's lock, but named without it: naming reads processes'
+    /// files and symbol tables, and a scrape, which needs only the state, does not wait for it.
+    fn with_new_sites_named<T>(&self, then: impl FnOnce(&mut State) -> Result<T>) -> Result<T> {
+        let _turn = self.naming.lock().expect("naming turn");
+        let unnamed = {
+            let state = self.state.lock().expect("daemon state");
+            let tracer = &state.tracer;
+            state.profiles.as_ref().map(|p| p.unnamed(tracer)).transpose()?
         };
-        Ok(Some((profiles.samples(&state.tracer)?, profiles.period)))
+        let naming = unnamed.map(Unnamed::name);
+        let mut state = self.state.lock().expect("daemon state");
+        if let (Some(profiles), Some(naming)) = (&mut state.profiles, naming) {
+            profiles.learn(naming);
+        }
+        then(&mut state)
     }
 
     pub fn started(&self) -> SystemTime {

@@ -13,7 +13,7 @@ use std::{collections::HashSet, net::SocketAddr, path::PathBuf, sync::Arc, time:
 use anyhow::{bail, Context as _, Result};
 use axum::http::{HeaderName, HeaderValue};
 use caps::{CapSet, Capability};
-use daemon::{Daemon, SWEEP_INTERVAL};
+use daemon::{Daemon, NAMING_INTERVAL, SWEEP_INTERVAL};
 use hyper_util::rt::TokioTimer;
 use series::SeriesBook;
 use tokio::signal::unix::{signal, Signal, SignalKind};
@@ -250,6 +250,9 @@ async fn serve(
 ) -> Result<&'static str> {
     let address = listener.local_addr()?;
     let handle = axum_server::Handle::new();
+    if daemon.profiles_on() {
+        tokio::spawn(name_forever(daemon.clone()));
+    }
     tokio::spawn(sweep_forever(daemon));
     // Registered before "serving metrics" is logged, so no SIGTERM can arrive unhandled after it.
     let signals = Signals {
@@ -306,6 +309,21 @@ async fn sweep_forever(daemon: Arc<Daemon>) {
             Ok(Ok(freed)) => tracing::debug!(freed, "folded exited processes"),
             Ok(Err(e)) => tracing::warn!("sweep failed: {e:#}"),
             Err(e) => tracing::warn!("sweep panicked: {e}"),
+        }
+    }
+}
+
+/// Names the profiles' new sites more often than the sweep, so that short-lived processes are
+/// named before they exit.
+async fn name_forever(daemon: Arc<Daemon>) {
+    let mut ticker = tokio::time::interval(NAMING_INTERVAL);
+    loop {
+        ticker.tick().await;
+        let daemon = daemon.clone();
+        match tokio::task::spawn_blocking(move || daemon.name_new_sites()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!("naming profile sites failed: {e:#}"),
+            Err(e) => tracing::warn!("naming profile sites panicked: {e}"),
         }
     }
 }

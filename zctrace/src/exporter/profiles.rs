@@ -101,11 +101,49 @@ impl Profiles {
         }
     }
 
-    /// Names the sites of live processes seen for the first time, and moves the sites of the
-    /// processes in `gone` out of the kernel's maps, into the profiles' own keeping.
+    /// The sites the kernel's maps hold that are not named yet, to be named with no lock held.
+    /// Only their keys are read for the sites named already: this runs every
+    /// [`NAMING_INTERVAL`](super::daemon::NAMING_INTERVAL).
+    pub fn unnamed(&self, tracer: &Tracer) -> Result<Unnamed> {
+        let mut sites = Vec::new();
+        for (key, _) in tracer.call_sites()? {
+            let named = Named::call(&key);
+            if !self.named.contains_key(&named) {
+                sites.push((named, UnnamedSite::Call(key, tracer.stack(key.user_stack)?)));
+            }
+        }
+        for (key, copies) in tracer.copy_sites()? {
+            let named = Named::copy(&key);
+            if !self.named.contains_key(&named) {
+                let site = CopyStackSite {
+                    kernel: tracer.stack(key.kernel_stack)?,
+                    user: tracer.stack(key.user_stack)?,
+                    key,
+                    copies,
+                };
+                sites.push((named, UnnamedSite::Copy(site)));
+            }
+        }
+        Ok(Unnamed {
+            sites,
+            kernel_symbols: self.kernel_symbols.clone(),
+        })
+    }
+
+    /// Keeps the names `naming` gave, for the sites and processes not named meanwhile.
+    pub fn learn(&mut self, naming: Naming) {
+        for (named, frames) in naming.frames {
+            self.named.entry(named).or_insert(frames);
+        }
+        for (tgid, comm) in naming.comms {
+            self.comms.entry(tgid).or_insert(comm);
+        }
+    }
+
+    /// Moves the sites of the processes in `gone` out of the kernel's maps, into the profiles'
+    /// own keeping, with the names they were given while they lived.
     pub fn collect(&mut self, tracer: &mut Tracer, gone: &HashSet<u32>) -> Result<()> {
         let sites = Sites::read(tracer)?;
-        self.name_new(&sites, gone);
         let calls: Vec<&(StackKey, SyscallStats, Vec<u64>)> = sites
             .calls
             .iter()
@@ -140,76 +178,15 @@ impl Profiles {
         self.workloads.insert(tgid, workload);
     }
 
-    /// Every process's sites since the daemon started, the new ones named now.
-    pub fn samples(&mut self, tracer: &Tracer) -> Result<Vec<ProfileSample>> {
+    /// Every process's sites since the daemon started.
+    pub fn samples(&self, tracer: &Tracer) -> Result<Vec<ProfileSample>> {
         let sites = Sites::read(tracer)?;
-        self.name_new(&sites, &HashSet::new());
         let live = sites
             .calls
             .iter()
             .map(|(key, stats, _)| self.call_sample(key, stats))
             .chain(sites.copies.iter().map(|site| self.copy_sample(site)));
         Ok(merged(self.retired.iter().cloned().chain(live)))
-    }
-
-    /// Names the sites not named yet, from their processes' mappings as they are now.
-    fn name_new(&mut self, sites: &Sites, gone: &HashSet<u32>) {
-        let calls = sites
-            .calls
-            .iter()
-            .map(|(key, _, ips)| (Named::call(key), Unnamed::Call(key, ips.as_slice())));
-        let copies = sites
-            .copies
-            .iter()
-            .map(|site| (Named::copy(&site.key), Unnamed::Copy(site)));
-        let unnamed: Vec<(Named, Unnamed)> = calls
-            .chain(copies)
-            .filter(|(named, _)| !gone.contains(&named.tgid()) && !self.named.contains_key(named))
-            .collect();
-        // Every process's mappings and files first, before naming any: naming a big binary's
-        // frames takes a while, and a short-lived process may exit meanwhile. A process that
-        // exited since it made its calls has no mappings left to name by; a copy in a softirq
-        // has no process, only kernel frames.
-        let mut processes: HashMap<u32, Option<Frames>> = HashMap::new();
-        for tgid in unnamed.iter().map(|(named, _)| named.tgid()) {
-            if processes.contains_key(&tgid) {
-                continue;
-            }
-            if let Some(comm) = procfs::comm(tgid) {
-                self.comms.entry(tgid).or_insert(comm);
-            }
-            let frames = match tgid {
-                0 => Some(Frames::kernel_only()),
-                _ => Frames::live(tgid),
-            };
-            if frames.is_none() {
-                tracing::debug!(tgid, "exited before its frames could be named");
-            }
-            let frames = frames.map(|f| f.with_kernel_symbols(self.kernel_symbols.clone()));
-            processes.insert(tgid, frames);
-        }
-        for (named, unnamed) in unnamed {
-            let tgid = named.tgid();
-            let Some(process) = processes.get_mut(&tgid).and_then(Option::as_mut) else {
-                continue;
-            };
-            let frames = match unnamed {
-                Unnamed::Call(key, ips) => NamedFrames {
-                    user: process.call_site_frames(key, ips),
-                    kernel: Vec::new(),
-                },
-                Unnamed::Copy(site) => NamedFrames {
-                    user: process.frames(&site.user),
-                    kernel: process.kernel_names(&site.kernel),
-                },
-            };
-            // Named by offsets because a file could not be read: another pass may read it.
-            if !process.complete() {
-                tracing::debug!(tgid, "a file of the site's frames was unreadable");
-                continue;
-            }
-            self.named.insert(named, frames);
-        }
     }
 
     fn call_sample(&self, key: &StackKey, stats: &SyscallStats) -> ProfileSample {
@@ -263,10 +240,71 @@ fn user_frames(named: Option<&NamedFrames>) -> (Vec<String>, Vec<Option<Located>
     }
 }
 
-/// A site the kernel's maps hold, before it is named.
-enum Unnamed<'a> {
-    Call(&'a StackKey, &'a [u64]),
-    Copy(&'a CopyStackSite),
+/// Sites the kernel's maps hold, before they are named: owned, so that they are named with the
+/// daemon's state unlocked.
+pub struct Unnamed {
+    sites: Vec<(Named, UnnamedSite)>,
+    kernel_symbols: Option<Arc<KernelSymbols>>,
+}
+
+enum UnnamedSite {
+    Call(StackKey, Vec<u64>),
+    Copy(CopyStackSite),
+}
+
+/// What naming gave: each site's frames, and each process's comm.
+pub struct Naming {
+    frames: Vec<(Named, NamedFrames)>,
+    comms: Vec<(u32, String)>,
+}
+
+impl Unnamed {
+    /// Names the sites from their processes' mappings as they are now. This reads each
+    /// process's files and symbol tables: the slow part of profiling, done under no lock.
+    pub fn name(self) -> Naming {
+        let mut naming = Naming {
+            frames: Vec::new(),
+            comms: Vec::new(),
+        };
+        // Every process's mappings and files first, before naming any: naming a big binary's
+        // frames takes a while, and a short-lived process may exit meanwhile. A process that
+        // exited since it made its calls has no mappings left to name by; a copy in a softirq
+        // has no process, only kernel frames.
+        let mut processes: HashMap<u32, Option<Frames>> = HashMap::new();
+        for tgid in self.sites.iter().map(|(named, _)| named.tgid()) {
+            if processes.contains_key(&tgid) {
+                continue;
+            }
+            naming.comms.extend(procfs::comm(tgid).map(|comm| (tgid, comm)));
+            let frames = match tgid {
+                0 => Some(Frames::kernel_only()),
+                _ => Frames::live(tgid),
+            };
+            if frames.is_none() {
+                tracing::debug!(tgid, "exited before its frames could be named");
+            }
+            let frames = frames.map(|f| f.with_kernel_symbols(self.kernel_symbols.clone()));
+            processes.insert(tgid, frames);
+        }
+        for (named, site) in self.sites {
+            let tgid = named.tgid();
+            let Some(process) = processes.get_mut(&tgid).and_then(Option::as_mut) else {
+                continue;
+            };
+            let frames = match site {
+                UnnamedSite::Call(key, ips) => NamedFrames {
+                    user: process.call_site_frames(&key, &ips),
+                    kernel: Vec::new(),
+                },
+                UnnamedSite::Copy(site) => NamedFrames {
+                    user: process.frames(&site.user),
+                    kernel: process.kernel_names(&site.kernel),
+                },
+            };
+            naming.frames.push((named, frames));
+        }
+        naming
+    }
 }
 
 /// The frames of a site whose process exited before the daemon could name them, or whose

@@ -377,15 +377,34 @@ impl Tracer {
     /// The call sites `attach --stacks` recorded: each one's counts, and its user stack's
     /// addresses, leaf first (none when the stack could not be recorded).
     pub fn stack_sites(&self) -> Result<Vec<(StackKey, SyscallStats, Vec<u64>)>> {
-        let counts: HashMap<_, StackKey, SyscallStats> = HashMap::try_from(self.map("STACK_COUNTS")?)?;
+        self.call_sites()?
+            .into_iter()
+            .map(|(key, stats)| Ok((key, stats, self.stack(key.user_stack)?)))
+            .collect()
+    }
+
+    /// The call sites `attach --stacks` recorded, with their counts and without their stacks.
+    pub fn call_sites(&self) -> Result<Vec<(StackKey, SyscallStats)>> {
+        self.read_hash_map(CALL_SITES)
+    }
+
+    /// A recorded stack's addresses, leaf first; none for [`zctrace_common::NO_STACK`] or a
+    /// stack the map no longer holds.
+    pub fn stack(&self, id: i32) -> Result<Vec<u64>> {
         let stacks = StackTraceMap::try_from(self.map("STACKS")?)?;
-        let mut sites = Vec::new();
-        for entry in counts.iter() {
-            let (key, stats) = entry.context("reading STACK_COUNTS")?;
-            let ips = stack_ips(&stacks, key.user_stack);
-            sites.push((key, stats, ips));
-        }
-        Ok(sites)
+        Ok(u32::try_from(id)
+            .ok()
+            .and_then(|id| stacks.get(&id, 0).ok())
+            .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
+            .unwrap_or_default())
+    }
+
+    /// Every entry of the hash map `name`, read in batches.
+    fn read_hash_map<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<Vec<(K, V)>> {
+        let aya::maps::Map::HashMap(map) = self.map(name)? else {
+            return Err(anyhow!("{name} is not a hash map"));
+        };
+        batch::lookup_all(map.fd()).with_context(|| format!("reading the {name} map"))
     }
 
     /// Removes the call sites `calls` and copy sites `copies` from the kernel's maps, and the
@@ -436,20 +455,23 @@ impl Tracer {
 
     /// The copies `attach --stacks kernel|both` saw, by site.
     pub fn copy_stack_sites(&self) -> Result<Vec<CopyStackSite>> {
-        let counts: HashMap<_, CopyStackKey, CopyStackCounts> =
-            HashMap::try_from(self.map("COPY_STACK_COUNTS")?)?;
-        let stacks = StackTraceMap::try_from(self.map("STACKS")?)?;
-        let mut sites = Vec::new();
-        for entry in counts.iter() {
-            let (key, copies) = entry.context("reading COPY_STACK_COUNTS")?;
-            sites.push(CopyStackSite {
-                kernel: stack_ips(&stacks, key.kernel_stack),
-                user: stack_ips(&stacks, key.user_stack),
-                key,
-                copies,
-            });
-        }
-        Ok(sites)
+        self.copy_sites()?
+            .into_iter()
+            .map(|(key, copies)| {
+                Ok(CopyStackSite {
+                    kernel: self.stack(key.kernel_stack)?,
+                    user: self.stack(key.user_stack)?,
+                    key,
+                    copies,
+                })
+            })
+            .collect()
+    }
+
+    /// The copy sites `attach --stacks kernel|both` saw, with their counts and without their
+    /// stacks.
+    pub fn copy_sites(&self) -> Result<Vec<(CopyStackKey, CopyStackCounts)>> {
+        self.read_hash_map(COPY_SITES)
     }
 
     fn map(&self, name: &str) -> Result<&aya::maps::Map> {
@@ -476,16 +498,6 @@ pub struct CopyStackSite {
     pub copies: CopyStackCounts,
     pub kernel: Vec<u64>,
     pub user: Vec<u64>,
-}
-
-/// A recorded stack's addresses, leaf first; none for [`zctrace_common::NO_STACK`] or a stack
-/// the map no longer holds.
-fn stack_ips(stacks: &StackTraceMap<&aya::maps::MapData>, id: i32) -> Vec<u64> {
-    u32::try_from(id)
-        .ok()
-        .and_then(|id| stacks.get(&id, 0).ok())
-        .map(|trace| trace.frames().iter().map(|frame| frame.ip).collect())
-        .unwrap_or_default()
 }
 
 /// Creates the maps and parses the programs, with the kernel's offsets and the options filled in.

@@ -69,9 +69,6 @@ pub struct Frames {
     mappings: Arc<Mutex<Vec<Mapping>>>,
     names: HashMap<u64, String>,
     symbolizer: Symbolizer,
-    /// A file a frame lies in could not be read (its process may have exited since its
-    /// mappings were read): those frames are named by offset.
-    unreadable: bool,
     /// Where each leaf seen keeps its return address, if it keeps no frame.
     leaf_returns: HashMap<u64, Option<ReturnAddress>>,
     build_ids: HashMap<PathBuf, Option<String>>,
@@ -107,15 +104,23 @@ impl Frames {
     pub fn live(pid: u32) -> Option<Frames> {
         let frames = Frames::kernel_only();
         let root = PathBuf::from(format!("/proc/{pid}/root"));
+        // A binary replaced while it runs (a package upgrade) is gone from every path, and its
+        // mappings read "PATH (deleted)"; the process's own exe link still opens it.
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let exe_shown = std::fs::read_link(&exe).ok();
         let mut opened: HashMap<PathBuf, (PathBuf, std::fs::File)> = HashMap::new();
         let mappings = read_mappings(pid)
             .filter(|m| !m.is_empty())?
             .into_iter()
             .map(|m| {
                 let through_root = root.join(m.shown_path.strip_prefix("/").unwrap_or(&m.shown_path));
+                let open = || match std::fs::File::open(&through_root) {
+                    Err(_) if exe_shown.as_ref() == Some(&m.shown_path) => std::fs::File::open(&exe),
+                    opened => opened,
+                };
                 let path = match opened.get(&through_root) {
                     Some((held, _)) => held.clone(),
-                    None => match std::fs::File::open(&through_root) {
+                    None => match open() {
                         Ok(file) => {
                             use std::os::fd::AsRawFd as _;
                             let held = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
@@ -142,7 +147,6 @@ impl Frames {
             mappings: Arc::default(),
             names: HashMap::new(),
             symbolizer: Symbolizer::new(),
-            unreadable: false,
             leaf_returns: HashMap::new(),
             build_ids: HashMap::new(),
             kernel_symbols: None,
@@ -246,11 +250,6 @@ impl Frames {
         found
     }
 
-    /// Whether every file the frames named so far lie in could be read.
-    pub fn complete(&self) -> bool {
-        !self.unreadable
-    }
-
     /// Names of a kernel stack's frames, root first, from its addresses (leaf first).
     pub fn kernel_names(&mut self, ips: &[u64]) -> Vec<String> {
         self.named(ips, Self::name_kernel)
@@ -321,8 +320,8 @@ impl Frames {
                     Input::FileOffset(&offsets),
                 )
                 .unwrap_or_else(|e| {
+                    // Named by their file and offset, which is all there is to name them by.
                     tracing::debug!("naming frames in {}: {e}", path.display());
-                    self.unreadable = true;
                     Vec::new()
                 });
             let module = shown_path.file_name().map_or_else(
