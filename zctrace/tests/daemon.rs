@@ -144,38 +144,38 @@ fn metrics_pass_promtool_in_both_formats() {
     assert!(landing.contains("href=\"/metrics\""));
 }
 
+/// Once attached, the daemon keeps no capability; with `--profiles`, only `CAP_SYS_PTRACE`, to
+/// read other processes' mappings and files while it names their frames.
 #[test]
 fn capabilities_are_dropped_once_the_probes_are_attached() {
     if !privileged("capabilities_are_dropped_once_the_probes_are_attached") {
         return;
     }
-    let daemon = Daemon::start(&[]);
-    let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
-    let cap = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .unwrap()
-            .trim()
-            .to_string()
-    };
-    // Kernels before 5.19 with unprivileged BPF off refuse map reads without CAP_BPF (bit 39).
-    let kept_bpf = daemon.log.lock().unwrap().contains("kept CAP_BPF");
-    let expected = if kept_bpf {
-        "0000008000000000"
-    } else {
-        "0000000000000000"
-    };
-    assert_eq!(cap("CapEff:"), expected);
-    assert_eq!(cap("CapPrm:"), expected);
-    assert!(
-        kept_bpf || daemon.log.lock().unwrap().contains("dropped all"),
-        "the log says so"
-    );
-    assert!(
-        daemon.metrics().contains("zctrace_syscalls_total"),
-        "scrapes still read the maps"
-    );
+    const CAP_SYS_PTRACE: u64 = 1 << 19;
+    // Kernels before 5.19 with unprivileged BPF off refuse map reads without CAP_BPF.
+    const CAP_BPF: u64 = 1 << 39;
+    let cases = [
+        (&[][..], 0, "dropped all"),
+        (&["--profiles"][..], CAP_SYS_PTRACE, "kept CAP_SYS_PTRACE"),
+    ];
+    for (args, kept, said) in cases {
+        let daemon = Daemon::start(args);
+        let status = std::fs::read_to_string(format!("/proc/{}/status", daemon.child.id())).unwrap();
+        let cap = |name: &str| {
+            let hex = status.lines().find_map(|l| l.strip_prefix(name)).unwrap().trim();
+            u64::from_str_radix(hex, 16).unwrap()
+        };
+        let log = daemon.log.lock().unwrap().clone();
+        let kept_bpf = log.contains("kept CAP_BPF");
+        let expected = kept | if kept_bpf { CAP_BPF } else { 0 };
+        assert_eq!(cap("CapEff:"), expected, "{args:?}");
+        assert_eq!(cap("CapPrm:"), expected, "{args:?}");
+        assert!(kept_bpf || log.contains(said), "the log says so: {log}");
+        assert!(
+            daemon.metrics().contains("zctrace_syscalls_total"),
+            "scrapes still read the maps"
+        );
+    }
 }
 
 #[test]

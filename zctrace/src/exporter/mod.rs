@@ -162,29 +162,42 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     };
     let dropped = privileges::drop_all_but_map_reads(|| tracer.update_errors().is_ok(), naming)
         .context("dropping capabilities")?;
-    if args.profiles {
-        if caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_PTRACE).unwrap_or(false) {
-            tracing::info!(
-                period = args.profile_period,
-                "profiles at /debug/pprof/copies and kernel_copies; kept CAP_SYS_PTRACE to name other processes' frames"
-            );
-        } else {
-            tracing::warn!(
-                period = args.profile_period,
-                "profiles at /debug/pprof/copies and kernel_copies, but without CAP_SYS_PTRACE the frames of other users' \
-                 and more privileged processes cannot be named (grant it: the DaemonSet's profiles.yaml does)"
-            );
-        }
+    let kept_ptrace = caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_PTRACE).unwrap_or(false);
+    if args.profiles && !kept_ptrace {
+        tracing::warn!(
+            "without CAP_SYS_PTRACE the profiles cannot name the frames of other users' and more privileged \
+             processes (grant it: the DaemonSet's profiles.yaml does)"
+        );
     }
-    if dropped.kept_bpf {
+    if args.profiles {
         tracing::info!(
-            "probes attached; dropped {} capabilities and kept CAP_BPF, without which this kernel refuses map reads",
+            period = args.profile_period,
+            "profiles at /debug/pprof/copies and kernel_copies"
+        );
+    }
+    let kept: Vec<&str> = [
+        (
+            dropped.kept_bpf,
+            "CAP_BPF, without which this kernel refuses map reads",
+        ),
+        (
+            kept_ptrace,
+            "CAP_SYS_PTRACE, to name other processes' frames in profiles",
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(kept, why)| kept.then_some(why))
+    .collect();
+    if kept.is_empty() {
+        tracing::info!(
+            "probes attached; dropped all {} capabilities (open map and program descriptors need none)",
             dropped.count
         );
     } else {
         tracing::info!(
-            "probes attached; dropped all {} capabilities (open map and program descriptors need none)",
-            dropped.count
+            "probes attached; dropped {} capabilities and kept {}",
+            dropped.count,
+            kept.join(", and ")
         );
     }
     let book = SeriesBook::new(args.top, args.grace_period, args.comm.clone());
