@@ -393,6 +393,73 @@ fn the_daemonset_profiles_a_containerized_relay_by_its_own_frames() {
     nothing_left_loaded(before);
 }
 
+/// `attach --stacks`, pointed at a relay in a container of its own, names its frames: the
+/// binary is only in the container's filesystem, and the relay has exited when they are named.
+#[test]
+fn attach_names_the_frames_of_a_process_in_a_container() {
+    if !privileged("attach_names_the_frames_of_a_process_in_a_container") {
+        return;
+    }
+    let _alone = ONE_DAEMON_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let rootfs = static_relay_rootfs();
+    // The relay's input is a FIFO: it waits in open until attach is tracing it.
+    let fifo = scratch_path("attached-relay.fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+    let name = format!("zctrace-attached-relay-{}", std::process::id());
+    let volume = format!("--volume={}:/in:ro", fifo.display());
+    let started = podman(&[
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--network=none",
+        &volume,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "/relay",
+        "/in",
+        "/out",
+        "/log",
+        "16384",
+        "1024",
+    ]);
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    let relay = Container(name);
+    let pid = String::from_utf8(podman(&["inspect", "--format", "{{.State.Pid}}", &relay.0]).stdout).unwrap();
+    let folded = scratch_path("attached-relay.folded");
+    let (attach, _log) = attach_started(&[
+        "--pid",
+        pid.trim(),
+        "--stacks",
+        "user",
+        "--stacks-out",
+        folded.to_str().unwrap(),
+    ]);
+    let mut input = std::fs::OpenOptions::new().write(true).open(&fifo).unwrap();
+    let chunk = vec![7u8; MIB as usize];
+    for _ in 0..8 {
+        std::io::Write::write_all(&mut input, &chunk).unwrap();
+    }
+    drop(input);
+    assert!(podman(&["wait", &relay.0]).status.success());
+    report_of(attach.wait_with_output().unwrap());
+    // Each relayed byte is copied twice under relay_body: read from the FIFO, written to /out.
+    let folded = read_folded(&folded);
+    let through_relay_body: u64 = folded
+        .iter()
+        .filter(|(frames, _)| has_frame(frames, "relay_body"))
+        .map(|(_, weight)| weight)
+        .sum();
+    assert!(
+        through_relay_body * 10 >= 2 * 8 * MIB * 9,
+        "{through_relay_body} bytes under relay_body: {folded:#?}"
+    );
+}
+
 /// Runs the relay in a container of its own from `rootfs`, then takes the daemon's profile:
 /// the relay's pid on the host, its container's id, the bytes it relayed, and the profile's path.
 fn profile_containerized_relay(

@@ -78,18 +78,79 @@ pub struct Frames {
     /// every process's frames between its sweeps, keeps to symbol tables, which name the same
     /// functions at a fraction of the cost (a big binary's DWARF takes seconds).
     dwarf: bool,
-    /// The process's files, open while its frames are named (by `/proc/self/fd/N`).
-    _held: Vec<std::fs::File>,
+    /// The process's files, open while its frames are named.
+    held: Arc<Mutex<HeldFiles>>,
+}
+
+/// A process's mapped files, opened through its own root (a container's files are not at those
+/// paths on the host) and held open, so that they can be read after it exits, at
+/// `/proc/self/fd/N`.
+#[derive(Default)]
+struct HeldFiles {
+    /// By the path through the process's root: where the file is held, if it could be opened.
+    by_path: HashMap<PathBuf, Option<(PathBuf, std::fs::File)>>,
+}
+
+impl HeldFiles {
+    /// `pid`'s `mappings`, each at the path its file is held at, or else at its path through
+    /// the process's root.
+    fn hold(&mut self, pid: u32, mappings: Vec<Mapping>) -> Vec<Mapping> {
+        let root = PathBuf::from(format!("/proc/{pid}/root"));
+        // A binary replaced while it runs (a package upgrade) is gone from every path, and its
+        // mappings read "PATH (deleted)"; the process's own exe link still opens it.
+        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
+        let exe_shown = std::cell::OnceCell::new();
+        let is_exe =
+            |shown: &PathBuf| exe_shown.get_or_init(|| std::fs::read_link(&exe).ok()).as_ref() == Some(shown);
+        mappings
+            .into_iter()
+            .map(|m| {
+                let through_root = root.join(m.shown_path.strip_prefix("/").unwrap_or(&m.shown_path));
+                let held = self.by_path.entry(through_root.clone()).or_insert_with(|| {
+                    let file = match std::fs::File::open(&through_root) {
+                        Err(_) if is_exe(&m.shown_path) => std::fs::File::open(&exe),
+                        opened => opened,
+                    };
+                    file.ok().map(|file| {
+                        use std::os::fd::AsRawFd as _;
+                        (PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd())), file)
+                    })
+                });
+                let path = held.as_ref().map_or(through_root, |(path, _)| path.clone());
+                Mapping { path, ..m }
+            })
+            .collect()
+    }
+}
+
+/// Whether `pid` sees the same root directory as this process: its files are at their paths.
+fn shares_our_root(pid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let identity = |path: String| std::fs::metadata(path).map(|m| (m.dev(), m.ino()));
+    match (
+        identity(format!("/proc/{pid}/root")),
+        identity("/proc/self/root".into()),
+    ) {
+        (Ok(theirs), Ok(ours)) => theirs == ours,
+        _ => true,
+    }
 }
 
 impl Frames {
-    /// Names for `pid`'s frames; its mappings are watched until it exits.
+    /// Names for `pid`'s frames; its mappings are watched until it exits. A process in a
+    /// container of its own has its files held as they are seen, since they are named after it
+    /// exits; a process that shares this root has them named at their paths, where their
+    /// separate debug files are found too.
     pub fn watch(pid: u32) -> Frames {
         let frames = Frames::kernel_only();
         let watched = Arc::clone(&frames.mappings);
+        let held = (!shares_our_root(pid)).then(|| Arc::clone(&frames.held));
         std::thread::spawn(move || {
             // A zombie has no mappings left: the last ones seen are the ones its stacks used.
-            while let Some(latest) = read_mappings(pid).filter(|m| !m.is_empty()) {
+            while let Some(mut latest) = read_mappings(pid).filter(|m| !m.is_empty()) {
+                if let Some(held) = &held {
+                    latest = held.lock().unwrap_or_else(|e| e.into_inner()).hold(pid, latest);
+                }
                 *watched.lock().unwrap_or_else(|e| e.into_inner()) = latest;
                 std::thread::sleep(WATCH_EVERY);
             }
@@ -97,46 +158,20 @@ impl Frames {
         frames
     }
 
-    /// Names for `pid`'s frames from its mappings as they are now, its files reached through its
-    /// own root (a container's files are not at those paths on the host) and opened now, so that
-    /// they can be read after it exits; `None` once it is gone. For the daemon, which names many
-    /// processes' stacks while they live: no thread watches them.
+    /// Names for `pid`'s frames from its mappings as they are now, its files held open now, so
+    /// that they can be read after it exits; `None` once it is gone. For the daemon, which names
+    /// many processes' stacks while they live: no thread watches them.
     pub fn live(pid: u32) -> Option<Frames> {
         let frames = Frames::kernel_only();
-        let root = PathBuf::from(format!("/proc/{pid}/root"));
-        // A binary replaced while it runs (a package upgrade) is gone from every path, and its
-        // mappings read "PATH (deleted)"; the process's own exe link still opens it.
-        let exe = PathBuf::from(format!("/proc/{pid}/exe"));
-        let exe_shown = std::fs::read_link(&exe).ok();
-        let mut opened: HashMap<PathBuf, (PathBuf, std::fs::File)> = HashMap::new();
-        let mappings = read_mappings(pid)
-            .filter(|m| !m.is_empty())?
-            .into_iter()
-            .map(|m| {
-                let through_root = root.join(m.shown_path.strip_prefix("/").unwrap_or(&m.shown_path));
-                let open = || match std::fs::File::open(&through_root) {
-                    Err(_) if exe_shown.as_ref() == Some(&m.shown_path) => std::fs::File::open(&exe),
-                    opened => opened,
-                };
-                let path = match opened.get(&through_root) {
-                    Some((held, _)) => held.clone(),
-                    None => match open() {
-                        Ok(file) => {
-                            use std::os::fd::AsRawFd as _;
-                            let held = PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()));
-                            opened.insert(through_root, (held.clone(), file));
-                            held
-                        }
-                        Err(_) => through_root,
-                    },
-                };
-                Mapping { path, ..m }
-            })
-            .collect();
+        let mappings = read_mappings(pid).filter(|m| !m.is_empty())?;
+        let mappings = frames
+            .held
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .hold(pid, mappings);
         *frames.mappings.lock().unwrap_or_else(|e| e.into_inner()) = mappings;
         Some(Frames {
             dwarf: false,
-            _held: opened.into_values().map(|(_, file)| file).collect(),
             ..frames
         })
     }
@@ -151,7 +186,7 @@ impl Frames {
             build_ids: HashMap::new(),
             kernel_symbols: None,
             dwarf: true,
-            _held: Vec::new(),
+            held: Arc::default(),
         }
     }
 
