@@ -416,6 +416,28 @@ fn read_mappings(pid: u32) -> Option<Vec<Mapping>> {
 mod tests {
     use super::*;
 
+    /// Each mapped file is opened once, however often the mappings are read again (a watched
+    /// process's are read every 20 ms), and read through the descriptor held.
+    #[test]
+    fn each_mapped_file_is_held_once() {
+        let pid = std::process::id();
+        let mut held = HeldFiles::default();
+        let first = held.hold(pid, read_mappings(pid).unwrap());
+        let again = held.hold(pid, read_mappings(pid).unwrap());
+        let paths =
+            |mappings: &[Mapping]| -> Vec<PathBuf> { mappings.iter().map(|m| m.path.clone()).collect() };
+        assert_eq!(paths(&first), paths(&again));
+        let files: std::collections::HashSet<&PathBuf> = first.iter().map(|m| &m.shown_path).collect();
+        assert_eq!(held.by_path.len(), files.len());
+        assert!(
+            first.iter().all(|m| m.path.starts_with("/proc/self/fd/")),
+            "{first:?}"
+        );
+        let exe = std::fs::read_link("/proc/self/exe").unwrap();
+        let exe_mapping = first.iter().find(|m| m.shown_path == exe).unwrap();
+        assert_eq!(std::fs::read_link(&exe_mapping.path).unwrap(), exe);
+    }
+
     /// The daemon reads a process's files through descriptors it holds; a frame no symbol covers
     /// is still named by the file as the process knows it.
     #[test]
