@@ -31,6 +31,9 @@ pub struct Profiles {
     /// The frames of each process's sites, named while it lived.
     named: HashMap<Named, NamedFrames>,
     comms: HashMap<u32, String>,
+    /// Processes whose mappings could not be read: they exited, or the daemon may not read
+    /// them. No pass reads their sites' stacks again, since no pass could name them.
+    unnameable: HashSet<u32>,
     /// Each process's workload, with `--workload-labels`.
     workloads: HashMap<u32, Workload>,
     /// The sites of processes that exited, at most [`RETIRED_SITES`].
@@ -95,6 +98,7 @@ impl Profiles {
             kernel_symbols: kernel_symbols.map(Arc::new),
             named: HashMap::new(),
             comms: HashMap::new(),
+            unnameable: HashSet::new(),
             workloads: HashMap::new(),
             retired: Vec::new(),
             dropped: 0,
@@ -102,19 +106,20 @@ impl Profiles {
     }
 
     /// The sites the kernel's maps hold that are not named yet, to be named with no lock held.
-    /// Only their keys are read for the sites named already: this runs every
+    /// Only their keys are read for the other sites: this runs every
     /// [`NAMING_INTERVAL`](super::daemon::NAMING_INTERVAL).
     pub fn unnamed(&self, tracer: &Tracer) -> Result<Unnamed> {
+        let new = |named: &Named| !self.named.contains_key(named) && !self.unnameable.contains(&named.tgid());
         let mut sites = Vec::new();
         for (key, _) in tracer.call_sites()? {
             let named = Named::call(&key);
-            if !self.named.contains_key(&named) {
+            if new(&named) {
                 sites.push((named, UnnamedSite::Call(key, tracer.stack(key.user_stack)?)));
             }
         }
         for (key, copies) in tracer.copy_sites()? {
             let named = Named::copy(&key);
-            if !self.named.contains_key(&named) {
+            if new(&named) {
                 let site = CopyStackSite {
                     kernel: tracer.stack(key.kernel_stack)?,
                     user: tracer.stack(key.user_stack)?,
@@ -138,6 +143,7 @@ impl Profiles {
         for (tgid, comm) in naming.comms {
             self.comms.entry(tgid).or_insert(comm);
         }
+        self.unnameable.extend(naming.unnameable);
     }
 
     /// Moves the sites of the processes in `gone` out of the kernel's maps, into the profiles'
@@ -169,6 +175,7 @@ impl Profiles {
         tracer.forget_stack_sites(&call_keys, &copy_keys)?;
         self.named.retain(|named, _| !gone.contains(&named.tgid()));
         self.comms.retain(|tgid, _| !gone.contains(tgid));
+        self.unnameable.retain(|tgid| !gone.contains(tgid));
         self.workloads.retain(|tgid, _| !gone.contains(tgid));
         Ok(())
     }
@@ -256,6 +263,7 @@ enum UnnamedSite {
 pub struct Naming {
     frames: Vec<(Named, NamedFrames)>,
     comms: Vec<(u32, String)>,
+    unnameable: Vec<u32>,
 }
 
 impl Unnamed {
@@ -265,6 +273,7 @@ impl Unnamed {
         let mut naming = Naming {
             frames: Vec::new(),
             comms: Vec::new(),
+            unnameable: Vec::new(),
         };
         // Every process's mappings and files first, before naming any: naming a big binary's
         // frames takes a while, and a short-lived process may exit meanwhile. A process that
@@ -281,7 +290,8 @@ impl Unnamed {
                 _ => Frames::live(tgid),
             };
             if frames.is_none() {
-                tracing::debug!(tgid, "exited before its frames could be named");
+                tracing::debug!(tgid, "exited before its frames could be named, or unreadable");
+                naming.unnameable.push(tgid);
             }
             let frames = frames.map(|f| f.with_kernel_symbols(self.kernel_symbols.clone()));
             processes.insert(tgid, frames);
