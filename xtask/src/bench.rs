@@ -645,7 +645,33 @@ fn profiles_overhead(zctrace: &Path, file: &Path, rounds: u32) -> Result<()> {
         Some(&["--profiles"]),
         Some(&["--profiles", "--profiles.period", "65536"]),
     ];
-    workload_rows(zctrace, file, rounds, ways)
+    workload_rows(zctrace, file, rounds, ways)?;
+    let memory = |flags: &[&str]| profiled_daemon_memory(zctrace, file, flags);
+    let (plain, profiled) = (memory(&[])?, memory(&["--profiles"])?);
+    println!(
+        "daemon resident memory after a 4 KiB relay and a profile, MiB: {:.1} (peak {:.1}); with --profiles {:.1} (peak {:.1})",
+        plain.rss as f64 / 1024.0,
+        plain.peak as f64 / 1024.0,
+        profiled.rss as f64 / 1024.0,
+        profiled.peak as f64 / 1024.0,
+    );
+    Ok(())
+}
+
+/// A daemon's resident memory once a 4 KiB relay has run beside it and its copy profile (where
+/// it has one) has been taken: the kernel's symbols, the relay's named sites and the profile.
+fn profiled_daemon_memory(zctrace: &Path, file: &Path, flags: &[&str]) -> Result<Memory> {
+    with_daemon_at(zctrace, flags, |daemon, address| {
+        transfer(zctrace, "read-write", file, 4 << 10)?;
+        if flags.contains(&"--profiles") {
+            ureq::get(&format!("http://{address}/debug/pprof/copies"))
+                .call()
+                .with_context(|| format!("the profile from {address}"))?
+                .body_mut()
+                .read_to_vec()?;
+        }
+        memory_kib(daemon.id())
+    })
 }
 
 fn transfer(zctrace: &Path, method: &str, file: &Path, chunk: u64) -> Result<Transfer> {
@@ -695,8 +721,18 @@ fn transfer_via(zctrace: &Path, wrapper: &[&str], method: &str, file: &Path, chu
 
 /// Runs `work` while a zctrace daemon (with `flags`) traces every process.
 fn with_daemon<T>(zctrace: &Path, flags: &[&str], work: impl FnOnce() -> Result<T>) -> Result<T> {
-    let (mut daemon, _) = start_daemon_with(zctrace, flags)?;
-    let result = work();
+    with_daemon_at(zctrace, flags, |_, _| work())
+}
+
+/// Runs `work` on a zctrace daemon (with `flags`) and the address it serves on, while it traces
+/// every process.
+fn with_daemon_at<T>(
+    zctrace: &Path,
+    flags: &[&str],
+    work: impl FnOnce(&Child, &str) -> Result<T>,
+) -> Result<T> {
+    let (mut daemon, address) = start_daemon_with(zctrace, flags)?;
+    let result = work(&daemon, &address);
     let _ = Command::new("kill").arg(daemon.id().to_string()).status();
     daemon.wait()?;
     // Programs are freed shortly after the daemon exits; let the next run start clean.
