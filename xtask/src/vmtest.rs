@@ -260,10 +260,16 @@ pub fn run(only: Option<&str>, test: Option<&str>) -> Result<()> {
         let known = kernels
             .iter()
             .any(|k| k.suite.iter().any(|(name, _)| *name == test));
-        let names: Vec<&str> = FULL_SUITE.iter().map(|(name, _)| *name).collect();
+        let mut names: Vec<&str> = kernels
+            .iter()
+            .flat_map(|k| k.suite.iter().map(|(name, _)| *name))
+            .collect();
+        names.sort_unstable();
+        names.dedup();
         ensure!(
             known,
-            "no test binary named {test} in the suite; it has {}",
+            "no test binary named {test} in the suite of {}; it has {}",
+            only.unwrap_or("any kernel"),
             names.join(", ")
         );
     }

@@ -382,6 +382,9 @@ pub struct KernelOffsets {
     /// 1 where the kernel has `bpf_get_current_task_btf` (5.11), whose BTF-typed task plain loads
     /// can read; 0 where the current task is read through the probe-read helper.
     pub current_task_typed: u32,
+    /// 1 where the kernel has `bpf_task_pt_regs` (5.15): a copy hook then reads the task's user
+    /// registers, for the caller a frameless leaf hides.
+    pub task_regs_typed: u32,
     /// `task_struct.__state` (`state`, a `long`, before 5.14: its low half on little-endian).
     pub task_state: u32,
     /// `task_struct.real_parent`: the process that forked this one, or its reaper once it exited.
@@ -551,7 +554,12 @@ pub struct CopyStackKey {
     pub tgid: u32,
     /// A [`Copier`].
     pub copier: u8,
-    pub reserved: [u8; 3],
+    /// As [`StackKey::caller_slot`].
+    pub caller_slot: u8,
+    pub reserved: [u8; 2],
+    /// As [`StackKey::caller`], with the user stack; 0 without it, or where the kernel does not
+    /// hand copy hooks the task's user registers.
+    pub caller: u64,
 }
 
 /// The copies observed at one [`CopyStackKey`].
@@ -826,14 +834,14 @@ mod tests {
         assert_eq!(size_of::<ProcessKey>(), 4 + 4 + 8);
         assert_eq!(size_of::<SyscallKey>(), 16 + 2 + 1 + 1 + 4);
         assert_eq!(size_of::<StackKey>(), 4 + 4 + 8 + 2 + 1 + 1 + 1 + 1 + 2);
-        assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 4 + 1 + 3);
+        assert_eq!(size_of::<CopyStackKey>(), 4 + 4 + 4 + 1 + 1 + 2 + 8);
         assert_eq!(size_of::<CopyStackCounts>(), 2 * 8);
         assert_eq!(size_of::<SyscallStats>(), 4 * 8);
         assert_eq!(
             size_of::<ProcessStats>(),
             16 + 8 * (4 + TCP_PATHS + 1 + COPY_ROUTINES + 2) + 4 + 4
         );
-        assert_eq!(size_of::<KernelOffsets>(), 51 * 4);
+        assert_eq!(size_of::<KernelOffsets>(), 52 * 4);
         assert_eq!(size_of::<SocketKindSlot>(), 2 * 8);
         assert_eq!(size_of::<PendingSend>(), 8);
         assert_eq!(size_of::<ThreadSwitches>(), 16 + 8 * 8);

@@ -1,7 +1,9 @@
 //! Reading kernel structs through offsets resolved from BTF at load time.
 use core::arch::asm;
 
-use aya_ebpf::helpers::{bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel};
+use aya_ebpf::helpers::{
+    bpf_get_current_task, bpf_get_current_task_btf, bpf_probe_read_kernel, bpf_task_pt_regs,
+};
 use zctrace_common::{
     FdKind, KernelOffsets, ProbeConfig, ProcessKey, SocketKindCache, SocketKindSlot, AF_INET, AF_INET6,
     AF_UNIX, DEV_NULL, EMBEDDED_FDS, IPPROTO_TCP, IPPROTO_UDP, PF_EXITING, SOCK_DGRAM, SOCK_STREAM, S_IFCHR,
@@ -56,6 +58,7 @@ pub static OFFSETS: KernelOffsets = KernelOffsets {
     task_stint_start_runtime: 0,
     task_last_arrival: 0,
     current_task_typed: 0,
+    task_regs_typed: 0,
     task_state: 0,
     task_real_parent: 0,
     task_cgroups: 0,
@@ -170,6 +173,18 @@ pub fn current_task() -> u64 {
         // SAFETY: as above.
         unsafe { bpf_get_current_task() }
     }
+}
+
+/// The current task's user registers, as saved when it entered the kernel, BTF-typed; `None`
+/// where the kernel has no `bpf_task_pt_regs` (before 5.15).
+#[inline(always)]
+pub fn current_user_regs() -> Option<u64> {
+    // As in `current_task`: the verifier keeps only the branch this kernel has.
+    if offset!(task_regs_typed) == 0 {
+        return None;
+    }
+    // SAFETY: the helpers have no preconditions; the task pointer is the helper's own.
+    Some(unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as u64)
 }
 
 /// Reads a `T` at `base + offset`, where `base` is the current task or an object reached through

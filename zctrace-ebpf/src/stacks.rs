@@ -15,7 +15,7 @@ use zctrace_common::{
 };
 
 use crate::{
-    kernel::{field, sample_period, stack_mode},
+    kernel::{current_user_regs, field, sample_period, stack_mode},
     maps::{add, count_error, zeroed_entry},
 };
 
@@ -167,7 +167,8 @@ pub fn record<C: StackIdContext>(ctx: &C, pt_regs: u64, key: &SyscallKey, failed
 }
 
 /// Counts `bytes` the current task just saw `copier` copy against the kernel stack of the copy
-/// (and the user stack, in both mode and for profiles), when `attach --stacks kernel|both` or
+/// (and the user stack, with the caller a frameless leaf hides where the kernel hands over the
+/// task's user registers, in both mode and for profiles), when `attach --stacks kernel|both` or
 /// the daemon's profiles asked for them. As in [`record`], a stack the map refused is
 /// [`NO_STACK`] and one drop. A deferred zerocopy copy runs in a softirq, whose user stack and
 /// process belong to whatever task it interrupted, so it gets neither.
@@ -183,16 +184,20 @@ pub fn record_copy<C: StackIdContext>(ctx: &C, copier: Copier, bytes: u64) {
     let kernel_stack = stack_id(ctx, 0);
     let in_softirq = copier == Copier::ZerocopyDeferred;
     let user_wanted = mode == StackMode::Both as u32 || mode == StackMode::Profiles as u32;
+    let (user_stack, (caller, caller_slot)) = if user_wanted && !in_softirq {
+        let caller = current_user_regs().map_or((0, 0), frameless_caller);
+        (stack_id(ctx, BPF_F_USER_STACK as u64), caller)
+    } else {
+        (NO_STACK, (0, 0))
+    };
     let site = CopyStackKey {
         kernel_stack,
-        user_stack: if user_wanted && !in_softirq {
-            stack_id(ctx, BPF_F_USER_STACK as u64)
-        } else {
-            NO_STACK
-        },
+        user_stack,
         tgid: if in_softirq { 0 } else { current_tgid() },
         copier: copier as u8,
-        reserved: [0; 3],
+        caller_slot,
+        reserved: [0; 2],
+        caller,
     };
     let entry = zeroed_entry(&COPY_STACK_COUNTS, &site);
     if entry.is_none() {

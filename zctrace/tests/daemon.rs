@@ -504,14 +504,15 @@ fn the_daemons_profile_shows_the_caller_of_libcs_frameless_wrappers() {
 /// below the functions that asked for them: its TCP sends under relay_body and `ksys_write`, the
 /// draining thread's receives under drain_socket and `tcp_recvmsg`, each within 10% of the bytes
 /// (the TCP send and receive copies are observed on every kernel; a file read's copy too where
-/// the kernel lets zctrace see it, also under relay_body).
+/// the kernel lets zctrace see it, also under relay_body). The relay calls libc's frameless
+/// wrappers: relay_body is their caller, which the copy hooks take from the task's registers.
 #[test]
 fn the_daemons_kernel_copy_profile_shows_each_copy_below_its_caller() {
     if !privileged("the_daemons_kernel_copy_profile_shows_each_copy_below_its_caller") {
         return;
     }
     let run = ProfiledRun {
-        relay: Relay::FramePointers,
+        relay: Relay::LibcWrappers,
         tcp: true,
         profile: "/debug/pprof/kernel_copies",
         rows: pprof_top_cumulative,

@@ -284,6 +284,34 @@ fn the_caller_of_a_frameless_libc_wrapper_is_recovered() {
     }
 }
 
+/// The same relay's observed copies, with both stacks: where the kernel hands copy hooks the
+/// task's user registers (5.15), each TCP send copy's user stack has relay_body back above libc's
+/// frameless `write`; elsewhere the report says it cannot.
+#[test]
+fn copies_keep_the_caller_of_a_frameless_libc_wrapper() {
+    if !privileged("copies_keep_the_caller_of_a_frameless_libc_wrapper") {
+        return;
+    }
+    let traced = trace_relay(Relay::LibcWrappers, "libc-both", "both", Dst::Tcp, &[]);
+    // Whether the kernel has the helper, read from its BTF's strings, not as zctrace reads it.
+    let btf = std::fs::read("/sys/kernel/btf/vmlinux").unwrap();
+    let offered = btf.windows(23).any(|w| w == b"\0BPF_FUNC_task_pt_regs\0");
+    let stacks = &traced.report["stacks"];
+    assert_eq!(stacks["copy_site_callers"], offered, "{stacks:#}");
+    let (sends, sent) = ending_in(&traced.folded, "tcp_sendmsg_locked");
+    assert_eq!(sent, RELAY_SIZE, "{sends:#?}");
+    // Elsewhere every byte is still under its copy, and the text report says why the caller
+    // is missing.
+    if offered {
+        let caller_then_wrapper: u64 = sends
+            .iter()
+            .filter(|(frames, _)| frames.contains(";main;relay_body;"))
+            .map(|(_, w)| w)
+            .sum();
+        assert_eq!(caller_then_wrapper, RELAY_SIZE, "{sends:#?}");
+    }
+}
+
 #[test]
 fn without_frame_pointers_the_stacks_shrink_but_no_byte_is_lost() {
     if !privileged("without_frame_pointers_the_stacks_shrink_but_no_byte_is_lost") {

@@ -319,14 +319,16 @@ impl Session {
                 .tracer
                 .stack_sites()?
                 .into_iter()
-                .map(|(key, stats, ips)| Site::new(&key, &stats, frames.call_site_names(&key, &ips)))
+                .map(|(key, stats, ips)| {
+                    Site::new(&key, &stats, frames.names_with_caller((&key).into(), &ips))
+                })
                 .collect(),
             StackKind::Kernel | StackKind::Both => self
                 .tracer
                 .copy_stack_sites()?
                 .into_iter()
                 .map(|site| {
-                    let user = frames.names(&site.user);
+                    let user = frames.names_with_caller((&site.key).into(), &site.user);
                     let kernel = frames.kernel_names(&site.kernel);
                     Site::at_copy(*kind, &site.key, &site.copies, user, kernel)
                 })
@@ -438,7 +440,9 @@ impl Session {
                 ),
             };
             report = report.with_stacks(
-                StacksReport::new(kind, &sites, drops, &unobserved, &unwound).sampled(args.stacks_period),
+                StacksReport::new(kind, &sites, drops, &unobserved, &unwound)
+                    .copy_site_callers(self.tracer.copy_site_callers())
+                    .sampled(args.stacks_period),
             );
         }
         if exited {

@@ -90,6 +90,10 @@ pub struct StacksReport {
     /// unwind past it (before 5.15), whose copies are counted under `[stack not recorded]`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub copiers_without_kernel_stacks: Option<Vec<&'static str>>,
+    /// With both stacks: whether each copy's user stack gets the caller a frameless leaf (libc's
+    /// syscall wrappers) hides, which needs the task's user registers at the copy (5.15).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copy_site_callers: Option<bool>,
     /// The heaviest sites by CPU-copied bytes.
     pub top: Vec<TopSite>,
     /// Null when every call (or copy) was recorded. Otherwise a stack was taken about once per
@@ -117,8 +121,17 @@ impl StacksReport {
             drops,
             unobserved_copiers: names(unobserved),
             copiers_without_kernel_stacks: names(unwound),
+            copy_site_callers: None,
             top: stacks::top(sites, TOP_SITES),
             sample_period_bytes: None,
+        }
+    }
+
+    /// Says, with both stacks, whether copy sites' user stacks get their hidden callers.
+    pub fn copy_site_callers(self, recovered: bool) -> StacksReport {
+        StacksReport {
+            copy_site_callers: (self.kind == StackKind::Both.label()).then_some(recovered),
+            ..self
         }
     }
 
@@ -530,6 +543,11 @@ impl Report {
                     unwound.join(", ")
                 );
             }
+            if stacks.copy_site_callers == Some(false) {
+                out += "copies' user stacks lack the caller a frameless function (libc's syscall wrappers) hides: \
+                        this kernel does not hand copy hooks the task's registers (bpf_task_pt_regs, 5.15); \
+                        --stacks user shows it at the call\n";
+            }
             top_sites_lines(&stacks.top)
                 .iter()
                 .for_each(|l| out += &format!("{l}\n"));
@@ -701,6 +719,29 @@ mod tests {
         );
         let user = with_stacks_unwound(StackKind::User, &[], &[Copier::TcpSend]);
         assert_eq!(user.stacks.unwrap().copiers_without_kernel_stacks, None);
+    }
+
+    #[test]
+    fn both_stacks_say_when_copies_lack_the_callers_frameless_functions_hide() {
+        let report = |kind, recovered| {
+            let stacks =
+                StacksReport::new(kind, &[], StackDrops::default(), &[], &[]).copy_site_callers(recovered);
+            Report::new(1, &ProcessFigures::default(), 1.0, false, None).with_stacks(stacks)
+        };
+        let missing = report(StackKind::Both, false);
+        assert_eq!(missing.stacks.as_ref().unwrap().copy_site_callers, Some(false));
+        assert!(
+            missing.text().contains("(bpf_task_pt_regs, 5.15)"),
+            "{}",
+            missing.text()
+        );
+        let recovered = report(StackKind::Both, true);
+        assert_eq!(recovered.stacks.as_ref().unwrap().copy_site_callers, Some(true));
+        assert!(!recovered.text().contains("bpf_task_pt_regs"));
+        // Call sites take the caller from sys_exit's registers, on every kernel.
+        let user = report(StackKind::User, false);
+        assert_eq!(user.stacks.as_ref().unwrap().copy_site_callers, None);
+        assert!(!user.text().contains("bpf_task_pt_regs"));
     }
 
     #[test]

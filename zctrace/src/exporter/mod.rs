@@ -172,6 +172,7 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     if args.profiles {
         tracing::info!(
             period = args.profile_period,
+            copy_site_callers = tracer.copy_site_callers(),
             "profiles at /debug/pprof/copies and kernel_copies"
         );
     }

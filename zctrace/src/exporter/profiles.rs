@@ -51,7 +51,7 @@ pub const RETIRED_SITES: usize = 16384;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 enum Named {
     Call(u32, i32, u64),
-    Copy(u32, i32, i32),
+    Copy(u32, i32, i32, u64),
 }
 
 impl Named {
@@ -60,7 +60,7 @@ impl Named {
     }
 
     fn copy(key: &CopyStackKey) -> Named {
-        Named::Copy(key.tgid, key.kernel_stack, key.user_stack)
+        Named::Copy(key.tgid, key.kernel_stack, key.user_stack, key.caller)
     }
 
     fn tgid(&self) -> u32 {
@@ -303,11 +303,11 @@ impl Unnamed {
             };
             let frames = match site {
                 UnnamedSite::Call(key, ips) => NamedFrames {
-                    user: process.call_site_frames(&key, &ips),
+                    user: process.frames_with_caller((&key).into(), &ips),
                     kernel: Vec::new(),
                 },
                 UnnamedSite::Copy(site) => NamedFrames {
-                    user: process.frames(&site.user),
+                    user: process.frames_with_caller((&site.key).into(), &site.user),
                     kernel: process.kernel_names(&site.kernel),
                 },
             };

@@ -83,6 +83,7 @@ pub fn resolve(btf: &Btf) -> Result<KernelOffsets> {
         task_last_arrival: field("task_struct", "sched_info.last_arrival").unwrap_or(NO_FIELD),
         task_migration_disabled: field("task_struct", "migration_disabled").unwrap_or(NO_FIELD),
         current_task_typed: enum_value(btf, "bpf_func_id", "BPF_FUNC_get_current_task_btf").is_ok() as u32,
+        task_regs_typed: enum_value(btf, "bpf_func_id", "BPF_FUNC_task_pt_regs").is_ok() as u32,
         task_state: field("task_struct", "__state").or_else(|_| field("task_struct", "state"))?,
         task_real_parent: field("task_struct", "real_parent")?,
         task_cgroups: field("task_struct", "cgroups")?,

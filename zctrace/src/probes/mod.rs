@@ -158,6 +158,9 @@ pub struct Tracer {
     /// unwinders learned to in 5.15 (through `kretprobe_find_ret_addr`, or `rethook_find_ret_addr`
     /// where kretprobes run on rethook).
     kretprobe_stacks: bool,
+    /// Whether a copy hook can read the task's user registers (`bpf_task_pt_regs`, 5.15), for
+    /// the caller a frameless leaf hides from its user stack.
+    copy_site_callers: bool,
     socket_kind_slots: u32,
 }
 
@@ -168,7 +171,9 @@ impl Tracer {
     pub fn load(options: &ProbeOptions) -> Result<Tracer> {
         let kernel = btf::kernel_btf()?;
         let socket_kind_slots = options.socket_kind_slots()?;
-        let mut ebpf = load_programs(options, &btf::resolve(&kernel)?, socket_kind_slots)?;
+        let offsets = btf::resolve(&kernel)?;
+        let copy_site_callers = offsets.task_regs_typed != 0;
+        let mut ebpf = load_programs(options, &offsets, socket_kind_slots)?;
         let btf = Btf::from_sys_fs().context("loading kernel BTF for BTF tracepoints")?;
         let preemptible = asks_about_preemption(options) && runs_preemptibly(&mut ebpf, &btf);
         let statuses = attach_probes(&mut ebpf, options, &btf, &kernel, preemptible);
@@ -198,6 +203,7 @@ impl Tracer {
             bounded,
             switch_floor: Mutex::default(),
             kretprobe_stacks,
+            copy_site_callers,
             socket_kind_slots,
         })
     }
@@ -226,6 +232,11 @@ impl Tracer {
             })
             .map(|(_, copier)| copier)
             .collect()
+    }
+
+    /// Whether copy sites' user stacks get the caller a frameless leaf hides, as call sites' do.
+    pub fn copy_site_callers(&self) -> bool {
+        self.copy_site_callers
     }
 
     /// Copiers observed at a kretprobe on a kernel that cannot unwind a kernel stack from there:

@@ -17,7 +17,7 @@ use blazesym::{
     },
     MaybeDefault,
 };
-use zctrace_common::StackKey;
+use zctrace_common::{CopyStackKey, StackKey};
 
 use super::{
     kallsyms::KernelSymbols,
@@ -80,6 +80,33 @@ pub struct Frames {
     dwarf: bool,
     /// The process's files, open while its frames are named.
     held: Arc<Mutex<HeldFiles>>,
+}
+
+/// A return address the kernel found beside a user stack, at a data-path call or an observed
+/// copy, which the frame-pointer walk skips where the leaf keeps no frame; and the stack slot it
+/// was found in (x86_64). See [`StackKey::caller`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HiddenCaller {
+    pub address: u64,
+    pub slot: u8,
+}
+
+impl From<&StackKey> for HiddenCaller {
+    fn from(key: &StackKey) -> HiddenCaller {
+        HiddenCaller {
+            address: key.caller,
+            slot: key.caller_slot,
+        }
+    }
+}
+
+impl From<&CopyStackKey> for HiddenCaller {
+    fn from(key: &CopyStackKey) -> HiddenCaller {
+        HiddenCaller {
+            address: key.caller,
+            slot: key.caller_slot,
+        }
+    }
 }
 
 /// A process's mapped files, opened through its own root (a container's files are not at those
@@ -201,17 +228,17 @@ impl Frames {
         self.named(ips, Self::name_user)
     }
 
-    /// Names of a data-path call site's user frames, root first: its stack's, and the caller the
+    /// Names of a call or copy site's user frames, root first: its stack's, and the caller the
     /// walk skipped when the leaf keeps no frame, where the kernel found its return address in
     /// the place the leaf's CFI says it is.
-    pub fn call_site_names(&mut self, key: &StackKey, ips: &[u64]) -> Vec<String> {
-        let ips = self.with_hidden_caller(key, ips);
+    pub fn names_with_caller(&mut self, caller: HiddenCaller, ips: &[u64]) -> Vec<String> {
+        let ips = self.with_hidden_caller(caller, ips);
         self.names(&ips)
     }
 
-    /// [`Frames::call_site_names`], each frame with where it lies.
-    pub fn call_site_frames(&mut self, key: &StackKey, ips: &[u64]) -> Vec<Frame> {
-        let ips = self.with_hidden_caller(key, ips);
+    /// [`Frames::names_with_caller`], each frame with where it lies.
+    pub fn frames_with_caller(&mut self, caller: HiddenCaller, ips: &[u64]) -> Vec<Frame> {
+        let ips = self.with_hidden_caller(caller, ips);
         self.frames(&ips)
     }
 
@@ -255,13 +282,13 @@ impl Frames {
     }
 
     /// The stack's addresses, leaf first, with the caller the walk skipped put back.
-    fn with_hidden_caller(&mut self, key: &StackKey, ips: &[u64]) -> Vec<u64> {
+    fn with_hidden_caller(&mut self, caller: HiddenCaller, ips: &[u64]) -> Vec<u64> {
         let hidden = match (ips.first(), ips.get(1)) {
-            (Some(&leaf), next) if key.caller != 0 && next != Some(&key.caller) => {
+            (Some(&leaf), next) if caller.address != 0 && next != Some(&caller.address) => {
                 let found = if cfg!(target_arch = "aarch64") {
                     ReturnAddress::LinkRegister
                 } else {
-                    ReturnAddress::StackSlot(key.caller_slot)
+                    ReturnAddress::StackSlot(caller.slot)
                 };
                 self.leaf_return(leaf) == Some(found)
             }
@@ -269,7 +296,7 @@ impl Frames {
         };
         let mut ips = ips.to_vec();
         if hidden {
-            ips.insert(1, key.caller);
+            ips.insert(1, caller.address);
         }
         ips
     }

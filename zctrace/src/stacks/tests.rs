@@ -177,7 +177,7 @@ fn copy_key(copier: Copier) -> CopyStackKey {
         user_stack: 4,
         tgid: 42,
         copier: copier as u8,
-        reserved: [0; 3],
+        ..CopyStackKey::default()
     }
 }
 
