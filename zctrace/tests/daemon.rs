@@ -635,6 +635,20 @@ fn profiled_stacks(daemon: &Daemon, path: &str, pid: u32) -> Vec<Vec<String>> {
         .collect()
 }
 
+/// A profile over a window longer than the daemon's connection idle deadline is served: while
+/// the daemon owes the client its answer, the wait is not the client's idleness.
+#[test]
+fn a_profile_window_longer_than_the_idle_deadline_is_served() {
+    if !privileged("a_profile_window_longer_than_the_idle_deadline_is_served") {
+        return;
+    }
+    let daemon = Daemon::start(&["--profiles"]);
+    let seconds = zctrace::exporter::connections::IDLE_TIMEOUT.as_secs() + 2;
+    let path = format!("/debug/pprof/copies?seconds={seconds}");
+    let profile = decoded_profile(&daemon.profile(&path, "longer-than-idle.pb.gz"));
+    assert_eq!(profile.duration_nanos, seconds as i64 * 1_000_000_000);
+}
+
 /// A served profile, decoded as zctrace wrote it.
 fn decoded_profile(path: &Path) -> zctrace::stacks::pprof::Profile {
     use std::io::Read as _;

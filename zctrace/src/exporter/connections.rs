@@ -71,7 +71,7 @@ impl HttpStats {
 
 /// A connection whose reads (a client that sends nothing, or stays idle after TLS or between
 /// requests) or writes (one that stops reading its response) make no progress for this long is
-/// closed. Prometheus reconnects for its next scrape.
+/// closed; not while the daemon owes it an answer. Prometheus reconnects for its next scrape.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Connections open at once, at most; fewer when the descriptor limit is lower.
 pub const MAX_CONNECTIONS: u64 = 4096;
@@ -116,6 +116,7 @@ impl<S: Send + 'static> Accept<TcpStream, S> for Limited {
         let tracked = Tracked {
             stream: Box::pin(with_deadlines(stream)),
             stats: self.stats.clone(),
+            owed: false,
         };
         if open > self.cap {
             self.stats.refuse(Refusal::ConnectionLimit);
@@ -136,6 +137,11 @@ fn with_deadlines(stream: TcpStream) -> TimeoutStream<TcpStream> {
 pub struct Tracked {
     stream: Pin<Box<TimeoutStream<TcpStream>>>,
     stats: Arc<HttpStats>,
+    /// The client sent something the daemon has not answered yet. Serving a request is not the
+    /// client's idleness (a profile over N seconds takes N seconds), so the read clock stops
+    /// until the daemon writes; a client that sends only part of a request meets the header or
+    /// TLS handshake deadline instead.
+    owed: bool,
 }
 
 impl Drop for Tracked {
@@ -150,13 +156,24 @@ impl AsyncRead for Tracked {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        self.stream.as_mut().poll_read(cx, buf)
+        let before = buf.filled().len();
+        let polled = self.stream.as_mut().poll_read(cx, buf);
+        if !self.owed && matches!(polled, Poll::Ready(Ok(()))) && buf.filled().len() > before {
+            self.owed = true;
+            self.stream.as_mut().set_read_timeout_pinned(None);
+        }
+        polled
     }
 }
 
 impl AsyncWrite for Tracked {
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        self.stream.as_mut().poll_write(cx, buf)
+        let polled = self.stream.as_mut().poll_write(cx, buf);
+        if self.owed && matches!(polled, Poll::Ready(Ok(n)) if n > 0) {
+            self.owed = false;
+            self.stream.as_mut().set_read_timeout_pinned(Some(IDLE_TIMEOUT));
+        }
+        polled
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

@@ -481,7 +481,12 @@ impl Daemon {
         let mut response = agent
             .get(&format!("http://{}{path}", self.addr))
             .call()
-            .expect("HTTP request to the daemon");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "HTTP request to the daemon: {e}; its log:\n{}",
+                    self.log.lock().unwrap()
+                )
+            });
         let status = response.status().as_u16();
         let body = response.body_mut().read_to_vec().expect("body");
         (status, body)
