@@ -121,6 +121,14 @@ fn podman(args: &[&str]) -> Output {
 /// A running container, removed when dropped.
 struct Container(String);
 
+impl Container {
+    /// A field of `podman inspect`, by its Go template.
+    fn inspect(&self, format: &str) -> String {
+        let output = podman(&["inspect", "--format", format, &self.0]);
+        String::from_utf8_lossy(&output.stdout).trim().to_string()
+    }
+}
+
 impl Drop for Container {
     fn drop(&mut self) {
         let _ = podman(&["rm", "--force", "--time", "5", &self.0]);
@@ -288,9 +296,8 @@ fn the_daemonset_container_serves_a_host_workload_and_leaves_nothing_loaded() {
         "podman stop: {}",
         String::from_utf8_lossy(&stopped.stderr)
     );
-    let status = podman(&["inspect", "--format", "{{.State.ExitCode}}", &container.0]);
     assert_eq!(
-        String::from_utf8_lossy(&status.stdout).trim(),
+        container.inspect("{{.State.ExitCode}}"),
         "0",
         "zctrace exits cleanly on the runtime's SIGTERM:\n{}",
         logs()
@@ -406,34 +413,12 @@ fn attach_names_the_frames_of_a_process_in_a_container() {
     let fifo = scratch_path("attached-relay.fifo");
     nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
     let name = format!("zctrace-attached-relay-{}", std::process::id());
-    let volume = format!("--volume={}:/in:ro", fifo.display());
-    let started = podman(&[
-        "run",
-        "--detach",
-        "--name",
-        &name,
-        "--network=none",
-        &volume,
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "/relay",
-        "/in",
-        "/out",
-        "/log",
-        "16384",
-        "1024",
-    ]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let relay = Container(name);
-    let pid = String::from_utf8(podman(&["inspect", "--format", "{{.State.Pid}}", &relay.0]).stdout).unwrap();
+    let relay = relay_in_container(name, &rootfs, &fifo, &[]);
+    let pid = relay.inspect("{{.State.Pid}}");
     let folded = scratch_path("attached-relay.folded");
     let (attach, _log) = attach_started(&[
         "--pid",
-        pid.trim(),
+        &pid,
         "--stacks",
         "user",
         "--stacks-out",
@@ -468,38 +453,11 @@ fn profile_containerized_relay(
     run: u32,
 ) -> (u32, String, u64, std::path::PathBuf) {
     let name = format!("zctrace-relay-{}-{run}", std::process::id());
-    let input = test_file(32 * MIB);
-    let started = podman(&[
-        "run",
-        "--detach",
-        "--name",
-        &name,
-        "--network=none",
-        &format!("--volume={}:/in:ro", input.display()),
-        "--rootfs",
-        rootfs.to_str().unwrap(),
-        "/relay",
-        "/in",
-        "/out",
-        "/log",
-        "16384",
-        "1024",
-        // Alive past a sweep of the daemon, which names frames while their process lives.
-        "3000",
-    ]);
-    assert!(
-        started.status.success(),
-        "{}",
-        String::from_utf8_lossy(&started.stderr)
-    );
-    let relay = Container(name);
-    let inspect = |format: &str| {
-        let output = podman(&["inspect", "--format", format, &relay.0]);
-        String::from_utf8_lossy(&output.stdout).trim().to_string()
-    };
+    // Alive past a sweep of the daemon, which names frames while their process lives.
+    let relay = relay_in_container(name, rootfs, &test_file(32 * MIB), &["3000"]);
     let (pid, id) = (
-        inspect("{{.State.Pid}}").parse().expect("the relay's pid"),
-        inspect("{{.Id}}"),
+        relay.inspect("{{.State.Pid}}").parse().expect("the relay's pid"),
+        relay.inspect("{{.Id}}"),
     );
     assert!(podman(&["wait", &relay.0]).status.success());
     let stderr = String::from_utf8_lossy(&podman(&["logs", &relay.0]).stderr).into_owned();
@@ -514,6 +472,40 @@ fn profile_containerized_relay(
         .unwrap_or_else(|e| panic!("{e}\n{}", daemonset.logs()));
     std::fs::write(&profile, bytes).unwrap();
     (pid, id, relayed, profile)
+}
+
+/// The static relay of `rootfs` started in a container of its own named `name`, relaying `input`
+/// (its `/in`) in 16 KiB chunks with a 1 KiB log record each, `extra` appended to its arguments.
+fn relay_in_container(
+    name: String,
+    rootfs: &std::path::Path,
+    input: &std::path::Path,
+    extra: &[&str],
+) -> Container {
+    let volume = format!("--volume={}:/in:ro", input.display());
+    let run = [
+        "run",
+        "--detach",
+        "--name",
+        &name,
+        "--network=none",
+        &volume,
+        "--rootfs",
+        rootfs.to_str().unwrap(),
+        "/relay",
+        "/in",
+        "/out",
+        "/log",
+        "16384",
+        "1024",
+    ];
+    let started = podman(&[&run[..], extra].concat());
+    assert!(
+        started.status.success(),
+        "{}",
+        String::from_utf8_lossy(&started.stderr)
+    );
+    Container(name)
 }
 
 /// A root filesystem holding only the stack relay, built static (position-independent, so that
