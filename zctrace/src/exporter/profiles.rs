@@ -120,13 +120,7 @@ impl Profiles {
         for (key, copies) in tracer.copy_sites()? {
             let named = Named::copy(&key);
             if new(&named) {
-                let site = CopyStackSite {
-                    kernel: tracer.stack(key.kernel_stack)?,
-                    user: tracer.stack(key.user_stack)?,
-                    key,
-                    copies,
-                };
-                sites.push((named, UnnamedSite::Copy(site)));
+                sites.push((named, UnnamedSite::Copy(tracer.copy_stack_site(key, copies)?)));
             }
         }
         Ok(Unnamed {

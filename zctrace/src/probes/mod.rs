@@ -468,15 +468,18 @@ impl Tracer {
     pub fn copy_stack_sites(&self) -> Result<Vec<CopyStackSite>> {
         self.copy_sites()?
             .into_iter()
-            .map(|(key, copies)| {
-                Ok(CopyStackSite {
-                    kernel: self.stack(key.kernel_stack)?,
-                    user: self.stack(key.user_stack)?,
-                    key,
-                    copies,
-                })
-            })
+            .map(|(key, copies)| self.copy_stack_site(key, copies))
             .collect()
+    }
+
+    /// The copy site `key`, with its counts and its stacks' addresses.
+    pub fn copy_stack_site(&self, key: CopyStackKey, copies: CopyStackCounts) -> Result<CopyStackSite> {
+        Ok(CopyStackSite {
+            kernel: self.stack(key.kernel_stack)?,
+            user: self.stack(key.user_stack)?,
+            key,
+            copies,
+        })
     }
 
     /// The copy sites `attach --stacks kernel|both` saw, with their counts and without their
