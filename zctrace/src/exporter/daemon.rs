@@ -32,8 +32,8 @@ const FULL_CHECK_EVERY: u64 = 15;
 
 pub struct Daemon {
     state: Mutex<State>,
-    /// Held by whoever names the profiles' new sites, from reading them to keeping their names:
-    /// no sweep retires a process between the two.
+    /// Held by whoever names the profiles' new sites, from reading them to keeping their names,
+    /// and by the sweep: no sweep retires a process between the two.
     naming: Mutex<()>,
     kernel: String,
     started: SystemTime,
@@ -90,35 +90,37 @@ impl Daemon {
 
     /// Folds the final counts of exited processes into their series and frees their entries.
     pub fn sweep(&self) -> Result<usize> {
-        self.with_new_sites_named(|state| {
-            state.sweeps += 1;
-            let full_check = state.sweeps.is_multiple_of(FULL_CHECK_EVERY);
-            let snapshot = state.tracer.snapshot()?;
-            let gone: HashSet<_> = state
-                .tracer
-                .forget_exited(&snapshot, full_check)?
-                .into_iter()
-                .collect();
-            let processes = per_process(&snapshot, state.tracer.copies_observed());
-            if let Some(profiles) = &mut state.profiles {
-                if state.labels.workload {
-                    for figures in &processes {
-                        let path = state.cgroups.path(figures.cgroup_id).unwrap_or_default();
-                        profiles.note_workload(figures.key.tgid, Workload::from_cgroup_path(path));
-                    }
-                }
-                let tgids = gone.iter().map(|key| key.tgid).collect();
-                profiles.collect(&mut state.tracer, &tgids)?;
-            }
-            let now = Instant::now();
-            for figures in processes {
-                if gone.contains(&figures.key) {
-                    let key = state.series_key(&figures);
-                    state.book.retire(key, &figures, now);
+        // The naming task names new sites every NAMING_INTERVAL; the sweep only takes its turn.
+        let _turn = self.naming.lock().expect("naming turn");
+        let mut state = self.state.lock().expect("daemon state");
+        let state = &mut *state;
+        state.sweeps += 1;
+        let full_check = state.sweeps.is_multiple_of(FULL_CHECK_EVERY);
+        let snapshot = state.tracer.snapshot()?;
+        let gone: HashSet<_> = state
+            .tracer
+            .forget_exited(&snapshot, full_check)?
+            .into_iter()
+            .collect();
+        let processes = per_process(&snapshot, state.tracer.copies_observed());
+        if let Some(profiles) = &mut state.profiles {
+            if state.labels.workload {
+                for figures in &processes {
+                    let path = state.cgroups.path(figures.cgroup_id).unwrap_or_default();
+                    profiles.note_workload(figures.key.tgid, Workload::from_cgroup_path(path));
                 }
             }
-            Ok(gone.len())
-        })
+            let tgids = gone.iter().map(|key| key.tgid).collect();
+            profiles.collect(&mut state.tracer, &tgids)?;
+        }
+        let now = Instant::now();
+        for figures in processes {
+            if gone.contains(&figures.key) {
+                let key = state.series_key(&figures);
+                state.book.retire(key, &figures, now);
+            }
+        }
+        Ok(gone.len())
     }
 
     /// Every process's sampled call sites so far, and the sampling period; `None` without
