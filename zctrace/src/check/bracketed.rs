@@ -39,7 +39,9 @@ impl BracketedSend {
         let mut line = String::new();
         stdout.read_line(&mut line)?;
         anyhow::ensure!(line.trim() == "ready", "the sender did not get ready: {line:?}");
-        Ok(BracketedSend { child, stdout })
+        let sender = BracketedSend { child, stdout };
+        wait_until_blocked_in(sender.pid(), libc::SYS_rt_sigtimedwait)?;
+        Ok(sender)
     }
 
     pub fn pid(&self) -> u32 {
@@ -77,6 +79,30 @@ impl BracketedSend {
         }
         Ok((during, report))
     }
+}
+
+/// Waits until process `pid` sleeps in syscall `number`. A line a child prints reaches its
+/// reader as soon as the write copied it, but the write's syscall exit (where zctrace counts it)
+/// may run later: figures read before the child sleeps in its next syscall could miss the line.
+pub fn wait_until_blocked_in(pid: u32, number: i64) -> Result<()> {
+    let path = format!("/proc/{pid}/syscall");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let current = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+        if current_syscall(&current) == Some(number) {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "process {pid} did not block in syscall {number} within 10 s ({path}: {current:?})"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// The syscall a `/proc/PID/syscall` line shows the task blocked in; `None` while it runs.
+fn current_syscall(proc_syscall: &str) -> Option<i64> {
+    proc_syscall.split_whitespace().next()?.parse().ok()
 }
 
 /// The kernel skipped this many runs of zctrace's programs during a bracketed transfer (a
@@ -153,4 +179,20 @@ pub fn child(args: &SendArgs) -> Result<()> {
     raise(Signal::SIGSTOP)?;
     println!("{}", serde_json::to_string(&report?)?);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_blocking_syscall_is_the_first_field_and_a_running_task_has_none() {
+        assert_eq!(
+            current_syscall("128 0x7ffd1 0x0 0x0 0x8 0x0 0x0 0x7ffd0 0x7f12\n"),
+            Some(128)
+        );
+        assert_eq!(current_syscall("-1 0x7ffd0 0x7f12\n"), Some(-1));
+        assert_eq!(current_syscall("running\n"), None);
+        assert_eq!(current_syscall(""), None);
+    }
 }

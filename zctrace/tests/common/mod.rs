@@ -17,7 +17,7 @@ use nix::{
 };
 use zctrace::{
     accounting::{per_process, ProcessFigures},
-    check::bracketed::{measured_without_missed_runs, BracketedSend, MissedRuns},
+    check::bracketed::{measured_without_missed_runs, wait_until_blocked_in, BracketedSend, MissedRuns},
     probes::{ProbeOptions, Tracer},
     procfs,
 };
@@ -304,6 +304,7 @@ impl Workload {
             .read_line(&mut line)
             .expect("ready line");
         assert_eq!(line.trim(), "ready");
+        wait_until_blocked_in(traced.child.id(), libc::SYS_read).expect("the workload waits on stdin");
         let stdin = traced.child.stdin.take();
         Workload { traced, stdin }
     }
