@@ -163,13 +163,13 @@ pub fn run(args: DaemonArgs, probe: &ProbeArgs) -> Result<()> {
     let dropped = privileges::drop_all_but_map_reads(|| tracer.update_errors().is_ok(), naming)
         .context("dropping capabilities")?;
     let kept_ptrace = caps::has_cap(None, CapSet::Effective, Capability::CAP_SYS_PTRACE).unwrap_or(false);
-    if args.profiles && !kept_ptrace {
-        tracing::warn!(
-            "without CAP_SYS_PTRACE the profiles cannot name the frames of other users' and more privileged \
-             processes (grant it: the DaemonSet's profiles.yaml does)"
-        );
-    }
     if args.profiles {
+        if !kept_ptrace {
+            tracing::warn!(
+                "without CAP_SYS_PTRACE the profiles cannot name the frames of other users' and more privileged \
+                 processes (grant it: the DaemonSet's profiles.yaml does)"
+            );
+        }
         tracing::info!(
             period = args.profile_period,
             copy_site_callers = tracer.copy_site_callers(),
